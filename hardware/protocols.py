@@ -68,6 +68,10 @@ class Door(Protocol):
 
     def release(self) -> None: ...
 
+    def enforce_deadline(self) -> None:
+        """Release the relay if it is on past its deadline (a backstop for a dead timer)."""
+        ...
+
     @property
     def is_open(self) -> bool: ...
 

@@ -1,0 +1,64 @@
+"""A door loop on a real store and mock pins, driven by a scripted scene and a simulated clock."""
+
+from __future__ import annotations
+
+import threading
+
+from fakes import FakeCamera, FakeDecoder, ManualTimer, Scene
+from gpiozero.pins.mock import MockFactory
+
+from hardware.door import RelayDoor
+from hardware.signal import RecordingSignal
+from kiosk.clock import SimClock
+from kiosk.scanner import DoorLoop, ScannerSettings
+from kiosk.seed import demo_snapshot
+from kiosk.store import Store
+from kiosk.systemd import Notifier
+
+RELAY_PIN = 17
+ALICE, BOB, CAROL = "FF-ALICE-1001", "FF-BOB-1002", "FF-CAROL-1003"
+
+
+class Rig:
+    """A door loop on a real store and mock pins, driven by a scripted scene and a simulated clock."""
+
+    def __init__(
+        self,
+        tmp_path,
+        scene: Scene,
+        *,
+        store=None,
+        stall_at=None,
+        debounce_s=3.0,
+        pins=None,
+        clock=None,
+    ):
+        self.clock = clock or SimClock()
+        self.store = store or Store.open(tmp_path / "kiosk.db")
+        if self.store.member_count() == 0:
+            self.store.replace_replica(demo_snapshot(self.clock.wall(), "UTC"))
+        self.pins = pins or MockFactory()
+        self.timer = ManualTimer()
+        self.door = RelayDoor(RELAY_PIN, active_high=True, max_pulse_ms=3000, pin_factory=self.pins,
+                              timer=self.timer, clock_ns=self.clock.monotonic_ns)  # fmt: skip
+        self.signal = RecordingSignal()
+        self.notifier = Notifier(address="")
+        self.outcomes = []
+        self.camera = FakeCamera(scene, self.clock, stall_at=stall_at)
+        self.loop = DoorLoop(
+            source=self.camera,
+            reader=FakeDecoder(scene),
+            store=self.store,
+            door=self.door,
+            signal=self.signal,
+            clock=self.clock,
+            settings=ScannerSettings(door_id="door-1", pulse_ms=500, debounce_s=debounce_s),
+            notifier=self.notifier,
+            on_outcome=self.outcomes.append,
+        )
+
+    def relay_states(self) -> list[bool]:
+        return [s.state for s in self.pins.pin(RELAY_PIN).states]
+
+    def run(self) -> None:
+        self.loop.run(threading.Event())

@@ -1,0 +1,171 @@
+"""The door loop: debounce, commit-then-act, feedback, stale camera, relay release on every exit."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import threading
+
+import pytest
+from fakes import FakeDecoder, Scene
+from rig import ALICE, BOB, CAROL, Rig
+
+from hardware.door import RelayDoor
+from kiosk.model import Reason, Verdict
+from kiosk.scanner import stop_on_signals
+from kiosk.store import Store, StoreError
+
+
+def test_a_code_held_in_view_is_decided_once(tmp_path):
+    rig = Rig(tmp_path, Scene().add([ALICE], frames=90))  # three seconds in view at 30 fps
+    rig.run()
+    assert [o.decision.reason for o in rig.outcomes] == [Reason.SUBSCRIPTION]
+    assert rig.store.checkin_count() == 1
+
+
+def test_a_different_code_is_decided_immediately(tmp_path):
+    rig = Rig(tmp_path, Scene().add([ALICE], 5).add([BOB], 5))
+    rig.run()
+    assert [o.decision.reason for o in rig.outcomes] == [Reason.SUBSCRIPTION, Reason.CLASS_PACK]
+    assert [o.checkin.seq for o in rig.outcomes] == [1, 2]
+
+
+def test_same_code_after_the_cooldown_is_a_new_scan_and_meets_passback(tmp_path):
+    scene = Scene().add([ALICE], 5).add([], 4 * 30).add([ALICE], 5)  # 4 s away, cooldown 3 s
+    rig = Rig(tmp_path, scene)
+    rig.run()
+    assert [o.decision.reason for o in rig.outcomes] == [Reason.SUBSCRIPTION, Reason.PASSBACK]
+    assert [o.relay_ms for o in rig.outcomes] == [500, 0]
+
+
+def test_commit_happens_before_the_relay_moves(tmp_path):
+    """At the instant the relay is driven, the granted row is already durable: a second connection
+    (another process, in effect) sees it."""
+    seen_at_pulse = []
+
+    class WitnessDoor(RelayDoor):
+        def pulse(self, ms: int) -> int:
+            with sqlite3.connect(tmp_path / "kiosk.db") as other:
+                seen_at_pulse.append(
+                    other.execute(
+                        "SELECT decision FROM checkins ORDER BY seq DESC LIMIT 1"
+                    ).fetchone()
+                )
+            return super().pulse(ms)
+
+    rig = Rig(tmp_path, Scene().add([ALICE], 3))
+    rig.loop.door = WitnessDoor(18, active_high=True, max_pulse_ms=3000, pin_factory=rig.pins,
+                                timer=rig.timer)  # fmt: skip
+    rig.run()
+    assert seen_at_pulse == [("granted",)]
+
+
+def test_no_journal_row_means_no_pulse(tmp_path):
+    class FullStore(Store):
+        def append_checkin(self, *args, **kwargs):
+            raise StoreError("disk full: check-in NOT recorded")
+
+    store = FullStore.open(tmp_path / "kiosk.db")
+    rig = Rig(tmp_path, Scene().add([ALICE], 3), store=store)
+    rig.run()
+    assert rig.outcomes == []
+    assert rig.relay_states() == [False]  # never switched on
+    assert "fault" in rig.signal.shown
+
+
+def test_malformed_and_unknown_codes_are_journaled_denials_without_a_pulse(tmp_path):
+    hostile = b"\x1b[31m'; DROP TABLE checkins; --"
+    rig = Rig(tmp_path, Scene().add([hostile], 3).add(["FF-NOBODY-0000"], 3))
+    rig.run()
+    assert [(o.decision.verdict, o.decision.reason) for o in rig.outcomes] == [
+        (Verdict.DENIED, Reason.MALFORMED_CODE),
+        (Verdict.DENIED, Reason.UNKNOWN_CODE),
+    ]
+    assert rig.relay_states() == [False]
+    assert rig.signal.shown.count("denied") == 2
+    assert rig.store.checkin_count() == 2
+
+
+def test_feedback_patterns_follow_decisions(tmp_path):
+    rig = Rig(tmp_path, Scene().add([ALICE], 2).add([CAROL], 2))
+    rig.run()
+    assert [p for p in rig.signal.shown if p in ("granted", "denied")] == ["granted", "denied"]
+
+
+def test_stale_camera_shows_fault_and_starves_the_watchdog(tmp_path):
+    # Frames 1-3 arrive, then 40 reads time out (4 s at 0.1 s each), then frames resume.
+    stalls = set(range(4, 44))
+    rig = Rig(tmp_path, Scene().add([], 3).add([], 3), stall_at=stalls)
+    rig.run()
+    assert "fault" in rig.signal.shown
+    watchdogs = [m for m in rig.notifier.sent if m == "WATCHDOG=1"]
+    # Rate-limited to one per second while frames arrive; none during the 4 s stall.
+    assert 1 <= len(watchdogs) <= 2
+    assert rig.notifier.sent[0].startswith("READY=1")
+    assert rig.signal.shown[-1] == "idle"  # recovered when frames came back
+
+
+def test_relay_released_on_normal_exit_while_pulsing(tmp_path):
+    rig = Rig(tmp_path, Scene().add([ALICE], 2))  # the source ends while the relay is still on
+    rig.run()
+    assert rig.relay_states() == [False, True, False]
+
+
+def test_relay_released_when_the_loop_raises(tmp_path):
+    scene = Scene().add([ALICE], 2).add(["boom"], 1)
+    rig = Rig(tmp_path, scene)
+
+    class ExplodingDecoder(FakeDecoder):
+        def decode(self, pixels):
+            if scene.current == [b"boom"]:
+                raise RuntimeError("decoder crashed")
+            return super().decode(pixels)
+
+    rig.loop.reader = ExplodingDecoder(scene)
+    with pytest.raises(RuntimeError, match="decoder crashed"):
+        rig.run()
+    assert rig.relay_states() == [False, True, False]
+
+
+def test_relay_released_on_sigterm(tmp_path):
+    """The real signal handler: SIGTERM arrives while the relay is on; the loop stops and releases."""
+    scene = Scene().add([ALICE], 2).add([], 50)
+    rig = Rig(tmp_path, scene)
+    stop = threading.Event()
+    previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+    stop_on_signals(stop)
+    real_read = rig.camera.read
+
+    def read_then_sigterm(timeout_s):
+        frame = real_read(timeout_s)
+        if rig.camera.reads == 4:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return frame
+
+    rig.camera.read = read_then_sigterm
+    try:
+        rig.loop.run(stop)
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    assert stop.is_set()
+    assert scene.position < len(scene.steps)  # stopped early, by the signal
+    assert rig.relay_states() == [False, True, False]
+    assert "STOPPING=1" in rig.notifier.sent
+
+
+def test_relay_pulse_ends_when_its_timer_fires(tmp_path):
+    rig = Rig(tmp_path, Scene().add([ALICE], 1))
+    rig.loop.step()
+    assert rig.relay_states() == [False, True]
+    rig.timer.fire_all()
+    assert rig.relay_states() == [False, True, False]
+
+
+def test_a_dead_relay_timer_is_backstopped_by_the_loop(tmp_path):
+    rig = Rig(tmp_path, Scene().add([ALICE], 1).add([], 30))
+    rig.loop.step()  # granted: relay on for 500 ms; the manual timer never fires
+    for _ in range(30):  # one second of empty frames
+        rig.loop.step()
+    assert rig.relay_states() == [False, True, False]
