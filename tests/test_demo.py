@@ -1,0 +1,85 @@
+"""`kiosk demo`: the real door loop on embedded defaults, as the README's first command runs it."""
+
+from __future__ import annotations
+
+import io
+import json
+import sqlite3
+import subprocess
+import sys
+
+from kiosk.demo import run_demo
+from kiosk.seed import SCENARIO
+
+REQUIRED = {
+    "subscription", "class_pack", "unknown_code", "malformed_code", "member_paused",
+    "no_valid_membership", "pack_empty", "outside_hours", "passback",
+}  # fmt: skip
+
+
+class CommitCheckingOut(io.StringIO):
+    """Checks, at the moment each decision line is written, that its row is already committed."""
+
+    def __init__(self, db):
+        super().__init__()
+        self.db = db
+        self.checked = 0
+
+    def write(self, text: str) -> int:
+        record = json.loads(text)
+        if record.get("type") == "decision":
+            with sqlite3.connect(self.db) as other:
+                row = other.execute("SELECT reason FROM checkins WHERE id = ?", (record["id"],))
+                assert row.fetchone() == (record["reason"],)
+            self.checked += 1
+        return super().write(text)
+
+
+def test_once_json_plays_the_scenario_and_prints_only_committed_decisions(tmp_path):
+    db = tmp_path / "demo.db"
+    out = CommitCheckingOut(db)
+    assert run_demo(db=db, as_json=True, once=True, out=out) == 0
+    records = [json.loads(line) for line in out.getvalue().splitlines()]
+    decisions, summary = records[:-1], records[-1]
+    assert out.checked == len(decisions) == len(SCENARIO)
+    assert [d["reason"] for d in decisions] == [scan.expect.value for scan in SCENARIO]
+    assert {d["reason"] for d in decisions} >= REQUIRED
+    for d in decisions:
+        assert {"id", "decision", "reason", "member", "relay_ms"} <= d.keys()
+        assert (d["relay_ms"] > 0) == (d["decision"] == "granted")
+    assert "decision" not in summary
+    assert summary["decisions"] == len(SCENARIO)
+    assert summary["pending"] == len(SCENARIO) and summary["synced"] == 0
+    assert summary["scenario_ok"] is True
+
+
+def test_existing_database_is_reused_not_reseeded(tmp_path):
+    db = tmp_path / "demo.db"
+    assert run_demo(db=db, as_json=True, once=True, out=io.StringIO()) == 0
+    out = io.StringIO()
+    assert run_demo(db=db, as_json=True, once=True, out=out) == 0
+    summary = json.loads(out.getvalue().splitlines()[-1])
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("SELECT COUNT(*) FROM checkins").fetchone() == (2 * len(SCENARIO),)
+    # Everyone who got in minutes ago is now refused by anti-passback: the journal was kept.
+    assert summary["reasons"].get("passback", 0) > 1
+    assert summary["scenario_ok"] is None
+
+
+def test_human_output_names_decisions_and_reasons(tmp_path):
+    out = io.StringIO()
+    assert run_demo(db=None, as_json=False, once=True, out=out) == 0
+    text = out.getvalue()
+    assert "GRANTED" in text and "subscription" in text and "passback" in text
+    assert f"{len(SCENARIO)} decisions" in text
+
+
+def test_cli_demo_once_json_exits_zero():
+    result = subprocess.run(
+        [sys.executable, "-m", "kiosk", "demo", "--once", "--json"],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    assert lines[-1]["type"] == "summary" and lines[-1]["pending"] == len(SCENARIO)
+    assert all("decision" in line for line in lines[:-1])
