@@ -69,7 +69,10 @@ def collect(frames_per_size: int, progress=None) -> dict:
         "frames_per_size": frames_per_size,
         "decode": decode["decode"],
         "sizes": decode["sizes"],
-        "idle_frame_ms": decode["idle_frame_ms"],
+        # Cost per frame at an idle door (static empty scene, production reader with its motion
+        # gate); the breakdown, including an empty scene that keeps changing, is under idle_frame.
+        "idle_frame_ms": decode["idle_frame_ms"]["static_gated"],
+        "idle_frame": decode["idle_frame_ms"],
         "scan_to_relay_ms": loop["scan_to_relay_ms"],
         "loop": loop,
         "idle_cpu_percent": loop["idle"]["cpu_percent_of_one_core"],
@@ -85,7 +88,7 @@ def report(r: dict, out: TextIO) -> None:
     d = r["decode"]
     base, pipe, best = d["baseline"], d["pipeline"], d["best_single"]
     speedup = base["median_ms"] / pipe["median_ms"] if pipe["median_ms"] else float("inf")
-    idle = r["idle_frame_ms"]
+    idle = r["idle_frame"]
     s2r = r["scan_to_relay_ms"]
     m = r["machine"]
     w = out.write
@@ -103,8 +106,9 @@ def report(r: dict, out: TextIO) -> None:
          speedup >= TARGET_SPEEDUP),
         (f"decode success: {pipe['success']:.1%} vs best single {best['name']} {best['success']:.1%}",
          pipe["success"] >= best["success"]),
-        (f"empty frame: {idle['static_gated']:.3f} ms gated, {idle['empty_ungated']:.2f} ms ungated,"
-         f" vs {pipe['median_ms']:.2f} ms with a code", idle["empty_ungated"] < pipe["median_ms"]),
+        (f"empty frame: {idle['static_gated']:.3f} ms (static scene, motion gate) vs"
+         f" {pipe['code_median_ms']:.2f} ms with a code; {idle['empty_ungated']:.2f} ms when the scene"
+         " moves", idle["static_gated"] < pipe["code_median_ms"]),
         (f"scan-to-relay: p50 {s2r['p50']:.2f} ms, p99 {s2r['p99']:.2f} ms"
          f" (target p99 <= {TARGET_P99_MS:.0f} ms)", s2r["p99"] is not None and s2r["p99"] <= TARGET_P99_MS),
         (f"idle scanner: {r['idle_cpu_percent']:.1f}% of one core at 30 frames/s"

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import threading
 
-from fakes import FakeCamera, FakeDecoder, ManualTimer, Scene
 from gpiozero.pins.mock import MockFactory
 
+from fakes import FakeCamera, FakeDecoder, ManualTimer, Scene
 from hardware.door import RelayDoor
 from hardware.signal import RecordingSignal
 from kiosk.clock import SimClock

@@ -20,9 +20,9 @@ import sys
 import threading
 import time
 
-from fakes import FakeCamera, FakeDecoder, Scene
 from gpiozero.pins.mock import MockFactory
 
+from fakes import FakeCamera, FakeDecoder, Scene
 from hardware.door import RelayDoor
 from hardware.signal import RecordingSignal
 from kiosk.clock import SystemClock

@@ -9,13 +9,13 @@ from datetime import timedelta
 from itertools import pairwise
 from pathlib import Path
 
-from fakes import Scene
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
-from rig import RELAY_PIN, Rig
 
+from fakes import Scene
 from kiosk.seed import SCENARIO
+from rig import RELAY_PIN, Rig
 
 CODES = [*sorted({scan.payload for scan in SCENARIO}), "\x00garbage\u202e"]
 STAFF = {"m-grace"}

@@ -8,13 +8,13 @@ import sqlite3
 import threading
 
 import pytest
-from fakes import FakeDecoder, Scene
-from rig import ALICE, BOB, CAROL, Rig
 
+from fakes import FakeDecoder, Scene
 from hardware.door import RelayDoor
 from kiosk.model import Reason, Verdict
 from kiosk.scanner import stop_on_signals
 from kiosk.store import Store, StoreError
+from rig import ALICE, BOB, CAROL, Rig
 
 
 def test_a_code_held_in_view_is_decided_once(tmp_path):
