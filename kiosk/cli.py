@@ -11,6 +11,7 @@ import logging
 import os
 import sys
 import threading
+from datetime import timedelta
 from pathlib import Path
 
 from kiosk import __version__
@@ -98,6 +99,21 @@ def cmd_run(args: argparse.Namespace) -> int:
         log.error("%s", exc)
         return EXIT_DATABASE
     clock = SystemClock()
+    try:
+        # Synced rows past their retention go; pending rows are never deleted (store guarantees).
+        pruned = store.prune_synced(
+            clock.wall() - timedelta(days=config.store.checkin_retention_days)
+        )
+    except StoreError as exc:
+        log.error("%s", exc)
+        store.close()
+        return EXIT_DATABASE
+    if pruned:
+        log.info(
+            "pruned %d synced check-ins older than %d days",
+            pruned,
+            config.store.checkin_retention_days,
+        )
     opened = []  # closed in reverse order on every exit path; the relay last of all
     try:
         pins = make_pin_factory(config.gpio.pin_factory)

@@ -91,3 +91,33 @@ def test_relay_off_with_mock_pins(tmp_path):
     result = _kiosk("relay-off", "--config", str(config))
     assert result.returncode == 0, result.stderr
     assert "GPIO5 forced off" in result.stdout
+
+
+def test_run_reports_a_damaged_database_and_leaves_it_untouched(tmp_path):
+    db = tmp_path / "kiosk.db"
+    garbage = b"this is not a database, but it might be a journal someone needs" * 100
+    db.write_bytes(garbage)
+    config = tmp_path / "kiosk.toml"
+    config.write_text(f'[store]\npath = "{db}"\n[camera]\nbackend = "synthetic"\n'
+                      '[gpio]\npin_factory = "mock"\n')  # fmt: skip
+    result = _kiosk("run", "--config", str(config))
+    assert result.returncode == 3
+    assert str(db) in result.stderr and "damaged" in result.stderr
+    assert db.read_bytes() == garbage
+
+
+def test_decode_prints_one_line_per_file(tmp_path):
+    image = tmp_path / "card.png"
+    cv2.imwrite(str(image), compose_frame("FF-ALICE-1001", width=640, height=480,
+                                          code_fraction=0.4, seed=3))  # fmt: skip
+    empty = tmp_path / "empty.png"
+    cv2.imwrite(str(empty), compose_frame(None, width=640, height=480, seed=4))
+    missing = tmp_path / "missing.png"
+    result = _kiosk("decode", str(image), str(empty), str(missing))
+    assert result.returncode == 0
+    assert result.stdout.splitlines() == [
+        f"{image}\tFF-ALICE-1001",
+        f"{empty}\t-",
+        f"{missing}\t-",
+    ]
+    assert "missing.png" in result.stderr
