@@ -73,7 +73,6 @@ def cmd_config_example(_args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     from hardware.protocols import CameraError
     from kiosk.clock import SystemClock
-    from kiosk.config import policy_settings
     from kiosk.parts import (
         GpioError,
         build_camera,
@@ -81,8 +80,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         build_reader,
         build_signal,
         make_pin_factory,
+        scanner_settings,
     )
-    from kiosk.scanner import DoorLoop, ScannerSettings, stop_on_signals
+    from kiosk.scanner import DoorLoop, stop_on_signals
     from kiosk.store import Store, StoreError
     from kiosk.systemd import Notifier
 
@@ -138,13 +138,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             door=door,
             signal=signal,
             clock=clock,
-            settings=ScannerSettings(
-                door_id=config.door.id,
-                pulse_ms=config.gpio.pulse_ms,
-                debounce_s=config.scanner.debounce_s,
-                stale_after_s=config.camera.stale_after_s,
-                policy=policy_settings(config),
-            ),
+            settings=scanner_settings(config),
             notifier=Notifier(),
         )
         loop.run(stop)

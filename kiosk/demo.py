@@ -20,10 +20,16 @@ from pathlib import Path
 from typing import TextIO
 
 from kiosk.clock import Clock, SimClock, SystemClock
-from kiosk.config import Config, default_config, policy_settings
+from kiosk.config import Config, default_config
 from kiosk.model import Verdict
-from kiosk.parts import build_door, build_reader, build_signal, make_pin_factory
-from kiosk.scanner import DoorLoop, Outcome, ScannerSettings, stop_on_signals
+from kiosk.parts import (
+    build_door,
+    build_reader,
+    build_signal,
+    make_pin_factory,
+    scanner_settings,
+)
+from kiosk.scanner import DoorLoop, Outcome, stop_on_signals
 from kiosk.seed import SCENARIO, demo_snapshot
 from kiosk.store import Store
 
@@ -148,13 +154,7 @@ def run_demo(
             door = build_door(config.gpio, pins.factory)
             signal = build_signal(config.gpio, config.feedback, pins.factory)
             printer = _Printer(out, as_json, real_time=not isinstance(clock, SimClock))
-            settings = ScannerSettings(
-                door_id=config.door.id,
-                pulse_ms=config.gpio.pulse_ms,
-                debounce_s=config.scanner.debounce_s,
-                stale_after_s=config.camera.stale_after_s,
-                policy=policy_settings(config),
-            )
+            settings = scanner_settings(config)
             loop = DoorLoop(
                 source=camera,
                 reader=build_reader(config.decoder),

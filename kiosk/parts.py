@@ -10,6 +10,8 @@ from hardware.pins import GpioError, PinFactoryChoice, make_pin_factory
 from hardware.protocols import Decoder, FrameSource
 from hardware.signal import LedBuzzerSignal
 from kiosk.clock import Clock
+from kiosk.config import Config, policy_settings
+from kiosk.scanner import ScannerSettings
 
 __all__ = [
     "GpioError",
@@ -19,7 +21,19 @@ __all__ = [
     "build_signal",
     "force_relay_off",
     "make_pin_factory",
+    "scanner_settings",
 ]
+
+
+def scanner_settings(config: Config) -> ScannerSettings:
+    """The door loop's settings from the configuration."""
+    return ScannerSettings(
+        door_id=config.door.id,
+        pulse_ms=config.gpio.pulse_ms,
+        debounce_s=config.scanner.debounce_s,
+        stale_after_s=config.camera.stale_after_s,
+        policy=policy_settings(config),
+    )
 
 
 def build_door(gpio, pin_factory) -> RelayDoor:

@@ -100,3 +100,37 @@ class _Handle:
     def fire(self) -> None:
         if not self.cancelled:
             self.callback()
+
+
+class FakeTime:
+    """A monotonic clock in ns that only moves when the code under test sleeps."""
+
+    def __init__(self, start_ns: int = 1_000_000_000) -> None:
+        self.now_ns = start_ns
+        self.sleeps: list[float] = []
+
+    def clock(self) -> int:
+        return self.now_ns
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now_ns += round(seconds * 1e9)
+
+
+def damaged_code_frame(payload: str) -> np.ndarray:
+    """A 640x480 frame with a code whose data area is half scrambled: finder patterns intact (a
+    decoder locates it), data unreadable."""
+    from hardware.synthetic import render_code
+
+    module = 6
+    image = render_code(payload, module)
+    size = image.shape[0] // module - 8
+    rng = np.random.default_rng(0)
+    for row in range(4 + 9, 4 + size - 1):
+        for col in range(4 + 9, 4 + size - 1):
+            if rng.random() < 0.5:
+                block = image[row * module : (row + 1) * module, col * module : (col + 1) * module]
+                block[...] = 255 - block
+    frame = np.full((480, 640), 150, np.uint8)
+    frame[40 : 40 + image.shape[0], 100 : 100 + image.shape[1]] = image
+    return frame

@@ -14,26 +14,12 @@ import cv2
 import numpy as np
 import pytest
 
+from fakes import FakeTime
 from hardware.camera_opencv import OpenCVCamera
 from hardware.camera_picamera2 import Picamera2Camera
 from hardware.camera_replay import ReplayCamera
 from hardware.grabber import FrameGrabber, Pacer
 from hardware.protocols import CameraError, FrameSource
-
-
-class FakeTime:
-    """A monotonic clock in ns that only moves when the code under test sleeps."""
-
-    def __init__(self) -> None:
-        self.now_ns = 5_000_000_000
-        self.sleeps: list[float] = []
-
-    def clock(self) -> int:
-        return self.now_ns
-
-    def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now_ns += round(seconds * 1e9)
 
 
 def flat(level: int, shape=(48, 64)) -> np.ndarray:
@@ -44,14 +30,14 @@ def flat(level: int, shape=(48, 64)) -> np.ndarray:
 
 
 def test_pacer_without_fps_never_sleeps():
-    fake = FakeTime()
+    fake = FakeTime(5_000_000_000)
     pacer = Pacer(None, clock=fake.clock, sleep=fake.sleep)
     assert all(pacer.wait(0.0) for _ in range(5))
     assert fake.sleeps == []
 
 
 def test_pacer_keeps_a_fixed_grid_and_does_not_burst_after_falling_behind():
-    fake = FakeTime()
+    fake = FakeTime(5_000_000_000)
     pacer = Pacer(20, clock=fake.clock, sleep=fake.sleep)
     assert pacer.wait(1.0)  # first frame at once
     start = fake.now_ns
@@ -64,7 +50,7 @@ def test_pacer_keeps_a_fixed_grid_and_does_not_burst_after_falling_behind():
 
 
 def test_pacer_times_out_when_the_next_frame_is_not_due():
-    fake = FakeTime()
+    fake = FakeTime(5_000_000_000)
     pacer = Pacer(2, clock=fake.clock, sleep=fake.sleep)
     pacer.wait(1.0)
     assert not pacer.wait(0.1)
@@ -155,7 +141,7 @@ def test_replay_folder_loops(image_folder):
 
 
 def test_replay_paces_with_the_injected_clock(image_folder):
-    fake = FakeTime()
+    fake = FakeTime(5_000_000_000)
     camera = ReplayCamera(image_folder, fps=4, clock=fake.clock, sleep=fake.sleep)
     stamps = [camera.read(1.0).captured_ns for _ in range(3)]
     assert np.diff(stamps).tolist() == [250_000_000, 250_000_000]

@@ -7,10 +7,11 @@ import sys
 import numpy as np
 import pytest
 
+from fakes import damaged_code_frame
 from hardware.decode_zxing import ZxingDecoder
 from hardware.protocols import Decoder
 from hardware.reader import make_decoder
-from hardware.synthetic import compose_frame, render_code
+from hardware.synthetic import compose_frame
 
 PAYLOAD = "3f2b8a4e-1c6d-4e7a-9b2f-5d8c1a0e6f47"
 
@@ -32,22 +33,6 @@ def clean_frame() -> np.ndarray:
 @pytest.fixture(scope="module")
 def empty_frame() -> np.ndarray:
     return compose_frame(None, background="texture", noise=2, seed=5)
-
-
-def damaged_code_frame() -> np.ndarray:
-    """A code whose data area is half scrambled: finders intact (located), data unreadable."""
-    module = 6
-    image = render_code(PAYLOAD, module)
-    size = image.shape[0] // module - 8
-    rng = np.random.default_rng(0)
-    for row in range(4 + 9, 4 + size - 1):
-        for col in range(4 + 9, 4 + size - 1):
-            if rng.random() < 0.5:
-                block = image[row * module : (row + 1) * module, col * module : (col + 1) * module]
-                block[...] = 255 - block
-    frame = np.full((480, 640), 150, np.uint8)
-    frame[40 : 40 + image.shape[0], 100 : 100 + image.shape[1]] = image
-    return frame
 
 
 @pytest.mark.parametrize("name", ["zxing", "pyzbar", "opencv"])
@@ -82,7 +67,7 @@ def test_zxing_keeps_hostile_bytes_exactly():
 
 
 def test_zxing_look_reports_a_located_but_unreadable_symbol():
-    look = ZxingDecoder().look(damaged_code_frame())
+    look = ZxingDecoder().look(damaged_code_frame(PAYLOAD))
     assert look.decoded == []
     assert len(look.located) == 1
     xs = [x for x, _ in look.located[0]]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from fakes import damaged_code_frame
 from hardware.decode_opencv import OpenCVDecoder
 from hardware.decode_zxing import ZxingDecoder
 from hardware.protocols import Decoder
@@ -17,7 +18,7 @@ from hardware.reader import (
     signature,
     upscale2,
 )
-from hardware.synthetic import compose_frame, frame_set, render_code
+from hardware.synthetic import compose_frame, frame_set
 
 PAYLOAD = "3f2b8a4e-1c6d-4e7a-9b2f-5d8c1a0e6f47"
 
@@ -29,22 +30,6 @@ def noisy_copies(scene: np.ndarray, count: int, seed: int = 0, std: float = 2.5)
         np.clip(scene + rng.normal(0, std, scene.shape), 0, 255).astype(np.uint8)
         for _ in range(count)
     ]
-
-
-def damaged_code_frame() -> np.ndarray:
-    """A code whose data area is half scrambled: finders intact (located), data unreadable."""
-    module = 6
-    image = render_code(PAYLOAD, module)
-    size = image.shape[0] // module - 8
-    rng = np.random.default_rng(0)
-    for row in range(4 + 9, 4 + size - 1):
-        for col in range(4 + 9, 4 + size - 1):
-            if rng.random() < 0.5:
-                block = image[row * module : (row + 1) * module, col * module : (col + 1) * module]
-                block[...] = 255 - block
-    frame = np.full((480, 640), 150, np.uint8)
-    frame[40 : 40 + image.shape[0], 100 : 100 + image.shape[1]] = image
-    return frame
 
 
 @pytest.fixture(scope="module")
@@ -145,7 +130,7 @@ def test_no_retry_at_all_when_the_first_pass_reads_the_code():
 
 def test_crop_strategies_run_only_on_a_located_but_unreadable_symbol():
     reader = QrReader(ZxingDecoder(), motion_gate=False)
-    assert reader.decode(damaged_code_frame()) == []
+    assert reader.decode(damaged_code_frame(PAYLOAD)) == []
     assert reader.stats.retries == len(STRATEGIES)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from fakes import FakeTime
 from hardware.decode_zxing import ZxingDecoder
 from hardware.protocols import CameraError, FrameSource
 from hardware.synthetic import (
@@ -20,21 +21,6 @@ PAYLOAD = "M-000123-7F3A9C2E"
 
 def payloads_in(pixels: np.ndarray) -> list[bytes]:
     return [d.payload for d in ZxingDecoder().decode(pixels)]
-
-
-class FakeTime:
-    """A monotonic clock in ns that only moves when the code under test sleeps."""
-
-    def __init__(self) -> None:
-        self.now_ns = 1_000_000_000
-        self.sleeps: list[float] = []
-
-    def clock(self) -> int:
-        return self.now_ns
-
-    def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now_ns += round(seconds * 1e9)
 
 
 def test_render_code_is_black_on_white_with_quiet_zone_and_reads_back():
