@@ -13,6 +13,7 @@ import json
 import multiprocessing
 import os
 import random
+import select
 import signal
 import sqlite3
 import subprocess
@@ -70,13 +71,21 @@ class SystemClockAsSim:
         return time.monotonic_ns()
 
 
-def _read_all(fd: int) -> list[str]:
-    chunks = []
-    while chunk := os.read(fd, 65536):
-        chunks.append(chunk)
-    data = b"".join(chunks).decode()
+def _read_acks(fd: int, wanted: int) -> bytes:
+    """Read the ack pipe until ``wanted`` acknowledgements arrived (or the child died)."""
+    data = b""
+    while data.count(b"\n") < wanted:
+        ready, _, _ = select.select([fd], [], [], 10.0)
+        chunk = os.read(fd, 65536) if ready else b""
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+def _complete_lines(data: bytes) -> list[str]:
     # A line cut by the kill was never fully acknowledged: only complete lines count.
-    return [line for line in data.split("\n")[:-1] if line]
+    return [line for line in data.decode().split("\n")[:-1] if line]
 
 
 def test_acknowledged_checkins_survive_random_sigkill(tmp_path):
@@ -91,12 +100,15 @@ def test_acknowledged_checkins_survive_random_sigkill(tmp_path):
         child = ctx.Process(target=_door_loop_child, args=(str(db), write_fd, i), daemon=True)
         child.start()
         os.close(write_fd)
-        # Kill points spread over start-up, migrations check, and the steady commit stream.
-        time.sleep(rng.uniform(0.0, 0.06))
+        # Kill points: after a random number of acknowledged commits (0 = during start-up), plus
+        # a jitter below one commit's duration, so the kill lands anywhere in the commit cycle.
+        data = _read_acks(read_fd, rng.randint(0, 20))
+        time.sleep(rng.uniform(0.0, 0.002))
         os.kill(child.pid, signal.SIGKILL)
         child.join()
         assert child.exitcode == -signal.SIGKILL
-        acknowledged += _read_all(read_fd)
+        data += _read_acks(read_fd, 10**9)  # whatever was written before the kill
+        acknowledged += _complete_lines(data)
         os.close(read_fd)
 
     assert len(acknowledged) > KILLS, "the children should have committed check-ins"

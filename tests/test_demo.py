@@ -83,3 +83,32 @@ def test_cli_demo_once_json_exits_zero():
     lines = [json.loads(line) for line in result.stdout.splitlines()]
     assert lines[-1]["type"] == "summary" and lines[-1]["pending"] == len(SCENARIO)
     assert all("decision" in line for line in lines[:-1])
+
+
+def test_the_door_loop_never_touches_the_network(monkeypatch):
+    """The whole door path (decode, decide, journal, relay) runs with IP networking forbidden."""
+    import socket
+
+    attempts = []
+    real_connect, real_sendto = socket.socket.connect, socket.socket.sendto
+
+    def no_ip(method):
+        def guarded(self, *args):
+            if self.family in (socket.AF_INET, socket.AF_INET6):
+                attempts.append(args)
+                raise OSError("network access from the door loop")
+            return method(self, *args)
+
+        return guarded
+
+    def no_dns(*args, **kwargs):
+        attempts.append(args)
+        raise OSError("name lookup from the door loop")
+
+    monkeypatch.setattr(socket.socket, "connect", no_ip(real_connect))
+    monkeypatch.setattr(socket.socket, "sendto", no_ip(real_sendto))
+    monkeypatch.setattr(socket, "getaddrinfo", no_dns)
+    out = io.StringIO()
+    assert run_demo(db=None, as_json=True, once=True, out=out) == 0
+    assert json.loads(out.getvalue().splitlines()[-1])["scenario_ok"] is True
+    assert attempts == []
