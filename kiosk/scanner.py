@@ -191,8 +191,8 @@ class DoorLoop:
         if not self._debouncer.admit(hashlib.blake2b(payload, digest_size=16).digest(), now_ns):
             return None
         now = self._now()
-        decision, member_name = self._decide(payload, now)
         try:
+            decision, member_name = self._decide(payload, now)
             checkin = self.store.append_checkin(
                 decision,
                 door_id=self.settings.door_id,
@@ -200,8 +200,9 @@ class DoorLoop:
                 now=now,
             )
         except StoreError as exc:
-            # No durable record means no pulse (commit, then act). The member sees the fault
-            # pattern; the error says what is wrong (disk full, damaged database) for the owner.
+            # The replica could not be read or the row not committed (locked too long, disk
+            # full, damaged file). No durable record means no pulse (commit, then act): the member
+            # sees the fault pattern, the log says what is wrong, and the next scan tries again.
             log.error("check-in not recorded, door not opened: %s", exc)
             self._show_fault(force=True)
             return None

@@ -74,6 +74,19 @@ def test_no_journal_row_means_no_pulse(tmp_path):
     assert "fault" in rig.signal.shown
 
 
+def test_an_unreadable_replica_shows_a_fault_and_the_door_keeps_running(tmp_path):
+    class LockedStore(Store):
+        def find_member_id(self, code_hash):
+            raise StoreError("database is locked by another process for more than 5 s")
+
+    store = LockedStore.open(tmp_path / "kiosk.db")
+    rig = Rig(tmp_path, Scene().add([ALICE], 3).add([], 2), store=store)
+    rig.run()  # returns normally at the end of the frames: the error did not stop the loop
+    assert rig.outcomes == [] and rig.relay_states() == [False]
+    assert rig.signal.shown.count("fault") == 1
+    assert rig.loop.frames == 5
+
+
 def test_malformed_and_unknown_codes_are_journaled_denials_without_a_pulse(tmp_path):
     hostile = b"\x1b[31m'; DROP TABLE checkins; --"
     rig = Rig(tmp_path, Scene().add([hostile], 3).add(["FF-NOBODY-0000"], 3))
