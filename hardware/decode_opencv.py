@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from hardware.protocols import Decoded
+from hardware.protocols import Decoded, DecoderUnavailable
 
 
 class OpenCVDecoder:
     """Reads one QR code per frame with ``cv2.QRCodeDetector.detectAndDecode``.
 
-    Raises ``RuntimeError`` with an install hint when OpenCV is missing, ``ValueError`` for a frame
+    Raises ``DecoderUnavailable`` with an install hint when OpenCV is missing, ``ValueError`` for a frame
     that is not a 2-D ``uint8`` array; never raises on image content (OpenCV errors on odd images
     count as "nothing read").
     """
@@ -22,7 +22,7 @@ class OpenCVDecoder:
         try:
             import cv2
         except ImportError as exc:
-            raise RuntimeError(
+            raise DecoderUnavailable(
                 "OpenCV decoder unavailable: install python3-opencv (apt) or "
                 f"opencv-python-headless (pip) ({exc})"
             ) from exc

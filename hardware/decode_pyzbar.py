@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from hardware.protocols import Decoded
+from hardware.protocols import Decoded, DecoderUnavailable
 
 
 class PyzbarDecoder:
     """Reads QR codes with zbar. ``all_symbologies`` also searches every 1-D barcode type (slower,
     and a source of false reads at a door): only the bench's baseline sets it.
 
-    Raises ``RuntimeError`` with an install hint when pyzbar or libzbar0 is missing, and
+    Raises ``DecoderUnavailable`` with an install hint when pyzbar or libzbar0 is missing, and
     ``ValueError`` for a frame that is not a 2-D ``uint8`` array; never raises on image content.
     """
 
@@ -26,7 +26,7 @@ class PyzbarDecoder:
         except ImportError as exc:
             # pyzbar raises ImportError both when the package is missing and when it cannot load
             # the native library; the message tells which.
-            raise RuntimeError(
+            raise DecoderUnavailable(
                 "pyzbar decoder unavailable: install the zbar library with "
                 f"'apt install libzbar0' and the package with 'pip install pyzbar' ({exc})"
             ) from exc

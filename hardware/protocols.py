@@ -41,6 +41,10 @@ class FrameSource(Protocol):
     def close(self) -> None: ...
 
 
+class DecoderUnavailable(RuntimeError):
+    """The configured decoder's library is not installed; the message says what to install."""
+
+
 @dataclass(frozen=True, slots=True)
 class Decoded:
     """A decoded symbol: the raw payload bytes (hostile until parsed) and the decoder that read it."""

@@ -44,6 +44,9 @@ class LocatingDecoder(Decoder, Protocol):
 
 DECODER_NAMES = ("zxing", "pyzbar", "opencv")
 
+# The smallest QR code is 21 modules wide; a frame narrower than that in pixels cannot hold one.
+MIN_SIDE_PX = 21
+
 
 def make_decoder(name: str) -> Decoder:
     """A plain decoder by name: ``"zxing"`` (default, fast, robust), ``"pyzbar"`` (needs libzbar0)
@@ -253,6 +256,10 @@ class QrReader:
                 f"{getattr(pixels, 'shape', '')}"
             )
         self.stats.frames += 1
+        if min(pixels.shape) < MIN_SIDE_PX:
+            # A glitched or truncated frame: too small to hold a QR code, and too small for the
+            # decoder's own image checks. A miss, never an error.
+            return []
         if self.gate is not None and not self.gate.should_decode(pixels):
             self.stats.skipped += 1
             return []
@@ -284,6 +291,8 @@ class QrReader:
         decoded = seen(look(pixels, binarizer="histogram")) or seen(look(pixels))
         if decoded or not self.retry_on_miss:
             return decoded, bool(located)
+        if min(pixels.shape) < 2 * MIN_SIDE_PX:
+            return [], bool(located)  # half of it could not hold a code either
         self.stats.half_looks += 1
         decoded = seen(look(halve(pixels)), scale=2)
         if decoded:

@@ -71,7 +71,7 @@ def cmd_config_example(_args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from hardware.protocols import CameraError
+    from hardware.protocols import CameraError, DecoderUnavailable
     from kiosk.clock import SystemClock
     from kiosk.parts import (
         GpioError,
@@ -99,41 +99,31 @@ def cmd_run(args: argparse.Namespace) -> int:
         log.error("%s", exc)
         return EXIT_DATABASE
     clock = SystemClock()
+    opened: list = []  # closed in reverse order on every exit path; the relay last of all
     try:
         # Synced rows past their retention go; pending rows are never deleted (store guarantees).
-        pruned = store.prune_synced(
-            clock.wall() - timedelta(days=config.store.checkin_retention_days)
-        )
-    except StoreError as exc:
-        log.error("%s", exc)
-        store.close()
-        return EXIT_DATABASE
-    if pruned:
-        log.info(
-            "pruned %d synced check-ins older than %d days",
-            pruned,
-            config.store.checkin_retention_days,
-        )
-    opened = []  # closed in reverse order on every exit path; the relay last of all
-    try:
+        retention = timedelta(days=config.store.checkin_retention_days)
+        if pruned := store.prune_synced(clock.wall() - retention):
+            log.info("pruned %d synced check-ins older than %s", pruned, retention)
         pins = make_pin_factory(config.gpio.pin_factory)
         door = build_door(config.gpio, pins.factory)
         opened.append(door)
         signal = build_signal(config.gpio, config.feedback, pins.factory)
         opened.append(signal)
+        reader = build_reader(config.decoder)
         camera = build_camera(config.camera, clock)
         opened.append(camera)
         log.info(
             "door %s: camera %s, decoder %s, pins %s, relay on GPIO%d",
             config.door.id,
             config.camera.backend,
-            config.decoder.backend,
+            reader.name,
             pins.describe(),
             config.gpio.relay_pin,
         )
         loop = DoorLoop(
             source=camera,
-            reader=build_reader(config.decoder),
+            reader=reader,
             store=store,
             door=door,
             signal=signal,
@@ -143,12 +133,19 @@ def cmd_run(args: argparse.Namespace) -> int:
         )
         loop.run(stop)
         return 0
-    except (CameraError, GpioError) as exc:
+    except StoreError as exc:
+        log.error("%s", exc)
+        return EXIT_DATABASE
+    except (CameraError, GpioError, DecoderUnavailable) as exc:
         log.error("%s", exc)
         return EXIT_RUNTIME
     finally:
         for part in reversed(opened):
-            part.close()
+            try:
+                part.close()
+            except Exception:
+                # One part failing to close must not keep the others (the relay last) open.
+                log.exception("closing %s failed", type(part).__name__)
         store.close()
 
 

@@ -26,5 +26,10 @@ class Debouncer:
             self._forget_older_than(now_ns - self._cooldown_ns)
         return True
 
+    def forget(self, key: bytes) -> None:
+        """Drop ``key``, so its next sighting is decided (used when a decision could not be
+        recorded)."""
+        self._last_seen.pop(key, None)
+
     def _forget_older_than(self, cutoff_ns: int) -> None:
         self._last_seen = {k: t for k, t in self._last_seen.items() if t >= cutoff_ns}

@@ -28,9 +28,11 @@ def uuid7(now_ms: int | None = None) -> uuid.UUID:
             rand = _last_rand + 1
         else:
             rand = int.from_bytes(os.urandom(10), "big") >> 6  # 74 random bits
-        _last_ms, _last_rand = ms, rand & ((1 << 74) - 1)
-    rand_a = (_last_rand >> 62) & 0xFFF
-    rand_b = _last_rand & ((1 << 62) - 1)
+        rand &= (1 << 74) - 1
+        _last_ms, _last_rand = ms, rand
+    # Built from the locals taken under the lock: another thread may already have moved on.
+    rand_a = (rand >> 62) & 0xFFF
+    rand_b = rand & ((1 << 62) - 1)
     value = (ms & ((1 << 48) - 1)) << 80 | 0x7 << 76 | rand_a << 64 | 0b10 << 62 | rand_b
     return uuid.UUID(int=value)
 

@@ -76,14 +76,19 @@ def effective_time(now: Now) -> datetime | None:
 
     This is ``now.wall``, except that a clock which is not NTP-synced and reads earlier than
     ``now.clock_floor`` gives the floor (the clock stepped backwards). None means the time is before
-    ``EARLIEST_TRUSTED_TIME`` and no floor is known: the clock was never set. Raises ``ValueError``
+    ``EARLIEST_TRUSTED_TIME`` and no floor is known: the clock was never set. A floor that is itself
+    before ``EARLIEST_TRUSTED_TIME`` (rows journaled by an unset clock) counts as no floor. Raises ``ValueError``
     if a time is naive (all times must be timezone-aware).
     """
     _require_aware("Now.wall", now.wall)
-    if now.clock_floor is not None:
-        _require_aware("Now.clock_floor", now.clock_floor)
-        if now.quality != ClockQuality.NTP_SYNCED and now.wall < now.clock_floor:
-            return now.clock_floor
+    floor = now.clock_floor
+    if floor is not None:
+        _require_aware("Now.clock_floor", floor)
+        if floor < EARLIEST_TRUSTED_TIME:
+            floor = None  # journaled by a clock that was never set: proves nothing
+    if floor is not None:
+        if now.quality != ClockQuality.NTP_SYNCED and now.wall < floor:
+            return floor
         return now.wall
     if now.wall < EARLIEST_TRUSTED_TIME:
         return None

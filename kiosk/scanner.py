@@ -51,6 +51,8 @@ class ScannerSettings:
     read_timeout_s: float = 0.1
     # The fault pattern is repeated this often while a fault lasts.
     fault_repeat_s: float = 2.0
+    # After the database failed a scan, wait this long before trying the next one.
+    store_retry_s: float = 1.0
     policy: PolicySettings = field(default_factory=PolicySettings)
 
 
@@ -100,6 +102,11 @@ class DoorLoop:
         self.notifier = notifier or Notifier(address="")
         self.on_outcome = on_outcome
         self._debouncer = Debouncer(settings.debounce_s)
+        # After a database failure, scans wait this long before the next attempt, so a full
+        # disk is not hammered 30 times a second while a member holds up a card.
+        self._store_retry_ns = int(settings.store_retry_s * 1e9)
+        self._store_blocked_until_ns: int | None = None
+        self._replica_key: tuple | None = None
         self._replica_version: int | None = None
         self._salt = b""
         self._site = SiteFacts()
@@ -109,6 +116,8 @@ class DoorLoop:
         self._last_fault_shown_ns: int | None = None
         self.frames = 0
         self.decisions = 0
+        self.decode_errors = 0
+        self._decode_error_logged_ns: int | None = None
 
     # -- the loop ---------------------------------------------------------------------------------
 
@@ -126,8 +135,8 @@ class DoorLoop:
                     log.info("frame source ended after %d frames", self.frames)
                     return
         finally:
+            self.door.release()  # the safety action first
             self.notifier.stopping()
-            self.door.release()
 
     def step(self) -> list[Outcome]:
         """Read one frame (or time out) and decide every new code in it."""
@@ -141,8 +150,21 @@ class DoorLoop:
             self._check_stale()
             return []
         self._frame_arrived(frame)
+        try:
+            symbols = self.reader.decode(frame.pixels)
+        except Exception:
+            # A decoder must not raise on image content, but a camera glitch must never stop the
+            # door: the frame counts as a miss. Logged with its traceback, at most every 10 s.
+            self.decode_errors += 1
+            now_ns = self.clock.monotonic_ns()
+            if self._decode_error_logged_ns is None or now_ns - self._decode_error_logged_ns > 10e9:
+                self._decode_error_logged_ns = now_ns
+                log.exception(
+                    "decoding a frame failed (%d so far); frame skipped", self.decode_errors
+                )
+            return []
         outcomes = []
-        for symbol in self.reader.decode(frame.pixels):
+        for symbol in symbols:
             outcome = self._handle_payload(symbol.payload, frame)
             if outcome is not None:
                 outcomes.append(outcome)
@@ -158,6 +180,7 @@ class DoorLoop:
             log.info("camera delivering frames again")
             self._camera_stale = False
             self.signal.show("idle")
+            self.notifier.status(f"door {self.settings.door_id} scanning")
         # Fed only while frames arrive: a dead camera lets systemd's watchdog restart us.
         self.notifier.ready(status=f"door {self.settings.door_id} scanning")
         self.notifier.watchdog(now_ns)
@@ -187,8 +210,11 @@ class DoorLoop:
 
     def _handle_payload(self, payload: bytes, frame: Frame) -> Outcome | None:
         now_ns = self.clock.monotonic_ns()
+        if self._store_blocked_until_ns is not None and now_ns < self._store_blocked_until_ns:
+            return None
         # The debounce key is a digest, so a hostile payload is never kept around verbatim.
-        if not self._debouncer.admit(hashlib.blake2b(payload, digest_size=16).digest(), now_ns):
+        key = hashlib.blake2b(payload, digest_size=16).digest()
+        if not self._debouncer.admit(key, now_ns):
             return None
         now = self._now()
         try:
@@ -205,7 +231,12 @@ class DoorLoop:
             # sees the fault pattern, the log says what is wrong, and the next scan tries again.
             log.error("check-in not recorded, door not opened: %s", exc)
             self._show_fault(force=True)
+            # Not decided, so not debounced: the card still in view is tried again once the
+            # retry pause is over.
+            self._debouncer.forget(key)
+            self._store_blocked_until_ns = now_ns + self._store_retry_ns
             return None
+        self._store_blocked_until_ns = None
         self.decisions += 1
         if self._clock_floor is None or checkin.wall_time > self._clock_floor:
             self._clock_floor = checkin.wall_time
@@ -236,8 +267,10 @@ class DoorLoop:
             return Decision(Verdict.DENIED, Reason.MALFORMED_CODE, detail=credential.why), None
         assert isinstance(credential, StaticCode)  # the only credential type so far
         replica = self.store.replica_info()
-        if replica.version != self._replica_version:
-            # Cached per replica version: the sync agent swaps the replica in another process.
+        if (replica.version, replica.synced_at) != self._replica_key:
+            # Cached per replica: the sync agent swaps it from another process, and a fresh
+            # snapshot at the same version (a repair) still gets a new sync time.
+            self._replica_key = (replica.version, replica.synced_at)
             self._replica_version = replica.version
             self._salt = self.store.code_salt()
             self._site = self.store.site_facts()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import socket
 import time
+from collections import deque
 
 
 class Notifier:
@@ -27,7 +28,9 @@ class Notifier:
         self._min_ns = int(min_interval_s * 1e9)
         self._last_watchdog_ns: int | None = None
         self._ready = False
-        self.sent: list[str] = []  # what was sent, for tests and diagnostics
+        # The latest messages, for tests and diagnostics; bounded because the watchdog is fed
+        # once a second for as long as the daemon runs.
+        self.sent: deque[str] = deque(maxlen=64)
 
     @property
     def enabled(self) -> bool:

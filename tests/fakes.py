@@ -1,8 +1,10 @@
 """Fakes at the hardware boundary for door-loop tests: a scripted scene seen by a fake camera and a
-fake decoder, and a manual relay timer. No image processing, no real sleeping."""
+fake decoder, and a manual relay timer. No image processing, no real sleeping. Also the clean
+environment for `kiosk` subprocesses."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Sequence
 
 import numpy as np
@@ -134,3 +136,9 @@ def damaged_code_frame(payload: str) -> np.ndarray:
     frame = np.full((480, 640), 150, np.uint8)
     frame[40 : 40 + image.shape[0], 100 : 100 + image.shape[1]] = image
     return frame
+
+
+def clean_env() -> dict[str, str]:
+    """The environment for a `kiosk` subprocess: without the developer's KIOSK_* overrides, which
+    would otherwise point tests at a real config, database or pins."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("KIOSK_")}

@@ -9,11 +9,13 @@ import json
 import subprocess
 import sys
 
+from fakes import clean_env
+
 
 def test_bench_json_reports_every_figure():
     result = subprocess.run(
         [sys.executable, "-m", "kiosk", "bench", "--json", "--frames", "8"],
-        capture_output=True, text=True, timeout=300, check=False,
+        capture_output=True, text=True, timeout=300, check=False, env=clean_env(),
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
     r = json.loads(result.stdout)

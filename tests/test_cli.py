@@ -9,6 +9,7 @@ import sys
 
 import cv2
 
+from fakes import clean_env
 from hardware.synthetic import compose_frame
 from kiosk.cli import main
 
@@ -27,7 +28,7 @@ colour = true
 
 def _kiosk(*args: str, env=None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "kiosk", *args], capture_output=True, text=True,
-                          timeout=120, check=False, env=env)  # fmt: skip
+                          timeout=120, check=False, env=env or clean_env())  # fmt: skip
 
 
 def test_config_check_lists_every_error_with_its_path(tmp_path, capsys):

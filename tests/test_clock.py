@@ -43,3 +43,19 @@ def test_boot_id_falls_back_without_proc(tmp_path):
     assert boot_id(tmp_path / "missing").startswith("nonlinux-")
     (tmp_path / "boot_id").write_text("abc\n")
     assert boot_id(tmp_path / "boot_id") == "abc"
+
+
+def test_uuid7_ids_are_unique_across_threads():
+    import threading
+
+    ids: list = []
+
+    def make() -> None:
+        ids.extend(uuid7() for _ in range(5_000))
+
+    threads = [threading.Thread(target=make) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(set(ids)) == len(ids) == 20_000

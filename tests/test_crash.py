@@ -23,7 +23,7 @@ import time
 
 from gpiozero.pins.mock import MockFactory
 
-from fakes import FakeCamera, FakeDecoder, Scene
+from fakes import FakeCamera, FakeDecoder, Scene, clean_env
 from hardware.door import RelayDoor
 from hardware.signal import RecordingSignal
 from kiosk.clock import SystemClock
@@ -31,7 +31,8 @@ from kiosk.scanner import DoorLoop, ScannerSettings
 from kiosk.seed import SCENARIO, demo_snapshot
 from kiosk.store import Store
 
-KILLS = int(os.environ.get("KIOSK_CRASH_KILLS", "200"))
+# Not KIOSK_*: that prefix is the configuration's, and strict loading rejects unknown names.
+KILLS = int(os.environ.get("FITFLOW_TEST_CRASH_KILLS", "200"))
 CODES = [scan.payload for scan in SCENARIO]
 
 
@@ -129,6 +130,7 @@ def test_demo_json_lines_are_durable_when_the_demo_is_killed(tmp_path):
         [sys.executable, "-m", "kiosk", "demo", "--json", "--db", str(db)],
         stdout=subprocess.PIPE,
         text=True,
+        env=clean_env(),
     )
     lines = []
     try:

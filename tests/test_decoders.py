@@ -9,20 +9,18 @@ import pytest
 
 from fakes import damaged_code_frame
 from hardware.decode_zxing import ZxingDecoder
-from hardware.protocols import Decoder
+from hardware.protocols import Decoder, DecoderUnavailable
 from hardware.reader import make_decoder
 from hardware.synthetic import compose_frame
 
 PAYLOAD = "3f2b8a4e-1c6d-4e7a-9b2f-5d8c1a0e6f47"
 
 
-def pyzbar_or_skip():
+def pyzbar_decoder():
+    """pyzbar needs libzbar0, which `./dev test` and `.ci/run` install: its absence is a failure."""
     from hardware.decode_pyzbar import PyzbarDecoder
 
-    try:
-        return PyzbarDecoder()
-    except RuntimeError as exc:  # libzbar0 not installed on this machine
-        pytest.skip(str(exc))
+    return PyzbarDecoder()
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +35,7 @@ def empty_frame() -> np.ndarray:
 
 @pytest.mark.parametrize("name", ["zxing", "pyzbar", "opencv"])
 def test_decoder_reads_a_clean_code_and_nothing_in_an_empty_scene(name, clean_frame, empty_frame):
-    decoder = pyzbar_or_skip() if name == "pyzbar" else make_decoder(name)
+    decoder = pyzbar_decoder() if name == "pyzbar" else make_decoder(name)
     assert isinstance(decoder, Decoder)
     assert [d.payload for d in decoder.decode(clean_frame)] == [PAYLOAD.encode()]
     assert decoder.decode(clean_frame)[0].decoder == decoder.name
@@ -46,7 +44,7 @@ def test_decoder_reads_a_clean_code_and_nothing_in_an_empty_scene(name, clean_fr
 
 @pytest.mark.parametrize("name", ["zxing", "pyzbar", "opencv"])
 def test_decoder_rejects_a_colour_frame_with_a_clear_message(name):
-    decoder = pyzbar_or_skip() if name == "pyzbar" else make_decoder(name)
+    decoder = pyzbar_decoder() if name == "pyzbar" else make_decoder(name)
     with pytest.raises(ValueError, match="2-D uint8"):
         decoder.decode(np.zeros((48, 64, 3), np.uint8))
 
@@ -54,7 +52,7 @@ def test_decoder_rejects_a_colour_frame_with_a_clear_message(name):
 def test_pyzbar_all_symbologies_reads_qr_too(clean_frame):
     from hardware.decode_pyzbar import PyzbarDecoder
 
-    pyzbar_or_skip()
+    pyzbar_decoder()
     decoder = PyzbarDecoder(all_symbologies=True)
     assert decoder.name == "pyzbar_all"
     assert [d.payload for d in decoder.decode(clean_frame)] == [PAYLOAD.encode()]
@@ -93,7 +91,7 @@ def test_missing_pyzbar_gives_an_install_hint(monkeypatch):
 
     monkeypatch.setitem(sys.modules, "pyzbar", None)
     monkeypatch.setitem(sys.modules, "pyzbar.pyzbar", None)
-    with pytest.raises(RuntimeError, match="apt install libzbar0"):
+    with pytest.raises(DecoderUnavailable, match="apt install libzbar0"):
         PyzbarDecoder()
 
 

@@ -8,6 +8,7 @@ import sqlite3
 import subprocess
 import sys
 
+from fakes import clean_env
 from kiosk.demo import run_demo
 from kiosk.seed import SCENARIO
 
@@ -77,7 +78,7 @@ def test_human_output_names_decisions_and_reasons(tmp_path):
 def test_cli_demo_once_json_exits_zero():
     result = subprocess.run(
         [sys.executable, "-m", "kiosk", "demo", "--once", "--json"],
-        capture_output=True, text=True, timeout=120, check=False,
+        capture_output=True, text=True, timeout=120, check=False, env=clean_env(),
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     lines = [json.loads(line) for line in result.stdout.splitlines()]

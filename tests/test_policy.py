@@ -222,6 +222,16 @@ CLOCK = [
         at=now(utc("1970-01-01T00:05"), quality=ClockQuality.UNSYNCED),
     ),
     row(
+        "1970 with a floor that an unset clock wrote is still untrusted",
+        facts(sub()),
+        Reason.CLOCK_UNTRUSTED,
+        at=now(
+            utc("1970-01-01T00:05"),
+            quality=ClockQuality.UNSYNCED,
+            floor=utc("1970-01-01T00:01"),
+        ),
+    ),
+    row(
         "1970 with a floor uses the floor",
         facts(sub()),
         Reason.SUBSCRIPTION,

@@ -176,3 +176,10 @@ def test_image_helpers_keep_geometry_and_grey_levels():
     assert signature(np.zeros((480, 640), np.uint8)).shape == (30, 40)
     crop = crop_around(np.zeros((100, 100), np.uint8), ((90, 90), (120, 90), (120, 120), (90, 120)))
     assert crop.shape[0] <= 100 and crop.shape[1] <= 100 and crop.size > 0
+
+
+@pytest.mark.parametrize("shape", [(1, 640), (480, 1), (20, 20), (30, 640), (0, 0)])
+def test_degenerate_frames_are_misses_not_errors(shape):
+    """A glitched camera can deliver truncated frames; none may raise into the door loop."""
+    reader = QrReader(ZxingDecoder(), motion_gate=False, retry_on_miss=True)
+    assert reader.decode(np.zeros(shape, np.uint8)) == []
