@@ -166,7 +166,7 @@ def cmd_relay_off(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from kiosk.demo import run_demo
+    from kiosk.demo import DemoError, run_demo
     from kiosk.store import StoreError
 
     # Decisions go to stdout; logs to stderr, quiet unless something is wrong.
@@ -178,6 +178,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     except StoreError as exc:
         print(f"demo: {exc}", file=sys.stderr)
         return EXIT_DATABASE
+    except DemoError as exc:
+        print(f"demo: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
     except KeyboardInterrupt:
         return 0
 

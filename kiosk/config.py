@@ -146,9 +146,9 @@ SCHEMA: tuple[Table, ...] = (
     )),
     Table("camera",
           "Where frames come from: picamera2 for the Pi camera, opencv for a USB webcam, replay "
-          "for recorded images or a video, synthetic for generated QR frames (demo, tests).", (
+          "for recorded images or a video (`kiosk demo` brings its own synthetic camera).", (
         Key("backend", str, "picamera2", "Frame source.",
-            choices=("picamera2", "opencv", "replay", "synthetic")),
+            choices=("picamera2", "opencv", "replay")),
         Key("width", int, 640, "Frame width.", unit="px", low=160, high=4096),
         Key("height", int, 480, "Frame height.", unit="px", low=120, high=3072),
         Key("fps", int, 30, "Frames per second requested from the camera.", unit="frames/s",
@@ -173,8 +173,9 @@ SCHEMA: tuple[Table, ...] = (
           "turnstile's grant input to the relay's normally-open contact, with a pull resistor so "
           "the relay stays off while the Pi boots.", (
         Key("pin_factory", str, "auto",
-            "gpiozero pin backend: auto picks what is installed; lgpio on a Pi 5 (RPi.GPIO does "
-            "not work there); rpigpio on a Pi 4 or older; mock simulates pins (demo, tests).",
+            "gpiozero pin backend: auto uses lgpio on any Raspberry Pi and refuses to run "
+            "anywhere else; lgpio works on every Pi and is required on a Pi 5 (RPi.GPIO does not "
+            "work there); rpigpio on a Pi 4 or older; mock simulates pins (demo, tests).",
             choices=("auto", "lgpio", "rpigpio", "mock")),
         _pin("relay_pin", 17, "Turnstile relay output."),
         Key("relay_active_high", bool, True, "true if a high output closes the relay."),
@@ -203,8 +204,9 @@ SCHEMA: tuple[Table, ...] = (
                            beeps=0, beep_on_ms=0, beep_off_ms=0)),
     Table("scanner", "The door loop.", (
         Key("debounce_s", float, 3.0,
-            "The same code held in view is decided once per this period; a different code is "
-            "decided at once.", unit="s", low=0.5, high=60),
+            "A code held in view is decided once; it is decided again only after it has been "
+            "out of view this long. A different code is decided at once.",
+            unit="s", low=0.5, high=60),
     )),
     Table("policy", "Access rules the door applies on its own, online or offline.", (
         Key("passback_minutes", float, 10.0,

@@ -30,7 +30,7 @@ from kiosk.parts import (
     scanner_settings,
 )
 from kiosk.scanner import DoorLoop, Outcome, stop_on_signals
-from kiosk.seed import SCENARIO, demo_snapshot
+from kiosk.seed import DEMO_SALT, SCENARIO, demo_snapshot
 from kiosk.store import Store
 
 log = logging.getLogger(__name__)
@@ -41,13 +41,13 @@ GAP_S = 1.2  # empty scene between cards
 
 
 def demo_config(db_path: Path) -> Config:
-    """The embedded defaults with simulated hardware and the demo's own database."""
+    """The embedded defaults with mock pins and the demo's own database. (The demo's synthetic
+    camera is built directly, not from ``camera.backend``: it is not a camera a door may use.)"""
     config = default_config()
     return replace(
         config,
         door=replace(config.door, id="demo-door"),
         store=replace(config.store, path=str(db_path)),
-        camera=replace(config.camera, backend="synthetic"),
         gpio=replace(config.gpio, pin_factory="mock"),
     )
 
@@ -67,6 +67,25 @@ def _database(db: Path | None) -> Iterator[Path]:
         return
     with tempfile.TemporaryDirectory(prefix="kiosk-demo-") as tmp:
         yield Path(tmp) / "kiosk.db"
+
+
+class DemoError(Exception):
+    """The demo cannot run as asked; the message says why."""
+
+
+def _refuse_real_database(store: Store) -> None:
+    """Demo check-ins must never land in a real device's journal (the sync agent would upload
+    them). A database is the demo's when it is new, or holds the demo's replica."""
+    if store.member_count() > 0 and store.code_salt() != DEMO_SALT:
+        raise DemoError(
+            f"{store.path} holds a real member replica, not the demo's: the demo only runs on its "
+            "own database (leave out --db, or give a new file)"
+        )
+    if store.member_count() == 0 and store.checkin_count() > 0:
+        raise DemoError(
+            f"{store.path} has check-ins but no replica, like a device that has not synced yet: "
+            "the demo only runs on its own database (leave out --db, or give a new file)"
+        )
 
 
 class _Printer:
@@ -132,6 +151,7 @@ def run_demo(
     with _database(db) as db_path:
         config = demo_config(db_path)
         with Store.open(db_path) as store:
+            _refuse_real_database(store)
             seeded = store.member_count() == 0
             if seeded:
                 store.replace_replica(demo_snapshot(clock.wall(), config.site.timezone))

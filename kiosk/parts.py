@@ -83,20 +83,6 @@ def build_camera(camera, clock: Clock) -> FrameSource:
         from hardware.camera_replay import ReplayCamera
 
         return ReplayCamera(Path(camera.replay_path), fps=camera.fps, clock=clock.monotonic_ns)
-    if camera.backend == "synthetic":
-        # Plays the demo scenario's cards in a loop: for wiring checks without a camera.
-        from hardware.synthetic import SyntheticCamera
-        from kiosk.demo import DEMO_FPS, scenario_script
-
-        return SyntheticCamera(
-            scenario_script(DEMO_FPS),
-            width=camera.width,
-            height=camera.height,
-            fps=DEMO_FPS,
-            clock=clock.monotonic_ns,
-            sleep=clock.sleep,
-            loop=True,
-        )
     raise ValueError(f"unknown camera backend {camera.backend!r}")  # config validation prevents it
 
 

@@ -25,6 +25,9 @@ from kiosk.store import ReplicaSnapshot
 
 ORG = "org-demo"
 DEMO_REPLICA_VERSION = 1
+# A fixed salt keeps demo databases comparable between runs, and marks a replica as the demo's:
+# real salts come from the cloud.
+DEMO_SALT = hashlib.sha256(b"fitflow-demo-salt").digest()
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,8 +86,7 @@ def demo_snapshot(now: datetime, timezone: str) -> ReplicaSnapshot:
     """The replica the demo runs on: the members above, a full-access and an off-peak plan, a gym
     open around the clock and no closures. ``synced_at`` is ``now``: the replica counts as fresh."""
     local_now = now.astimezone(ZoneInfo(timezone))
-    # A fixed salt keeps demo databases comparable between runs; real salts come from the cloud.
-    salt = hashlib.sha256(b"fitflow-demo-salt").digest()
+    salt = DEMO_SALT
     members = demo_members(now, timezone)
     return ReplicaSnapshot(
         members=[(m.member, code_hash(m.code, salt)) for m in members],

@@ -99,7 +99,7 @@ def test_run_reports_a_damaged_database_and_leaves_it_untouched(tmp_path):
     garbage = b"this is not a database, but it might be a journal someone needs" * 100
     db.write_bytes(garbage)
     config = tmp_path / "kiosk.toml"
-    config.write_text(f'[store]\npath = "{db}"\n[camera]\nbackend = "synthetic"\n'
+    config.write_text(f'[store]\npath = "{db}"\n'
                       '[gpio]\npin_factory = "mock"\n')  # fmt: skip
     result = _kiosk("run", "--config", str(config))
     assert result.returncode == 3

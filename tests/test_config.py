@@ -150,7 +150,7 @@ SINGLE_ERRORS = [
     ("[camera]\ndevice = 64", "camera.device: 64 is out of range 0..63"),
     # bad choices
     ('[camera]\nbackend = "usb"',
-     'camera.backend: "usb" is not one of picamera2, opencv, replay, synthetic'),
+     'camera.backend: "usb" is not one of picamera2, opencv, replay'),
     ('[gpio]\npin_factory = "pigpio"',
      'gpio.pin_factory: "pigpio" is not one of auto, lgpio, rpigpio, mock'),
     ('[feedback.granted]\nled = "blue"',
@@ -323,8 +323,7 @@ ENV_ERRORS = [
     ("KIOSK_SCANNER_DEBOUNCE_S", "inf",
      'KIOSK_SCANNER_DEBOUNCE_S: scanner.debounce_s: "inf" is not a number'),
     ("KIOSK_CAMERA_BACKEND", "usb",
-     'KIOSK_CAMERA_BACKEND: camera.backend: "usb" is not one of picamera2, opencv, replay, '
-     "synthetic"),
+     'KIOSK_CAMERA_BACKEND: camera.backend: "usb" is not one of picamera2, opencv, replay'),
     ("KIOSK_SITE_TIMEZONE", "Nowhere/City",
      'KIOSK_SITE_TIMEZONE: site.timezone: "Nowhere/City" is not a known IANA time zone'),
     ("KIOSK_GPIO_RELAYPIN", "5",
@@ -431,4 +430,4 @@ def test_example_sets_every_key_and_documents_its_variable():
     assert document == as_dict(default_config())  # every key present, at its default
     assert "# Environment: KIOSK_FEEDBACK_GRANTED_LED_ON_MS" in text
     assert "# Integer 2..27 (BCM pin number). Default: 17." in text
-    assert '# One of: picamera2, opencv, replay, synthetic. Default: "picamera2".' in text
+    assert '# One of: picamera2, opencv, replay. Default: "picamera2".' in text

@@ -8,6 +8,8 @@ import sqlite3
 import subprocess
 import sys
 
+import pytest
+
 from fakes import clean_env
 from kiosk.demo import run_demo
 from kiosk.seed import SCENARIO
@@ -65,6 +67,38 @@ def test_existing_database_is_reused_not_reseeded(tmp_path):
     # Everyone who got in minutes ago is now refused by anti-passback: the journal was kept.
     assert summary["reasons"].get("passback", 0) > 1
     assert summary["scenario_ok"] is None
+
+
+def test_a_real_device_database_is_refused(tmp_path):
+    """Demo check-ins must never reach a real journal (they would be uploaded to the cloud)."""
+    from datetime import UTC, datetime
+
+    from kiosk.demo import DemoError
+    from kiosk.model import Decision, Now, Reason, Verdict
+    from kiosk.store import Store
+
+    device = tmp_path / "device.db"
+    with Store.open(device) as store:  # a device before its first sync: a journal, no replica
+        now = Now(datetime.now(UTC), 1, "boot", "ntp_synced")
+        store.append_checkin(Decision(Verdict.DENIED, Reason.UNKNOWN_CODE), door_id="d",
+                             replica_version=0, now=now)  # fmt: skip
+    synced = tmp_path / "synced.db"
+    with Store.open(synced) as store:  # a device with a real replica
+        store.replace_replica(demo_snapshot_with_salt(b"real-salt"))
+    for db in (device, synced):
+        with pytest.raises(DemoError, match="only runs on its own database"):
+            run_demo(db=db, as_json=True, once=True, out=io.StringIO())
+    with sqlite3.connect(device) as conn:
+        assert conn.execute("SELECT COUNT(*) FROM checkins").fetchone() == (1,)
+
+
+def demo_snapshot_with_salt(salt: bytes):
+    from dataclasses import replace
+    from datetime import UTC, datetime
+
+    from kiosk.seed import demo_snapshot
+
+    return replace(demo_snapshot(datetime.now(UTC), "UTC"), code_salt=salt)
 
 
 def test_human_output_names_decisions_and_reasons(tmp_path):
