@@ -210,10 +210,6 @@ def frame_set(
     contrast and exposure shifts, on plain or cluttered backgrounds. The same arguments always give
     the same frames. Raises ``ValueError`` when ``payloads`` is empty or ``count`` negative.
     """
-    if not payloads:
-        raise ValueError("frame_set: payloads must not be empty")
-    if count < 0:
-        raise ValueError(f"frame_set: count must be >= 0, got {count}")
     return [
         (payload, compose_frame(payload, width=width, height=height, **params))
         for payload, params in frame_params(
@@ -232,7 +228,12 @@ def frame_params(
     empty_every: int = 5,
 ) -> list[tuple[str | None, dict]]:
     """The recipe behind ``frame_set``: ``(payload, compose_frame keyword arguments)`` per frame,
-    so a bench or a test can tell which distortions a missed frame had."""
+    so a bench or a test can tell which distortions a missed frame had. Raises ``ValueError`` when
+    ``payloads`` is empty or ``count`` negative."""
+    if not payloads:
+        raise ValueError("frame_set: payloads must not be empty")
+    if count < 0:
+        raise ValueError(f"frame_set: count must be >= 0, got {count}")
     rng = np.random.default_rng(seed)
     recipes: list[tuple[str | None, dict]] = []
     shown = 0
