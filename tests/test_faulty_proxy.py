@@ -1,0 +1,91 @@
+"""The fault-injecting proxy does what the end-to-end sync tests rely on."""
+
+from __future__ import annotations
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import httpx
+import pytest
+
+from faulty_proxy import FaultyProxy
+
+
+@pytest.fixture
+def upstream():
+    """A tiny upstream that counts the requests it served and echoes a JSON body."""
+    served: list[bytes] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            served.append(body)
+            answer = json.dumps({"echo": body.decode(), "pad": "x" * 200}).encode()
+            self.send_response(201)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("X-Upstream", "yes")
+            self.send_header("Content-Length", str(len(answer)))
+            self.end_headers()
+            self.wfile.write(answer)
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}", served
+    server.shutdown()
+    server.server_close()
+
+
+def _post(url: str) -> httpx.Response:
+    return httpx.post(url + "/v1/x", content=b"hello", timeout=0.3)
+
+
+def test_pass_forwards_request_and_answer(upstream):
+    url, served = upstream
+    with FaultyProxy(url, fault_rate=0.0) as proxy:
+        resp = _post(proxy)
+    assert resp.status_code == 201 and resp.json()["echo"] == "hello"
+    assert resp.headers["X-Upstream"] == "yes"
+    assert served == [b"hello"]
+
+
+@pytest.mark.parametrize(
+    ("fault", "reaches_upstream"),
+    [("drop", False), ("stall", False), ("lost_ack", True), ("truncate", True)],
+)
+def test_transport_faults_fail_the_client(upstream, fault, reaches_upstream):
+    url, served = upstream
+    proxy = FaultyProxy(url, fault_rate=1.0, faults=(fault,), stall_limit_s=2.0)
+    with proxy as base, pytest.raises(httpx.TransportError):
+        _post(base)
+    assert len(served) == (1 if reaches_upstream else 0)
+    assert proxy.stats[fault] == 1
+
+
+def test_error_and_garbage_answer_without_forwarding(upstream):
+    url, served = upstream
+    with FaultyProxy(url, fault_rate=1.0, faults=("error",)) as base:
+        assert _post(base).status_code in (500, 502, 503)
+    with FaultyProxy(url, fault_rate=1.0, faults=("garbage",)) as base:
+        resp = _post(base)
+        assert resp.status_code == 200
+        with pytest.raises(ValueError):
+            resp.json()
+    assert served == []
+
+
+def test_fault_rate_is_respected_and_seeded(upstream):
+    url, _ = upstream
+    draws = []
+    for _ in range(2):
+        proxy = FaultyProxy(url, fault_rate=0.4, seed=7)
+        draws.append([proxy.choose() for _ in range(500)])
+    assert draws[0] == draws[1]
+    faulted = sum(1 for d in draws[0] if d != "pass") / 500
+    assert 0.33 < faulted < 0.47
