@@ -1,7 +1,10 @@
 """The ``kiosk`` command. Each subcommand is a thin shell over the modules that do the work.
 
-Exit codes: 0 success; 1 a runtime failure (camera, GPIO); 2 invalid configuration or usage;
-3 the database cannot be used (damaged, newer schema, disk full).
+Exit codes: 0 success; 1 a runtime failure (camera, GPIO, the cloud unreachable or refusing an
+enrolment, a sync round that did not complete); 2 invalid configuration or usage (including a
+missing or unsafe credentials file); 3 the database cannot be used (damaged, newer schema, disk
+full); 4 the cloud refused this device for good (token revoked: re-enrol; or it does not speak this
+protocol version: update), so restarting ``kiosk sync`` is pointless.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from pathlib import Path
 
 from kiosk import __version__
 
-EXIT_RUNTIME, EXIT_CONFIG, EXIT_DATABASE = 1, 2, 3
+EXIT_RUNTIME, EXIT_CONFIG, EXIT_DATABASE, EXIT_REFUSED = 1, 2, 3, 4
 
 log = logging.getLogger("kiosk")
 
@@ -72,7 +75,7 @@ def cmd_config_example(_args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from hardware.protocols import CameraError, DecoderUnavailable
-    from kiosk.clock import SystemClock
+    from kiosk.clock import AnchoredClock, SystemClock
     from kiosk.parts import (
         GpioError,
         build_camera,
@@ -98,7 +101,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     except StoreError as exc:
         log.error("%s", exc)
         return EXIT_DATABASE
-    clock = SystemClock()
+    # Until NTP syncs, the time comes from the sync agent's newest anchor of this boot.
+    clock = AnchoredClock(SystemClock(), store.latest_anchor)
     opened: list = []  # closed in reverse order on every exit path; the relay last of all
     try:
         # Synced rows past their retention go; pending rows are never deleted (store guarantees).
@@ -147,6 +151,135 @@ def cmd_run(args: argparse.Namespace) -> int:
                 # One part failing to close must not keep the others (the relay last) open.
                 log.exception("closing %s failed", type(part).__name__)
         store.close()
+
+
+def cmd_enrol(args: argparse.Namespace) -> int:
+    """Enrol this device with the cloud once, with a single-use code from the gym's admin, and
+    write its credentials file (mode 0600)."""
+    import socket
+
+    from sync.client import CloudClient, CloudError, check_cloud_url
+    from sync.identity import DeviceIdentity, IdentityError, save_identity
+
+    config = None
+    if args.credentials:
+        path = Path(args.credentials)
+    else:
+        config = _load_config(args.config)
+        if config is None:
+            return EXIT_CONFIG
+        path = Path(config.sync.credentials_file)
+    if path.exists() and not args.force:
+        print(
+            f"enrol: {path} already holds this device's credentials. Enrolling again gives the "
+            f"device a new identity in the cloud (the old one stays until revoked); add --force "
+            f"to do that.",
+            file=sys.stderr,
+        )
+        return EXIT_CONFIG
+    try:
+        url = check_cloud_url(args.cloud)
+    except ValueError as exc:
+        print(f"enrol: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    name = args.name or socket.gethostname()[:200] or "kiosk"
+    timeout_s = config.sync.request_timeout_s if config is not None else 10.0
+    try:
+        with CloudClient(
+            url,
+            None,
+            transport=getattr(args, "transport", None),
+            timeout_s=timeout_s,
+            software_version=__version__,
+        ) as client:
+            enrolment = client.enrol(args.code.strip(), name, __version__)
+    except CloudError as exc:
+        print(f"enrol: {exc}", file=sys.stderr)
+        return EXIT_RUNTIME
+    identity = DeviceIdentity.from_enrolment(url, enrolment)
+    try:
+        save_identity(path, identity, overwrite=args.force)
+    except IdentityError as exc:
+        print(f"enrol: {exc}", file=sys.stderr)
+        return EXIT_RUNTIME
+    print(
+        f"enrolled as device {identity.device_id} of {identity.gym_name} (gym {identity.gym_id},"
+        f" time zone {identity.timezone}); credentials written to {path}"
+    )
+    if config is not None and config.site.timezone != identity.timezone:
+        print(
+            f"note: the cloud says the gym's time zone is {identity.timezone}, the configuration "
+            f'says {config.site.timezone}; set site.timezone = "{identity.timezone}" in the '
+            f"configuration file"
+        )
+    return 0
+
+
+def cmd_sync(args: argparse.Namespace) -> int:
+    """Run the sync agent (the systemd unit), or one round with --once."""
+    from kiosk.clock import AnchoredClock, SystemClock
+    from kiosk.scanner import stop_on_signals
+    from kiosk.store import Store, StoreError
+    from sync.agent import SyncAgent, sync_settings
+    from sync.client import CloudClient
+    from sync.identity import IdentityError, load_identity
+
+    config = _load_config(args.config)
+    if config is None:
+        print("refusing to start the sync agent on an invalid configuration", file=sys.stderr)
+        return EXIT_CONFIG
+    _setup_logging(config.logging.level)
+    try:
+        identity = load_identity(Path(config.sync.credentials_file), os.environ)
+    except IdentityError as exc:
+        print(f"sync: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    if identity.timezone != config.site.timezone:
+        log.warning(
+            "the cloud says the gym's time zone is %s, the configuration says %s (site.timezone)",
+            identity.timezone,
+            config.site.timezone,
+        )
+    try:
+        store = Store.open(Path(config.store.path))
+    except StoreError as exc:
+        log.error("%s", exc)
+        return EXIT_DATABASE
+    stop = threading.Event()
+    if not args.once:
+        stop_on_signals(stop)
+    clock = AnchoredClock(SystemClock(), store.latest_anchor)
+    try:
+        with CloudClient(
+            identity.cloud_url,
+            identity.token,
+            transport=getattr(args, "transport", None),
+            timeout_s=config.sync.request_timeout_s,
+            clock=clock,
+            software_version=__version__,
+        ) as client:
+            agent = SyncAgent(store, client, sync_settings(config), clock, sleep=stop.wait)
+            log.info(
+                "syncing device %s of %s with %s",
+                identity.device_id,
+                identity.gym_name,
+                identity.cloud_url,
+            )
+            report = agent.cycle() if args.once else agent.run(stop)
+    finally:
+        store.close()
+    if report.fatal:
+        print(f"sync stopped: {report.error}", file=sys.stderr)
+        return EXIT_REFUSED
+    if args.once:
+        if not report.ok:
+            print(f"sync incomplete: {report.error}", file=sys.stderr)
+            return EXIT_RUNTIME
+        print(
+            f"sync ok: {report.pushed} check-ins uploaded, {report.rejected} rejected; "
+            f"replica {report.pull}"
+        )
+    return 0
 
 
 def cmd_relay_off(args: argparse.Namespace) -> int:
@@ -242,6 +375,35 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_bench)
 
+    p = sub.add_parser(
+        "enrol", help="enrol this device with the cloud (once, with a code from the admin page)"
+    )
+    p.add_argument("--cloud", required=True, metavar="URL", help="the cloud's address (https)")
+    p.add_argument("--code", required=True, help="the single-use enrolment code")
+    p.add_argument("--name", help="this device's name in the cloud (default: the host name)")
+    p.add_argument(
+        "--credentials",
+        metavar="PATH",
+        help="where to write the credentials (default: sync.credentials_file from the config)",
+    )
+    p.add_argument("--config", help="config file (for sync.credentials_file)")
+    p.add_argument(
+        "--force", action="store_true", help="replace an existing enrolment of this device"
+    )
+    p.set_defaults(func=cmd_enrol)
+
+    p = sub.add_parser(
+        "sync", help="run the sync agent: upload check-ins, pull the replica (systemd unit)"
+    )
+    p.add_argument("--once", action="store_true", help="one round; exit 0 only if it all went")
+    p.add_argument("--config", help="config file")
+    p.set_defaults(func=cmd_sync)
+
+    # The reference cloud service; its module imports FastAPI only inside the commands.
+    from sync.cloud.cli import register as register_cloud
+
+    register_cloud(sub)
+
     p = sub.add_parser("relay-off", help="force the relay output off (systemd ExecStopPost)")
     p.add_argument("--config", help="config file")
     p.set_defaults(func=cmd_relay_off)
@@ -267,8 +429,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, *, transport=None) -> int:
+    """Run one command. ``transport`` (an ``httpx`` transport) replaces the network for the
+    commands that talk to the cloud; tests pass an ``httpx.MockTransport``."""
     args = build_parser().parse_args(argv)
+    args.transport = transport
     return args.func(args)
 
 

@@ -1,23 +1,31 @@
 """Time for the scanner: wall clock, monotonic clock, boot id and how far the wall clock is trusted.
 
-The Pi has no battery-backed clock, so the wall time can be anything until NTP (or, later, a server
-anchor from the sync agent) sets it. Check-ins therefore carry monotonic time and the boot id as well,
-and the access policy never lets a wall clock that stepped backwards revive an expired membership.
+The Pi has no battery-backed clock, so the wall time can be anything until NTP or a server anchor
+from the sync agent sets it. Check-ins therefore carry monotonic time and the boot id as well, and
+the access policy never lets a wall clock that stepped backwards revive an expired membership.
+``AnchoredClock`` tells the time from the newest anchor of this boot (the sync agent records one
+on every exchange that carries the cloud's time) while the kernel's clock is not NTP-synced.
 """
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import logging
 import time
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from kiosk.ids import boot_id
 from kiosk.model import ClockQuality
+
+if TYPE_CHECKING:
+    from sync.protocol import Anchor
+
+log = logging.getLogger(__name__)
 
 # systemd-timesyncd touches this file once the clock is synchronised (systemd >= 239).
 TIMESYNC_FLAG = Path("/run/systemd/timesync/synchronized")
@@ -123,3 +131,77 @@ class SimClock:
 
     def advance(self, seconds: float) -> None:
         self._elapsed_ns += max(0, int(seconds * 1e9))
+
+
+class AnchoredClock:
+    """A clock that tells the cloud's time while the base clock is not NTP-synced.
+
+    ``anchor_for(boot_id)`` returns the newest anchor of that boot (``Store.latest_anchor``): the
+    sync agent's monotonic reading ``monotonic_ns`` happened at cloud time ``server_time``. The
+    kernel's monotonic clock is shared by every process of one boot, so the scanner can use an
+    anchor the agent recorded: wall time = ``server_time + (monotonic_now - monotonic_ns)``, with
+    quality ``server_anchored``. An NTP-synced base clock always wins; without an anchor for this
+    boot the base clock is used as it is (the policy's clock floor still guards it).
+
+    The anchor is cached: read at the first ``wall()``, again on ``refresh()`` (the scanner calls it
+    when its replica cache refreshes) and at most every ``refresh_every_s`` seconds of monotonic
+    time, so no frame and no decision waits on an extra query. A failing ``anchor_for`` (database
+    locked, damaged) keeps the previous anchor and is logged: a clock never stops the door.
+    """
+
+    def __init__(
+        self,
+        base: Clock,
+        anchor_for: Callable[[str], Anchor | None],
+        *,
+        refresh_every_s: float = 60.0,
+    ) -> None:
+        self.base = base
+        self.boot_id = base.boot_id
+        self._anchor_for = anchor_for
+        self._every_ns = int(refresh_every_s * 1e9)
+        self._anchor: Anchor | None = None
+        self._read_ns: int | None = None
+
+    def refresh(self) -> None:
+        """Read the newest anchor of this boot now."""
+        self._read_ns = self.base.monotonic_ns()
+        try:
+            anchor = self._anchor_for(self.boot_id)
+        except Exception as exc:  # the door keeps its last known anchor rather than stopping
+            log.warning("could not read the clock anchor, keeping the previous one: %s", exc)
+            return
+        if anchor is not None and anchor.boot_id == self.boot_id:
+            self._anchor = anchor
+
+    @property
+    def anchor(self) -> Anchor | None:
+        """The anchor in use (None: none for this boot yet)."""
+        return self._anchor
+
+    def _current(self) -> Anchor | None:
+        now_ns = self.base.monotonic_ns()
+        if self._read_ns is None or now_ns - self._read_ns >= self._every_ns:
+            self.refresh()
+        return self._anchor
+
+    def wall(self) -> datetime:
+        if self.base.quality() is ClockQuality.NTP_SYNCED:
+            return self.base.wall()
+        anchor = self._current()
+        if anchor is None:
+            return self.base.wall()
+        elapsed_ns = self.base.monotonic_ns() - anchor.monotonic_ns
+        return anchor.server_time + timedelta(microseconds=elapsed_ns // 1000)
+
+    def monotonic_ns(self) -> int:
+        return self.base.monotonic_ns()
+
+    def quality(self) -> ClockQuality:
+        base = self.base.quality()
+        if base is ClockQuality.NTP_SYNCED:
+            return base
+        return ClockQuality.SERVER_ANCHORED if self._current() is not None else base
+
+    def sleep(self, seconds: float) -> None:
+        self.base.sleep(seconds)

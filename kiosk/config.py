@@ -220,6 +220,30 @@ SCHEMA: tuple[Table, ...] = (
             "definite end date still ahead; refuse admits only staff.",
             choices=tuple(p.value for p in StalePolicy)),
     )),
+    Table("sync",
+          "The sync agent (`kiosk sync`): uploads check-ins, pulls the member replica and reports "
+          "the device's health to the cloud. The device's credentials (from `kiosk enrol`) live "
+          "in their own file, never here.", (
+        Key("credentials_file", str, "/var/lib/fitflow-kiosk/device.json",
+            "The device's credentials written by `kiosk enrol` (mode 0600). Under systemd, "
+            "LoadCredential= with this file's name takes precedence.",
+            check=_non_empty_problem, rule="a file path"),
+        Key("interval_s", float, 30.0,
+            "Time between sync rounds when nothing happens; a new check-in starts one at once.",
+            unit="s", low=1, high=3600),
+        Key("batch_size", int, 200, "Check-ins uploaded per request (halved if the cloud says "
+            "a batch is too large).", unit="check-ins", low=1, high=500),
+        Key("page_rows", int, 1000, "Replica rows asked for per page when pulling.",
+            unit="rows", low=100, high=5000),
+        Key("request_timeout_s", float, 10.0, "How long one request to the cloud may take.",
+            unit="s", low=1, high=120),
+        Key("backoff_max_s", float, 300.0,
+            "Longest wait between retries while the cloud is unreachable (random, doubling up to "
+            "this).", unit="s", low=1, high=3600),
+        Key("wake_poll_s", float, 1.0,
+            "How often the agent looks for new check-ins between rounds.",
+            unit="s", low=0.1, high=60),
+    )),
     Table("logging", "Log output (the systemd journal on the device).", (
         Key("level", str, "INFO", "Least severe level written.",
             choices=("DEBUG", "INFO", "WARNING", "ERROR")),

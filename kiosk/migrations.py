@@ -163,7 +163,131 @@ _V2_CLOCK_PROVENANCE = Migration(
     ),
 )
 
-MIGRATIONS: tuple[Migration, ...] = (_V1_INITIAL, _V2_CLOCK_PROVENANCE)
+# The replica tables a row of each protocol kind lives in (plan windows belong to their plan row).
+_REPLICA_TABLES = ("plans", "members", "memberships", "opening_hours", "closures")
+
+_V3_SYNC = Migration(
+    version=3,
+    summary="sync protocol v1: row hashes and ids, shadow replica, staged changes, sync status, "
+    "clock anchors, cloud versions of class uses",
+    statements=(
+        # -- replica rows become protocol rows ----------------------------------------------------
+        # row_hash is computed by the device from the row (sync.protocol.row_hash), never taken from
+        # the wire. Rows written before this migration have none: the replica's checksum is then
+        # unknown and the sync agent takes a fresh snapshot instead of trusting them.
+        *(f"ALTER TABLE {table} ADD COLUMN row_hash INTEGER" for table in _REPLICA_TABLES),
+        # The protocol gives hours and closures ids, so a change or a tombstone can name one.
+        "ALTER TABLE opening_hours ADD COLUMN id TEXT",
+        "ALTER TABLE closures ADD COLUMN id TEXT",
+        "CREATE UNIQUE INDEX opening_hours_by_id ON opening_hours (id)",
+        "CREATE UNIQUE INDEX closures_by_id ON closures (id)",
+        # -- shadow replica: a snapshot is built here page by page, then swapped in at once -------
+        # Same columns as the live tables, no foreign keys and no unique code hash: pages and the
+        # changes applied on top arrive in an order that may be inconsistent until the checkpoint.
+        # The swap into the live tables (which keep every rule) checks the result.
+        "CREATE TABLE shadow_plans (id TEXT PRIMARY KEY, name TEXT NOT NULL, row_hash INTEGER) WITHOUT ROWID",
+        """
+        CREATE TABLE shadow_plan_windows (
+            plan_id      TEXT NOT NULL,
+            weekday      INTEGER NOT NULL,
+            start_minute INTEGER NOT NULL,
+            end_minute   INTEGER NOT NULL
+        )
+        """,
+        "CREATE INDEX shadow_plan_windows_by_plan ON shadow_plan_windows (plan_id)",
+        """
+        CREATE TABLE shadow_members (
+            id              TEXT PRIMARY KEY,
+            organization_id TEXT NOT NULL,
+            first_name      TEXT NOT NULL,
+            last_name       TEXT NOT NULL,
+            status          TEXT NOT NULL,
+            is_staff        INTEGER NOT NULL,
+            code_hash       TEXT,
+            row_hash        INTEGER
+        ) WITHOUT ROWID
+        """,
+        """
+        CREATE TABLE shadow_memberships (
+            id                TEXT PRIMARY KEY,
+            member_id         TEXT NOT NULL,
+            plan_id           TEXT,
+            type              TEXT NOT NULL,
+            start_date        TEXT NOT NULL,
+            end_date          TEXT,
+            remaining_classes INTEGER,
+            row_hash          INTEGER
+        ) WITHOUT ROWID
+        """,
+        """
+        CREATE TABLE shadow_opening_hours (
+            id           TEXT PRIMARY KEY,
+            weekday      INTEGER NOT NULL,
+            open_minute  INTEGER NOT NULL,
+            close_minute INTEGER NOT NULL,
+            row_hash     INTEGER
+        ) WITHOUT ROWID
+        """,
+        """
+        CREATE TABLE shadow_closures (
+            id         TEXT PRIMARY KEY,
+            start_date TEXT NOT NULL,
+            end_date   TEXT NOT NULL,
+            reason     TEXT NOT NULL,
+            row_hash   INTEGER
+        ) WITHOUT ROWID
+        """,
+        # -- change pages waiting for their checkpoint ------------------------------------------
+        # One row per replica row (the latest change wins); applied in kind order at the
+        # checkpoint so parents always come before their children.
+        """
+        CREATE TABLE staged_changes (
+            kind      TEXT NOT NULL,
+            id        TEXT NOT NULL,
+            ord       INTEGER NOT NULL,
+            kind_rank INTEGER NOT NULL,
+            deleted   INTEGER NOT NULL CHECK (deleted IN (0, 1)),
+            data      TEXT,
+            row_hash  INTEGER,
+            PRIMARY KEY (kind, id)
+        )
+        """,
+        # -- class uses between upload and the next pull ------------------------------------------
+        # The cloud version that carries an uploaded check-in's side effect (a class-pack balance);
+        # the door keeps counting the class as used until the replica reaches that version.
+        "ALTER TABLE checkins ADD COLUMN cloud_version INTEGER",
+        # Class uses of a member, pending or awaiting their cloud version. Partial on
+        # classes_used > 0, so it holds only class-spending rows (a few per member), and keyed by
+        # (member_id, membership_id) so the door's GROUP BY reads it in order without a sort.
+        """
+        CREATE INDEX checkins_uses_by_member ON checkins (member_id, membership_id)
+        WHERE classes_used > 0
+        """,
+        # Replaced by the index above; dropping it saves a write on every check-in.
+        "DROP INDEX checkins_pending_by_member",
+        # -- the sync agent's state --------------------------------------------------------------
+        # key -> JSON value: state, online, last pull/push, last error, backlog... (owner page).
+        """
+        CREATE TABLE sync_status (
+            key   TEXT PRIMARY KEY,
+            value TEXT NOT NULL
+        )
+        """,
+        # (boot, monotonic time) <-> server time, newest per boot: lets the scanner tell the time
+        # on a Pi whose clock never got NTP, and the cloud place offline check-ins in time.
+        f"""
+        CREATE TABLE clock_anchors (
+            boot_id      TEXT PRIMARY KEY,
+            monotonic_ns INTEGER NOT NULL,
+            server_time  TEXT NOT NULL CHECK (server_time GLOB {_ISO_UTC}),
+            recorded_at  TEXT NOT NULL CHECK (recorded_at GLOB {_ISO_UTC})
+        )
+        """,
+        "CREATE INDEX clock_anchors_by_server_time ON clock_anchors (server_time)",
+    ),
+)
+
+MIGRATIONS: tuple[Migration, ...] = (_V1_INITIAL, _V2_CLOCK_PROVENANCE, _V3_SYNC)
 LATEST_VERSION = MIGRATIONS[-1].version
 
 

@@ -158,7 +158,8 @@ class LastEntry:
 class MemberFacts:
     """Everything the policy needs to know about one member, read from the replica and the journal
     in one short read transaction. ``pending_uses`` maps membership id to classes used by check-ins
-    not yet acknowledged by the cloud (the cloud's balance does not include them yet)."""
+    whose use the replica's balance does not include yet: not yet acknowledged by the cloud, or
+    acknowledged at a cloud version newer than the replica."""
 
     member: Member
     memberships: tuple[Membership, ...]

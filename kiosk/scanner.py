@@ -20,7 +20,7 @@ from datetime import datetime
 from types import FrameType
 
 from hardware.protocols import CameraError, Decoder, Door, Frame, FrameSource, Signal
-from kiosk.clock import Clock
+from kiosk.clock import AnchoredClock, Clock
 from kiosk.credentials import Malformed, StaticCode, code_hash, parse_payload
 from kiosk.debounce import Debouncer
 from kiosk.model import (
@@ -29,6 +29,7 @@ from kiosk.model import (
     Now,
     PolicySettings,
     Reason,
+    ReplicaInfo,
     SiteFacts,
     Verdict,
 )
@@ -216,9 +217,12 @@ class DoorLoop:
         key = hashlib.blake2b(payload, digest_size=16).digest()
         if not self._debouncer.admit(key, now_ns):
             return None
-        now = self._now()
         try:
-            decision, member_name = self._decide(payload, now)
+            # Before reading the time: a new replica means the sync agent talked to the cloud,
+            # and the anchored clock should use the anchor it brought for this very decision.
+            replica = self._refresh_replica()
+            now = self._now()
+            decision, member_name = self._decide(payload, now, replica)
             checkin = self.store.append_checkin(
                 decision,
                 door_id=self.settings.door_id,
@@ -261,11 +265,7 @@ class DoorLoop:
                 log.exception("outcome callback failed (the check-in is recorded)")
         return outcome
 
-    def _decide(self, payload: bytes, now: Now) -> tuple[Decision, str | None]:
-        credential = parse_payload(payload)
-        if isinstance(credential, Malformed):
-            return Decision(Verdict.DENIED, Reason.MALFORMED_CODE, detail=credential.why), None
-        assert isinstance(credential, StaticCode)  # the only credential type so far
+    def _refresh_replica(self) -> ReplicaInfo:
         replica = self.store.replica_info()
         if (replica.version, replica.synced_at) != self._replica_key:
             # Cached per replica: the sync agent swaps it from another process, and a fresh
@@ -274,6 +274,19 @@ class DoorLoop:
             self._replica_version = replica.version
             self._salt = self.store.code_salt()
             self._site = self.store.site_facts()
+            # The sync agent records a clock anchor with every exchange; a new replica means it
+            # talked to the cloud, so the anchored clock reads its anchor again now.
+            if isinstance(self.clock, AnchoredClock):
+                self.clock.refresh()
+        return replica
+
+    def _decide(
+        self, payload: bytes, now: Now, replica: ReplicaInfo
+    ) -> tuple[Decision, str | None]:
+        credential = parse_payload(payload)
+        if isinstance(credential, Malformed):
+            return Decision(Verdict.DENIED, Reason.MALFORMED_CODE, detail=credential.why), None
+        assert isinstance(credential, StaticCode)  # the only credential type so far
         member_id = self.store.find_member_id(code_hash(credential.code, self._salt))
         facts = self.store.member_facts(member_id, self.settings.door_id) if member_id else None
         decision = decide(facts, self._site, replica, now, self.settings.policy)

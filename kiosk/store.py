@@ -25,14 +25,19 @@ every value, and above all anything derived from a scanned code, goes through a 
 from __future__ import annotations
 
 import contextlib
+import itertools
+import json
 import sqlite3
 import threading
+import time
 import urllib.parse
-from collections.abc import Iterable, Iterator, Sequence
+from collections import Counter
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 from kiosk import ids
 from kiosk.migrations import LATEST_VERSION, apply_migrations, schema_version
@@ -56,6 +61,7 @@ from kiosk.model import (
     SyncState,
     Verdict,
 )
+from sync.protocol import KIND_ORDER, KINDS, MAX_ANCHORS, Anchor, Checkpoint, ReplicaRow
 
 # Three processes share the file; a writer waits this long for another's write to finish.
 DEFAULT_BUSY_TIMEOUT_MS = 5000
@@ -119,10 +125,15 @@ DOOR_PATH_QUERIES: dict[str, str] = {
         "SELECT weekday, start_minute, end_minute FROM plan_windows"
         " WHERE plan_id = ? ORDER BY weekday, start_minute"
     ),
-    # The literal 'pending' (not a placeholder) is what lets SQLite use the partial index.
+    # Classes used that the replica's balances do not include yet: rows still pending upload, and
+    # uploaded rows whose side effect lives in a cloud version newer than the replica's (between
+    # the upload and the next pull). The literal ``classes_used > 0`` is what lets SQLite use the
+    # partial index; the replica version is read in the same statement, so in the same snapshot.
     "pending_uses": (
         "SELECT membership_id, SUM(classes_used) FROM checkins"
-        " WHERE member_id = ? AND sync_state = 'pending' AND membership_id IS NOT NULL"
+        " WHERE member_id = ? AND classes_used > 0 AND membership_id IS NOT NULL"
+        " AND (sync_state = 'pending' OR cloud_version >"
+        " (SELECT CAST(value AS INTEGER) FROM replica_meta WHERE key = 'version'))"
         " GROUP BY membership_id"
     ),
     "last_entry": (
@@ -149,6 +160,173 @@ _CLEAR_REPLICA = (
     "DELETE FROM closures",
     "DELETE FROM replica_meta",
 )
+
+# -- replica rows as protocol rows -----------------------------------------------------------------
+
+# Each protocol kind's live table and its data columns (named like the row's data keys; a plan's
+# windows live in plan_windows). Every table also has ``id`` and ``row_hash``.
+_KIND_TABLE = {
+    "plan": "plans",
+    "member": "members",
+    "membership": "memberships",
+    "hours": "opening_hours",
+    "closure": "closures",
+}
+_KIND_COLUMNS = {
+    "plan": ("name",),
+    "member": ("organization_id", "first_name", "last_name", "status", "is_staff", "code_hash"),
+    "membership": ("member_id", "plan_id", "type", "start_date", "end_date", "remaining_classes"),
+    "hours": ("weekday", "open_minute", "close_minute"),
+    "closure": ("start_date", "end_date", "reason"),
+}
+# Shadow tables are the live ones with this prefix (kiosk.migrations, v3).
+_SHADOW = "shadow_"
+# Live and shadow tables that hold replica rows, children before parents (the order to delete in).
+_REPLICA_DATA_TABLES = (
+    "memberships",
+    "plan_windows",
+    "members",
+    "plans",
+    "opening_hours",
+    "closures",
+)
+# An uploaded check-in whose side-effect version the cloud did not say (a ``duplicate`` answer):
+# counted as used until the next successful pull, which certainly includes it.
+UNKNOWN_CLOUD_VERSION = 2**63 - 1
+_MASK64 = (1 << 64) - 1
+# A row hash split in two halves whose sums cannot overflow (see Store._replica_sums).
+_SUMS = "SUM(row_hash & 4294967295), SUM(row_hash >> 32)"
+_WINDOW_COLUMNS = "plan_id, weekday, start_minute, end_minute"
+
+
+def _insert_sql(kind: str, prefix: str, *, upsert: bool) -> str:
+    columns = ("id", *_KIND_COLUMNS[kind], "row_hash")
+    marks = ", ".join("?" for _ in columns)
+    table = f"{prefix}{_KIND_TABLE[kind]}"
+    sql = f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({marks})"  # noqa: S608
+    if upsert:
+        updates = ", ".join(f"{c} = excluded.{c}" for c in columns[1:])
+        sql += f" ON CONFLICT (id) DO UPDATE SET {updates}"
+    return sql
+
+
+def _row_values(row: ReplicaRow, hashed: int) -> tuple:
+    data = row.data
+    if data is None:
+        raise ValueError(f"{row.kind} {row.id}: a tombstone has no values to store")
+    return (row.id, *(data[c] for c in _KIND_COLUMNS[row.kind]), hashed)
+
+
+def _hashed(rows: Iterable[ReplicaRow], tally: list[int]) -> Iterator[tuple]:
+    """Column values of ``rows`` with their row hashes, counting them in ``tally[0]`` (streams, so
+    ``executemany`` never holds more than one row)."""
+    for row in rows:
+        tally[0] += 1
+        yield _row_values(row, row.row_hash())
+
+
+def snapshot_rows(snapshot: ReplicaSnapshot) -> Iterator[ReplicaRow]:
+    """``snapshot``'s model objects as protocol replica rows, in snapshot (kind) order.
+
+    Opening hours and closures have no ids in the model, so they get deterministic ones from their
+    values (``hours-<weekday>-<open>-<close>``, ``closure-<start>-<end>``, with ``-2``, ``-3``... for
+    repeats): the demo's cloud can be seeded with exactly the rows the device holds, and both
+    compute the same checksum. Data is built in the protocol's normal form (plan windows sorted),
+    so ``sync.protocol.make_row`` would return it unchanged for valid values. Not validated here.
+    """
+    for plan in snapshot.plans:
+        windows = sorted([w.weekday, w.start_minute, w.end_minute] for w in plan.windows)
+        yield ReplicaRow("plan", plan.id, {"name": plan.name, "windows": windows})
+    for member, code_hash in snapshot.members:
+        yield ReplicaRow(
+            "member",
+            member.id,
+            {
+                "organization_id": member.organization_id,
+                "first_name": member.first_name,
+                "last_name": member.last_name,
+                "status": str(member.status),
+                "is_staff": bool(member.is_staff),
+                "code_hash": code_hash,
+            },
+        )
+    for ms in snapshot.memberships:
+        yield ReplicaRow(
+            "membership",
+            ms.id,
+            {
+                "member_id": ms.member_id,
+                "plan_id": ms.plan_id,
+                "type": str(ms.type),
+                "start_date": ms.start_date.isoformat(),
+                "end_date": None if ms.end_date is None else ms.end_date.isoformat(),
+                "remaining_classes": ms.remaining_classes,
+            },
+        )
+    seen: Counter[str] = Counter()
+
+    def unique(base: str) -> str:
+        seen[base] += 1
+        return base if seen[base] == 1 else f"{base}-{seen[base]}"
+
+    for w in snapshot.opening_hours:
+        yield ReplicaRow(
+            "hours",
+            unique(f"hours-{w.weekday}-{w.start_minute}-{w.end_minute}"),
+            {"weekday": w.weekday, "open_minute": w.start_minute, "close_minute": w.end_minute},
+        )
+    for c in snapshot.closures:
+        start, end = c.start_date.isoformat(), c.end_date.isoformat()
+        yield ReplicaRow(
+            "closure",
+            unique(f"closure-{start}-{end}"),
+            {"start_date": start, "end_date": end, "reason": c.reason},
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ApplyResult:
+    """What ``Store.apply_checkpoint`` did. ``ok`` is True when the local count and checksum
+    matched ``checkpoint`` and the change was committed; False means it was rolled back and the
+    replica is exactly as before. ``checksum`` is None when a row had no hash (a replica loaded
+    before schema v3). ``applied`` counts the staged changes applied. ``lock_ms`` is how long the
+    write transaction held the database's write lock (the door waits on it for its own commits),
+    ``swap_ms`` how long of that the shadow-to-live copy took (None when not a snapshot)."""
+
+    ok: bool
+    count: int
+    checksum: str | None
+    checkpoint: Checkpoint
+    applied: int
+    lock_ms: float
+    swap_ms: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class JournalPosition:
+    """Where the journal stands, for the heartbeat and the owner page (DESIGN §8).
+
+    ``last_seq``: the newest seq ever handed out (0: none yet). ``synced_through_seq``: every row
+    up to it is settled (synced or rejected). ``retained_from_seq``: the oldest seq still kept
+    (older rows were pruned; ``last_seq + 1`` once every row was pruned; 0 when nothing was ever
+    written). ``backlog``: rows pending upload. ``oldest_pending_at``: the wall time recorded on
+    the oldest pending row (as the door's clock read it), None without a backlog."""
+
+    last_seq: int
+    synced_through_seq: int
+    retained_from_seq: int
+    backlog: int
+    oldest_pending_at: datetime | None
+
+
+class _ChecksumMismatch(Exception):
+    """Raised inside a write transaction to roll it back; never leaves the store."""
+
+    def __init__(self, count: int, checksum: str | None, applied: int) -> None:
+        super().__init__("checksum mismatch")
+        self.count = count
+        self.checksum = checksum
+        self.applied = applied
 
 
 # -- time as text ----------------------------------------------------------------------------------
@@ -459,8 +637,10 @@ class Store:
 
     def replace_replica(self, snapshot: ReplicaSnapshot) -> None:
         """Replace every replica table and the replica's version, sync time and code salt with
-        ``snapshot``, in one transaction. Rows are streamed (``executemany`` over generators), so
-        memory does not grow with the member count.
+        ``snapshot``, in one transaction (the demo, the bench and tests; the sync agent goes through
+        the shadow tables instead). Rows are streamed (``executemany`` over generators), so memory
+        does not grow with the member count. Each row gets its protocol id and row hash
+        (``snapshot_rows``), so a seeded replica has a valid checksum.
 
         Raises StoreError (and keeps the previous replica intact) when the snapshot breaks the
         schema (duplicate ids or code hashes, a membership of an unknown member or plan, a value
@@ -474,63 +654,311 @@ class Store:
         ) as conn:
             for statement in _CLEAR_REPLICA:
                 conn.execute(statement)
-            conn.executemany(
-                "INSERT INTO plans (id, name) VALUES (?, ?)",
-                ((plan.id, plan.name) for plan in snapshot.plans),
-            )
-            conn.executemany(
-                "INSERT INTO plan_windows (plan_id, weekday, start_minute, end_minute)"
-                " VALUES (?, ?, ?, ?)",
-                (
-                    (plan.id, window.weekday, window.start_minute, window.end_minute)
-                    for plan in snapshot.plans
-                    for window in plan.windows
-                ),
-            )
-            conn.executemany(
-                f"INSERT INTO members ({_MEMBER_COLUMNS}, code_hash)"  # noqa: S608
-                " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (
-                    (
-                        member.id,
-                        member.organization_id,
-                        member.first_name,
-                        member.last_name,
-                        str(member.status),
-                        int(bool(member.is_staff)),
-                        code_hash,
-                    )
-                    for member, code_hash in snapshot.members
-                ),
-            )
-            conn.executemany(
-                f"INSERT INTO memberships ({_MEMBERSHIP_COLUMNS})"  # noqa: S608
-                " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (
-                    (
-                        ms.id,
-                        ms.member_id,
-                        str(ms.type),
-                        ms.start_date.isoformat(),
-                        None if ms.end_date is None else ms.end_date.isoformat(),
-                        ms.remaining_classes,
-                        ms.plan_id,
-                    )
-                    for ms in snapshot.memberships
-                ),
-            )
-            conn.executemany(
-                "INSERT INTO opening_hours (weekday, open_minute, close_minute) VALUES (?, ?, ?)",
-                ((w.weekday, w.start_minute, w.end_minute) for w in snapshot.opening_hours),
-            )
-            conn.executemany(
-                "INSERT INTO closures (start_date, end_date, reason) VALUES (?, ?, ?)",
-                (
-                    (c.start_date.isoformat(), c.end_date.isoformat(), c.reason)
-                    for c in snapshot.closures
-                ),
-            )
+            self._insert_rows(conn, "", snapshot_rows(snapshot), upsert=False)
             conn.executemany("INSERT INTO replica_meta (key, value) VALUES (?, ?)", meta)
+
+    @staticmethod
+    def _insert_rows(
+        conn: sqlite3.Connection, prefix: str, rows: Iterable[ReplicaRow], *, upsert: bool
+    ) -> int:
+        """Write ``rows`` (no tombstones) into the live (``prefix`` "") or shadow tables, one
+        ``executemany`` per run of one kind, hashing each row on the way. Returns the row count."""
+        written = 0
+        for kind, group in itertools.groupby(rows, key=lambda row: row.kind):
+            if kind not in _KIND_TABLE:
+                raise ValueError(f"unknown replica kind {kind!r}")
+            if kind == "plan":
+                # Few rows, and each carries its windows: one by one.
+                for row in group:
+                    Store._write_plan(conn, prefix, row, upsert=upsert)
+                    written += 1
+                continue
+            tally = [0]
+            conn.executemany(_insert_sql(kind, prefix, upsert=upsert), _hashed(group, tally))
+            written += tally[0]
+        return written
+
+    @staticmethod
+    def _write_plan(
+        conn: sqlite3.Connection, prefix: str, row: ReplicaRow, *, upsert: bool
+    ) -> None:
+        assert row.data is not None
+        conn.execute(_insert_sql("plan", prefix, upsert=upsert), _row_values(row, row.row_hash()))
+        if upsert:
+            conn.execute(f"DELETE FROM {prefix}plan_windows WHERE plan_id = ?", (row.id,))  # noqa: S608
+        conn.executemany(
+            f"INSERT INTO {prefix}plan_windows (plan_id, weekday, start_minute, end_minute)"  # noqa: S608
+            " VALUES (?, ?, ?, ?)",
+            ((row.id, w[0], w[1], w[2]) for w in row.data["windows"]),
+        )
+
+    # -- replica sync (the agent's side: shadow tables, staged changes, checkpoints) -------------
+
+    def begin_snapshot(self) -> None:
+        """Empty the shadow tables and the staged changes, ready for a fresh snapshot. The live
+        replica is not touched. Raises StoreError when the write fails."""
+        with self._write("start a replica snapshot", "the live replica is unchanged") as conn:
+            for table in _REPLICA_DATA_TABLES:
+                conn.execute(f"DELETE FROM {_SHADOW}{table}")  # noqa: S608
+            conn.execute("DELETE FROM staged_changes")
+
+    def add_snapshot_rows(self, rows: Iterable[ReplicaRow]) -> int:
+        """Add one snapshot page's rows to the shadow tables, in one transaction (the door's
+        commits wait at most one page). Returns how many rows were added. Memory is bounded by
+        the page: call once per page.
+
+        Raises ValueError for a tombstone or an unknown kind (a snapshot holds live rows only) and
+        StoreError when the write fails or a row repeats an id already in the shadow (the cloud's
+        cursor went wrong): then none of this page is added, and the live replica is unchanged.
+        """
+        with self._write("add a snapshot page", "the page was not added") as conn:
+            # A tombstone has no data: _row_values raises ValueError and the page rolls back.
+            return self._insert_rows(conn, _SHADOW, rows, upsert=False)
+
+    def stage_changes(self, rows: Iterable[ReplicaRow]) -> int:
+        """Stage one change page (rows and tombstones) until its checkpoint arrives; a later
+        change of the same row replaces the earlier one. Row hashes are computed here, from the
+        parsed data. Returns how many rows were staged. Raises ValueError for an unknown kind and
+        StoreError when the write fails (then nothing of this page is staged)."""
+        staged = []
+        for row in rows:
+            if row.kind not in KIND_ORDER:
+                raise ValueError(f"unknown replica kind {row.kind!r}")
+            if row.deleted:
+                staged.append((row.kind, row.id, KIND_ORDER[row.kind], 1, None, None))
+            else:
+                staged.append(
+                    (
+                        row.kind,
+                        row.id,
+                        KIND_ORDER[row.kind],
+                        0,
+                        json.dumps(row.data, separators=(",", ":")),
+                        row.row_hash(),
+                    )
+                )
+        with self._write("stage replica changes", "the changes were not staged") as conn:
+            (top,) = conn.execute("SELECT COALESCE(MAX(ord), 0) FROM staged_changes").fetchone()
+            conn.executemany(
+                "INSERT INTO staged_changes (kind, id, ord, kind_rank, deleted, data, row_hash)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT (kind, id) DO UPDATE SET ord = excluded.ord,"
+                " deleted = excluded.deleted, data = excluded.data, row_hash = excluded.row_hash",
+                (
+                    (kind, row_id, top + n, rank, deleted, data, hashed)
+                    for n, (kind, row_id, rank, deleted, data, hashed) in enumerate(staged, 1)
+                ),
+            )
+        return len(staged)
+
+    def discard_staged(self) -> None:
+        """Forget staged changes (an interrupted pull). Raises StoreError when the write fails."""
+        with self._write("discard staged replica changes", "nothing was changed") as conn:
+            conn.execute("DELETE FROM staged_changes")
+
+    def apply_checkpoint(
+        self,
+        checkpoint: Checkpoint,
+        *,
+        code_salt: bytes,
+        synced_at: datetime,
+        into_shadow: bool,
+    ) -> ApplyResult:
+        """Apply the staged changes and switch the replica to ``checkpoint``, all or nothing.
+
+        One write transaction: apply every staged change (upserts; tombstones delete, and deleting
+        a row that is not there is a no-op) to the live tables, or with ``into_shadow`` to the
+        shadow tables; count the target's rows and sum their hashes (``sync.protocol.checksum``);
+        if either differs from ``checkpoint``, roll back and return ``ok=False`` (the live replica
+        and the staged changes are exactly as before). Otherwise, for a snapshot, copy the shadow
+        into the live tables (DELETE + INSERT ... SELECT) in the same transaction; then record the
+        replica's version, ``synced_at`` and ``code_salt`` and clear the staged changes. The door
+        reads the old replica until the commit and the new one after it, never a mix.
+
+        Raises StoreError when the write fails or the new replica breaks a rule of the schema (a
+        membership of a member that is not there, two members with one code): rolled back, the old
+        replica untouched. ValueError for a naive ``synced_at``.
+        """
+        meta = (
+            ("version", str(int(checkpoint.version))),
+            ("code_salt", code_salt.hex()),
+            ("synced_at", _utc_text(synced_at, "synced_at")),
+        )
+        target = _SHADOW if into_shadow else ""
+        swap_ms: float | None = None
+        try:
+            with self._write(
+                "apply replica changes", "replica NOT changed, the previous one is still in use"
+            ) as conn:
+                locked = time.perf_counter()
+                # Within one checkpoint rows may pass through states the schema forbids (a child
+                # applied before the parent it now points to); only the end state must hold.
+                conn.execute("PRAGMA defer_foreign_keys = ON")
+                applied = self._apply_staged(conn, target)
+                count, summed = self._replica_sums(conn, target)
+                if count != checkpoint.count or summed != checkpoint.checksum:
+                    raise _ChecksumMismatch(count, summed, applied)
+                if into_shadow:
+                    started = time.perf_counter()
+                    self._swap_shadow_in(conn)
+                    swap_ms = (time.perf_counter() - started) * 1e3
+                conn.executemany(
+                    "INSERT INTO replica_meta (key, value) VALUES (?, ?)"
+                    " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                    meta,
+                )
+                conn.execute("DELETE FROM staged_changes")
+            lock_ms = (time.perf_counter() - locked) * 1e3
+        except _ChecksumMismatch as mismatch:
+            return ApplyResult(
+                ok=False,
+                count=mismatch.count,
+                checksum=mismatch.checksum,
+                checkpoint=checkpoint,
+                applied=mismatch.applied,
+                lock_ms=(time.perf_counter() - locked) * 1e3,
+            )
+        if into_shadow:
+            # The shadow is a second copy of the replica: give its space back, after the commit so
+            # the door's write lock is not held for it.
+            with self._write(
+                "empty the shadow replica", "it is emptied by the next snapshot"
+            ) as conn:
+                for table in _REPLICA_DATA_TABLES:
+                    conn.execute(f"DELETE FROM {_SHADOW}{table}")  # noqa: S608
+        return ApplyResult(
+            ok=True,
+            count=count,
+            checksum=summed,
+            checkpoint=checkpoint,
+            applied=applied,
+            lock_ms=lock_ms,
+            swap_ms=swap_ms,
+        )
+
+    @staticmethod
+    def _apply_staged(conn: sqlite3.Connection, prefix: str) -> int:
+        applied = 0
+        if not prefix:
+            # A code may move from one member to another between two versions; clearing the
+            # changing members' codes first means the unique index only ever sees the end state.
+            conn.execute(
+                "UPDATE members SET code_hash = NULL"
+                " WHERE id IN (SELECT id FROM staged_changes WHERE kind = 'member')"
+            )
+        # Tombstones first, children before parents.
+        deletions = conn.execute(
+            "SELECT kind, id FROM staged_changes WHERE deleted = 1 ORDER BY kind_rank DESC, ord"
+        )
+        for kind, row_id in deletions:
+            if kind == "plan":
+                conn.execute(f"DELETE FROM {prefix}plan_windows WHERE plan_id = ?", (row_id,))  # noqa: S608
+            table = f"{prefix}{_KIND_TABLE[kind]}"
+            conn.execute(f"DELETE FROM {table} WHERE id = ?", (row_id,))  # noqa: S608
+            applied += 1
+        # Then upserts, parents before children.
+        for kind in KINDS:
+            rows = (
+                ReplicaRow(kind, row_id, json.loads(data))
+                for row_id, data in conn.execute(
+                    "SELECT id, data FROM staged_changes WHERE deleted = 0 AND kind = ?"
+                    " ORDER BY ord",
+                    (kind,),
+                )
+            )
+            applied += Store._insert_rows(conn, prefix, rows, upsert=True)
+        return applied
+
+    @staticmethod
+    def _replica_sums(conn: sqlite3.Connection, prefix: str) -> tuple[int, str | None]:
+        """Row count and checksum (``sync.protocol.checksum``) of the live or shadow replica, from
+        the row_hash columns; checksum None when a row has no hash (loaded before schema v3).
+
+        Summed in SQL, about three times faster than streaming the hashes through Python, which
+        matters because it runs while the door's commits wait: each hash is split into its low 32
+        bits (unsigned) and its high 32 bits (signed, an arithmetic shift), whose sums cannot
+        overflow SQLite's 64-bit integers below 2**31 rows; recombined modulo 2**64 they give
+        exactly the sum of the hashes modulo 2**64 (tests compare with ``checksum``)."""
+        count = low = high = 0
+        missing = False
+        for kind in KINDS:
+            table = f"{prefix}{_KIND_TABLE[kind]}"
+            rows, hashed, low_sum, high_sum = conn.execute(
+                f"SELECT COUNT(*), COUNT(row_hash), {_SUMS} FROM {table}"  # noqa: S608
+            ).fetchone()
+            count += rows
+            missing = missing or hashed != rows
+            low += low_sum or 0
+            high += high_sum or 0
+        return count, None if missing else f"{((high << 32) + low) & _MASK64:016x}"
+
+    @staticmethod
+    def _swap_shadow_in(conn: sqlite3.Connection) -> None:
+        """Make the live replica equal to the shadow, writing only the rows that differ: a fresh
+        snapshot usually matches the live replica almost everywhere, and every row written here
+        makes the door's commits wait longer. A row is unchanged when its id and row hash match
+        (the hash covers every value). Runs inside apply_checkpoint's transaction, with foreign
+        keys deferred to its commit."""
+        # 1. Rows the cloud no longer has, children first (a removed member takes its memberships
+        #    with it, as the cloud's own delete did).
+        for kind in reversed(KINDS):
+            table = _KIND_TABLE[kind]
+            conn.execute(
+                f"DELETE FROM {table} WHERE NOT EXISTS"  # noqa: S608
+                f" (SELECT 1 FROM {_SHADOW}{table} AS s WHERE s.id = {table}.id)"
+            )
+        # 2. Plan windows: a few rows per plan, simply replaced.
+        conn.execute("DELETE FROM plan_windows")
+        conn.execute(
+            f"INSERT INTO plan_windows ({_WINDOW_COLUMNS}) SELECT {_WINDOW_COLUMNS}"  # noqa: S608
+            f" FROM {_SHADOW}plan_windows ORDER BY plan_id, weekday, start_minute"
+        )
+        # 3. A code may have moved between members: clear the codes of the members about to
+        #    change, so the unique index only ever sees the end state.
+        conn.execute(
+            f"UPDATE members SET code_hash = NULL WHERE code_hash IS NOT NULL AND NOT EXISTS"  # noqa: S608
+            f" (SELECT 1 FROM {_SHADOW}members AS s"
+            " WHERE s.id = members.id AND s.row_hash = members.row_hash)"
+        )
+        # 4. New and changed rows, parents first. An upsert updates in place: a delete would
+        #    cascade to the children of a changed member or plan.
+        for kind in KINDS:
+            table = _KIND_TABLE[kind]
+            columns = ("id", *_KIND_COLUMNS[kind], "row_hash")
+            names = ", ".join(columns)
+            updates = ", ".join(f"{c} = excluded.{c}" for c in columns[1:])
+            conn.execute(
+                f"INSERT INTO {table} ({names}) SELECT {names} FROM {_SHADOW}{table} AS s"  # noqa: S608
+                f" WHERE NOT EXISTS (SELECT 1 FROM {table} AS l"
+                " WHERE l.id = s.id AND l.row_hash = s.row_hash)"
+                f" ORDER BY s.id ON CONFLICT (id) DO UPDATE SET {updates}"
+            )
+
+    def replica_checksum(self) -> tuple[int, str | None]:
+        """``(count, checksum)`` of the live replica as the protocol defines them (DESIGN §8):
+        checksum None means unknown (rows loaded before schema v3 carry no hash), and the agent
+        then takes a fresh snapshot."""
+        with self._read("compute the replica's checksum") as conn:
+            return self._replica_sums(conn, "")
+
+    def shadow_checksum(self) -> tuple[int, str]:
+        """``(count, checksum)`` of the shadow tables as they stand (a snapshot being built).
+        Raises StoreError when the read fails."""
+        with self._read("compute the shadow replica's checksum") as conn:
+            count, summed = self._replica_sums(conn, _SHADOW)
+        # Every shadow row is hashed on the way in.
+        assert summed is not None
+        return count, summed
+
+    def mark_replica_current(self, *, synced_at: datetime) -> None:
+        """Record that the cloud confirmed the replica is current (a 304 to the idle poll): its
+        sync time moves, its version and rows stay. Raises StoreError when the write fails."""
+        with self._write("record the replica's sync time", "the sync time is unchanged") as conn:
+            conn.execute(
+                "INSERT INTO replica_meta (key, value) VALUES ('synced_at', ?)"
+                " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                (_utc_text(synced_at, "synced_at"),),
+            )
 
     def _meta(self, conn: sqlite3.Connection) -> dict[str, str]:
         return {
@@ -572,9 +1000,10 @@ class Store:
     def member_facts(self, member_id: str, door_id: str) -> MemberFacts | None:
         """What the access policy needs about one member, read in one snapshot: the member, its
         memberships (in the cloud's order), the plans they reference with their windows, the
-        classes used by check-ins still pending upload (by membership id; memberships without
-        any are absent) and the newest granted check-in of this member at ``door_id``.
-        None when the replica has no such member."""
+        classes used that the replica's balances do not include yet (by membership id;
+        memberships without any are absent): check-ins still pending upload, and uploaded ones
+        whose cloud version is newer than the replica's, and the newest granted check-in of
+        this member at ``door_id``. None when the replica has no such member."""
         with self._read("read a member's facts") as conn:
             row = conn.execute(DOOR_PATH_QUERIES["member"], (member_id,)).fetchone()
             if row is None:
@@ -741,14 +1170,15 @@ class Store:
             ).fetchall()
         return [self._checkin(row) for row in rows]
 
-    def pending_checkins(self, limit: int = 100) -> list[Checkin]:
-        """The upload queue: the oldest ``limit`` check-ins still pending, lowest seq first."""
+    def pending_checkins(self, limit: int = 100, *, after_seq: int = 0) -> list[Checkin]:
+        """The upload queue: the oldest ``limit`` check-ins still pending with a seq above
+        ``after_seq``, lowest seq first."""
         with self._read("read the upload queue") as conn:
             rows = conn.execute(
                 f"SELECT {_CHECKIN_COLUMNS} FROM checkins"  # noqa: S608
-                " WHERE sync_state = 'pending'"
+                " WHERE sync_state = 'pending' AND seq > ?"
                 " ORDER BY seq LIMIT ?",
-                (max(0, int(limit)),),
+                (int(after_seq), max(0, int(limit))),
             ).fetchall()
         return [self._checkin(row) for row in rows]
 
@@ -778,11 +1208,31 @@ class Store:
                 counts[str(state)] = int(count)
         return counts
 
-    def mark_synced(self, checkin_ids: Iterable[str], *, at: datetime) -> int:
+    def mark_synced(
+        self,
+        checkin_ids: Iterable[str],
+        *,
+        at: datetime,
+        cloud_versions: Mapping[str, int | None] | None = None,
+    ) -> int:
         """Mark pending check-ins as acknowledged by the cloud at ``at``; returns how many changed.
         Ids that are unknown or no longer pending are skipped, so a repeated acknowledgement is
-        harmless."""
-        return self._settle(checkin_ids, SyncState.SYNCED, at)
+        harmless.
+
+        ``cloud_versions`` maps an id to the cloud version that carries its side effect (a class
+        used): the door keeps counting that class until the replica reaches the version.
+        ``UNKNOWN_CLOUD_VERSION`` means "some version up to the cloud's current one": counted until
+        ``settle_unknown_versions`` is called after the next successful pull. Raises StoreError
+        when the write fails (then nothing changed)."""
+        versions = cloud_versions or {}
+        at_text = _utc_text(at, "at")
+        with self._write("mark check-ins synced", "their sync state is unchanged") as conn:
+            cursor = conn.executemany(
+                "UPDATE checkins SET sync_state = 'synced', synced_at = ?, cloud_version = ?"
+                " WHERE id = ? AND sync_state = 'pending'",
+                ((at_text, versions.get(checkin_id), checkin_id) for checkin_id in checkin_ids),
+            )
+            return max(0, cursor.rowcount)
 
     def mark_rejected(self, checkin_ids: Iterable[str], *, at: datetime) -> int:
         """Mark pending check-ins as refused by the cloud at ``at`` (kept, never re-sent, never
@@ -821,3 +1271,127 @@ class Store:
                 (cutoff, cutoff),
             )
             return max(0, cursor.rowcount)
+
+    # -- sync bookkeeping ------------------------------------------------------------------------
+
+    def last_seq(self) -> int:
+        """The newest seq handed out (0: none yet). One indexed read: the sync agent polls it to
+        wake up within a second of a new check-in."""
+        with self._read("read the journal's last seq") as conn:
+            (last,) = conn.execute("SELECT last_seq FROM journal_counter WHERE id = 1").fetchone()
+        return int(last)
+
+    def journal_position(self) -> JournalPosition:
+        """Where the journal stands (``JournalPosition``), read in one snapshot; every query is
+        an index lookup."""
+        with self._read("read the journal's position") as conn:
+            (last,) = conn.execute("SELECT last_seq FROM journal_counter WHERE id = 1").fetchone()
+            first_pending = conn.execute(
+                "SELECT seq, wall_time FROM checkins WHERE sync_state = 'pending'"
+                " ORDER BY seq LIMIT 1"
+            ).fetchone()
+            (backlog,) = conn.execute(
+                "SELECT COUNT(*) FROM checkins WHERE sync_state = 'pending'"
+            ).fetchone()
+            (oldest,) = conn.execute("SELECT MIN(seq) FROM checkins").fetchone()
+        last = int(last)
+        # Every row pruned: nothing is retained, so the range starts after the last seq.
+        retained = int(oldest) if oldest is not None else (last + 1 if last else 0)
+        return JournalPosition(
+            last_seq=last,
+            synced_through_seq=last if first_pending is None else int(first_pending[0]) - 1,
+            retained_from_seq=retained,
+            backlog=int(backlog),
+            oldest_pending_at=None if first_pending is None else _utc_from_text(first_pending[1]),
+        )
+
+    def requeue_from(self, seq: int) -> int:
+        """Put every synced or rejected check-in with a seq of ``seq`` or more back in the upload
+        queue (a cloud restored from a backup asked for them again); returns how many. Their sync
+        time and cloud version are cleared, so pending class uses count again. Raises StoreError
+        when the write fails (then nothing changed)."""
+        with self._write("queue check-ins again", "nothing was queued again") as conn:
+            cursor = conn.execute(
+                "UPDATE checkins SET sync_state = 'pending', synced_at = NULL, cloud_version = NULL"
+                " WHERE seq >= ? AND sync_state IN ('synced', 'rejected')",
+                (int(seq),),
+            )
+            return max(0, cursor.rowcount)
+
+    def settle_unknown_versions(self, version: int) -> int:
+        """After a successful pull at replica ``version``: check-ins acknowledged with
+        ``UNKNOWN_CLOUD_VERSION`` before the pull are included in it, so they stop counting.
+        Returns how many rows changed. Raises StoreError when the write fails."""
+        with self._write("settle acknowledged class uses", "nothing was changed") as conn:
+            cursor = conn.execute(
+                "UPDATE checkins SET cloud_version = ? WHERE classes_used > 0 AND cloud_version = ?",
+                (int(version), UNKNOWN_CLOUD_VERSION),
+            )
+            return max(0, cursor.rowcount)
+
+    # -- clock anchors ---------------------------------------------------------------------------
+
+    def record_anchor(self, anchor: Anchor, *, recorded_at: datetime) -> None:
+        """Keep ``anchor`` (boot's monotonic time <-> server time) if it is the newest for its
+        boot, then keep only the ``MAX_ANCHORS`` boots with the newest server times.
+        ``recorded_at`` is the device's wall time (for diagnostics only). Raises StoreError when
+        the write fails, ValueError for a naive time."""
+        values = (
+            anchor.boot_id,
+            int(anchor.monotonic_ns),
+            _utc_text(anchor.server_time, "anchor.server_time"),
+            _utc_text(recorded_at, "recorded_at"),
+        )
+        with self._write("record a clock anchor", "the anchor was not kept") as conn:
+            conn.execute(
+                "INSERT INTO clock_anchors (boot_id, monotonic_ns, server_time, recorded_at)"
+                " VALUES (?, ?, ?, ?)"
+                " ON CONFLICT (boot_id) DO UPDATE SET monotonic_ns = excluded.monotonic_ns,"
+                " server_time = excluded.server_time, recorded_at = excluded.recorded_at"
+                " WHERE excluded.monotonic_ns >= clock_anchors.monotonic_ns",
+                values,
+            )
+            conn.execute(
+                "DELETE FROM clock_anchors WHERE boot_id NOT IN"
+                " (SELECT boot_id FROM clock_anchors ORDER BY server_time DESC LIMIT ?)",
+                (MAX_ANCHORS,),
+            )
+
+    def latest_anchor(self, boot_id: str) -> Anchor | None:
+        """The newest anchor of boot ``boot_id``, or None."""
+        with self._read("read a clock anchor") as conn:
+            row = conn.execute(
+                "SELECT boot_id, monotonic_ns, server_time FROM clock_anchors WHERE boot_id = ?",
+                (boot_id,),
+            ).fetchone()
+        return None if row is None else Anchor(row[0], int(row[1]), _utc_from_text(row[2]))
+
+    def anchors(self, limit: int = MAX_ANCHORS) -> list[Anchor]:
+        """Up to ``limit`` anchors, one per boot, newest server time first."""
+        with self._read("read the clock anchors") as conn:
+            rows = conn.execute(
+                "SELECT boot_id, monotonic_ns, server_time FROM clock_anchors"
+                " ORDER BY server_time DESC LIMIT ?",
+                (max(0, int(limit)),),
+            ).fetchall()
+        return [Anchor(r[0], int(r[1]), _utc_from_text(r[2])) for r in rows]
+
+    # -- sync status -----------------------------------------------------------------------------
+
+    def sync_status(self) -> dict[str, Any]:
+        """The sync agent's last recorded status: key -> JSON value (``state``, ``online``,
+        ``last_error``...; see ``sync.agent``). Empty when the agent never ran."""
+        with self._read("read the sync status") as conn:
+            rows = conn.execute("SELECT key, value FROM sync_status ORDER BY key").fetchall()
+        return {str(key): json.loads(value) for key, value in rows}
+
+    def set_sync_status(self, values: Mapping[str, Any]) -> None:
+        """Merge ``values`` (JSON-serialisable) into the sync status, in one transaction. Raises
+        StoreError when the write fails, TypeError for a value JSON cannot hold."""
+        encoded = [(str(key), json.dumps(value)) for key, value in values.items()]
+        with self._write("record the sync status", "the status is unchanged") as conn:
+            conn.executemany(
+                "INSERT INTO sync_status (key, value) VALUES (?, ?)"
+                " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                encoded,
+            )

@@ -1,7 +1,9 @@
-"""The sync protocol between the kiosk and the cloud (DESIGN §8): message shapes, the device's sync
-agent (``kiosk sync``) and the reference cloud service.
+"""The sync protocol between the kiosk and the cloud (DESIGN §8, docs/sync-protocol.md).
 
-Nothing here yet: the scanner never touches the network, and the journal it writes (every row
-``pending``, ids are UUIDv7 idempotency keys, a gap-free per-device ``seq``) is what the agent will
-upload exactly once. See the sync issue for the protocol's delivery.
+- ``sync.protocol``: the message shapes both ends share, their validation, row hashes and checksums;
+- ``sync.client``: the device's HTTP client (the only module that imports httpx);
+- ``sync.agent``: the device's sync agent (``kiosk sync``): pushes the journal, pulls the replica,
+  heartbeats, backs off;
+- ``sync.identity``: the device's credentials file written at enrolment;
+- ``sync.cloud``: the reference cloud service (``kiosk cloud serve``), on SQLite or PostgreSQL.
 """

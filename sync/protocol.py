@@ -84,7 +84,13 @@ def utc_text(moment: datetime) -> str:
     """``moment`` as wire text. Raises ValueError for a naive datetime."""
     if moment.tzinfo is None or moment.utcoffset() is None:
         raise ValueError("a wire time must be timezone-aware")
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    m = moment.astimezone(UTC)
+    # Formatted by hand: strftime's %Y does not zero-pad years before 1000, which would break the
+    # fixed width that makes text order equal time order.
+    return (
+        f"{m.year:04d}-{m.month:02d}-{m.day:02d}T{m.hour:02d}:{m.minute:02d}:{m.second:02d}"
+        f".{m.microsecond:06d}Z"
+    )
 
 
 def parse_utc(value: object, where: str) -> datetime:

@@ -388,7 +388,7 @@ def test_as_dict_is_plain_and_complete():
     assert plain["feedback"]["granted"] == dataclasses.asdict(config.feedback.granted)
     assert list(plain) == [
         "door", "site", "store", "camera", "decoder", "gpio", "feedback", "scanner", "policy",
-        "logging",
+        "sync", "logging",
     ]  # fmt: skip
 
 
@@ -409,6 +409,34 @@ def test_policy_settings_come_from_site_and_policy():
         when_stale=StalePolicy.REFUSE,
     )
     assert policy_settings(default_config()) == PolicySettings()
+
+
+def test_sync_defaults_and_environment_overrides():
+    sync = default_config().sync
+    assert sync.credentials_file == "/var/lib/fitflow-kiosk/device.json"
+    assert (sync.interval_s, sync.batch_size, sync.page_rows) == (30.0, 200, 1000)
+    assert (sync.request_timeout_s, sync.backoff_max_s, sync.wake_poll_s) == (10.0, 300.0, 1.0)
+    overridden = load_config(
+        None,
+        {
+            "KIOSK_SYNC_INTERVAL_S": "5",
+            "KIOSK_SYNC_BATCH_SIZE": "50",
+            "KIOSK_SYNC_CREDENTIALS_FILE": "/run/kiosk/device.json",
+        },
+    ).sync
+    assert (overridden.interval_s, overridden.batch_size) == (5.0, 50)
+    assert overridden.credentials_file == "/run/kiosk/device.json"
+
+
+def test_sync_limits_follow_the_protocol(tmp_path):
+    path = write(tmp_path, "[sync]\nbatch_size = 501\npage_rows = 99\ncredentials_file = ' '\n")
+    errors = errors_of(path)
+    assert any("sync.batch_size: 501 is out of range 1..500" in e for e in errors)
+    assert any("sync.page_rows: 99 is out of range 100..5000 (rows)" in e for e in errors)
+    assert any("sync.credentials_file" in e and "must not be empty" in e for e in errors)
+    assert errors_of(None, {"KIOSK_SYNC_WAKE_POLL_S": "0"}) == [
+        "KIOSK_SYNC_WAKE_POLL_S: sync.wake_poll_s: 0.0 is out of range 0.1..60 (s)"
+    ]
 
 
 # --- the example file -------------------------------------------------------------------------

@@ -1,0 +1,206 @@
+"""The ``cloud`` commands and the embedded cloud, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+
+from pg import (
+    cloud_db_url_fixture,  # noqa: F401
+    pg_server_fixture,  # noqa: F401
+)
+from sync.cloud import cli
+from sync.cloud.db import Database
+from sync.cloud.embedded import EmbeddedCloud
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run(capsys, *argv: str) -> tuple[int, str, str]:
+    code = cli.main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_init_then_enrolment_code_then_a_device_enrols(cloud_db_url, capsys):
+    code, out, err = run(
+        capsys, "init", "--db", cloud_db_url, "--org", "Acme", "--gym", "Main", "--json"
+    )
+    assert code == 0, err
+    made = json.loads(out)
+    assert made["admin_token"].startswith("ffa_")
+
+    code, out, err = run(
+        capsys, "enrolment-code", "--db", cloud_db_url, "--gym", made["gym_id"], "--json"
+    )
+    assert code == 0, err
+    enrolment = json.loads(out)
+    assert enrolment["gym_id"] == made["gym_id"]
+
+    code, out, _ = run(
+        capsys, "admin-token", "--db", cloud_db_url, "--org", made["organization_id"]
+    )
+    assert code == 0
+    second_token = out.split()[1]
+
+    with EmbeddedCloud(cloud_db_url) as cloud:
+        assert cloud.url.startswith("http://127.0.0.1:")
+        with httpx.Client(base_url=cloud.url, timeout=10) as http:
+            assert http.get("/healthz").json() == {"ok": True}
+            enrolled = http.post(
+                "/v1/enrol", json={"code": enrolment["code"]}, headers={"FitFlow-Protocol": "1"}
+            )
+            assert enrolled.status_code == 201
+            assert enrolled.json()["organization_id"] == made["organization_id"]
+            for token in (made["admin_token"], second_token):
+                devices = http.get(
+                    "/admin/v1/devices", headers={"Authorization": f"Bearer {token}"}
+                )
+                assert [d["id"] for d in devices.json()["items"]] == [enrolled.json()["device_id"]]
+        port = cloud.port
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+
+
+def test_init_prints_the_token_once_in_plain_text(cloud_db_url, capsys):
+    code, out, _ = run(capsys, "init", "--db", cloud_db_url, "--org", "Acme", "--gym", "Main")
+    assert code == 0
+    assert "admin_token:" in out and "shown only this once" in out
+
+
+def test_migrate_is_idempotent(cloud_db_url, capsys):
+    code, out, _ = run(capsys, "migrate", "--db", cloud_db_url)
+    assert code == 0
+    assert "schema at migration 1" in out
+    code, out, _ = run(capsys, "migrate", "--db", cloud_db_url)
+    assert code == 0 and "applied now: none" in out
+
+
+def test_a_database_newer_than_the_code_is_refused(cloud_db_url, capsys):
+    assert run(capsys, "migrate", "--db", cloud_db_url)[0] == 0
+    database = Database(cloud_db_url)
+    with database.write() as tx:
+        tx.run(
+            "INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)",
+            (99, "from the future", "2030-01-01T00:00:00.000000Z"),
+        )
+    database.close()
+    code, _, err = run(capsys, "migrate", "--db", cloud_db_url)
+    assert code == 3
+    assert "newer than this service knows" in err
+
+
+def test_usage_and_configuration_errors_exit_2(cloud_db_url, capsys, monkeypatch):
+    monkeypatch.delenv(cli.DB_ENV, raising=False)
+    assert run(capsys, "migrate")[0] == 2
+    code, _, err = run(capsys, "migrate", "--db", "mysql://localhost/x")
+    assert code == 2 and "unsupported database URL scheme" in err
+    code, _, err = run(capsys, "admin-token", "--db", cloud_db_url, "--org", "org_nope")
+    assert code == 2 and "no organisation org_nope" in err
+    code, _, err = run(capsys, "enrolment-code", "--db", cloud_db_url, "--gym", "gym_nope")
+    assert code == 2 and "no gym gym_nope" in err
+    code, _, err = run(
+        capsys,
+        "init",
+        "--db",
+        cloud_db_url,
+        "--org",
+        "A",
+        "--gym",
+        "B",
+        "--timezone",
+        "Nowhere/Town",
+    )
+    assert code == 2 and "timezone" in err
+    with pytest.raises(SystemExit) as usage:
+        cli.main(["init", "--db", cloud_db_url])
+    assert usage.value.code == 2
+
+
+def test_the_database_can_come_from_the_environment(cloud_db_url, capsys, monkeypatch):
+    monkeypatch.setenv(cli.DB_ENV, cloud_db_url)
+    assert run(capsys, "migrate")[0] == 0
+
+
+def test_an_unreachable_database_exits_3(capsys, tmp_path):
+    code, _, err = run(capsys, "migrate", "--db", "postgresql://nobody@127.0.0.1:1/none")
+    assert code == 3
+    assert "database error" in err
+    code, _, err = run(capsys, "migrate", "--db", str(tmp_path / "missing-dir" / "cloud.db"))
+    assert code == 3 and "does not exist" in err
+    damaged = tmp_path / "damaged.db"
+    damaged.write_bytes(b"this is not a database" * 100)
+    assert run(capsys, "migrate", "--db", f"sqlite:///{damaged}")[0] == 3
+
+
+def test_serve_warns_when_bound_beyond_loopback(tmp_path, capsys, monkeypatch):
+    import uvicorn
+
+    served = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: served.append(kw))
+    url = f"sqlite:///{tmp_path / 'c.db'}"
+    assert run(capsys, "serve", "--db", url)[0] == 0
+    assert served[-1]["host"] == "127.0.0.1" and served[-1]["port"] == 8080
+    assert "warning" not in capsys.readouterr().err
+    code = cli.main(["serve", "--db", url, "--host", "0.0.0.0", "--port", "9000"])  # noqa: S104
+    assert code == 0
+    assert "TLS" in capsys.readouterr().err
+    assert cli.is_loopback("::1") and cli.is_loopback("localhost")
+    assert not cli.is_loopback("192.168.1.10")
+
+
+def test_register_adds_the_cloud_tree_to_another_cli(tmp_path, capsys):
+    parser = argparse.ArgumentParser(prog="kiosk")
+    cli.register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["cloud", "migrate", "--db", str(tmp_path / "c.db")])
+    assert args.func(args) == 0
+    assert "schema at migration 1" in capsys.readouterr().out
+    # A leading "cloud" is accepted by the module's own entry point too.
+    assert cli.main(["cloud", "migrate", "--db", str(tmp_path / "c.db")]) == 0
+
+
+def test_python_dash_m_entry_point(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != cli.DB_ENV}
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "sync.cloud.cli",
+            "init",
+            "--db",
+            str(tmp_path / "c.db"),
+            "--org",
+            "Acme",
+            "--gym",
+            "Main",
+            "--json",
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["admin_token"].startswith("ffa_")
+
+
+def test_embedded_cloud_refuses_a_second_start_and_stops_twice(tmp_path):
+    cloud = EmbeddedCloud(f"sqlite:///{tmp_path / 'c.db'}")
+    url = cloud.start()
+    try:
+        assert httpx.get(f"{url}/healthz", timeout=10).json() == {"ok": True}
+        with pytest.raises(RuntimeError):
+            cloud.start()
+    finally:
+        cloud.stop()
+    cloud.stop()

@@ -1,0 +1,154 @@
+"""The cloud's front door: enrolment, device tokens, the protocol header, health and OpenAPI.
+Every test runs on SQLite and on PostgreSQL."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from pg import Device, cloud_db_url_fixture, cloud_fixture, pg_server_fixture  # noqa: F401
+from sync.protocol import parse_enrolment
+
+
+def _enrol(cloud, code: str):
+    return cloud.client.post(
+        "/v1/enrol", json={"code": code, "name": "door"}, headers={"FitFlow-Protocol": "1"}
+    )
+
+
+def test_an_enrolment_code_enrols_one_device_once(cloud):
+    code = cloud.enrolment_code()
+    first = _enrol(cloud, code)
+    assert first.status_code == 201
+    enrolment = parse_enrolment(first.json())  # what the device's agent accepts
+    assert enrolment.organization_id == cloud.org_id
+    assert enrolment.gym_id == cloud.gym_id
+    assert enrolment.gym_name == "Main"
+    assert enrolment.timezone == "Europe/Berlin"
+    assert enrolment.server_time == cloud.clock()
+    assert first.headers["FitFlow-Protocol"] == "1"
+
+    again = _enrol(cloud, code)
+    assert again.status_code == 403
+    assert again.json()["error"] == "enrolment_refused"
+
+
+def test_codes_are_typed_loosely_but_unknown_and_expired_codes_are_refused(cloud):
+    code = cloud.enrolment_code(ttl=5)
+    assert _enrol(cloud, "7KQ4-M2XD-9HVA").json()["error"] == "enrolment_refused"
+    cloud.clock.advance(5 * 60 + 1)
+    expired = _enrol(cloud, code)
+    assert expired.status_code == 403
+    assert expired.json() == {
+        "error": "enrolment_refused",
+        "detail": "unknown, used or expired enrolment code",
+    }
+    fresh = cloud.enrolment_code()
+    assert _enrol(cloud, " " + fresh.lower().replace("-", "") + " ").status_code == 201
+
+
+def test_enrolment_codes_live_at_most_a_day(cloud):
+    too_long = cloud.admin(
+        "POST", f"/gyms/{cloud.gym_id}/enrolment-codes", json={"ttl_minutes": 24 * 60 + 1}
+    )
+    assert too_long.status_code == 422
+    assert too_long.json()["fields"][0]["field"] == "ttl_minutes"
+    made = cloud.ok("POST", f"/gyms/{cloud.gym_id}/enrolment-codes", json={"ttl_minutes": 1440})
+    assert made["expires_at"] == "2026-05-02T12:00:00.000000Z"
+
+
+def test_a_bad_enrolment_body_is_a_400_naming_the_field(cloud):
+    for body, field in (
+        (b"not json", "not valid JSON"),
+        (b"[]", "expected an object"),
+        (b'{"code": 7}', "code"),
+        (b'{"code": "ABCD", "colour": "red"}', "colour"),
+    ):
+        response = cloud.client.post("/v1/enrol", content=body)
+        assert response.status_code == 400, body
+        assert response.json()["error"] == "invalid_request"
+        assert field in response.json()["detail"]
+
+
+def test_revoking_a_device_locks_out_only_that_device(cloud):
+    front, back = cloud.enrol("front"), cloud.enrol("back")
+    assert cloud.get(front, "/v1/replica/snapshot").status_code == 200
+    revoked = cloud.ok("POST", f"/devices/{front.id}/revoke")
+    assert revoked["revoked_at"] == "2026-05-01T12:00:00.000000Z"
+
+    refused = cloud.get(front, "/v1/replica/snapshot")
+    assert refused.status_code == 401
+    assert refused.json()["error"] == "unauthorized"
+    assert refused.headers["FitFlow-Protocol"] == "1"
+    assert cloud.upload(front, []).status_code == 401
+    assert cloud.get(back, "/v1/replica/snapshot").status_code == 200
+
+
+def test_missing_or_unknown_tokens_are_401(cloud):
+    nobody = Device("dev_x", "ffd_" + "x" * 40, cloud.gym_id)
+    assert cloud.get(nobody, "/v1/replica/changes", since=0).status_code == 401
+    bare = cloud.client.get("/v1/replica/snapshot")
+    assert bare.status_code == 401
+    basic = cloud.client.get("/v1/replica/snapshot", headers={"Authorization": "Basic eDp5"})
+    assert basic.status_code == 401
+
+
+def test_another_protocol_version_is_426_on_device_calls(cloud):
+    device = cloud.enrol()
+    headers = {**device.headers, "FitFlow-Protocol": "2"}
+    response = cloud.client.get("/v1/replica/snapshot", headers=headers)
+    assert response.status_code == 426
+    assert response.json()["error"] == "unsupported_protocol"
+    assert response.json()["supported"] == [1]
+    assert response.headers["FitFlow-Protocol"] == "1"
+    # Without the header a call is taken as protocol 1.
+    plain = {"Authorization": device.headers["Authorization"]}
+    assert cloud.client.get("/v1/replica/snapshot", headers=plain).status_code == 200
+
+
+def test_last_seen_is_kept_without_a_write_per_request(cloud):
+    device = cloud.enrol()
+    seen = lambda: cloud.ok("GET", f"/devices/{device.id}")["last_seen_at"]  # noqa: E731
+    assert seen() == "2026-05-01T12:00:00.000000Z"
+    cloud.clock.advance(10)
+    cloud.get(device, "/v1/replica/changes", since=0)
+    assert seen() == "2026-05-01T12:00:00.000000Z"  # within 30 s: not rewritten
+    cloud.clock.advance(31)
+    cloud.get(device, "/v1/replica/changes", since=0)
+    assert seen() == "2026-05-01T12:00:41.000000Z"
+
+
+def test_health_and_openapi(cloud):
+    health = cloud.client.get("/healthz")
+    assert health.status_code == 200
+    assert health.json() == {"ok": True}
+    spec = cloud.client.get("/openapi.json").json()
+    for path in (
+        "/v1/enrol",
+        "/v1/replica/snapshot",
+        "/v1/replica/changes",
+        "/v1/checkins",
+        "/v1/heartbeat",
+        "/admin/v1/members",
+        "/admin/v1/members/import",
+        "/admin/v1/devices",
+        "/admin/v1/checkins",
+        "/admin/v1/overdrafts",
+    ):
+        assert path in spec["paths"], path
+    upload = spec["paths"]["/v1/checkins"]["post"]
+    assert upload["summary"] == "Upload check-ins"
+    assert "exactly once" in upload["description"]
+    assert "413" in upload["responses"]
+
+
+def test_unknown_routes_answer_json_errors(cloud):
+    response = cloud.client.get("/v1/nothing-here")
+    assert response.status_code == 404
+    assert response.json()["error"] == "not_found"
+
+
+def test_the_clock_is_used_for_expiry_not_the_machine_time(cloud):
+    cloud.clock.now -= timedelta(days=365)
+    code = cloud.enrolment_code(ttl=1)
+    cloud.clock.advance(30)
+    assert _enrol(cloud, code).status_code == 201

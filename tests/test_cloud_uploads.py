@@ -1,0 +1,456 @@
+"""Check-ins going up and heartbeats: exactly-once storage, per-item answers, hostile bodies,
+class-pack balances and overdrafts, time placement from anchors, re-send after a restore and
+re-snapshot requests. Every test runs on SQLite and on PostgreSQL."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timedelta
+
+from pg import (
+    BOOT,
+    SEC,
+    Harness,
+    cloud_db_url_fixture,  # noqa: F401
+    cloud_fixture,  # noqa: F401
+    make_item,
+    pg_server_fixture,  # noqa: F401
+    replica_checksum,
+)
+from sync.protocol import (
+    MAX_BATCH_ITEMS,
+    MAX_REQUEST_BYTES,
+    parse_heartbeat_reply,
+    parse_upload_results,
+    utc_text,
+)
+
+
+def _checkins(cloud: Harness, **params) -> list[dict]:
+    items, cursor = [], None
+    while True:
+        page = cloud.ok(
+            "GET",
+            "/checkins",
+            params=params | {"limit": 1000} | ({"cursor": cursor} if cursor else {}),
+        )
+        items += page["items"]
+        cursor = page["next"]
+        if cursor is None:
+            return items
+
+
+def _class_pack(cloud: Harness, remaining: int, member: str = "m1", pack: str = "pack1") -> None:
+    cloud.ok("POST", "/members", json={"id": member, "first_name": "Bob", "last_name": "B"})
+    cloud.ok(
+        "POST",
+        "/memberships",
+        json={
+            "id": pack,
+            "member_id": member,
+            "type": "CLASS_PACK",
+            "start_date": "2026-01-01",
+            "remaining_classes": remaining,
+        },
+    )
+
+
+def _class_use(seq: int, **kw) -> dict:
+    return make_item(
+        seq, **({"reason": "class_pack", "membership_id": "pack1", "classes_used": 1} | kw)
+    )
+
+
+# -- storing ---------------------------------------------------------------------------------------
+
+
+def test_items_are_created_once_then_answered_duplicate(cloud):
+    device = cloud.enrol()
+    items = [make_item(n) for n in (1, 2, 3)]
+    response = cloud.upload(device, items, clock=(BOOT, 10 * SEC))
+    assert response.status_code == 200
+    assert response.headers["FitFlow-Protocol"] == "1"
+    results, server_time = parse_upload_results(response.json(), [i["id"] for i in items])
+    assert [r.status for r in results] == ["created"] * 3
+    assert all(r.version is None for r in results), "no side effect, no version"
+    assert server_time == cloud.clock()
+
+    again = cloud.upload_ok(device, items)
+    assert [r["status"] for r in again] == ["duplicate"] * 3
+    stored = _checkins(cloud)
+    assert sorted(c["seq"] for c in stored) == [1, 2, 3]
+    assert {c["device_id"] for c in stored} == {device.id}
+
+
+def test_one_bad_item_is_rejected_alone_naming_its_field(cloud):
+    device = cloud.enrol()
+    bad_seq = make_item(2) | {"seq": "two"}
+    unknown_field = make_item(3) | {"colour": "red"}
+    no_id = make_item(4)
+    del no_id["id"]
+    items = [make_item(1), bad_seq, unknown_field, no_id, make_item(5)]
+    results = cloud.upload_ok(device, items)
+    assert [r["status"] for r in results] == [
+        "created",
+        "rejected",
+        "rejected",
+        "rejected",
+        "created",
+    ]
+    assert results[1]["code"] == "invalid_item"
+    assert results[1]["detail"].startswith("items[1].seq")
+    assert results[1]["id"] == bad_seq["id"]
+    assert results[2]["detail"].startswith("items[2].colour")
+    assert results[3]["id"] is None and "items[3].id" in results[3]["detail"]
+    assert [c["seq"] for c in _checkins(cloud)] == [1, 5]
+
+
+def test_an_id_taken_by_another_device_is_an_id_conflict(cloud):
+    front, back = cloud.enrol("front"), cloud.enrol("back")
+    item = make_item(1)
+    assert cloud.upload_ok(front, [item])[0]["status"] == "created"
+    clash = cloud.upload_ok(back, [item | {"seq": 7}])[0]
+    assert clash["status"] == "rejected"
+    assert clash["code"] == "id_conflict"
+    assert [c["device_id"] for c in _checkins(cloud)] == [front.id]
+
+
+def test_the_same_id_twice_in_one_batch_is_stored_once(cloud):
+    device = cloud.enrol()
+    item = make_item(1)
+    results = cloud.upload_ok(device, [item, item])
+    assert [r["status"] for r in results] == ["created", "duplicate"]
+    assert len(_checkins(cloud)) == 1
+
+
+def test_an_empty_batch_is_fine(cloud):
+    device = cloud.enrol()
+    assert cloud.upload_ok(device, []) == []
+
+
+def test_malformed_bodies_are_400_never_500(cloud):
+    device = cloud.enrol()
+    bodies = [
+        b"\x00\xff\xfe garbage",
+        b"",
+        b"[1, 2, 3]",
+        b'{"items": "all of them"}',
+        b'{"items": [], "clock": {"boot_id": 5, "monotonic_ns": 1}}',
+        b'{"items": [], "clock": {"boot_id": "b", "monotonic_ns": -1}}',
+        b'{"items": [], "anchors": [{"boot_id": "b"}]}',
+        b'{"items": [], "extra": true}',
+        b"[" * 100_000 + b"]" * 100_000,
+        b'{"items": [], "clock": {"boot_id": "b", "monotonic_ns": 1' + b"0" * 5000 + b"}}",
+        '{"items": [], "anchors": "ö"}'.encode("latin-1"),
+    ]
+    for body in bodies:
+        response = cloud.client.post("/v1/checkins", content=body, headers=device.headers)
+        assert response.status_code == 400, (body[:40], response.status_code, response.text)
+        assert response.json()["error"] == "invalid_request"
+    # Items that are the wrong type are rejected one by one, not the batch.
+    results = cloud.upload_ok(device, [None, 5, "x", [], {"id": "not-a-uuid"}])
+    assert {r["status"] for r in results} == {"rejected"}
+
+
+def test_too_many_items_or_bytes_is_413(cloud):
+    device = cloud.enrol()
+    many = cloud.upload(device, [make_item(n) for n in range(1, MAX_BATCH_ITEMS + 2)])
+    assert many.status_code == 413
+    assert many.json()["error"] == "batch_too_large"
+    assert many.json()["max_items"] == MAX_BATCH_ITEMS
+
+    padding = {"items": [], "anchors": [], "pad": "x" * MAX_REQUEST_BYTES}
+    big = cloud.client.post("/v1/checkins", content=json.dumps(padding), headers=device.headers)
+    assert big.status_code == 413
+    assert big.json()["max_items"] == MAX_BATCH_ITEMS
+
+    def chunks():  # no Content-Length: the size is checked while reading
+        for _ in range(MAX_REQUEST_BYTES // 65536 + 2):
+            yield b" " * 65536
+
+    chunked = cloud.client.post("/v1/checkins", content=chunks(), headers=device.headers)
+    assert chunked.status_code == 413
+    assert _checkins(cloud) == []
+
+
+def test_a_full_batch_of_500_items_is_accepted(cloud):
+    device = cloud.enrol()
+    for start in range(1, 2001, 500):
+        results = cloud.upload_ok(device, [make_item(n) for n in range(start, start + 500)])
+        assert {r["status"] for r in results} == {"created"}
+    assert len(_checkins(cloud)) == 2000
+
+
+# -- balances --------------------------------------------------------------------------------------
+
+
+def test_a_class_pack_is_charged_once_per_check_in_however_often_it_is_sent(cloud):
+    _class_pack(cloud, remaining=5)
+    device = cloud.enrol()
+    before = cloud.ok("GET", "/organization")["version"]
+    batch = [_class_use(n) for n in (1, 2, 3)] + [
+        make_item(4, decision="denied", reason="pack_empty")
+    ]
+    first = cloud.upload_ok(device, batch)
+    version = first[0]["version"]
+    assert version == before + 1, "one new version for the batch"
+    assert [r["version"] for r in first] == [version, version, version, None]
+    for _ in range(2):
+        again = cloud.upload_ok(device, batch)
+        assert [r["status"] for r in again] == ["duplicate"] * 4
+        assert [r["version"] for r in again] == [version, version, version, None]
+    assert cloud.ok("GET", "/memberships/pack1")["remaining_classes"] == 2
+    assert cloud.ok("GET", "/organization")["version"] == version
+
+    # The balance travels down as a change at that version.
+    changes = cloud.get(device, "/v1/replica/changes", since=before).json()
+    assert changes["rows"] == [
+        {
+            "kind": "membership",
+            "id": "pack1",
+            "version": version,
+            "data": {
+                "member_id": "m1",
+                "plan_id": None,
+                "type": "CLASS_PACK",
+                "start_date": "2026-01-01",
+                "end_date": None,
+                "remaining_classes": 2,
+            },
+        }
+    ]
+    _v, rows = cloud.pull_all(device)
+    assert (changes["checkpoint"]["checksum"], changes["checkpoint"]["count"]) == replica_checksum(
+        rows
+    )
+
+
+def test_two_doors_spending_the_last_class_make_an_overdraft(cloud):
+    _class_pack(cloud, remaining=1)
+    front, back = cloud.enrol("front"), cloud.enrol("back")
+    assert cloud.upload_ok(front, [_class_use(1)])[0]["status"] == "created"
+    cloud.clock.advance(60)
+    late = _class_use(1, item_id="01900000-0000-7000-8000-00000000beef")
+    assert cloud.upload_ok(back, [late])[0]["status"] == "created"
+    assert cloud.ok("GET", "/memberships/pack1")["remaining_classes"] == -1
+    stored = _checkins(cloud)
+    assert len(stored) == 2, "both check-ins stand"
+    assert [c["overdraft"] for c in stored if c["device_id"] == front.id] == [False]
+    overdrafts = cloud.ok("GET", "/overdrafts")["items"]
+    assert [(o["device_id"], o["remaining_classes"]) for o in overdrafts] == [(back.id, -1)]
+
+
+def test_no_balance_change_for_subscriptions_denials_or_foreign_memberships(cloud):
+    _class_pack(cloud, remaining=3)
+    cloud.ok("POST", "/members", json={"id": "m2", "first_name": "Eve", "last_name": "E"})
+    device = cloud.enrol()
+    before = cloud.ok("GET", "/organization")["version"]
+    results = cloud.upload_ok(
+        device,
+        [
+            make_item(1, membership_id="pack1", classes_used=0),
+            _class_use(2, decision="denied"),
+            _class_use(3, member_id="m2"),  # not the pack's member
+            _class_use(4, membership_id="nope"),
+        ],
+    )
+    assert [r["status"] for r in results] == ["created"] * 4
+    assert all(r["version"] is None for r in results)
+    assert cloud.ok("GET", "/memberships/pack1")["remaining_classes"] == 3
+    assert cloud.ok("GET", "/organization")["version"] == before
+
+
+# -- time placement --------------------------------------------------------------------------------
+
+
+def _placed(cloud: Harness) -> dict[int, tuple[str, str]]:
+    return {c["seq"]: (c["occurred_at"], c["time_source"]) for c in _checkins(cloud)}
+
+
+def test_check_ins_are_placed_by_monotonic_time_whatever_the_wall_clock_says(cloud):
+    device = cloud.enrol()
+    arrival = cloud.clock()
+    sent_at = 5000 * SEC
+    items = [
+        # A Pi that booted without NTP: its wall clock reads 1970.
+        make_item(
+            1, mono=sent_at - 300 * SEC, wall="1970-01-01T00:10:00.000000Z", quality="unsynced"
+        ),
+        # A clock a year ahead.
+        make_item(
+            2, mono=sent_at - 200 * SEC, wall="2027-05-01T11:56:40.000000Z", quality="unsynced"
+        ),
+        # A clock that stepped back: wall time earlier than the previous event's.
+        make_item(
+            3, mono=sent_at - 100 * SEC, wall="2026-04-01T00:00:00.000000Z", quality="ntp_synced"
+        ),
+    ]
+    cloud.upload_ok(device, items, clock=(BOOT, sent_at))
+    placed = _placed(cloud)
+    for seq, ago in ((1, 300), (2, 200), (3, 100)):
+        assert placed[seq] == (utc_text(arrival - timedelta(seconds=ago)), "anchored")
+    # Attendance is ordered by when things happened, not by what the wall clock said.
+    assert [c["seq"] for c in _checkins(cloud)] == [1, 2, 3]
+
+
+def test_unanchored_check_ins_keep_their_wall_time_until_an_anchor_arrives(cloud):
+    device = cloud.enrol()
+    items = [
+        make_item(
+            1, boot="boot-a", mono=100 * SEC, wall="1970-01-01T00:01:40.000000Z", quality="unsynced"
+        ),
+        make_item(
+            2,
+            boot="boot-a",
+            mono=160 * SEC,
+            wall="2026-05-01T11:00:00.000000Z",
+            quality="ntp_synced",
+        ),
+    ]
+    cloud.upload_ok(device, items)  # no clock, no anchors
+    assert _placed(cloud) == {
+        1: ("1970-01-01T00:01:40.000000Z", "device_unsynced"),
+        2: ("2026-05-01T11:00:00.000000Z", "device_ntp"),
+    }
+    cloud.clock.advance(3600)
+    cloud.heartbeat(device, boot_id="boot-a", monotonic_ns=1000 * SEC)
+    now = cloud.clock()
+    assert _placed(cloud) == {
+        1: (utc_text(now - timedelta(seconds=900)), "anchored"),
+        2: (utc_text(now - timedelta(seconds=840)), "anchored"),
+    }
+
+
+def test_absurd_wall_clocks_keep_the_stored_times_in_order(cloud):
+    device = cloud.enrol()
+    cloud.upload_ok(
+        device,
+        [
+            make_item(1, boot="b", wall="0999-01-01T00:00:00.000000Z", quality="unsynced"),
+            make_item(2, boot="b", wall="1970-01-01T00:00:00.000000Z", quality="unsynced"),
+        ],
+    )
+    assert [(c["seq"], c["occurred_at"]) for c in _checkins(cloud)] == [
+        (1, "0999-01-01T00:00:00.000000Z"),
+        (2, "1970-01-01T00:00:00.000000Z"),
+    ]
+
+
+def test_anchors_recorded_by_the_device_place_events_of_an_earlier_boot(cloud):
+    device = cloud.enrol()
+    server_time = datetime(2026, 4, 30, 8, 0, tzinfo=cloud.clock().tzinfo)
+    anchor = {"boot_id": "boot-old", "monotonic_ns": 50 * SEC, "server_time": utc_text(server_time)}
+    item = make_item(
+        1, boot="boot-old", mono=80 * SEC, wall="1970-01-01T00:00:00.000000Z", quality="unsynced"
+    )
+    cloud.upload_ok(device, [item], clock=("boot-new", 7 * SEC), anchors=[anchor])
+    assert _placed(cloud)[1] == (utc_text(server_time + timedelta(seconds=30)), "anchored")
+
+
+def test_the_nearest_anchor_places_an_event(cloud):
+    device = cloud.enrol()
+    t0 = cloud.clock()
+    early = {"boot_id": BOOT, "monotonic_ns": 0, "server_time": utc_text(t0)}
+    # A second anchor an hour later by the monotonic clock but 2 s "late" by the server: drift.
+    late = {
+        "boot_id": BOOT,
+        "monotonic_ns": 3600 * SEC,
+        "server_time": utc_text(t0 + timedelta(seconds=3602)),
+    }
+    cloud.upload_ok(device, [], anchors=[early, late])
+    cloud.upload_ok(device, [make_item(1, mono=3500 * SEC), make_item(2, mono=10 * SEC)])
+    placed = _placed(cloud)
+    assert placed[1][0] == utc_text(t0 + timedelta(seconds=3502))
+    assert placed[2][0] == utc_text(t0 + timedelta(seconds=10))
+
+
+# -- heartbeats ------------------------------------------------------------------------------------
+
+
+def test_heartbeat_asks_for_what_a_restored_cloud_lost(cloud):
+    device = cloud.enrol()
+    cloud.upload_ok(
+        device, [make_item(n) for n in range(1, 51)] + [make_item(51) | {"door_id": "bad door"}]
+    )
+    beat = {"retained_from_seq": 1, "synced_through_seq": 51, "last_seq": 51}
+    reply = parse_heartbeat_reply(cloud.heartbeat(device, **beat))
+    assert reply.resend_from_seq is None, "rejected items count as held"
+    assert reply.server_time == cloud.clock()
+
+    # A restore from an older backup lost seqs 20-25 and 40.
+    with cloud.database.write() as tx:
+        tx.run(
+            "DELETE FROM checkins WHERE device_id = ? AND (seq BETWEEN 20 AND 25 OR seq = 40)",
+            (device.id,),
+        )
+    assert cloud.heartbeat(device, **beat)["resend_from_seq"] == 20
+    # The device only keeps rows from 30 on: the first gap it can fill is 40.
+    assert cloud.heartbeat(device, **(beat | {"retained_from_seq": 30}))["resend_from_seq"] == 40
+    cloud.upload_ok(device, [make_item(n) for n in range(20, 26)] + [make_item(40)])
+    assert cloud.heartbeat(device, **beat)["resend_from_seq"] is None
+    # An empty journal asks for nothing.
+    empty = {"retained_from_seq": 0, "synced_through_seq": 0, "last_seq": 0}
+    assert cloud.heartbeat(device, **empty)["resend_from_seq"] is None
+
+
+def test_heartbeat_resnapshot_on_request_and_on_checksum_mismatch(cloud):
+    cloud.ok("POST", "/plans", json={"id": "p1", "name": "Any"})
+    device = cloud.enrol()
+    version, rows = cloud.pull_all(device)
+    checksum, count = replica_checksum(rows)
+    good = {"replica_version": version, "replica_checksum": checksum, "replica_count": count}
+    assert cloud.heartbeat(device, **good)["resnapshot"] is False
+    health = cloud.ok("GET", f"/devices/{device.id}")["health"]
+    assert health["replica_status"] == "match" and health["replica_matches"] is True
+
+    assert cloud.heartbeat(device, **(good | {"replica_count": count + 1}))["resnapshot"] is True
+    assert cloud.heartbeat(device, **(good | {"replica_checksum": "f" * 16}))["resnapshot"] is True
+    assert cloud.ok("GET", f"/devices/{device.id}")["health"]["replica_matches"] is False
+    # Behind the cloud: nothing to compare yet.
+    cloud.ok("PATCH", "/plans/p1", json={"name": "Renamed"})
+    assert cloud.heartbeat(device, **good)["resnapshot"] is False
+    assert cloud.ok("GET", f"/devices/{device.id}")["health"]["replica_status"] == "behind"
+
+    requested = cloud.ok("POST", f"/devices/{device.id}/resnapshot")
+    assert requested["resnapshot_requested"] is True
+    assert cloud.heartbeat(device, **good)["resnapshot"] is True
+    assert cloud.heartbeat(device, **good)["resnapshot"] is True, "until the device acts on it"
+    cloud.pull_all(device)
+    assert cloud.heartbeat(device, **good)["resnapshot"] is False
+    assert cloud.ok("GET", f"/devices/{device.id}")["resnapshot_requested"] is False
+
+
+def test_heartbeat_records_the_devices_sync_health(cloud):
+    device = cloud.enrol()
+    cloud.heartbeat(
+        device,
+        software_version="0.2.0",
+        backlog=17,
+        oldest_pending_age_s=42.5,
+        clock_quality="server_anchored",
+        last_error="cloud unreachable: timeout",
+        last_seq=99,
+        synced_through_seq=82,
+        retained_from_seq=1,
+    )
+    listed = cloud.ok("GET", "/devices")["items"]
+    assert [d["id"] for d in listed] == [device.id]
+    health = listed[0]["health"]
+    assert health["backlog"] == 17
+    assert health["oldest_pending_age_s"] == 42.5
+    assert health["clock_quality"] == "server_anchored"
+    assert health["last_error"] == "cloud unreachable: timeout"
+    assert (health["last_seq"], health["synced_through_seq"]) == (99, 82)
+    assert health["last_heartbeat_at"] == utc_text(cloud.clock())
+    assert listed[0]["software_version"] == "0.2.0"
+
+
+def test_a_malformed_heartbeat_is_400_naming_the_field(cloud):
+    device = cloud.enrol()
+    response = cloud.client.post(
+        "/v1/heartbeat", json={"software_version": "0.1.0"}, headers=device.headers
+    )
+    assert response.status_code == 400
+    assert response.json()["error"] == "invalid_request"
+    bad = cloud.client.post("/v1/heartbeat", content=b"{nope", headers=device.headers)
+    assert bad.status_code == 400

@@ -1,0 +1,517 @@
+"""The sync agent (sync.agent) against the fake cloud: push, pull, snapshot, heartbeat, retries and
+the recorded status. A real store on disk, the real client over ``httpx.MockTransport``, a
+simulated clock; every wait is recorded instead of slept."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+
+import httpx
+import pytest
+
+from fakecloud import START, TOKEN, FakeCloud, Fault
+from kiosk.clock import SimClock
+from kiosk.model import ClockQuality, Decision, Now, Reason
+from kiosk.store import Store
+from sync.agent import OFFLINE, RUNNING, STOPPED, SyncAgent, SyncSettings
+from sync.client import CloudClient
+from sync.protocol import Anchor
+
+BOOT = "boot-1"
+
+
+class Sleeper:
+    """Records every wait and moves the simulated clock; sets ``stop`` after ``limit`` waits."""
+
+    def __init__(self, clock: SimClock, stop: threading.Event, limit: int = 1000) -> None:
+        self.clock, self.stop, self.limit = clock, stop, limit
+        self.waits: list[float] = []
+
+    def __call__(self, seconds: float) -> bool:
+        self.waits.append(seconds)
+        self.clock.advance(seconds)
+        if len(self.waits) >= self.limit:
+            self.stop.set()
+        return self.stop.is_set()
+
+
+class Device:
+    """A store, a client and an agent wired to a fake cloud."""
+
+    def __init__(self, tmp_path, *, busy_timeout_ms: int = 5000, **settings) -> None:
+        self.cloud = FakeCloud()
+        self.clock = SimClock(START, quality=ClockQuality.NTP_SYNCED, boot=BOOT)
+        self.store = Store.open(tmp_path / "kiosk.db", busy_timeout_ms=busy_timeout_ms)
+        self.client = CloudClient(
+            "https://cloud.test", TOKEN, transport=self.cloud.transport, clock=self.clock
+        )
+        self.stop = threading.Event()
+        self.sleeper = Sleeper(self.clock, self.stop)
+        self.agent = SyncAgent(
+            self.store, self.client, SyncSettings(**settings), self.clock, sleep=self.sleeper
+        )
+
+    def checkin(self, member="m1", membership="ms1", classes=0, door="front", reason=None):
+        reason = reason or (Reason.CLASS_PACK if classes else Reason.SUBSCRIPTION)
+        decision = Decision(reason.verdict, reason, member, membership, classes)
+        now = Now(self.clock.wall(), self.clock.monotonic_ns(), BOOT, ClockQuality.NTP_SYNCED)
+        self.clock.advance(1)
+        return self.store.append_checkin(decision, door_id=door, replica_version=0, now=now)
+
+    def states(self) -> dict[str, int]:
+        return self.store.counts_by_state()
+
+
+@pytest.fixture
+def device(tmp_path):
+    dev = Device(tmp_path)
+    dev.cloud.seed_gym(members=3)
+    yield dev
+    dev.store.close()
+
+
+def synced(device: Device) -> None:
+    report = device.agent.cycle()
+    assert report.ok, report.error
+
+
+# -- push ------------------------------------------------------------------------------------------
+
+
+def test_push_marks_each_row_by_its_own_answer(device):
+    ok_rows = [device.checkin() for _ in range(3)]
+    bad = device.checkin(door="front door!")  # not a protocol id: the cloud rejects the item
+    after_bad = device.checkin()
+    # The cloud already has one (its acknowledgement was lost): answered duplicate.
+    device.cloud.checkins[ok_rows[0].id] = ({}, None)
+    report = device.agent.cycle()
+    assert report.ok and (report.pushed, report.rejected) == (4, 1)
+    assert device.states() == {"pending": 0, "synced": 4, "rejected": 1}
+    assert device.store.get_checkin(bad.id).sync_state.value == "rejected"
+    assert device.store.get_checkin(after_bad.id).sync_state.value == "synced"  # not blocked
+    # A rejected row is kept and never sent again.
+    device.agent.cycle()
+    sent = [i["id"] for body in device.cloud.uploads for i in body["items"]]
+    assert sent.count(bad.id) == 1 and len(device.cloud.uploads) == 1
+
+
+def test_push_drains_oldest_first_in_batches(tmp_path):
+    dev = Device(tmp_path, batch_size=4)
+    dev.cloud.seed_gym()
+    rows = [dev.checkin() for _ in range(10)]
+    assert dev.agent.cycle().pushed == 10
+    batches = [[i["seq"] for i in body["items"]] for body in dev.cloud.uploads]
+    assert batches == [[1, 2, 3, 4], [5, 6, 7, 8], [9, 10]]
+    assert all(dev.store.get_checkin(r.id).sync_state.value == "synced" for r in rows)
+
+
+def test_a_batch_too_large_is_halved_down_to_what_the_cloud_takes(tmp_path):
+    dev = Device(tmp_path, batch_size=8)
+    dev.cloud.seed_gym()
+    dev.cloud.max_items = 3
+    for _ in range(7):
+        dev.checkin()
+    report = dev.agent.cycle()
+    assert report.ok and report.pushed == 7
+    sizes = [
+        len(json.loads(r.content)["items"])
+        for r in dev.cloud.requests
+        if r.url.path == "/v1/checkins"
+    ]
+    assert sizes == [7, 4, 2, 2, 2, 1]  # 413, 413, then halves
+    assert dev.states()["synced"] == 7
+
+
+# -- the cloud refuses the device -----------------------------------------------------------------
+
+
+def test_a_revoked_token_stops_the_agent_and_says_why(device):
+    device.checkin()
+    device.cloud.token = "ffd_" + "x" * 40  # the device's token was revoked
+    report = device.agent.run(device.stop)
+    assert report.fatal and "enrol the device again" in report.error
+    assert device.sleeper.waits == []  # stopped at once, no retry loop
+    status = device.store.sync_status()
+    assert status["state"] == STOPPED and "401" in status["last_error"]
+    assert TOKEN not in json.dumps(status)
+    assert device.states()["pending"] == 1
+
+
+@pytest.mark.parametrize(
+    ("status", "protocol"), [(426, "1"), (200, None), (200, "2")], ids=["426", "no-header", "v2"]
+)
+def test_a_cloud_that_does_not_speak_the_protocol_stops_the_agent(device, status, protocol):
+    device.cloud.fail_next("/v1/replica/snapshot", status, body=b"{}", protocol=protocol)
+    report = device.agent.run(device.stop)
+    assert report.fatal
+    assert device.store.sync_status()["state"] == STOPPED
+    assert device.sleeper.waits == []
+
+
+# -- retries ---------------------------------------------------------------------------------------
+
+
+def test_retry_after_is_honoured_then_the_loop_goes_on(device):
+    device.checkin()
+    device.cloud.fail_next("/v1/checkins", 503, headers={"Retry-After": "42"})
+    device.sleeper.limit = 3  # the retry wait, then two idle polls
+    device.agent.run(device.stop)
+    assert device.sleeper.waits[0] >= 42
+    assert device.states()["synced"] == 1
+    assert device.cloud.count("/v1/checkins") == 2
+
+
+def test_failures_back_off_with_capped_full_jitter(device):
+    device.checkin()
+    device.cloud.fail_next("/v1/checkins", raise_error=httpx.ConnectError("down"), times=12)
+    device.sleeper.limit = 12
+    agent = SyncAgent(
+        device.store,
+        device.client,
+        SyncSettings(backoff_max_s=20),
+        device.clock,
+        sleep=device.sleeper,
+    )
+    agent.run(device.stop)
+    waits = device.sleeper.waits
+    assert len(waits) == 12 and all(0 <= w <= 20 for w in waits)
+    # Full jitter: the bound doubles per attempt (1, 2, 4, ...) up to the cap.
+    assert all(w <= 2**n for n, w in enumerate(waits[:4]))
+    status = device.store.sync_status()
+    assert status["state"] == STOPPED and status["online"] is False  # stopped by the test
+    assert "cannot reach the cloud" in status["last_error"]
+    # Offline: the later steps were skipped, not tried against a dead network.
+    assert device.cloud.count("/v1/replica/snapshot") == 0
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"<html>captive portal</html>",
+        b'{"results": [',
+        json.dumps({"results": "nope", "server_time": "x"}).encode(),
+        b"",
+    ],
+    ids=["html", "truncated", "wrong-shape", "empty"],
+)
+def test_bad_answers_are_survived_with_the_queue_intact(device, body):
+    rows = [device.checkin() for _ in range(3)]
+    device.cloud.fail_next("/v1/checkins", 200, body=body)
+    report = device.agent.cycle()
+    assert not report.ok and not report.fatal and "invalid answer" in report.error
+    assert device.states() == {"pending": 3, "synced": 0, "rejected": 0}
+    status = device.store.sync_status()
+    assert status["state"] == OFFLINE and "push" in status["last_error"]
+    # The pull and heartbeat still ran: a broken upload does not starve the replica.
+    assert device.store.replica_info().version == device.cloud.version
+    assert device.agent.cycle().ok
+    assert [device.store.get_checkin(r.id).sync_state.value for r in rows] == ["synced"] * 3
+    assert device.store.sync_status()["last_error"] is None
+
+
+def test_an_oversized_answer_is_survived(device):
+    huge = httpx.Response(
+        200, content=b"{}", headers={"FitFlow-Protocol": "1", "Content-Length": str(64 << 20)}
+    )
+    device.cloud.faults.append(Fault("/v1/replica/snapshot", lambda request: huge))
+    report = device.agent.cycle()
+    assert not report.ok and "more than" in report.error
+    assert device.store.replica_info().version == 0
+
+
+# -- pull ------------------------------------------------------------------------------------------
+
+
+def test_first_sync_takes_a_snapshot_then_idle_polls_cost_one_request(device):
+    synced(device)
+    assert device.store.replica_info().version == device.cloud.version
+    count, checksum = device.store.replica_checksum()
+    assert (count, checksum) == (
+        device.cloud.checkpoint().count,
+        device.cloud.checkpoint().checksum,
+    )
+    assert device.store.member_facts("m1", "front") is not None
+    before = len(device.cloud.requests)
+    device.clock.advance(30)
+    report = device.agent.cycle()
+    assert report.ok and report.pull == "not_modified"
+    replica_requests = [
+        r for r in device.cloud.requests[before:] if r.url.path.startswith("/v1/replica")
+    ]
+    assert len(replica_requests) == 1
+    assert replica_requests[0].headers["If-None-Match"] == f'"v{device.cloud.version}"'
+    # A 304 is a successful sync: the replica is fresh again.
+    assert device.store.replica_info().synced_at == device.clock.wall()
+
+
+def test_change_pages_are_staged_and_applied_at_the_checkpoint(tmp_path):
+    dev = Device(tmp_path, page_rows=2)
+    dev.cloud.seed_gym(members=2)
+    synced = dev.agent.cycle()
+    assert synced.ok
+    dev.cloud.put("member", "m1", {**dev.cloud.rows[("member", "m1")].data, "status": "PAUSED"})
+    dev.cloud.delete("membership", "ms0")
+    dev.cloud.put("hours", "h-tue", {"weekday": 1, "open_minute": 0, "close_minute": 60})
+    before = len(dev.cloud.requests)
+    report = dev.agent.cycle()
+    assert report.ok and report.pull == "changes"
+    pages = [r for r in dev.cloud.requests[before:] if r.url.path == "/v1/replica/changes"]
+    assert len(pages) == 2  # three changes, two per page
+    assert dev.store.member_facts("m1", "front").member.status.value == "PAUSED"
+    assert [m.id for m in dev.store.member_facts("m0", "front").memberships] == ["pack0"]
+    assert dev.store.replica_checksum()[1] == dev.cloud.checkpoint().checksum
+    assert dev.store.replica_info().version == dev.cloud.version
+    dev.store.close()
+
+
+def test_a_checksum_mismatch_leads_to_a_fresh_snapshot(device):
+    synced(device)
+    # The local replica drifted (a bug, a restored file): the next checkpoint cannot match.
+    raw = sqlite3.connect(device.store.path)
+    raw.execute("DELETE FROM closures")
+    raw.commit()
+    raw.close()
+    device.cloud.put("hours", "h-wed", {"weekday": 2, "open_minute": 0, "close_minute": 60})
+    report = device.agent.cycle()
+    assert report.ok and report.pull == "snapshot"
+    assert device.store.replica_checksum() == (
+        device.cloud.checkpoint().count,
+        device.cloud.checkpoint().checksum,
+    )
+
+
+def test_an_expired_cursor_leads_to_a_fresh_snapshot(device):
+    synced(device)
+    device.cloud.delete("member", "m2")
+    device.cloud.delete("membership", "ms2")
+    device.cloud.purge()  # the tombstones are gone: "changes since" cannot be answered
+    device.cloud.put(
+        "member", "m9", {**device.cloud.rows[("member", "m1")].data, "code_hash": "9" * 64}
+    )
+    report = device.agent.cycle()
+    assert report.ok and report.pull == "snapshot"
+    assert device.store.member_facts("m2", "front") is None
+    assert device.store.member_facts("m9", "front") is not None
+    assert device.store.replica_checksum()[1] == device.cloud.checkpoint().checksum
+
+
+def test_changes_during_a_snapshot_are_applied_before_the_swap(tmp_path):
+    dev = Device(tmp_path, page_rows=3)
+    dev.cloud.seed_gym(members=3)
+    changed = []
+
+    def meanwhile(cloud: FakeCloud) -> None:
+        if not changed:  # once, between the first and second page
+            changed.append(cloud.delete("membership", "ms2"))
+            cloud.delete("member", "m2")
+
+    dev.cloud.between_pages = meanwhile
+    report = dev.agent.cycle()
+    assert report.ok and report.pull == "snapshot"
+    assert dev.store.member_facts("m2", "front") is None
+    assert dev.store.replica_checksum()[1] == dev.cloud.checkpoint().checksum
+    dev.store.close()
+
+
+def test_a_snapshot_of_an_idle_cloud_is_verified_against_a_checkpoint(tmp_path):
+    dev = Device(tmp_path)
+    dev.cloud.seed_gym()
+    report = dev.agent.cycle()
+    assert report.ok and report.pull == "snapshot"
+    # The catch-up asks without If-None-Match, so it gets the checkpoint even with no changes.
+    catch_up = [r for r in dev.cloud.requests if r.url.path.endswith("/changes")]
+    assert [int(r.url.params["since"]) for r in catch_up] == [dev.cloud.version]
+    assert "if-none-match" not in catch_up[0].headers
+    assert dev.store.replica_checksum()[1] == dev.cloud.checkpoint().checksum
+    dev.store.close()
+
+
+def test_a_304_to_the_snapshot_catch_up_is_a_bad_answer_not_a_trusted_replica(tmp_path):
+    dev = Device(tmp_path)
+    dev.cloud.seed_gym()
+    dev.cloud.always_304 = True
+    report = dev.agent.cycle()
+    assert not report.ok
+    assert dev.store.replica_info().synced_at is None  # nothing swapped in unverified
+    assert "304" in dev.store.sync_status()["last_error"]
+    dev.store.close()
+
+
+def test_a_snapshot_that_fails_mid_pages_keeps_the_old_replica_usable(tmp_path):
+    dev = Device(tmp_path, page_rows=2)
+    dev.cloud.seed_gym(members=3)
+    assert dev.agent.cycle().ok
+
+    def door_view():
+        store = dev.store
+        return (
+            store.replica_info(),
+            store.replica_checksum(),
+            store.member_facts("m1", "front"),
+            store.member_facts("m2", "front"),
+            store.site_facts(),
+        )
+
+    before = door_view()
+    dev.cloud.delete("membership", "ms2")
+    dev.cloud.delete("member", "m2")
+    dev.cloud.purge()  # 410 for the device's version: a snapshot is due
+    dev.cloud.fail_next(
+        "/v1/replica/snapshot",
+        raise_error=httpx.ReadTimeout("stalled"),
+        match=lambda request: "after=" in str(request.url),
+    )
+    report = dev.agent.cycle()
+    assert not report.ok and "did not answer" in report.error
+    assert door_view() == before  # half a snapshot never reaches the door
+    report = dev.agent.cycle()
+    assert report.ok and report.pull == "snapshot"
+    assert dev.store.member_facts("m2", "front") is None
+    assert dev.store.replica_checksum()[1] == dev.cloud.checkpoint().checksum
+    dev.store.close()
+
+
+def test_a_requested_snapshot_is_still_owed_after_a_restart(device):
+    synced(device)
+    device.cloud.resnapshot = True  # asked once, in the heartbeat's answer
+    device.cloud.fail_next("/v1/replica/snapshot", raise_error=httpx.ConnectError("down"))
+    assert not device.agent.cycle().ok
+    restarted = SyncAgent(
+        device.store, device.client, SyncSettings(), device.clock, sleep=device.sleeper
+    )
+    report = restarted.cycle()
+    assert report.ok and report.pull == "snapshot"
+    assert device.store.sync_status()["resnapshot_due"] is False
+    assert restarted.cycle().pull == "not_modified"
+
+
+# -- heartbeat -------------------------------------------------------------------------------------
+
+
+def test_heartbeat_reports_the_journal_and_replica_and_anchors(device):
+    device.checkin()
+    device.cloud.fail_next("/v1/checkins", 500)
+    device.agent.cycle()
+    device.clock.advance(5)
+    synced(device)
+    beat = device.cloud.heartbeats[-1]
+    assert (beat.last_seq, beat.synced_through_seq, beat.retained_from_seq) == (1, 1, 1)
+    assert beat.backlog == 0 and beat.oldest_pending_age_s is None
+    assert beat.replica_version == device.cloud.version
+    assert beat.replica_checksum == device.cloud.checkpoint().checksum
+    assert beat.boot_id == BOOT and beat.clock_quality == "ntp_synced"
+    assert beat.last_error is None  # this round went well
+    # Answers with the cloud's time became anchors: the newest of this boot is kept.
+    anchor = device.store.latest_anchor(BOOT)
+    assert anchor == Anchor(BOOT, device.clock.monotonic_ns(), device.cloud.now)
+    assert beat.anchors and beat.anchors[0].boot_id == BOOT
+    first_heartbeat = device.cloud.heartbeats[0]
+    assert first_heartbeat.last_error and "HTTP 500" in first_heartbeat.last_error
+    assert first_heartbeat.backlog == 1 and first_heartbeat.oldest_pending_age_s > 0
+
+
+def test_resend_from_seq_puts_retained_rows_back_in_the_queue(device):
+    rows = [device.checkin() for _ in range(4)]
+    synced(device)
+    # The cloud was restored from a backup and lost everything from seq 3 on.
+    for row in rows[2:]:
+        del device.cloud.checkins[row.id]
+    device.cloud.resend_from_seq = 3
+    report = device.agent.cycle()
+    assert report.ok and report.requeued == 2
+    assert set(device.cloud.checkins) == {r.id for r in rows}
+    assert device.states() == {"pending": 0, "synced": 4, "rejected": 0}
+
+
+# -- class uses between upload and pull ------------------------------------------------------------
+
+
+def test_a_used_class_counts_until_the_replica_carries_it(device):
+    synced(device)
+    device.checkin(member="m0", membership="pack0", classes=1)
+    device.cloud.fail_next("/v1/replica/changes", 503)
+    device.agent.cycle()  # uploaded, but the pull failed
+    facts = device.store.member_facts("m0", "front")
+    assert device.states()["synced"] == 1
+    pack = next(m for m in facts.memberships if m.id == "pack0")
+    # The replica still says 5 left; the use is counted on top, so no free class.
+    assert pack.remaining_classes == 5 and facts.pending_uses == {"pack0": 1}
+    synced(device)
+    facts = device.store.member_facts("m0", "front")
+    pack = next(m for m in facts.memberships if m.id == "pack0")
+    assert pack.remaining_classes == 4 and facts.pending_uses == {}
+
+
+def test_a_duplicate_without_a_version_counts_until_the_next_pull(device):
+    synced(device)
+    used = device.checkin(member="m0", membership="pack0", classes=1)
+    device.cloud.checkins[used.id] = ({}, None)  # acknowledged before, version unknown
+    device.cloud.fail_next("/v1/replica/changes", 503)
+    device.agent.cycle()
+    assert device.store.member_facts("m0", "front").pending_uses == {"pack0": 1}
+    synced(device)
+    assert device.store.member_facts("m0", "front").pending_uses == {}
+
+
+# -- the loop --------------------------------------------------------------------------------------
+
+
+def test_the_loop_waits_the_interval_and_wakes_early_for_a_new_checkin(tmp_path):
+    dev = Device(tmp_path, interval_s=30, wake_poll_s=1.0)
+    dev.cloud.seed_gym()
+    seqs = iter([0, 0, 0, 0, 1] + [1] * 100)
+    dev.agent._wake = lambda: next(seqs)
+    dev.sleeper.limit = 40
+    dev.agent.run(dev.stop)
+    waits = dev.sleeper.waits
+    # First idle wait ends after the 4th poll (a check-in appeared), the next lasts 30 polls.
+    assert waits[:4] == [1.0] * 4
+    cycles = dev.cloud.count("/v1/heartbeat")
+    assert cycles == 3 and len(waits) == 40
+    assert dev.store.sync_status()["state"] == STOPPED
+    dev.store.close()
+
+
+def test_status_after_a_good_round(device):
+    device.checkin()
+    synced(device)
+    status = device.store.sync_status()
+    assert status["state"] == RUNNING and status["online"] is True
+    assert status["last_error"] is None and status["backlog"] == 0
+    assert status["oldest_pending_age_s"] is None
+    assert status["replica_version"] == device.cloud.version
+    for key in ("last_push_at", "last_pull_at", "last_heartbeat_at", "updated_at"):
+        assert status[key] == "2026-05-01T12:00:01.000000Z", key
+
+
+def test_old_synced_rows_are_pruned_once_the_clock_is_trusted(tmp_path):
+    dev = Device(tmp_path, retention_days=7)
+    dev.cloud.seed_gym()
+    old = dev.checkin()
+    synced(dev)
+    dev.clock.advance(8 * 86400)
+    dev.cloud.tick(8 * 86400)
+    dev.clock.fixed_quality = ClockQuality.UNSYNCED
+    synced(dev)
+    assert dev.store.get_checkin(old.id) is not None  # an untrusted clock never prunes
+    dev.clock.fixed_quality = ClockQuality.NTP_SYNCED
+    synced(dev)
+    assert dev.store.get_checkin(old.id) is None
+    dev.store.close()
+
+
+def test_a_busy_database_is_reported_not_raised(tmp_path):
+    dev = Device(tmp_path, busy_timeout_ms=10)
+    dev.cloud.seed_gym()
+    dev.checkin()
+    locker = sqlite3.connect(dev.store.path, isolation_level=None)
+    locker.execute("BEGIN IMMEDIATE")  # another process holds the write lock
+    report = dev.agent.cycle()
+    locker.execute("ROLLBACK")
+    locker.close()
+    assert not report.ok and "locked" in report.error
+    assert dev.agent.cycle().ok
+    assert dev.states()["synced"] == 1
+    dev.store.close()
