@@ -301,13 +301,25 @@ def cmd_relay_off(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from kiosk.demo import DemoError, run_demo
     from kiosk.store import StoreError
+    from sync.client import CloudError
+    from sync.cloud.embedded import EmbeddedCloudError
 
     # Decisions go to stdout; logs to stderr, quiet unless something is wrong.
     _setup_logging("WARNING")
     try:
         return run_demo(
-            db=Path(args.db) if args.db else None, as_json=args.json, once=args.once, out=sys.stdout
+            db=Path(args.db) if args.db else None,
+            as_json=args.json,
+            once=args.once,
+            out=sys.stdout,
+            cloud=not args.no_cloud,
         )
+    except (EmbeddedCloudError, CloudError) as exc:
+        print(
+            f"demo: the embedded cloud failed: {exc} (--no-cloud runs the door alone)",
+            file=sys.stderr,
+        )
+        return EXIT_RUNTIME
     except StoreError as exc:
         print(f"demo: {exc}", file=sys.stderr)
         return EXIT_DATABASE
@@ -346,16 +358,29 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_run)
 
-    p = sub.add_parser("demo", help="the door on simulated camera and pins with demo members")
+    p = sub.add_parser(
+        "demo",
+        help="the door on simulated camera and pins, synced with an embedded cloud of demo members",
+    )
     p.add_argument(
         "--db",
-        help="use this database (seeded with demo members if empty); default: a temporary one",
+        help="use this database (the cloud's and the device's files go beside it); "
+        "default: a temporary one",
     )
     p.add_argument(
-        "--json", action="store_true", help="one JSON object per decision, after its commit"
+        "--json",
+        action="store_true",
+        help="one JSON object per line: each decision (after its commit), sync and cloud event",
     )
     p.add_argument(
-        "--once", action="store_true", help="play the scenario once (simulated clock) and exit"
+        "--once",
+        action="store_true",
+        help="play the scenario and the sync story once (simulated clock) and exit",
+    )
+    p.add_argument(
+        "--no-cloud",
+        action="store_true",
+        help="the door alone: a locally seeded replica, no cloud, no network",
     )
     p.set_defaults(func=cmd_demo)
 

@@ -2,8 +2,11 @@
 
 Simulated hardware only at the edges: a synthetic camera renders the seeded members' QR codes, mock
 pins stand in for the relay, LEDs and buzzer. Everything between (decoder, parser, policy, journal with
-durable commits) is the production code. ``--once`` plays the fixed scenario on a simulated clock, so
-it finishes in about a second; without it the scenario repeats in real time until Ctrl-C.
+durable commits) is the production code, and so are the sync agent and the reference cloud it talks
+to on 127.0.0.1 (``kiosk.demo_cloud``). ``--once`` plays the fixed scenario on a simulated clock and
+then the sync story (upload, a change made in the cloud, an outage and the catch-up), so it finishes
+in a few seconds; without it the scenario repeats in real time, synced every few seconds, until
+Ctrl-C.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import logging
 import tempfile
 import threading
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
@@ -21,6 +24,7 @@ from typing import TextIO
 
 from kiosk.clock import Clock, SimClock, SystemClock
 from kiosk.config import Config, default_config
+from kiosk.demo_cloud import DemoCloud
 from kiosk.model import Verdict
 from kiosk.parts import (
     build_door,
@@ -30,8 +34,18 @@ from kiosk.parts import (
     scanner_settings,
 )
 from kiosk.scanner import DoorLoop, Outcome, stop_on_signals
-from kiosk.seed import DEMO_SALT, SCENARIO, demo_snapshot
+from kiosk.seed import (
+    AFTER_CLOUD_CHANGE,
+    CLOUD_CHANGE,
+    DEMO_SALT,
+    OUTAGE_S,
+    SCENARIO,
+    WHILE_OFFLINE,
+    Scan,
+    demo_snapshot,
+)
 from kiosk.store import Store
+from sync.agent import CycleReport
 
 log = logging.getLogger(__name__)
 
@@ -52,10 +66,10 @@ def demo_config(db_path: Path) -> Config:
     )
 
 
-def scenario_script(fps: int) -> list[tuple[str | None, int]]:
-    """The synthetic camera's script: each scenario card shown, then an empty scene."""
+def scenario_script(fps: int, scans: Sequence[Scan] = SCENARIO) -> list[tuple[str | None, int]]:
+    """The synthetic camera's script: each card shown, then an empty scene."""
     script: list[tuple[str | None, int]] = [(None, int(GAP_S * fps))]
-    for scan in SCENARIO:
+    for scan in scans:
         script += [(scan.payload, max(1, int(SHOW_CODE_S * fps))), (None, int(GAP_S * fps))]
     return script
 
@@ -67,6 +81,17 @@ def _database(db: Path | None) -> Iterator[Path]:
         return
     with tempfile.TemporaryDirectory(prefix="kiosk-demo-") as tmp:
         yield Path(tmp) / "kiosk.db"
+
+
+@contextmanager
+def _quiet(logger_name: str) -> Iterator[None]:
+    logger = logging.getLogger(logger_name)
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 class DemoError(Exception):
@@ -89,7 +114,8 @@ def _refuse_real_database(store: Store) -> None:
 
 
 class _Printer:
-    """Prints each decision as it happens: a line for people, or one JSON object per line."""
+    """Prints each decision as it happens, and what the sync agent and the cloud do: a line for
+    people, or one JSON object per line. Thread-safe (the continuous demo syncs in a thread)."""
 
     def __init__(self, out: TextIO, as_json: bool, real_time: bool) -> None:
         self.out = out
@@ -97,6 +123,12 @@ class _Printer:
         # On the simulated clock no time passes while deciding: a latency figure would be a lie.
         self.real_time = real_time
         self.outcomes: list[Outcome] = []
+        self._lock = threading.Lock()
+
+    def _emit(self, record: dict, text: str) -> None:
+        with self._lock:
+            self.out.write(json.dumps(record) + "\n" if self.as_json else text + "\n")
+            self.out.flush()
 
     def __call__(self, outcome: Outcome) -> None:
         # Called by the loop only after the journal row is committed.
@@ -105,32 +137,88 @@ class _Printer:
         latency_ms = (
             round((outcome.acted_ns - outcome.captured_ns) / 1e6, 2) if self.real_time else None
         )
-        if self.as_json:
-            record = {
-                "type": "decision",
-                "id": c.id,
-                "seq": c.seq,
-                "at": c.wall_time.isoformat(),
-                "door": c.door_id,
-                "decision": c.decision.value,
-                "reason": c.reason.value,
-                "member": c.member_id,
-                "name": outcome.member_name,
-                "relay_ms": outcome.relay_ms,
-                "detail": outcome.decision.detail,
-                "latency_ms": latency_ms,
-            }
-            self.out.write(json.dumps(record) + "\n")
+        record = {
+            "type": "decision",
+            "id": c.id,
+            "seq": c.seq,
+            "at": c.wall_time.isoformat(),
+            "door": c.door_id,
+            "decision": c.decision.value,
+            "reason": c.reason.value,
+            "member": c.member_id,
+            "name": outcome.member_name,
+            "relay_ms": outcome.relay_ms,
+            "detail": outcome.decision.detail,
+            "latency_ms": latency_ms,
+        }
+        verdict = "GRANTED" if c.decision is Verdict.GRANTED else "denied "
+        who = outcome.member_name or "-"
+        relay = f"relay {outcome.relay_ms} ms" if outcome.relay_ms else "relay closed"
+        latency = f"  decided in {latency_ms:.1f} ms" if latency_ms is not None else ""
+        self._emit(
+            record,
+            f"{c.wall_time.astimezone():%H:%M:%S}  #{c.seq:<4} {verdict}  {c.reason.value:<20}"
+            f" {who:<12} {relay}{latency}",
+        )
+
+    def sync(self, report: CycleReport, counts: dict[str, int]) -> None:
+        """One sync cycle's outcome and the journal's state after it."""
+        record = {
+            "type": "sync",
+            "ok": report.ok,
+            "pushed": report.pushed,
+            "pull": report.pull,
+            "error": report.error,
+            "pending": counts.get("pending", 0),
+            "synced": counts.get("synced", 0),
+        }
+        if report.ok:
+            pull = {"snapshot": "replica snapshot taken", "changes": "replica changes pulled"}
+            parts = [f"uploaded {report.pushed}"]
+            if report.pull in pull:
+                parts.append(pull[report.pull])
+            text = f"sync:    {', '.join(parts)}"
         else:
-            verdict = "GRANTED" if c.decision is Verdict.GRANTED else "denied "
-            who = outcome.member_name or "-"
-            relay = f"relay {outcome.relay_ms} ms" if outcome.relay_ms else "relay closed"
-            latency = f"  decided in {latency_ms:.1f} ms" if latency_ms is not None else ""
-            self.out.write(
-                f"{c.wall_time.astimezone():%H:%M:%S}  #{c.seq:<4} {verdict}  {c.reason.value:<20}"
-                f" {who:<12} {relay}{latency}\n"
-            )
-        self.out.flush()
+            text = f"sync:    FAILED ({report.error})"
+        self._emit(
+            record, f"{text}; journal {record['pending']} pending, {record['synced']} synced"
+        )
+
+    def cloud(self, event: str, words: str, **fields: object) -> None:
+        self._emit({"type": "cloud", "event": event, **fields}, f"cloud:   {words}")
+
+
+def _sync_in_background(demo_cloud: DemoCloud, printer: _Printer, stop: threading.Event) -> None:
+    """The continuous demo's sync agent: a cycle every couple of seconds, printed when it moved
+    check-ins or failed (an idle cycle is one small request and not worth a line)."""
+    counts_store = Store.open(demo_cloud.db_path)
+    try:
+        while not stop.wait(2.0):
+            report = demo_cloud.sync()
+            if report.pushed or not report.ok:
+                printer.sync(report, counts_store.counts_by_state())
+    finally:
+        counts_store.close()
+
+
+def _story(demo_cloud: DemoCloud, play, clock: Clock, printer: _Printer, store: Store) -> None:
+    """After the scenario, ``--once`` shows the cloud at work: the decisions are uploaded, a change
+    made in the cloud reaches the door, and with the cloud down the door keeps admitting and the
+    agent catches up once it is back."""
+    printer.sync(demo_cloud.sync(), store.counts_by_state())
+    demo_cloud.set_member_status(CLOUD_CHANGE.member_id, "ACTIVE")
+    printer.cloud("member_changed", CLOUD_CHANGE.words, member=CLOUD_CHANGE.member_id)
+    printer.sync(demo_cloud.sync(), store.counts_by_state())
+    play([AFTER_CLOUD_CHANGE])
+    demo_cloud.stop_cloud()
+    printer.cloud("stopped", "stopped (the gym's internet is down)")
+    # Past the anti-passback window, so Alice's next entry is a new visit.
+    clock.sleep(OUTAGE_S)
+    play([WHILE_OFFLINE])
+    printer.sync(demo_cloud.sync(), store.counts_by_state())
+    url = demo_cloud.start()
+    printer.cloud("started", f"back at {url}", url=url)
+    printer.sync(demo_cloud.sync(), store.counts_by_state())
 
 
 def run_demo(
@@ -141,69 +229,105 @@ def run_demo(
     out: TextIO,
     clock: Clock | None = None,
     stop: threading.Event | None = None,
+    cloud: bool = True,
 ) -> int:
     """Run the demo; returns the exit code. Without ``once`` it runs until ``stop`` is set or
-    SIGINT/SIGTERM arrives."""
+    SIGINT/SIGTERM arrives. ``cloud=False`` runs the door alone on a locally seeded replica (no
+    sync agent, no network at all)."""
     from hardware.synthetic import SyntheticCamera  # needs the 'vision' extra (OpenCV, segno)
 
     clock = clock or (SimClock() if once else SystemClock())
     stop = stop or threading.Event()
-    with _database(db) as db_path:
+    # The demo prints the agent's failures itself; its log warnings would say the same twice.
+    with _database(db) as db_path, _quiet("sync"):
         config = demo_config(db_path)
         with Store.open(db_path) as store:
             _refuse_real_database(store)
-            seeded = store.member_count() == 0
-            if seeded:
-                store.replace_replica(demo_snapshot(clock.wall(), config.site.timezone))
-            if not as_json:
-                out.write(
-                    f"FitFlow Kiosk demo: door '{config.door.id}', database {db_path}"
-                    f" ({'seeded with demo members' if seeded else 'existing database'})\n"
-                    f"simulated camera and pins; {'one pass of the scenario' if once else 'Ctrl-C to stop'}\n"
-                )
-            camera = SyntheticCamera(
-                scenario_script(DEMO_FPS),
-                width=config.camera.width,
-                height=config.camera.height,
-                fps=DEMO_FPS,
-                clock=clock.monotonic_ns,
-                sleep=clock.sleep,
-                loop=not once,
-            )
+            fresh = store.member_count() == 0
+            printer = _Printer(out, as_json, real_time=not isinstance(clock, SimClock))
+            demo_cloud = DemoCloud(db_path, clock, config.site.timezone) if cloud else None
             pins = make_pin_factory("mock")
             door = build_door(config.gpio, pins.factory)
             signal = build_signal(config.gpio, config.feedback, pins.factory)
-            printer = _Printer(out, as_json, real_time=not isinstance(clock, SimClock))
-            settings = scanner_settings(config)
-            loop = DoorLoop(
-                source=camera,
-                reader=build_reader(config.decoder),
-                store=store,
-                door=door,
-                signal=signal,
-                clock=clock,
-                settings=settings,
-                on_outcome=printer,
-            )
-            if threading.current_thread() is threading.main_thread() and not once:
-                stop_on_signals(stop)
+            syncer: threading.Thread | None = None
             try:
-                loop.run(stop)
+                if demo_cloud is not None:
+                    url = demo_cloud.start()
+                    seeded = "seeded with the demo gym" if demo_cloud.seeded else "existing data"
+                    printer.cloud("started", f"reference cloud at {url} ({seeded})", url=url)
+                    printer.sync(demo_cloud.sync(), store.counts_by_state())
+                elif fresh:
+                    store.replace_replica(demo_snapshot(clock.wall(), config.site.timezone))
+                if not as_json:
+                    out.write(
+                        f"FitFlow Kiosk demo: door '{config.door.id}', database {db_path}"
+                        f" ({'new' if fresh else 'existing'})\n"
+                        f"simulated camera and pins;"
+                        f" {'one pass of the scenario' if once else 'Ctrl-C to stop'}\n"
+                    )
+                settings = scanner_settings(config)
+
+                def play(scans) -> None:
+                    camera = SyntheticCamera(
+                        scenario_script(DEMO_FPS, scans),
+                        width=config.camera.width,
+                        height=config.camera.height,
+                        fps=DEMO_FPS,
+                        clock=clock.monotonic_ns,
+                        sleep=clock.sleep,
+                        loop=not once,
+                    )
+                    loop = DoorLoop(
+                        source=camera,
+                        reader=build_reader(config.decoder),
+                        store=store,
+                        door=door,
+                        signal=signal,
+                        clock=clock,
+                        settings=settings,
+                        on_outcome=printer,
+                    )
+                    try:
+                        loop.run(stop)
+                    finally:
+                        camera.close()
+
+                if threading.current_thread() is threading.main_thread() and not once:
+                    stop_on_signals(stop)
+                if demo_cloud is not None and not once:
+                    syncer = threading.Thread(
+                        target=_sync_in_background, args=(demo_cloud, printer, stop), daemon=True
+                    )
+                    syncer.start()
+                play(SCENARIO)
+                expected = list(SCENARIO)
+                if demo_cloud is not None and once:
+                    _story(demo_cloud, play, clock, printer, store)
+                    expected += [AFTER_CLOUD_CHANGE, WHILE_OFFLINE]
             finally:
-                camera.close()
+                stop.set()
+                if syncer is not None:
+                    syncer.join(10)
+                if demo_cloud is not None:
+                    demo_cloud.close()
                 signal.close()
                 door.close()
             counts = store.counts_by_state()
-            return _summarise(printer, counts, out, as_json, seeded and once)
+            return _summarise(printer, counts, out, as_json, fresh and once, expected)
 
 
 def _summarise(
-    printer: _Printer, counts: dict[str, int], out: TextIO, as_json: bool, check: bool
+    printer: _Printer,
+    counts: dict[str, int],
+    out: TextIO,
+    as_json: bool,
+    check: bool,
+    expected_scans: list[Scan],
 ) -> int:
     reasons = Counter(o.checkin.reason.value for o in printer.outcomes)
     verdicts = Counter(o.checkin.decision.value for o in printer.outcomes)
     got = [o.checkin.reason for o in printer.outcomes]
-    expected = [scan.expect for scan in SCENARIO]
+    expected = [scan.expect for scan in expected_scans]
     # Only a freshly seeded --once run has a known expected sequence (a reused database remembers
     # earlier entries, so anti-passback legitimately changes the outcome).
     mismatch = check and got != expected

@@ -129,3 +129,20 @@ SCENARIO: tuple[Scan, ...] = (
     Scan("FF-JUDY-1010", Reason.SUBSCRIPTION, "day pass ending today"),
     Scan("FF-ALICE-1001", Reason.PASSBACK, "Alice again, card passed back through the gate"),
 )
+
+
+@dataclass(frozen=True, slots=True)
+class CloudChange:
+    member_id: str
+    words: str
+
+
+# What ``kiosk demo --once`` does after the scenario, with the embedded cloud: the front desk lifts
+# Carol's pause in the cloud, the agent pulls the change and her next scan is admitted; then the
+# cloud goes away, Alice comes back after the anti-passback window and is admitted offline.
+CLOUD_CHANGE = CloudChange("m-carol", "the front desk lifted Carol's pause (member m-carol ACTIVE)")
+AFTER_CLOUD_CHANGE = Scan(
+    "FF-CAROL-1003", Reason.SUBSCRIPTION, "Carol, her pause lifted in the cloud"
+)
+OUTAGE_S = 11 * 60.0
+WHILE_OFFLINE = Scan("FF-ALICE-1001", Reason.SUBSCRIPTION, "Alice, 11 minutes later, cloud down")

@@ -12,7 +12,11 @@ import pytest
 
 from fakes import clean_env
 from kiosk.demo import run_demo
-from kiosk.seed import SCENARIO
+from kiosk.seed import AFTER_CLOUD_CHANGE, SCENARIO, WHILE_OFFLINE
+
+# --once plays the scenario, then the sync story: Carol admitted after a change made in the cloud,
+# Alice admitted while the cloud is down.
+PLAYED = [*SCENARIO, AFTER_CLOUD_CHANGE, WHILE_OFFLINE]
 
 REQUIRED = {
     "subscription", "class_pack", "unknown_code", "malformed_code", "member_paused",
@@ -43,17 +47,47 @@ def test_once_json_plays_the_scenario_and_prints_only_committed_decisions(tmp_pa
     out = CommitCheckingOut(db)
     assert run_demo(db=db, as_json=True, once=True, out=out) == 0
     records = [json.loads(line) for line in out.getvalue().splitlines()]
-    decisions, summary = records[:-1], records[-1]
-    assert out.checked == len(decisions) == len(SCENARIO)
-    assert [d["reason"] for d in decisions] == [scan.expect.value for scan in SCENARIO]
+    decisions = [r for r in records if r["type"] == "decision"]
+    summary = records[-1]
+    assert out.checked == len(decisions) == len(PLAYED)
+    assert [d["reason"] for d in decisions] == [scan.expect.value for scan in PLAYED]
     assert {d["reason"] for d in decisions} >= REQUIRED
     for d in decisions:
         assert {"id", "decision", "reason", "member", "relay_ms"} <= d.keys()
         assert (d["relay_ms"] > 0) == (d["decision"] == "granted")
     assert "decision" not in summary
-    assert summary["decisions"] == len(SCENARIO)
-    assert summary["pending"] == len(SCENARIO) and summary["synced"] == 0
+    assert summary["decisions"] == len(PLAYED)
+    # Every decision reached the embedded cloud, including the one made while it was down.
+    assert summary["pending"] == 0 and summary["synced"] == len(PLAYED)
     assert summary["scenario_ok"] is True
+
+
+def test_once_tells_the_sync_story(tmp_path):
+    """Pending then synced; a change made in the cloud reaches the door; with the cloud stopped
+    the door keeps admitting and the agent catches up when it returns."""
+    db = tmp_path / "demo.db"
+    out = io.StringIO()
+    assert run_demo(db=db, as_json=True, once=True, out=out) == 0
+    records = [json.loads(line) for line in out.getvalue().splitlines()]
+    kinds = [(r["type"], r.get("event") or r.get("reason")) for r in records]
+    syncs = [r for r in records if r["type"] == "sync"]
+    assert syncs[0]["ok"] and syncs[0]["pull"] == "snapshot"  # the replica came from the cloud
+    assert syncs[1]["ok"] and syncs[1]["pushed"] == len(SCENARIO) and syncs[1]["pending"] == 0
+    change = kinds.index(("cloud", "member_changed"))
+    carol = kinds.index(("decision", "subscription"), change)
+    assert records[carol]["member"] == "m-carol"
+    stopped = kinds.index(("cloud", "stopped"))
+    alice = kinds.index(("decision", "subscription"), stopped)
+    assert records[alice]["member"] == "m-alice" and records[alice]["relay_ms"] > 0
+    offline = next(r for r in records[alice:] if r["type"] == "sync")
+    assert not offline["ok"] and offline["pending"] == 2 and "cannot reach" in offline["error"]
+    assert syncs[-1]["ok"] and syncs[-1]["pushed"] == 2 and syncs[-1]["pending"] == 0
+    # The cloud holds every decision exactly once.
+    with sqlite3.connect(tmp_path / "demo-cloud.db") as cloud:
+        cloud_ids = {row[0] for row in cloud.execute("SELECT id FROM checkins")}
+    with sqlite3.connect(db) as device:
+        device_ids = {row[0] for row in device.execute("SELECT id FROM checkins")}
+    assert cloud_ids == device_ids and len(device_ids) == len(PLAYED)
 
 
 def test_existing_database_is_reused_not_reseeded(tmp_path):
@@ -63,7 +97,7 @@ def test_existing_database_is_reused_not_reseeded(tmp_path):
     assert run_demo(db=db, as_json=True, once=True, out=out) == 0
     summary = json.loads(out.getvalue().splitlines()[-1])
     with sqlite3.connect(db) as conn:
-        assert conn.execute("SELECT COUNT(*) FROM checkins").fetchone() == (2 * len(SCENARIO),)
+        assert conn.execute("SELECT COUNT(*) FROM checkins").fetchone() == (2 * len(PLAYED),)
     # Everyone who got in minutes ago is now refused by anti-passback: the journal was kept.
     assert summary["reasons"].get("passback", 0) > 1
     assert summary["scenario_ok"] is None
@@ -106,7 +140,8 @@ def test_human_output_names_decisions_and_reasons(tmp_path):
     assert run_demo(db=None, as_json=False, once=True, out=out) == 0
     text = out.getvalue()
     assert "GRANTED" in text and "subscription" in text and "passback" in text
-    assert f"{len(SCENARIO)} decisions" in text
+    assert f"{len(PLAYED)} decisions" in text
+    assert "replica snapshot taken" in text and "0 pending upload" in text
 
 
 def test_cli_demo_once_json_exits_zero():
@@ -116,8 +151,9 @@ def test_cli_demo_once_json_exits_zero():
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     lines = [json.loads(line) for line in result.stdout.splitlines()]
-    assert lines[-1]["type"] == "summary" and lines[-1]["pending"] == len(SCENARIO)
-    assert all("decision" in line for line in lines[:-1])
+    assert lines[-1]["type"] == "summary" and lines[-1]["pending"] == 0
+    assert lines[-1]["synced"] == len(PLAYED) and lines[-1]["scenario_ok"] is True
+    assert {line["type"] for line in lines[:-1]} == {"decision", "sync", "cloud"}
 
 
 def test_the_door_loop_never_touches_the_network(monkeypatch):
@@ -144,6 +180,7 @@ def test_the_door_loop_never_touches_the_network(monkeypatch):
     monkeypatch.setattr(socket.socket, "sendto", no_ip(real_sendto))
     monkeypatch.setattr(socket, "getaddrinfo", no_dns)
     out = io.StringIO()
-    assert run_demo(db=None, as_json=True, once=True, out=out) == 0
+    # The door alone (no embedded cloud, whose agent does talk to 127.0.0.1).
+    assert run_demo(db=None, as_json=True, once=True, out=out, cloud=False) == 0
     assert json.loads(out.getvalue().splitlines()[-1])["scenario_ok"] is True
     assert attempts == []
