@@ -133,6 +133,20 @@ class SimClock:
         self._elapsed_ns += max(0, int(seconds * 1e9))
 
 
+# A cloud time outside these bounds is a broken or hostile answer, not a time to run a door by
+# (the upper bound keeps every later computation far from datetime's year 9999 limit).
+PLAUSIBLE_SERVER_TIMES = (
+    datetime(2026, 1, 1, tzinfo=UTC),
+    datetime(2200, 1, 1, tzinfo=UTC),
+)
+
+
+def plausible_server_time(moment: datetime) -> bool:
+    """True when ``moment`` (aware) can be the cloud's real time."""
+    low, high = PLAUSIBLE_SERVER_TIMES
+    return low <= moment < high
+
+
 class AnchoredClock:
     """A clock that tells the cloud's time while the base clock is not NTP-synced.
 
@@ -172,6 +186,12 @@ class AnchoredClock:
             log.warning("could not read the clock anchor, keeping the previous one: %s", exc)
             return
         if anchor is not None and anchor.boot_id == self.boot_id:
+            if not plausible_server_time(anchor.server_time):
+                log.warning(
+                    "ignoring a clock anchor with an implausible cloud time (%s)",
+                    anchor.server_time.isoformat(),
+                )
+                return
             self._anchor = anchor
 
     @property
@@ -192,7 +212,10 @@ class AnchoredClock:
         if anchor is None:
             return self.base.wall()
         elapsed_ns = self.base.monotonic_ns() - anchor.monotonic_ns
-        return anchor.server_time + timedelta(microseconds=elapsed_ns // 1000)
+        try:
+            return anchor.server_time + timedelta(microseconds=elapsed_ns // 1000)
+        except OverflowError:  # cannot happen with a plausible anchor; never stop the door
+            return self.base.wall()
 
     def monotonic_ns(self) -> int:
         return self.base.monotonic_ns()

@@ -7,8 +7,9 @@ keeps no state, so the same inputs always give the same ``Decision`` and its tes
 Rules, applied in this order; the first that applies gives the one reason of the decision:
 
 a. no member for the code -> ``unknown_code``. Nothing else can be judged without a member.
-b. the effective time. A clock that is not NTP-synced and reads earlier than the latest time the
-   device knows has happened (``Now.clock_floor``) has stepped backwards; the floor is used
+b. the effective time. An unsynced clock (neither NTP nor anchored to the cloud's time) that
+   reads earlier than the latest time the device knows has happened (``Now.clock_floor``) has
+   stepped backwards; the floor is used
    instead, so a stepped clock can never revive an expired membership, while the member is still
    served. A time before 2026-01-01 UTC with no floor is a clock that was never set (a Pi without a
    battery clock boots in 1970) -> ``clock_untrusted``: every later rule needs today's date.
@@ -74,8 +75,10 @@ _WEEKDAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
 def effective_time(now: Now) -> datetime | None:
     """The UTC time the policy decides at, or None when the clock cannot be trusted at all.
 
-    This is ``now.wall``, except that a clock which is not NTP-synced and reads earlier than
-    ``now.clock_floor`` gives the floor (the clock stepped backwards). None means the time is before
+    This is ``now.wall``, except that an unsynced clock (neither NTP nor anchored to the cloud's
+    time) that reads earlier than ``now.clock_floor`` gives the floor (the clock stepped
+    backwards). An NTP-synced or server-anchored time is trusted over the floor: the floor may come
+    from rows journaled while an unsynced clock ran ahead. None means the time is before
     ``EARLIEST_TRUSTED_TIME`` and no floor is known: the clock was never set. A floor that is itself
     before ``EARLIEST_TRUSTED_TIME`` (rows journaled by an unset clock) counts as no floor. Raises ``ValueError``
     if a time is naive (all times must be timezone-aware).
@@ -87,7 +90,7 @@ def effective_time(now: Now) -> datetime | None:
         if floor < EARLIEST_TRUSTED_TIME:
             floor = None  # journaled by a clock that was never set: proves nothing
     if floor is not None:
-        if now.quality != ClockQuality.NTP_SYNCED and now.wall < floor:
+        if now.quality == ClockQuality.UNSYNCED and now.wall < floor:
             return floor
         return now.wall
     if now.wall < EARLIEST_TRUSTED_TIME:

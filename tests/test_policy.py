@@ -247,14 +247,17 @@ CLOCK = [
         ),
     ),
     row(
-        "server-anchored clock stepped back past expiry stays expired",
-        facts(EXPIRES_TODAY),
-        Reason.NO_VALID_MEMBERSHIP,
+        # The floor came from rows journaled while the clock ran a year ahead; the cloud's time
+        # (anchored) is the authority the memberships are defined against.
+        "server-anchored time wins over a floor journaled by a clock running ahead",
+        facts(sub(end=date(2026, 6, 30))),
+        Reason.SUBSCRIPTION,
         at=now(
             utc("2026-03-09T12:00"),
             quality=ClockQuality.SERVER_ANCHORED,
-            floor=utc("2026-03-11T09:00"),
+            floor=utc("2027-03-09T09:00"),
         ),
+        membership="sub",
     ),
     row(
         "stepped-back clock before floor still serves a valid member",
@@ -850,6 +853,11 @@ EFFECTIVE_TIME = [
         now(NOON, quality=ClockQuality.SERVER_ANCHORED, floor=NOON - timedelta(hours=1)),
         NOON,
         id="ahead of the floor",
+    ),
+    pytest.param(
+        now(NOON, quality=ClockQuality.SERVER_ANCHORED, floor=NOON + timedelta(days=365)),
+        NOON,
+        id="server-anchored behind a floor from a clock that ran ahead",
     ),
     pytest.param(
         now(NOON, floor=NOON + timedelta(hours=1)), NOON, id="NTP-synced behind the floor"

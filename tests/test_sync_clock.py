@@ -144,3 +144,49 @@ def test_the_door_reads_a_new_anchor_when_its_replica_changes(tmp_path):
         Reason.SUBSCRIPTION,
     ]
     rig.store.close()
+
+
+def test_an_implausible_cloud_time_is_ignored_and_never_crashes_the_clock():
+    """A broken or hostile answer (year 9999, year 1) must not become the door's time."""
+    base = unsynced(TRUE_NOW)
+    for absurd in (datetime(9999, 12, 31, 23, 59, tzinfo=UTC), datetime(1, 1, 1, tzinfo=UTC)):
+        anchors = {"boot-1": Anchor("boot-1", base.monotonic_ns(), absurd)}
+        clock = AnchoredClock(base, anchors.get)
+        base.advance(3600)
+        assert clock.wall() == base.wall()
+        assert clock.quality() is ClockQuality.UNSYNCED
+
+
+def test_a_good_anchor_survives_a_later_absurd_one():
+    base = unsynced()
+    answers = [Anchor("boot-1", base.monotonic_ns(), TRUE_NOW)]
+    clock = AnchoredClock(base, lambda boot: answers[-1], refresh_every_s=1)
+    assert clock.wall() == TRUE_NOW
+    answers.append(Anchor("boot-1", base.monotonic_ns(), datetime(9999, 12, 31, tzinfo=UTC)))
+    base.advance(5)
+    assert clock.wall() == TRUE_NOW + timedelta(seconds=5)
+
+
+def test_a_floor_from_a_clock_that_ran_a_year_ahead_does_not_outrank_the_cloud_time(tmp_path):
+    """Rows journaled while the unsynced clock ran a year ahead put the clock floor a year ahead.
+    Unanchored, the door fails safe at the floor (Alice is refused); anchored, it
+    decides at the cloud's time and admits her."""
+    from kiosk.model import Decision, Now, Verdict
+
+    snapshot = replace(demo_snapshot(TRUE_NOW, "UTC"), synced_at=None)
+    reasons = {}
+    for anchored in (False, True):
+        folder = tmp_path / str(anchored)
+        folder.mkdir()
+        with Store.open(folder / "kiosk.db") as store:
+            ahead = Now(TRUE_NOW + timedelta(days=365), 1, "boot-0", ClockQuality.UNSYNCED)
+            store.append_checkin(Decision(Verdict.DENIED, Reason.UNKNOWN_CODE), door_id="front",
+                                 replica_version=1, now=ahead)  # fmt: skip
+        clock = unsynced(TRUE_NOW)
+        rig = _door(folder, clock, snapshot, anchored_at=TRUE_NOW if anchored else None,
+                    scene=Scene().add([ALICE], 3))  # fmt: skip
+        rig.run()
+        reasons[anchored] = rig.outcomes[0].decision.reason
+        rig.store.close()
+    assert reasons[False].verdict is Verdict.DENIED  # at the floor: ended, or a stale replica
+    assert reasons[True] is Reason.SUBSCRIPTION
