@@ -338,11 +338,48 @@ def cmd_decode(args: argparse.Namespace) -> int:
     return decode_files(args.images, reader, sys.stdout, sys.stderr)
 
 
-def cmd_bench(args: argparse.Namespace) -> int:
-    from kiosk.bench import run_bench
+BENCH_MEMBERS, BENCH_BACKLOG = 100_000, 10_000
 
+
+def cmd_bench(args: argparse.Namespace) -> int:
     _setup_logging("WARNING")
-    return run_bench(as_json=args.json, frames_per_size=args.frames, out=sys.stdout)
+    if not args.sync:
+        given = [f"--{name}" for name in ("postgres", "members", "backlog")
+                 if getattr(args, name) is not None]  # fmt: skip
+        if given:
+            print(f"bench: {', '.join(given)} only apply with --sync", file=sys.stderr)
+            return EXIT_CONFIG
+        from kiosk.bench import run_bench
+
+        return run_bench(as_json=args.json, frames_per_size=args.frames, out=sys.stdout)
+    from kiosk.bench_sync import BenchError, run_sync_bench
+
+    try:
+        return run_sync_bench(
+            as_json=args.json,
+            members=args.members if args.members is not None else BENCH_MEMBERS,
+            backlog=args.backlog if args.backlog is not None else BENCH_BACKLOG,
+            postgres_url=args.postgres,
+            out=sys.stdout,
+        )
+    except BenchError as exc:
+        print(f"bench: {exc}", file=sys.stderr)
+        return EXIT_RUNTIME
+
+
+def _at_least(low: int):
+    """An argparse type: a whole number of at least ``low``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"expected at least {low}, got {value}")
+        return value
+
+    return parse
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -392,11 +429,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_decode)
 
     p = sub.add_parser(
-        "bench", help="measure decoders, scan-to-relay latency, idle cost and memory"
+        "bench",
+        help="measure decoders, scan-to-relay latency, idle cost and memory; with --sync, the "
+        "sync agent against the reference cloud",
     )
     p.add_argument("--json", action="store_true", help="print one JSON object with all figures")
     p.add_argument(
         "--frames", type=int, default=168, help="generated frames per resolution (default 168)"
+    )
+    p.add_argument(
+        "--sync",
+        action="store_true",
+        help="measure sync instead: backlog drain, snapshot, idle poll, door with a stalled cloud",
+    )
+    p.add_argument(
+        "--postgres",
+        metavar="URL",
+        help="with --sync: also measure on this PostgreSQL server (postgresql://user@host:port/db;"
+        " a scratch database is created there and dropped)",
+    )
+    p.add_argument(
+        "--members",
+        type=_at_least(10),
+        metavar="N",
+        help=f"with --sync: members in the snapshot (default {BENCH_MEMBERS:,})",
+    )
+    p.add_argument(
+        "--backlog",
+        type=_at_least(1),
+        metavar="N",
+        help=f"with --sync: check-ins in the backlog to drain (default {BENCH_BACKLOG:,})",
     )
     p.set_defaults(func=cmd_bench)
 
