@@ -184,6 +184,10 @@ def _only_keys(obj: Mapping[str, Any], where: str, allowed: Iterable[str]) -> No
 
 _INT32 = 2**31 - 1
 _BIG = 2**63 - 1
+# A monotonic reading is nanoseconds since boot; 2**62 ns is 146 years of uptime. The bound leaves
+# headroom so the cloud's sums and differences of two readings stay inside a signed 64-bit
+# integer (SQLite and PostgreSQL BIGINT) instead of overflowing on a hostile value.
+MAX_MONOTONIC_NS = 2**62 - 1
 
 
 def _plan_data(d: Mapping[str, Any], w: str) -> dict[str, Any]:
@@ -584,7 +588,7 @@ def parse_upload_item(value: object, where: str) -> UploadItem:
         replica_version=need_int(obj["replica_version"], f"{where}.replica_version", 0, _BIG),
         wall_time=parse_utc(obj["wall_time"], f"{where}.wall_time"),
         boot_id=boot_id,
-        monotonic_ns=need_int(obj["monotonic_ns"], f"{where}.monotonic_ns", 0, _BIG),
+        monotonic_ns=need_int(obj["monotonic_ns"], f"{where}.monotonic_ns", 0, MAX_MONOTONIC_NS),
         clock_quality=need_choice(obj["clock_quality"], f"{where}.clock_quality", CLOCK_QUALITIES),
     )
 
@@ -614,7 +618,9 @@ def parse_anchor(value: object, where: str) -> Anchor:
         raise ProtocolError(f"{where}.boot_id", "expected a boot id (letters, digits, dashes)")
     return Anchor(
         boot_id=boot_id,
-        monotonic_ns=need_int(obj.get("monotonic_ns"), f"{where}.monotonic_ns", 0, _BIG),
+        monotonic_ns=need_int(
+            obj.get("monotonic_ns"), f"{where}.monotonic_ns", 0, MAX_MONOTONIC_NS
+        ),
         server_time=parse_utc(obj.get("server_time"), f"{where}.server_time"),
     )
 
@@ -766,7 +772,7 @@ def parse_heartbeat(value: object) -> Heartbeat:
     return Heartbeat(
         software_version=need_text(obj.get("software_version"), "software_version", 40),
         boot_id=boot_id,
-        monotonic_ns=need_int(obj.get("monotonic_ns"), "monotonic_ns", 0, _BIG),
+        monotonic_ns=need_int(obj.get("monotonic_ns"), "monotonic_ns", 0, MAX_MONOTONIC_NS),
         device_time=parse_utc(obj.get("device_time"), "device_time"),
         clock_quality=need_choice(obj.get("clock_quality"), "clock_quality", CLOCK_QUALITIES),
         backlog=need_int(obj.get("backlog"), "backlog", 0, _BIG),
@@ -897,7 +903,10 @@ def parse_upload_envelope(value: object) -> UploadEnvelope:
         boot_id = raw.get("boot_id")
         if not isinstance(boot_id, str) or not boot_id or not _BOOT_ID.fullmatch(boot_id):
             raise ProtocolError("clock.boot_id", "expected a boot id (letters, digits, dashes)")
-        clock = (boot_id, need_int(raw.get("monotonic_ns"), "clock.monotonic_ns", 0, _BIG))
+        clock = (
+            boot_id,
+            need_int(raw.get("monotonic_ns"), "clock.monotonic_ns", 0, MAX_MONOTONIC_NS),
+        )
     raw_anchors = obj.get("anchors", [])
     if not isinstance(raw_anchors, list) or len(raw_anchors) > MAX_ANCHORS:
         raise ProtocolError("anchors", f"expected a list of at most {MAX_ANCHORS} anchors")

@@ -3,6 +3,9 @@ Every test runs on SQLite and on PostgreSQL."""
 
 from __future__ import annotations
 
+import re
+import warnings
+
 from pg import (
     BOOT,
     SEC,
@@ -12,7 +15,12 @@ from pg import (
     make_item,
     pg_server_fixture,  # noqa: F401
 )
-from sync.cloud import importer
+from sync.cloud import db, importer
+from sync.protocol import make_row
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")  # Starlette's note about its httpx fork
+    from fastapi.testclient import TestClient
 
 CSV = {"Content-Type": "text/csv"}
 
@@ -435,3 +443,175 @@ def test_attendance_by_time_gym_and_page(cloud):
     assert rest["next"] is None
     assert cloud.admin("GET", "/checkins", params={"since": "yesterday"}).status_code == 422
     assert cloud.admin("GET", "/checkins", params={"gym_id": "gym_nope"}).status_code == 404
+
+
+# -- review findings (issue 3) ---------------------------------------------------------------------
+
+
+def test_a_closure_id_is_never_revived_in_another_gym(cloud):
+    """A tombstoned closure id belongs to its gym: another gym reusing it is refused (409) and the
+    first gym's replica is untouched; the same gym may revive it."""
+    gym_b = cloud.ok("POST", "/gyms", json={"name": "B", "timezone": "Europe/Berlin"})["id"]
+    xmas = {"id": "xmas", "start_date": "2026-12-25", "end_date": "2026-12-25", "reason": "A"}
+    cloud.ok("POST", f"/gyms/{cloud.gym_id}/closures", json=xmas)
+    assert cloud.admin("DELETE", f"/gyms/{cloud.gym_id}/closures/xmas").status_code == 204
+
+    refurb = xmas | {"start_date": "2026-12-01", "end_date": "2026-12-31", "reason": "B refurb"}
+    clash = cloud.admin("POST", f"/gyms/{gym_b}/closures", json=refurb)
+    assert clash.status_code == 409 and "another gym" in clash.json()["detail"]
+    assert cloud.ok("GET", f"/gyms/{cloud.gym_id}/closures")["items"] == []
+    assert cloud.ok("GET", f"/gyms/{gym_b}/closures")["items"] == []
+
+    revived = cloud.ok("POST", f"/gyms/{cloud.gym_id}/closures", json=refurb)
+    assert revived["reason"] == "B refurb"
+    assert [c["id"] for c in cloud.ok("GET", f"/gyms/{cloud.gym_id}/closures")["items"]] == ["xmas"]
+
+
+def test_an_upsert_stores_the_gym_it_was_given(cloud):
+    """The replica upsert keeps gym_id consistent with the write (it is part of the update)."""
+    row = make_row("closure", "c1", {"start_date": "2026-01-01", "end_date": "2026-01-02"} | R)
+    values = {"start_date": "2026-01-01", "end_date": "2026-01-02", "reason": ""}
+    gym_b = cloud.ok("POST", "/gyms", json={"name": "B", "timezone": "UTC"})["id"]
+    for gym in (cloud.gym_id, gym_b):
+        with cloud.database.write() as tx:
+            write = db.RowWrite(gym, "c1", values, row.row_hash())
+            db.upsert_replica_rows(tx, "closure", cloud.org_id, [write], version=1, now=NOW)
+        with cloud.database.read() as tx:
+            assert db.replica_row(tx, "closure", cloud.org_id, "c1")["gym_id"] == gym
+
+
+R = {"reason": ""}
+NOW = "2026-05-01T12:00:00.000000Z"
+
+
+def test_attendance_times_out_of_range_are_422(cloud):
+    for query in (
+        {"since": "9999-12-31T23:00:00-05:00"},
+        {"until": "0001-01-01T00:00:00+05:00"},
+        {"since": "not a time"},
+    ):
+        response = cloud.admin("GET", "/checkins", params=query)
+        assert response.status_code == 422, (query, response.text)
+        assert _fields(response) == list(query)
+
+
+# Values no client should send: numbers past every integer type, non-finite and huge floats,
+# wrong types, deep nesting, control characters, overlong text, times outside UTC's years.
+HOSTILE = [
+    2**63,
+    -(2**63) - 1,
+    1e308,
+    True,
+    None,
+    "x" * 20_000,
+    "\u0000\u202e",
+    "9999-12-31T23:00:00-05:00",
+    {"a": [1, {"b": None}]},
+]
+HOSTILE_RAW = [b"[" * 50_000, b"NaN", b'{"a": Infinity}', b"\xff\xfe", b"", b"1e999999", b"{"]
+HOSTILE_QUERY = [
+    "9999-12-31T23:00:00-05:00",
+    "0001-01-01T00:00:00+05:00",
+    "99999999999999999999999",
+    "-1",
+    "1e309",
+    "\u0000",
+    "x" * 5000,
+    "0:plan:\u0000",
+]
+HOSTILE_PATH = ["x" * 3000, "%2e%2e", "%00", "\u00e9\u202e"]
+# A plausible value per body field, so one hostile field at a time reaches the deeper checks.
+PLAUSIBLE = {
+    "code": "AAAA-BBBB-CCCC",
+    "name": "Front",
+    "software_version": "0.1.0",
+    "timezone": "UTC",
+    "hours": [{"weekday": 0, "open_minute": 0, "close_minute": 60}],
+    "start_date": "2026-01-01",
+    "end_date": "2026-01-02",
+    "reason": "r",
+    "ttl_minutes": 60,
+    "windows": [[0, 0, 60]],
+    "first_name": "A",
+    "last_name": "B",
+    "status": "ACTIVE",
+    "is_staff": False,
+    "member_id": "m1",
+    "type": "CLASS_PACK",
+    "remaining_classes": 3,
+    "items": [make_item(1)],
+    "anchors": [],
+    "boot_id": BOOT,
+    "monotonic_ns": SEC,
+    "device_time": "2026-05-01T12:00:00.000000Z",
+    "clock_quality": "ntp_synced",
+    "replica_checksum": "0" * 16,
+}
+
+
+def _operations(app) -> list[tuple[str, str, list[str], list[str]]]:
+    """(method, path, query names, body fields) of every operation the API describes."""
+    spec = app.openapi()
+    schemas = spec.get("components", {}).get("schemas", {})
+    out = []
+    for path, ops in spec["paths"].items():
+        for method, op in ops.items():
+            query = [p["name"] for p in op.get("parameters", []) if p["in"] == "query"]
+            fields: list[str] = []
+            for content in op.get("requestBody", {}).get("content", {}).values():
+                schema = content.get("schema", {})
+                for ref in [schema, *schema.get("anyOf", [])]:
+                    if "$ref" in ref:
+                        schema = schemas[ref["$ref"].rsplit("/", 1)[-1]]
+                fields = list(schema.get("properties", {}))
+            out.append((method.upper(), path, query, fields))
+    return out
+
+
+def test_hostile_input_never_gets_a_5xx_from_any_endpoint(cloud):
+    """Every device and admin operation, fed hostile path ids, query values, raw bodies and one
+    hostile body field at a time, answers 4xx (or 2xx), never 5xx."""
+    device = cloud.enrol()
+    client = TestClient(cloud.app, raise_server_exceptions=False)
+    operations = _operations(cloud.app)
+    assert len([op for op in operations if op[1].startswith("/v1/")]) == 5
+    assert len([op for op in operations if op[1].startswith("/admin/v1/")]) >= 30
+    failures = []
+    sent: set[str] = set()
+
+    def send(method: str, path: str, **kw) -> None:
+        key = repr((method, path, kw))
+        if key in sent:
+            return
+        sent.add(key)
+        device_call = path.startswith("/v1/")
+        headers = (
+            device.headers if device_call else {"Authorization": f"Bearer {cloud.admin_token}"}
+        )
+        response = client.request(method, path, headers=headers | kw.pop("headers", {}), **kw)
+        if response.status_code >= 500:
+            failures.append((method, path, kw, response.status_code, response.text[:200]))
+
+    for method, template, query, fields in operations:
+        if not template.startswith(("/v1/", "/admin/v1/")):
+            continue
+        real = template.replace("{gym_id}", cloud.gym_id)
+        for value in HOSTILE_PATH:
+            hostile = re.sub(r"\{[a-z_]+\}", value.replace("\\", ""), template)
+            send(method, hostile)
+            send(method, re.sub(r"\{(?!gym_id)[a-z_]+\}", value, real))
+        path = re.sub(r"\{[a-z_]+\}", "x1", real)
+        for name in query:
+            for value in HOSTILE_QUERY:
+                send(method, path, params={name: value})
+        if method in ("POST", "PUT", "PATCH"):
+            for raw in HOSTILE_RAW:
+                send(method, path, content=raw, headers={"Content-Type": "application/json"})
+            base = {f: PLAUSIBLE[f] for f in fields if f in PLAUSIBLE}
+            for field in fields:
+                for value in HOSTILE:
+                    send(method, path, json=base | {field: value})
+            for value in HOSTILE[:5]:
+                send(method, path, json=value)
+    client.close()
+    assert not failures, failures[:5]

@@ -17,7 +17,7 @@ from pg import (
     cloud_db_url_fixture,  # noqa: F401
     pg_server_fixture,  # noqa: F401
 )
-from sync.cloud import cli
+from sync.cloud import cli, migrations
 from sync.cloud.db import Database
 from sync.cloud.embedded import EmbeddedCloud
 
@@ -79,7 +79,7 @@ def test_init_prints_the_token_once_in_plain_text(cloud_db_url, capsys):
 def test_migrate_is_idempotent(cloud_db_url, capsys):
     code, out, _ = run(capsys, "migrate", "--db", cloud_db_url)
     assert code == 0
-    assert "schema at migration 1" in out
+    assert f"schema at migration {migrations.LATEST_VERSION}" in out
     code, out, _ = run(capsys, "migrate", "--db", cloud_db_url)
     assert code == 0 and "applied now: none" in out
 
@@ -162,7 +162,7 @@ def test_register_adds_the_cloud_tree_to_another_cli(tmp_path, capsys):
     cli.register(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(["cloud", "migrate", "--db", str(tmp_path / "c.db")])
     assert args.func(args) == 0
-    assert "schema at migration 1" in capsys.readouterr().out
+    assert f"schema at migration {migrations.LATEST_VERSION}" in capsys.readouterr().out
     # A leading "cloud" is accepted by the module's own entry point too.
     assert cli.main(["cloud", "migrate", "--db", str(tmp_path / "c.db")]) == 0
 

@@ -5,11 +5,13 @@ re-snapshot requests. Every test runs on SQLite and on PostgreSQL."""
 from __future__ import annotations
 
 import json
+import threading
 from datetime import datetime, timedelta
 
 from pg import (
     BOOT,
     SEC,
+    FakeClock,
     Harness,
     cloud_db_url_fixture,  # noqa: F401
     cloud_fixture,  # noqa: F401
@@ -17,11 +19,15 @@ from pg import (
     pg_server_fixture,  # noqa: F401
     replica_checksum,
 )
+from sync.cloud import db, uploads
 from sync.protocol import (
     MAX_BATCH_ITEMS,
+    MAX_MONOTONIC_NS,
     MAX_REQUEST_BYTES,
     parse_heartbeat_reply,
+    parse_upload_envelope,
     parse_upload_results,
+    parse_utc,
     utc_text,
 )
 
@@ -454,3 +460,222 @@ def test_a_malformed_heartbeat_is_400_naming_the_field(cloud):
     assert response.json()["error"] == "invalid_request"
     bad = cloud.client.post("/v1/heartbeat", content=b"{nope", headers=device.headers)
     assert bad.status_code == 400
+
+
+# -- review findings (issue 3) ---------------------------------------------------------------------
+
+
+def test_concurrent_uploads_from_many_doors_lose_no_class(cloud):
+    """Doors uploading at the same moment, each spending a class of one pack: every decrement
+    lands (the balance is read under the organisation's version lock) and the stored row hash
+    matches the row as stored."""
+    doors = 6
+    _class_pack(cloud, remaining=1)
+    devices = [cloud.enrol(f"door{n}") for n in range(doors)]
+    auths = [uploads.authenticate_device(cloud.database, d.token, cloud.clock()) for d in devices]
+    start = threading.Barrier(doors)
+    errors: list[BaseException] = []
+
+    def send(n: int) -> None:
+        try:
+            item = _class_use(n + 1, item_id=f"01900000-0000-7000-8000-{n + 1:012x}")
+            envelope = parse_upload_envelope({"items": [item]})
+            start.wait(5)
+            cloud.database.transact(
+                lambda tx: uploads.receive_checkins(tx, auths[n], envelope, cloud.clock())
+            )
+        except BaseException as exc:  # reported below, in the test's thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=send, args=(n,)) for n in range(doors)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert not errors, errors
+    assert cloud.ok("GET", "/memberships/pack1")["remaining_classes"] == 1 - doors
+    overdrafts = [c for c in _checkins(cloud) if c["overdraft"]]
+    assert len(overdrafts) == doors - 1
+    # The replica a device pulls now matches the cloud's checkpoint (row hashes are current).
+    version, rows = cloud.pull_all(devices[0])
+    checkpoint = cloud.follow(devices[0], version, rows)
+    assert (checkpoint["checksum"], checkpoint["count"]) == replica_checksum(rows)
+    assert rows[("membership", "pack1")]["remaining_classes"] == 1 - doors
+
+
+def _revoke_and_enrol_again(cloud: Harness, old) -> object:
+    cloud.ok("POST", f"/devices/{old.id}/revoke")
+    return cloud.enrol("front door again")
+
+
+def test_a_reenrolled_kiosk_resends_nothing_it_already_delivered(cloud):
+    """Revoke + re-enrol in the same boot: the heartbeat recognises the earlier enrolment by the
+    shared boot id and asks for nothing; re-sent rows answer duplicate with their effect."""
+    _class_pack(cloud, remaining=5)
+    first = cloud.enrol()
+    items = [make_item(1), _class_use(2), make_item(3)]
+    sent = cloud.upload_ok(first, items)
+    cloud.heartbeat(first, retained_from_seq=1, synced_through_seq=3, last_seq=3)
+    second = _revoke_and_enrol_again(cloud, first)
+
+    reply = cloud.heartbeat(second, retained_from_seq=1, synced_through_seq=3, last_seq=3)
+    assert reply["resend_from_seq"] is None
+    again = cloud.upload_ok(second, items)
+    assert [r["status"] for r in again] == ["duplicate"] * 3
+    assert again[1]["version"] == sent[1]["version"] is not None
+    assert cloud.ok("GET", "/memberships/pack1")["remaining_classes"] == 4, "charged once"
+    assert len(_checkins(cloud)) == 3
+
+
+def test_a_reenrolled_kiosk_after_a_reboot_is_linked_by_its_resent_rows(cloud):
+    """Re-enrolled after a reboot (no shared boot id): the first heartbeat asks for the retained
+    rows, they answer duplicate (same seq, door, boot, monotonic time), and from then on the
+    earlier device's seqs count as held: no endless re-send, no id_conflict."""
+    first = cloud.enrol()
+    items = [make_item(n) for n in (1, 2, 3)]
+    cloud.upload_ok(first, items)
+    cloud.heartbeat(first, retained_from_seq=1, synced_through_seq=3, last_seq=3)
+    second = cloud.enrol("front door again")  # kiosk enrol --force: the old one is not revoked
+    beat = {"boot_id": "boot-2", "retained_from_seq": 1, "synced_through_seq": 4, "last_seq": 4}
+
+    assert cloud.heartbeat(second, **beat)["resend_from_seq"] == 1
+    new = make_item(4, boot="boot-2")
+    results = cloud.upload_ok(second, [*items, new])
+    assert [r["status"] for r in results] == ["duplicate"] * 3 + ["created"]
+    assert cloud.heartbeat(second, **beat)["resend_from_seq"] is None
+    # A seq the cloud really lost is still asked for.
+    beat["synced_through_seq"] = beat["last_seq"] = 5
+    assert cloud.heartbeat(second, **beat)["resend_from_seq"] == 5
+
+
+def test_an_id_held_elsewhere_is_still_an_id_conflict(cloud):
+    """Only the same organisation and gym, with a revoked holder or the very same journal row,
+    counts as an earlier enrolment: another gym's device, or another row, is a conflict."""
+    gym_b = cloud.ok("POST", "/gyms", json={"name": "B", "timezone": "Europe/Berlin"})["id"]
+    front = cloud.enrol()
+    other_gym = cloud.enrol("B door", gym_id=gym_b)
+    cloud.upload_ok(front, [make_item(1)])
+    assert cloud.upload_ok(other_gym, [make_item(1)])[0]["code"] == "id_conflict"
+    live_neighbour = cloud.enrol("side door")
+    different_row = make_item(7, item_id=make_item(1)["id"], door="side")
+    assert cloud.upload_ok(live_neighbour, [different_row])[0]["code"] == "id_conflict"
+
+
+def test_server_time_is_stamped_when_answering_and_the_anchor_at_arrival(cloud_db_url):
+    """The device pairs ``server_time`` with the moment it receives the answer: it is read after
+    the database work. The anchor from ``clock`` keeps the request's arrival time."""
+
+    class TickingClock(FakeClock):
+        def __call__(self) -> datetime:
+            return self.advance(1)
+
+    cloud = Harness(cloud_db_url, clock=TickingClock())
+    try:
+        device = cloud.enrol()
+        before = cloud.clock.now
+        response = cloud.upload(device, [make_item(1)], clock=(BOOT, 10 * SEC))
+        answered = parse_utc(response.json()["server_time"], "server_time")
+        with cloud.database.read() as tx:
+            anchors = db.anchors_around(tx, device.id, BOOT, 0, 20 * SEC)
+        arrived = parse_utc(anchors[0][1], "anchor")
+        assert before < arrived < answered == cloud.clock.now
+        beat = cloud.client.post(
+            "/v1/heartbeat",
+            json=_heartbeat_body(monotonic_ns=500 * SEC),
+            headers=device.headers,
+        ).json()
+        assert parse_utc(beat["server_time"], "server_time") == cloud.clock.now
+    finally:
+        cloud.close()
+
+
+def _heartbeat_body(**fields) -> dict:
+    body = {
+        "software_version": "0.1.0",
+        "boot_id": BOOT,
+        "monotonic_ns": 1000 * SEC,
+        "device_time": "2026-05-01T12:00:00.000000Z",
+        "clock_quality": "ntp_synced",
+        "backlog": 0,
+        "oldest_pending_age_s": None,
+        "replica_version": 0,
+        "replica_checksum": "0" * 16,
+        "replica_count": 0,
+        "last_seq": 0,
+        "synced_through_seq": 0,
+        "retained_from_seq": 0,
+        "last_error": None,
+        "anchors": [],
+    }
+    return body | fields
+
+
+def test_monotonic_readings_are_bounded_and_the_bound_is_safe(cloud):
+    """Readings above MAX_MONOTONIC_NS are refused naming the field (never a 500); readings at
+    the bound, next to anchors at the ends of time, are stored and placed without overflow."""
+    device = cloud.enrol()
+    huge = 2**63 - 1
+    bad = cloud.upload(device, [], clock=(BOOT, huge))
+    assert bad.status_code == 400 and "clock.monotonic_ns" in bad.json()["detail"]
+    anchor = {"boot_id": BOOT, "monotonic_ns": huge, "server_time": "2026-05-01T12:00:00.000000Z"}
+    assert cloud.upload(device, [], anchors=[anchor]).status_code == 400
+    [item] = cloud.upload_ok(device, [make_item(1, mono=huge)])
+    assert (item["status"], item["code"]) == ("rejected", "invalid_item")
+    assert "monotonic_ns" in item["detail"]
+    response = cloud.client.post(
+        "/v1/heartbeat", json=_heartbeat_body(monotonic_ns=huge), headers=device.headers
+    )
+    assert response.status_code == 400 and "monotonic_ns" in response.json()["detail"]
+
+    top = MAX_MONOTONIC_NS
+    ends = [
+        {"boot_id": "b2", "monotonic_ns": 0, "server_time": "9999-12-31T00:00:00.000000Z"},
+        {"boot_id": "b2", "monotonic_ns": top, "server_time": "0001-01-01T00:00:00.000000Z"},
+    ]
+    results = cloud.upload_ok(
+        device, [make_item(2, boot="b2", mono=top // 2)], clock=("b2", top), anchors=ends
+    )
+    assert results[0]["status"] == "created"
+    assert cloud.heartbeat(device, boot_id="b2", monotonic_ns=top)["resend_from_seq"] is None
+
+
+def test_replica_totals_are_computed_once_per_version(cloud, monkeypatch):
+    """Heartbeats and last change pages at one version share one totals query; a version bump
+    makes the next answer fresh."""
+    device = cloud.enrol()
+    _class_pack(cloud, remaining=3)
+    version, rows = cloud.pull_all(device)
+    checksum, count = replica_checksum(rows)
+    calls = []
+    real = db.replica_totals
+    monkeypatch.setattr(db, "replica_totals", lambda *a: calls.append(a) or real(*a))
+    beat = {"replica_version": version, "replica_checksum": checksum, "replica_count": count}
+    for _ in range(3):
+        assert cloud.heartbeat(device, **beat)["resnapshot"] is False
+        assert cloud.follow(device, version, dict(rows))["checksum"] == checksum
+    assert len(calls) == 1
+
+    cloud.ok("PATCH", "/memberships/pack1", json={"remaining_classes": 9})
+    assert cloud.heartbeat(device, **(beat | {"replica_version": version + 1}))["resnapshot"]
+    assert len(calls) == 2
+
+
+def test_the_totals_cache_is_bounded_and_least_recently_used_goes_first():
+    cache = db.BoundedCache(3)
+    for n in range(3):
+        cache.put(n, (n, n))
+    assert cache.get(0) == (0, 0)  # 0 is now the most recent
+    cache.put(3, (3, 3))
+    assert len(cache) == 3 and cache.get(1) is None and cache.get(0) == (0, 0)
+
+    def hammer(offset: int) -> None:
+        for n in range(2000):
+            cache.put((offset, n % 50), n)
+            cache.get((offset, (n * 7) % 50))
+
+    threads = [threading.Thread(target=hammer, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(cache) == 3

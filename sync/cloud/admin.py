@@ -100,14 +100,19 @@ def _live(tx: db.Tx, org_id: str, kind: str, row_id: str) -> dict[str, Any]:
     return row
 
 
-def _new_row_id(tx: db.Tx, org_id: str, kind: str, wanted: str | None) -> str:
+def _new_row_id(
+    tx: db.Tx, org_id: str, kind: str, wanted: str | None, gym_id: str | None = None
+) -> str:
     """The id for a new row: the caller's (refused if a live row has it; a tombstone is revived)
-    or a random one."""
+    or a random one. A per-gym row (hours, closure) revives only a tombstone of the same gym:
+    another gym's id is refused (Clash), so a row never moves between gyms' replicas."""
     if wanted is None:
         return tokens.new_id(_ID_PREFIX[kind])
     existing = db.replica_row(tx, kind, org_id, wanted)
     if existing is not None and not existing["deleted"]:
         raise Clash(f"id: a {kind} {wanted} already exists")
+    if existing is not None and existing["gym_id"] != gym_id:
+        raise Clash(f"id: {wanted} was a {kind} of another gym; choose another id")
     return wanted
 
 
@@ -472,7 +477,7 @@ def add_closure(
 ) -> dict[str, Any]:
     version = db.bump_version(tx, org_id)
     get_gym(tx, org_id, gym_id)
-    row_id = _new_row_id(tx, org_id, "closure", fields.get("id"))
+    row_id = _new_row_id(tx, org_id, "closure", fields.get("id"), gym_id)
     data = {k: fields.get(k) for k in ("start_date", "end_date", "reason")}
     if data["reason"] is None:
         data["reason"] = ""
@@ -562,11 +567,16 @@ def parse_time(value: str | None, field: str) -> str | None:
         return None
     try:
         moment = datetime.fromisoformat(value)
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=UTC)
+        return utc_text(moment)
     except ValueError:
         raise Invalid([(field, "expected an ISO 8601 time like 2026-05-01T17:00:00Z")]) from None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return utc_text(moment)
+    except OverflowError:
+        # 9999-12-31T23:00-05:00 is a valid text but no UTC time.
+        raise Invalid(
+            [(field, "out of range: the time in UTC is before 0001 or after 9999")]
+        ) from None
 
 
 def checkin_cursor(row: dict[str, Any]) -> str:

@@ -3,11 +3,14 @@
 Bodies are read raw and parsed with ``sync.protocol`` (the same parser the device uses), so a
 broken or hostile body becomes a 400 naming the field, never a 500. The body size is checked from
 ``Content-Length`` and again while reading (a chunked body cannot sneak past). Database work runs
-in the thread pool; the request's arrival time (the app's clock) is the time of its anchor.
+in the thread pool. The request's arrival time (the app's clock) is the time of the anchor the
+cloud records from it; the answer's ``server_time`` is read again just before answering, since
+the device pairs it with the moment it receives the answer.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request, Response
@@ -256,7 +259,7 @@ async def checkins(
         results = cloud.database.transact(
             lambda tx: uploads.receive_checkins(tx, device, envelope, now)
         )
-        return {"results": [r.to_wire() for r in results], "server_time": utc_text(now)}
+        return {"results": [r.to_wire() for r in results], "server_time": utc_text(cloud.now())}
 
     return JSONResponse(await run_in_threadpool(work))
 
@@ -306,6 +309,7 @@ async def heartbeat(
             beat = parse_heartbeat(_json(body, "the heartbeat"))
         except ProtocolError as exc:
             raise BadRequest(str(exc)) from None
-        return uploads.receive_heartbeat(cloud.database, device, beat, now).to_wire()
+        reply = uploads.receive_heartbeat(cloud.database, device, beat, now)
+        return dataclasses.replace(reply, server_time=cloud.now()).to_wire()
 
     return JSONResponse(await run_in_threadpool(work))

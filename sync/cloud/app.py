@@ -181,6 +181,11 @@ def _install_error_handlers(app: FastAPI) -> None:
         body = {"error": "unavailable", "detail": "the database is busy: try again shortly"}
         return error_response(503, body, {"Retry-After": str(RETRY_AFTER_S)})
 
+    @app.exception_handler(db.InvalidValue)
+    async def invalid_value(_request: Request, exc: db.InvalidValue) -> JSONResponse:
+        body = {"error": "invalid_request", "detail": "a value in the request cannot be stored"}
+        return error_response(400, body)
+
     @app.exception_handler(db.DatabaseError)
     async def database_error(_request: Request, exc: db.DatabaseError) -> JSONResponse:
         log.error("database error: %s", exc)

@@ -37,6 +37,7 @@ import sqlite3
 import threading
 import time
 import urllib.parse
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -72,6 +73,11 @@ class DatabaseBusy(DatabaseError):
 
 class Conflict(DatabaseError):
     """A unique key is already taken (an id, a token hash, a card code)."""
+
+
+class InvalidValue(DatabaseError):
+    """A value no column can hold (text with a NUL character, a number out of the column's
+    range): the caller's input, not the database, is at fault (the HTTP layer answers 400)."""
 
 
 class DatabaseUrlError(ValueError):
@@ -167,6 +173,8 @@ def _pg_error(exc: Exception, where: str) -> DatabaseError:
         return Conflict(f"{where}: {text}")
     if isinstance(exc, errors.SerializationFailure | errors.DeadlockDetected):
         return DatabaseBusy(f"{where}: {text}", retry_now=True)
+    if isinstance(exc, psycopg.DataError):
+        return InvalidValue(f"{where}: {text}")
     if isinstance(exc, errors.LockNotAvailable | errors.QueryCanceled):
         return DatabaseBusy(f"{where}: {text}")
     if isinstance(exc, psycopg.OperationalError):
@@ -230,14 +238,51 @@ class _Pool:
                 conn.close()
 
 
-class Tx:
-    """One open transaction. Methods take SQL with ``?`` placeholders."""
+class BoundedCache:
+    """A small thread-safe least-recently-used map: at most ``size`` entries, the oldest
+    dropped first. For values derived from immutable keys (a gym's replica totals at a version),
+    so an entry is never stale, only evicted."""
 
-    def __init__(self, conn: Any, dialect: str) -> None:
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._items: OrderedDict[Any, Any] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: Any) -> Any | None:
+        with self._lock:
+            value = self._items.get(key)
+            if value is not None:
+                self._items.move_to_end(key)
+            return value
+
+    def put(self, key: Any, value: Any) -> None:
+        with self._lock:
+            self._items[key] = value
+            self._items.move_to_end(key)
+            while len(self._items) > self._size:
+                self._items.popitem(last=False)
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._items)
+
+
+# Replica totals per (organisation, gym, version): a few hundred gyms' current and previous
+# versions fit, and each entry is a couple of integers.
+TOTALS_CACHE_SIZE = 1024
+
+
+class Tx:
+    """One open transaction. Methods take SQL with ``?`` placeholders. ``cache`` is the
+    database's in-process BoundedCache (shared by every transaction of one ``Database``)."""
+
+    def __init__(self, conn: Any, dialect: str, cache: BoundedCache | None = None) -> None:
         self._conn = conn
         self.dialect = dialect
+        self.cache = cache if cache is not None else BoundedCache(TOTALS_CACHE_SIZE)
 
     def _execute(self, sql: str, params: Sequence[Any]) -> Any:
+        _check_values(params)
         try:
             if self.dialect == SQLITE:
                 return self._conn.execute(sql, tuple(params))
@@ -276,6 +321,8 @@ class Tx:
         rows = [tuple(r) for r in rows]
         if not rows:
             return
+        for row in rows:
+            _check_values(row)
         try:
             if self.dialect == SQLITE:
                 self._conn.executemany(sql, rows)
@@ -290,6 +337,14 @@ class Tx:
             if self.dialect == POSTGRES and _is_psycopg_error(exc):
                 raise _pg_error(exc, "query failed") from exc
             raise
+
+
+def _check_values(params: Sequence[Any]) -> None:
+    """InvalidValue for text holding NUL: PostgreSQL refuses it outright and SQLite would store
+    it, so both refuse it here, alike (no stored text ever contains one)."""
+    for value in params:
+        if isinstance(value, str) and "\x00" in value:
+            raise InvalidValue("a text value contains a NUL character")
 
 
 def _is_psycopg_error(exc: Exception) -> bool:
@@ -325,6 +380,8 @@ class Database:
                 ) from None
         connect = self._connect_sqlite if self.dialect == SQLITE else self._connect_postgres
         self._pool = _Pool(connect, pool_size, pool_timeout_s)
+        # Values derived from (organisation, gym, version), which never change once committed.
+        self.cache = BoundedCache(TOTALS_CACHE_SIZE)
 
     def __repr__(self) -> str:
         return f"Database({self.url.display()!r})"
@@ -371,7 +428,7 @@ class Database:
     def _transaction(self, begin: str) -> Iterator[Tx]:
         conn = self._pool.acquire()
         broken = False
-        tx = Tx(conn, self.dialect)
+        tx = Tx(conn, self.dialect, self.cache)
         try:
             tx.run(begin)
             try:
@@ -675,7 +732,10 @@ def _upsert_sql(t: ReplicaTable) -> str:
     names = ("organization_id", "gym_id", "id", *cols, "version", "deleted", "row_hash")
     names += ("updated_at",)
     marks = ", ".join("?" * len(names))
-    updates = ", ".join(f"{c} = excluded.{c}" for c in (*cols, "version", "deleted", "row_hash"))
+    # gym_id too: a row is stored where it was last written (admin refuses to revive another
+    # gym's id, so this only ever rewrites the same gym, or NULL for organisation-wide kinds).
+    updated = ("gym_id", *cols, "version", "deleted", "row_hash")
+    updates = ", ".join(f"{c} = excluded.{c}" for c in updated)
     return (
         f"INSERT INTO {t.table} ({', '.join(names)}) VALUES ({marks})"  # noqa: S608
         f" ON CONFLICT (organization_id, id) DO UPDATE SET {updates},"
@@ -971,12 +1031,19 @@ def record_heartbeat(tx: Tx, device_id: str, fields: dict[str, Any]) -> None:
 # -- clock anchors ---------------------------------------------------------------------------------
 
 
+_INT64_MAX = 2**63 - 1
+
+
 def has_anchor_near(tx: Tx, device_id: str, boot_id: str, monotonic_ns: int, window: int) -> bool:
+    """True when the boot has an anchor within ``window`` ns of ``monotonic_ns``. The bounds are
+    clamped to a signed 64-bit integer, so no reading can overflow the query's parameters."""
+    low = max(0, monotonic_ns - window)
+    high = min(_INT64_MAX, monotonic_ns + window)
     return (
         tx.value(
             "SELECT 1 FROM device_anchors WHERE device_id = ? AND boot_id = ?"
             " AND monotonic_ns BETWEEN ? AND ? LIMIT 1",
-            (device_id, boot_id, monotonic_ns - window, monotonic_ns + window),
+            (device_id, boot_id, low, high),
         )
         is not None
     )
@@ -1057,18 +1124,24 @@ def insert_checkins(tx: Tx, rows: Sequence[Sequence[Any]]) -> set[str]:
     return created
 
 
-def checkin_owners(tx: Tx, ids: Sequence[str]) -> dict[str, tuple[str, int | None]]:
-    """{check-in id: (device id, version carrying its side effect)} for stored ids."""
-    out: dict[str, tuple[str, int | None]] = {}
+def checkin_holders(tx: Tx, ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """{check-in id: stored row} for stored ids: the holder device (``device_id``, whether it is
+    ``revoked``), its organisation and gym, the row's identity (``seq``, ``door_id``,
+    ``boot_id``, ``monotonic_ns``) and ``effect_version`` (the version carrying its side effect,
+    or None)."""
+    out: dict[str, dict[str, Any]] = {}
     unique = sorted(set(ids))
     for start in range(0, len(unique), 500):
         chunk = unique[start : start + 500]
         marks = ", ".join("?" * len(chunk))
-        for row in tx.all(
-            f"SELECT id, device_id, effect_version FROM checkins WHERE id IN ({marks})",  # noqa: S608
-            chunk,
-        ):
-            out[row["id"]] = (row["device_id"], row["effect_version"])
+        sql = (
+            "SELECT c.id, c.device_id, c.organization_id, c.gym_id, c.seq, c.door_id, c.boot_id,"
+            " c.monotonic_ns, c.effect_version, d.revoked_at FROM checkins c"
+            " LEFT JOIN devices d ON d.id = c.device_id WHERE c.id IN "
+        )
+        for row in tx.all(f"{sql}({marks})", chunk):
+            row["revoked"] = row.pop("revoked_at") is not None
+            out[row["id"]] = row
     return out
 
 
@@ -1101,17 +1174,56 @@ def insert_rejections(tx: Tx, rows: Iterable[tuple[Any, ...]]) -> None:
     )
 
 
-def journal_seqs_held(tx: Tx, device_id: str, low: int, high: int) -> int:
-    """How many distinct seqs in [low, high] the cloud holds for a device (check-ins or
-    rejections): index range counts on (device_id, seq)."""
+def journal_seqs_held(tx: Tx, device_ids: str | Sequence[str], low: int, high: int) -> int:
+    """How many distinct seqs in [low, high] the cloud holds for a device, or for any of several
+    (a kiosk and its earlier enrolments), as check-ins or rejections: index range counts on
+    (device_id, seq)."""
+    ids = [device_ids] if isinstance(device_ids, str) else sorted(set(device_ids))
+    marks = ", ".join("?" * len(ids))
     return int(
         tx.value(
-            "SELECT COUNT(*) AS n FROM (SELECT seq FROM checkins WHERE device_id = ?"
-            " AND seq BETWEEN ? AND ? UNION SELECT seq FROM rejections WHERE device_id = ?"
+            f"SELECT COUNT(*) AS n FROM (SELECT seq FROM checkins WHERE device_id IN ({marks})"  # noqa: S608
+            f" AND seq BETWEEN ? AND ? UNION SELECT seq FROM rejections WHERE device_id IN ({marks})"
             " AND seq BETWEEN ? AND ?) AS held",
-            (device_id, low, high, device_id, low, high),
+            (*ids, low, high, *ids, low, high),
         )
     )
+
+
+# -- earlier enrolments of one kiosk -----------------------------------------------------------------
+
+
+def predecessors(tx: Tx, device_id: str) -> list[str]:
+    """The devices recorded as earlier enrolments of this kiosk (its journal's seqs continue
+    theirs)."""
+    rows = tx.all(
+        "SELECT predecessor_id FROM device_predecessors WHERE device_id = ? ORDER BY predecessor_id",
+        (device_id,),
+    )
+    return [row["predecessor_id"] for row in rows]
+
+
+def link_predecessors(tx: Tx, device_id: str, earlier: Iterable[str], now: str) -> None:
+    """Record ``earlier`` devices as earlier enrolments of ``device_id`` (idempotent)."""
+    tx.run_many(
+        "INSERT INTO device_predecessors (device_id, predecessor_id, linked_at) VALUES (?, ?, ?)"
+        " ON CONFLICT DO NOTHING",
+        [(device_id, p, now) for p in sorted(set(earlier)) if p != device_id],
+    )
+
+
+def devices_sharing_boot(
+    tx: Tx, org_id: str, gym_id: str, device_id: str, boot_id: str
+) -> list[str]:
+    """Other devices of the gym that ran in boot ``boot_id`` (their last heartbeat or one of
+    their check-ins says so): the same machine, since a boot id is random per kernel boot."""
+    rows = tx.all(
+        "SELECT d.id FROM devices d WHERE d.organization_id = ? AND d.gym_id = ? AND d.id <> ?"
+        " AND (d.hb_boot_id = ? OR EXISTS (SELECT 1 FROM checkins c WHERE c.device_id = d.id"
+        " AND c.boot_id = ?)) ORDER BY d.id",
+        (org_id, gym_id, device_id, boot_id, boot_id),
+    )
+    return [row["id"] for row in rows]
 
 
 _CHECKIN_LIST = (

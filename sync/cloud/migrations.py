@@ -253,7 +253,25 @@ _V1 = Migration(
     ),
 )
 
-MIGRATIONS: tuple[Migration, ...] = (_V1,)
+# A kiosk enrolled again (after a revoke, or ``kiosk enrol --force``) keeps its journal: its seqs
+# continue those it sent as the earlier device. The links let the heartbeat count those rows as
+# held (docs/sync-protocol.md, "Heartbeat").
+_V2 = Migration(
+    2,
+    "device predecessors",
+    (
+        """
+        CREATE TABLE device_predecessors (
+            device_id TEXT NOT NULL REFERENCES devices (id),
+            predecessor_id TEXT NOT NULL REFERENCES devices (id),
+            linked_at TEXT NOT NULL,
+            PRIMARY KEY (device_id, predecessor_id)
+        )
+        """,
+    ),
+)
+
+MIGRATIONS: tuple[Migration, ...] = (_V1, _V2)
 LATEST_VERSION = MIGRATIONS[-1].version
 
 _CREATE_HISTORY = (

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import bisect
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 
 from sync.protocol import Anchor, place_in_time
 
@@ -28,16 +28,6 @@ ANCHOR_SPACING_NS = 60 * 1_000_000_000
 
 # Placements outside these years mean a broken anchor; the event keeps its wall time instead.
 _SANE_YEARS = range(1000, 10000)
-
-
-def time_text(moment: datetime) -> str:
-    """Stored time text, always with a four-digit year (``sync.protocol.utc_text`` leaves years
-    before 1000 unpadded, which would break text order; a device clock can say anything)."""
-    m = moment.astimezone(UTC)
-    return (
-        f"{m.year:04d}-{m.month:02d}-{m.day:02d}T{m.hour:02d}:{m.minute:02d}:{m.second:02d}"
-        f".{m.microsecond:06d}Z"
-    )
 
 
 def nearest_anchor(anchors: Sequence[Anchor], monotonic_ns: int) -> Anchor | None:

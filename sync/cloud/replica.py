@@ -173,8 +173,17 @@ def snapshot_page(tx: db.Tx, scope: Scope, after: str | None, limit: int) -> dic
 
 
 def checkpoint(tx: db.Tx, scope: Scope, version: int) -> Checkpoint:
-    """Count and checksum of the gym's live replica, read in ``tx`` (which read ``version``)."""
-    count, total = db.replica_totals(tx, scope.organization_id, scope.gym_id)
+    """Count and checksum of the gym's live replica, read in ``tx``, which must be a read
+    transaction that read ``version`` (one snapshot: versions follow commit order, so the totals
+    at a version never change). They are cached in the database's ``BoundedCache`` under
+    (organisation, gym, version): every heartbeat and every last change page of a gym at one
+    version costs one aggregate query in all, and a version bump makes a new key."""
+    key = ("replica_totals", scope.organization_id, scope.gym_id, version)
+    totals = tx.cache.get(key)
+    if totals is None:
+        totals = db.replica_totals(tx, scope.organization_id, scope.gym_id)
+        tx.cache.put(key, totals)
+    count, total = totals
     return Checkpoint(version=version, checksum=checksum([total]), count=count)
 
 

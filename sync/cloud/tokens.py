@@ -53,14 +53,3 @@ def enrolment_code_hash(code: str) -> str:
     """The stored form of an enrolment code: case, spaces and dashes do not matter when typed."""
     normal = "".join(ch for ch in code.upper() if ch not in "- \t")
     return sha256_hex("enrol:" + normal)
-
-
-def bearer_token(authorization: str | None) -> str | None:
-    """The token of an ``Authorization: Bearer <token>`` header, or None."""
-    if not authorization:
-        return None
-    scheme, _, token = authorization.strip().partition(" ")
-    token = token.strip()
-    if scheme.lower() != "bearer" or not token or len(token) > 512:
-        return None
-    return token

@@ -5,8 +5,15 @@ only the rows actually inserted have side effects (a class-pack or PT balance go
 same transaction, stamped with a fresh organisation version), so a batch sent three times changes
 the balance once. One bad item is rejected alone and recorded; it never fails the batch.
 
+A kiosk enrolled again (a new device id, the same journal) re-sends rows it delivered as the
+earlier device: an item whose id the same organisation and gym already holds under a revoked
+device, or with the same seq, door, boot and monotonic time, is that row and answers
+``duplicate``; the earlier device is then recorded as the new one's predecessor, and the
+heartbeat's re-send check counts the seqs held under predecessors too.
+
 Functions taking a ``Tx`` run inside the caller's transaction and touch nothing else; ``now`` is
-the request's arrival time (the app's injectable clock).
+the request's arrival time (the app's injectable clock), the time of the anchor from ``clock``.
+The HTTP layer stamps the answer's ``server_time`` when it answers.
 """
 
 from __future__ import annotations
@@ -17,7 +24,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sync.cloud import db, placement, tokens
+from sync.cloud import db, placement, replica, tokens
 from sync.cloud.errors import EnrolmentRefused, Unauthorized
 from sync.cloud.replica import row_data
 from sync.protocol import (
@@ -34,7 +41,6 @@ from sync.protocol import (
     UploadEnvelope,
     UploadItem,
     UploadResult,
-    checksum,
     item_id,
     make_row,
     need_object,
@@ -159,9 +165,7 @@ def record_anchors(tx: db.Tx, device_id: str, anchors: Iterable[Anchor]) -> set[
             tx, device_id, a.boot_id, a.monotonic_ns, placement.ANCHOR_SPACING_NS
         ):
             continue
-        db.insert_anchor(
-            tx, device_id, a.boot_id, a.monotonic_ns, placement.time_text(a.server_time)
-        )
+        db.insert_anchor(tx, device_id, a.boot_id, a.monotonic_ns, utc_text(a.server_time))
         fresh.add(a.boot_id)
     return fresh
 
@@ -187,7 +191,7 @@ def replace_unanchored(tx: db.Tx, device_id: str, boots: Iterable[str]) -> int:
         for checkin_id, mono in pending:
             placed = placement.anchored_time(boot, mono, anchors)
             if placed is not None:
-                updates.append((placement.time_text(placed), placement.ANCHORED, checkin_id))
+                updates.append((utc_text(placed), placement.ANCHORED, checkin_id))
         db.set_placements(tx, updates)
         moved += len(updates)
     return moved
@@ -246,20 +250,24 @@ def receive_checkins(
             placed, source = placement.place(
                 item.boot_id, item.monotonic_ns, item.wall_time, item.clock_quality, boot_anchors
             )
-            rows.append(_checkin_row(item, device, placement.time_text(placed), source, stamp))
+            rows.append(_checkin_row(item, device, utc_text(placed), source, stamp))
     rows.sort(key=lambda r: r[0])  # id order: concurrent batches lock rows in the same order
     created = db.insert_checkins(tx, rows)
     others = [i for i in items if i not in created]
-    owners = db.checkin_owners(tx, others) if others else {}
+    holders = db.checkin_holders(tx, others) if others else {}
 
     effects = _apply_balances(tx, device, [items[i][1] for i in items if i in created], stamp)
+    earlier: set[str] = set()
     for checkin_id, (n, item) in items.items():
         if checkin_id in created:
             results[n] = UploadResult(checkin_id, CREATED, None, "", effects.get(checkin_id))
             continue
-        owner, version = owners.get(checkin_id, (None, None))
-        if owner == device.id:
-            results[n] = UploadResult(checkin_id, DUPLICATE, None, "", version)
+        held = holders.get(checkin_id)
+        if held is not None and held["device_id"] == device.id:
+            results[n] = UploadResult(checkin_id, DUPLICATE, None, "", held["effect_version"])
+        elif held is not None and _earlier_enrolment(held, item, device):
+            results[n] = UploadResult(checkin_id, DUPLICATE, None, "", held["effect_version"])
+            earlier.add(held["device_id"])
         else:
             detail = "another device's check-in has this id"
             results[n] = UploadResult(checkin_id, REJECTED, REJECT_ID_CONFLICT, detail)
@@ -272,8 +280,24 @@ def receive_checkins(
         results[n] = UploadResult(checkin_id, status, first.code, first.detail, first.version)
 
     db.insert_rejections(tx, rejections)
+    db.link_predecessors(tx, device.id, earlier, stamp)
     replace_unanchored(tx, device.id, fresh_boots)
     return [r for r in results if r is not None]
+
+
+def _earlier_enrolment(held: dict[str, Any], item: UploadItem, device: DeviceAuth) -> bool:
+    """Whether a stored check-in with the item's id is this kiosk's own row, sent when it was
+    enrolled as another device: same organisation and gym, and that device is revoked or the row
+    is the same journal row (seq, door, boot and monotonic time)."""
+    if (held["organization_id"], held["gym_id"]) != (device.organization_id, device.gym_id):
+        return False
+    same_row = (
+        int(held["seq"]) == item.seq
+        and held["door_id"] == item.door_id
+        and held["boot_id"] == item.boot_id
+        and int(held["monotonic_ns"]) == item.monotonic_ns
+    )
+    return bool(held["revoked"]) or same_row
 
 
 def _checkin_row(
@@ -293,7 +317,7 @@ def _checkin_row(
         item.membership_id,
         item.classes_used,
         item.replica_version,
-        placement.time_text(item.wall_time),
+        utc_text(item.wall_time),
         item.boot_id,
         item.monotonic_ns,
         item.clock_quality,
@@ -315,20 +339,19 @@ def _apply_balances(
     if not spending:
         return {}
     org = device.organization_id
-    found = db.replica_rows_by_id(tx, "membership", org, [i.membership_id or "" for i in spending])
-    payable = [
-        i
-        for i in spending
-        if (m := found.get(i.membership_id or "")) is not None
-        and not m["deleted"]
-        and m["type"] in ("CLASS_PACK", "PT")
-        and m["remaining_classes"] is not None
-        and m["member_id"] == i.member_id
-    ]
-    if not payable:
+    wanted = [i.membership_id or "" for i in spending]
+    # A first, unlocked look, so a batch that spends nothing payable takes no version...
+    if not _payable(spending, db.replica_rows_by_id(tx, "membership", org, wanted)):
         return {}
+    # ...then the organisation's version lock, held until commit by every writer of replica rows,
+    # and only then the balances: a concurrent upload spending the same pack has committed by now
+    # (READ COMMITTED reads its balance), so no decrement is lost and the row hash is computed
+    # from the row as stored.
     version = db.bump_version(tx, org)
-    balances = {mid: int(found[mid]["remaining_classes"]) for mid in found}
+    found = db.replica_rows_by_id(tx, "membership", org, wanted)
+    payable = _payable(spending, found)
+    paying = _ids(payable)
+    balances = {mid: int(found[mid]["remaining_classes"]) for mid in paying}
     effects: dict[str, int] = {}
     marks = []
     for item in sorted(payable, key=lambda i: i.seq):
@@ -336,7 +359,7 @@ def _apply_balances(
         balances[mid] -= item.classes_used
         effects[item.id] = version
         marks.append((version, balances[mid] < 0, item.id))
-    for mid in {i.membership_id or "" for i in payable}:
+    for mid in sorted(paying):
         stored = dict(found[mid], remaining_classes=balances[mid])
         row = make_row("membership", mid, row_data("membership", stored))
         db.set_membership_balance(
@@ -346,24 +369,42 @@ def _apply_balances(
     return effects
 
 
+def _ids(items: Iterable[UploadItem]) -> set[str]:
+    return {i.membership_id or "" for i in items}
+
+
+def _payable(spending: Sequence[UploadItem], found: dict[str, dict[str, Any]]) -> list[UploadItem]:
+    """The items whose membership is a live class pack or PT of the item's member."""
+    return [
+        i
+        for i in spending
+        if (m := found.get(i.membership_id or "")) is not None
+        and not m["deleted"]
+        and m["type"] in ("CLASS_PACK", "PT")
+        and m["remaining_classes"] is not None
+        and m["member_id"] == i.member_id
+    ]
+
+
 # -- heartbeats ------------------------------------------------------------------------------------
 
 
 def first_missing_seq(
-    tx: db.Tx, device_id: str, retained_from: int, synced_through: int
+    tx: db.Tx, device_ids: str | Sequence[str], retained_from: int, synced_through: int
 ) -> int | None:
     """The first seq in [retained_from, synced_through] the cloud holds neither a check-in nor a
-    rejection for, or None. One count when nothing is missing; a binary search of counts (about
-    log2 of the range) when something is."""
+    rejection for under these devices (a kiosk and its earlier enrolments), or None. One count
+    when nothing is missing; a binary search of counts (about log2 of the range) when something
+    is."""
     low, high = max(retained_from, 1), synced_through
     if retained_from == 0 or high < low:
         return None
-    if db.journal_seqs_held(tx, device_id, low, high) >= high - low + 1:
+    if db.journal_seqs_held(tx, device_ids, low, high) >= high - low + 1:
         return None
     a, b = low, high
     while a < b:
         mid = (a + b) // 2
-        if db.journal_seqs_held(tx, device_id, low, mid) < mid - low + 1:
+        if db.journal_seqs_held(tx, device_ids, low, mid) < mid - low + 1:
             b = mid
         else:
             a = mid + 1
@@ -378,8 +419,9 @@ def replica_status(tx: db.Tx, device: DeviceAuth, hb: Heartbeat) -> str:
         return "behind"
     if hb.replica_version > version:
         return "ahead"
-    count, total = db.replica_totals(tx, device.organization_id, device.gym_id)
-    same = (checksum([total]), count) == (hb.replica_checksum, hb.replica_count)
+    scope = replica.Scope(device.organization_id, device.gym_id)
+    point = replica.checkpoint(tx, scope, version)  # cached per version
+    same = (point.checksum, point.count) == (hb.replica_checksum, hb.replica_count)
     return "match" if same else "mismatch"
 
 
@@ -388,17 +430,23 @@ def receive_heartbeat(
 ) -> HeartbeatReply:
     """Record the device's health and anchors; answer resnapshot / resend_from_seq. The checksum
     comparison and the journal count run in one read transaction (REPEATABLE READ), the record
-    in a write transaction."""
+    in a write transaction. Seqs held under the kiosk's earlier enrolments count as held; when
+    some seem missing, other devices of the gym that ran in this very boot (the same machine)
+    are recorded as earlier enrolments first. ``server_time`` is ``now``; the HTTP layer
+    stamps it again when it answers."""
+    retained, synced = hb.retained_from_seq, hb.synced_through_seq
 
-    def inspect(tx: db.Tx) -> tuple[str, int | None]:
+    def inspect(tx: db.Tx) -> tuple[str, list[str], int | None]:
+        held_by = [device.id, *db.predecessors(tx, device.id)]
         return (
             replica_status(tx, device, hb),
-            first_missing_seq(tx, device.id, hb.retained_from_seq, hb.synced_through_seq),
+            held_by,
+            first_missing_seq(tx, held_by, retained, synced),
         )
 
-    status, resend_from = database.transact(inspect, write=False)
+    status, held_by, missing = database.transact(inspect, write=False)
 
-    def record(tx: db.Tx) -> bool:
+    def record(tx: db.Tx) -> tuple[bool, int | None]:
         fresh = record_anchors(
             tx, device.id, [*hb.anchors, Anchor(hb.boot_id, hb.monotonic_ns, now)]
         )
@@ -424,10 +472,19 @@ def receive_heartbeat(
                 "software_version": hb.software_version,
             },
         )
+        resend_from = missing
+        if missing is not None:
+            same_machine = db.devices_sharing_boot(
+                tx, device.organization_id, device.gym_id, device.id, hb.boot_id
+            )
+            fresh = sorted(set(same_machine) - set(held_by))
+            if fresh:
+                db.link_predecessors(tx, device.id, fresh, utc_text(now))
+                resend_from = first_missing_seq(tx, [*held_by, *fresh], retained, synced)
         row = db.device(tx, device.organization_id, device.id)
-        return bool(row and row["resnapshot_requested"])
+        return bool(row and row["resnapshot_requested"]), resend_from
 
-    requested = database.transact(record, write=True)
+    requested, resend_from = database.transact(record, write=True)
     return HeartbeatReply(
         server_time=now,
         resnapshot=requested or status == "mismatch",
