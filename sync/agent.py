@@ -34,7 +34,7 @@ from typing import Any
 import tenacity
 
 from kiosk import __version__
-from kiosk.clock import Clock
+from kiosk.clock import AnchoredClock, Clock
 from kiosk.model import Checkin, ClockQuality
 from kiosk.store import UNKNOWN_CLOUD_VERSION, Store, StoreError
 from sync.client import (
@@ -173,6 +173,9 @@ class SyncAgent:
         self._hashes_checked = False
         self._last_prune_ns: int | None = None
         self._online = False
+        # The replica was stamped this cycle while the device knew no time (no NTP, no anchor of
+        # this boot yet): stamped again once the heartbeat's answer gives an anchor.
+        self._stamped_untimed = False
         if client.on_anchor is None:
             client.on_anchor = self._record_anchor
 
@@ -324,6 +327,7 @@ class SyncAgent:
     # -- pull ------------------------------------------------------------------------------------
 
     def _pull(self, report: CycleReport) -> None:
+        untimed = self.clock.quality() is ClockQuality.UNSYNCED
         info = self.store.replica_info()
         reason = None
         if info.synced_at is None:
@@ -340,12 +344,14 @@ class SyncAgent:
             else:
                 if outcome is not None:
                     report.pull = outcome
+                    self._stamped_untimed = untimed
                     self._record(last_pull_at=utc_text(self.clock.wall()), **self._replica())
                     return
                 reason = "the replica did not match the cloud's checkpoint"
         log.info("taking a fresh snapshot: %s", reason)
         self._snapshot()
         report.pull = "snapshot"
+        self._stamped_untimed = untimed
         self._record(last_pull_at=utc_text(self.clock.wall()), **self._replica())
 
     def _legacy_replica(self) -> bool:
@@ -497,6 +503,7 @@ class SyncAgent:
             self._snapshot()
             report.pull = "snapshot"
             self._record(last_pull_at=utc_text(self.clock.wall()), **self._replica())
+        self._restamp_pull()
         self._maybe_prune()
 
     # -- housekeeping ----------------------------------------------------------------------------
@@ -515,6 +522,17 @@ class SyncAgent:
         pruned = self.store.prune_synced(cutoff)
         if pruned:
             log.info("pruned %d synced check-ins recorded before %s", pruned, utc_text(cutoff))
+
+    def _restamp_pull(self) -> None:
+        """Stamp the replica again with the time this heartbeat's answer gave, if this cycle's
+        pull was stamped with a wall clock nobody had set (1970, or the last shutdown's time):
+        left as it was, the door would count the replica as stale and its clock floor would drop
+        back to that time."""
+        if self._stamped_untimed and self.clock.quality() is not ClockQuality.UNSYNCED:
+            now = self.clock.wall()
+            self.store.mark_replica_current(synced_at=now)
+            self._record(last_pull_at=utc_text(now))
+        self._stamped_untimed = False
 
     def _settle(self, version: int) -> None:
         """After a successful pull at ``version``: class uses acknowledged with an unknown
@@ -540,6 +558,11 @@ class SyncAgent:
             self.store.record_anchor(anchor, recorded_at=self.clock.wall())
         except StoreError as exc:
             log.warning("could not keep a clock anchor: %s", exc)
+            return
+        if isinstance(self.clock, AnchoredClock):
+            # Tell the time from this anchor at once rather than at the clock's next periodic
+            # read: the replica's sync time is stamped with it.
+            self.clock.refresh()
 
     def _replica(self) -> dict[str, Any]:
         info = self.store.replica_info()

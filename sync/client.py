@@ -5,13 +5,13 @@ Every answer goes through ``sync.protocol`` before anyone sees it, and every fai
 of the typed errors below, so the agent decides what to do from the type alone:
 
 - stop and report: ``Unauthorized`` (401: token unknown or revoked, re-enrol) and
-  ``UnsupportedProtocol`` (426, or an answer without ``FitFlow-Protocol: 1``: not a FitFlow cloud,
-  or one that speaks another version);
+  ``UnsupportedProtocol`` (426, or an answer whose ``FitFlow-Protocol`` header names another
+  version: the cloud speaks another protocol);
 - handle: ``BatchTooLarge`` (413: halve the batch), ``CursorExpired`` (410: take a snapshot),
   ``EnrolmentRefused`` (403 to an enrolment);
 - retry later: ``RetryableError`` (no connection, timeouts, 5xx, 429; ``retry_after`` in seconds
-  when the cloud said), its subclass ``BadResponse`` (an answer that is not JSON, truncated, too
-  large or of the wrong shape), and ``RequestRefused`` (any other 4xx).
+  when the cloud said), its subclass ``BadResponse`` (an answer without the protocol header, not
+  JSON, truncated, too large or of the wrong shape), and ``RequestRefused`` (any other 4xx).
 
 Answers that carry the cloud's time (enrolment, upload, heartbeat) also yield a clock anchor:
 ``(boot id, monotonic time when the answer arrived, server time)``, handed to ``on_anchor``.
@@ -75,7 +75,7 @@ class Unauthorized(CloudError):
 
 
 class UnsupportedProtocol(CloudError):
-    """426, or an answer without the protocol header: the cloud does not speak this version."""
+    """426, or an answer naming another protocol version: the cloud does not speak this one."""
 
     retryable = False
 
@@ -110,8 +110,8 @@ class RetryableError(CloudError):
 
 
 class BadResponse(RetryableError):
-    """An answer that is not what the protocol says: not JSON, truncated, too large or of the
-    wrong shape. Retried like a 5xx, reported as such."""
+    """An answer that is not what the protocol says: without the protocol header, not JSON,
+    truncated, too large or of the wrong shape. Retried like a 5xx, reported as such."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -409,7 +409,10 @@ class CloudClient:
             )
         spoken = response.headers.get(PROTOCOL_HEADER)
         if spoken is None:
-            raise UnsupportedProtocol(
+            # Not the cloud's own answer (a captive portal, a proxy's page, garbage on the line):
+            # retried, because stopping for good would leave the queue stuck after the network
+            # heals. Only the cloud itself (426, or another version named) stops the agent.
+            raise BadResponse(
                 f"{self._host} answered {what} without a {PROTOCOL_HEADER} header (HTTP "
                 f"{status}): it is not a FitFlow cloud, or something in between rewrites answers",
                 status=status,

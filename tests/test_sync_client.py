@@ -119,8 +119,9 @@ def test_enrol_sends_no_token_and_a_used_code_is_refused():
     [
         (answer(401, {"error": "unauthorized"}), Unauthorized, "enrol the device again"),
         (answer(426, {"error": "unsupported_protocol"}), UnsupportedProtocol, "update"),
-        (answer(200, {"version": 1}, protocol=None), UnsupportedProtocol, "without a FitFlow"),
-        (answer(404, b"<html>nginx</html>", protocol=None), UnsupportedProtocol, "not a FitFlow"),
+        # Not the cloud's own answer (a portal, a proxy's page): retried, never fatal.
+        (answer(200, {"version": 1}, protocol=None), BadResponse, "without a FitFlow"),
+        (answer(404, b"<html>nginx</html>", protocol=None), BadResponse, "not a FitFlow"),
         (answer(200, {"version": 1}, protocol="2"), UnsupportedProtocol, "speaks sync protocol"),
         (answer(413, {"error": "batch_too_large"}), BatchTooLarge, "too large"),
         (answer(410, {"error": "cursor_expired"}), CursorExpired, "410"),
