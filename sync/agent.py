@@ -34,7 +34,7 @@ from typing import Any
 import tenacity
 
 from kiosk import __version__
-from kiosk.clock import AnchoredClock, Clock
+from kiosk.clock import AnchoredClock, Clock, plausible_server_time
 from kiosk.model import Checkin, ClockQuality
 from kiosk.store import UNKNOWN_CLOUD_VERSION, Store, StoreError
 from sync.client import (
@@ -64,6 +64,9 @@ log = logging.getLogger(__name__)
 RUNNING, OFFLINE, STOPPED = "running", "offline", "stopped"
 _EMPTY_CHECKSUM = "0" * 16
 _LAST_ERROR_CHARS = 500
+# The heartbeat's replica checksum is recomputed at least this often even when the version has
+# not moved, so a replica damaged on the device is still noticed by the cloud.
+TOTALS_MAX_AGE_S = 600.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,6 +176,11 @@ class SyncAgent:
         self._hashes_checked = False
         self._last_prune_ns: int | None = None
         self._online = False
+        self._seq_at_cycle_start: int | None = None
+        # (replica version, monotonic ns when computed, count, checksum): the heartbeat's replica
+        # checksum, recomputed when the version moves or every TOTALS_MAX_AGE_S (a full scan of
+        # the replica costs tens of ms at 100,000 members, every round otherwise).
+        self._totals: tuple[int, int, int, str | None] | None = None
         # The replica was stamped this cycle while the device knew no time (no NTP, no anchor of
         # this boot yet): stamped again once the heartbeat's answer gives an anchor.
         self._stamped_untimed = False
@@ -216,8 +224,10 @@ class SyncAgent:
         return max(jitter, retry_after or 0.0)
 
     def _wait_for_work(self, stop: threading.Event) -> None:
-        """Wait up to ``interval_s``, ending early when a new check-in is journaled."""
-        seen = self._last_seq()
+        """Wait up to ``interval_s``, ending early when a new check-in is journaled. A check-in
+        journaled during the last round (after its push read the queue) ends it at once: the
+        journal's last seq is compared with what it was when that round began."""
+        seen = self._seq_at_cycle_start
         poll_ns = int(self.settings.wake_poll_s * 1e9)
         deadline = self.clock.monotonic_ns() + int(self.settings.interval_s * 1e9)
         while not stop.is_set():
@@ -242,6 +252,7 @@ class SyncAgent:
         are in the report and the status). After a failure that means "no network", the later
         steps are skipped: they would only wait for their own timeouts."""
         report = CycleReport()
+        self._seq_at_cycle_start = self._last_seq()
         steps = (("push", self._push), ("pull", self._pull), ("heartbeat", self._heartbeat))
         for name, step in steps:
             try:
@@ -263,6 +274,10 @@ class SyncAgent:
             except (StoreError, SnapshotMismatch) as exc:
                 report.fail(f"{name}: {exc}")
                 log.error("sync %s failed: %s", name, exc)
+                break
+            except Exception as exc:  # a bug must not end the agent: report, back off, go on
+                report.fail(f"{name}: unexpected error ({type(exc).__name__})")
+                log.exception("sync %s failed unexpectedly", name)
                 break
         if report.ok:
             self._record(state=RUNNING, online=True, last_error=None)
@@ -462,7 +477,7 @@ class SyncAgent:
     def _heartbeat(self, report: CycleReport) -> None:
         position = self.store.journal_position()
         info = self.store.replica_info()
-        count, checksum = self.store.replica_checksum()
+        count, checksum = self._replica_totals(info.version)
         now = self.clock.wall()
         age = None
         if position.oldest_pending_at is not None:
@@ -507,6 +522,19 @@ class SyncAgent:
         self._maybe_prune()
 
     # -- housekeeping ----------------------------------------------------------------------------
+
+    def _replica_totals(self, version: int) -> tuple[int, str | None]:
+        now_ns = self.clock.monotonic_ns()
+        cached = self._totals
+        if (
+            cached is not None
+            and cached[0] == version
+            and now_ns - cached[1] < TOTALS_MAX_AGE_S * 1e9
+        ):
+            return cached[2], cached[3]
+        count, checksum = self.store.replica_checksum()
+        self._totals = (version, now_ns, count, checksum)
+        return count, checksum
 
     def _maybe_prune(self) -> None:
         """Delete synced check-ins past their retention, every ``prune_every_s``. Skipped while
@@ -554,6 +582,10 @@ class SyncAgent:
             return {}
 
     def _record_anchor(self, anchor: Anchor) -> None:
+        if not plausible_server_time(anchor.server_time):
+            # A broken or hostile answer; kept, it would replace this boot's good anchor.
+            log.warning("ignoring an implausible cloud time %s", anchor.server_time.isoformat())
+            return
         try:
             self.store.record_anchor(anchor, recorded_at=self.clock.wall())
         except StoreError as exc:

@@ -496,9 +496,12 @@ def _transport_words(exc: httpx.TransportError) -> str:
 def _error_words(response: httpx.Response) -> str:
     """``: <error code>`` from a small JSON error body, escaped and short; empty otherwise."""
     try:
-        body = response.read()
-        if len(body) > 4096:
-            return ""
+        # Read at most a little past the limit: a hostile error page can be any size.
+        body = b""
+        for chunk in _chunks(response):
+            body += chunk
+            if len(body) > 4096:
+                return ""
         parsed = protocol.parse_json(body, "an error")
         code = parsed.get("error") if isinstance(parsed, dict) else None
     except (ProtocolError, httpx.HTTPError):

@@ -513,3 +513,61 @@ def test_a_busy_database_is_reported_not_raised(tmp_path):
     assert dev.agent.cycle().ok
     assert dev.states()["synced"] == 1
     dev.store.close()
+
+
+def test_a_checkin_journaled_during_a_round_starts_the_next_round_at_once(tmp_path):
+    dev = Device(tmp_path, interval_s=30, wake_poll_s=1.0)
+    dev.cloud.seed_gym()
+    # The journal's last seq as the agent reads it: 0 as the first round starts; a check-in lands
+    # during that round, after its push read the queue, so the first poll already sees 1.
+    seqs = iter([0] + [1] * 100)
+    dev.agent._wake = lambda: next(seqs)
+    dev.sleeper.limit = 3
+    dev.agent.run(dev.stop)
+    # One poll ended the first wait and a second round ran, rather than one round and a wait of
+    # the whole interval.
+    assert dev.cloud.count("/v1/heartbeat") == 2
+    dev.store.close()
+
+
+def test_an_unexpected_error_is_reported_and_the_agent_goes_on(device, monkeypatch):
+    def broken(limit: int) -> None:
+        raise ZeroDivisionError("a bug")
+
+    monkeypatch.setattr(device.store, "anchors", broken)
+    report = device.agent.cycle()
+    assert not report.ok and not report.fatal
+    assert report.error == "heartbeat: unexpected error (ZeroDivisionError)"
+    assert device.store.sync_status()["state"] == OFFLINE
+    monkeypatch.undo()
+    synced(device)
+
+
+def test_the_heartbeat_checksum_is_recomputed_when_the_replica_moves_or_ages(device, monkeypatch):
+    synced(device)
+    synced(device)  # the first pull after a start also checks the replica carries row hashes
+    calls = []
+    real = device.store.replica_checksum
+    monkeypatch.setattr(device.store, "replica_checksum", lambda: calls.append(1) or real())
+    synced(device)
+    synced(device)
+    assert calls == []  # same version: the heartbeat reuses the totals
+    device.clock.advance(601)
+    synced(device)
+    assert len(calls) == 1  # old enough to be checked again
+    device.cloud.delete("member", "m3")
+    synced(device)
+    assert len(calls) == 2  # a new version
+    assert device.cloud.heartbeats[-1].replica_checksum == device.cloud.checkpoint().checksum
+
+
+def test_an_implausible_cloud_time_is_not_kept_as_an_anchor(device):
+    from datetime import UTC, datetime
+
+    synced(device)
+    good = device.store.latest_anchor(BOOT)
+    assert good is not None
+    device.agent._record_anchor(
+        Anchor(BOOT, good.monotonic_ns + 1, datetime(9999, 1, 1, tzinfo=UTC))
+    )
+    assert device.store.latest_anchor(BOOT) == good
