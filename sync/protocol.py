@@ -41,8 +41,10 @@ MAX_REQUEST_BYTES = 1 << 20
 # Replica page sizes (rows per page).
 DEFAULT_PAGE_ROWS = 1000
 MAX_PAGE_ROWS = 5000
-# The agent refuses a response body larger than this (a broken proxy or a hostile server).
-MAX_RESPONSE_BYTES = 32 << 20
+# The agent refuses a response body larger than this (a broken proxy or a hostile server). A
+# full page of MAX_PAGE_ROWS rows is about 2 MiB; parsed, 8 MiB of JSON keeps the agent's memory
+# well inside its 60 MB target.
+MAX_RESPONSE_BYTES = 8 << 20
 
 ID_MAX_CHARS = 64
 NAME_MAX_CHARS = 200
