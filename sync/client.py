@@ -21,7 +21,6 @@ Error messages are plain words for the owner page: they name the host, never the
 from __future__ import annotations
 
 import email.utils
-import ipaddress
 import logging
 import time
 import urllib.parse
@@ -161,21 +160,12 @@ def check_cloud_url(url: str) -> str:
         raise ValueError(f"{url!r} is not a cloud address; expected https://host[:port][/path]")
     if parts.query or parts.fragment or parts.username or parts.password:
         raise ValueError(f"{url!r}: a cloud address has no user, query or fragment")
-    if parts.scheme == "http" and not _is_loopback(parts.hostname):
+    if parts.scheme == "http" and not protocol.is_loopback(parts.hostname):
         raise ValueError(
             f"{url!r} uses plain http to another machine, which would send the device token in "
             f"clear; use https (plain http is accepted for localhost only)"
         )
     return url.strip().rstrip("/")
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def parse_retry_after(value: str | None, *, now: datetime) -> float | None:

@@ -16,6 +16,7 @@ Times on the wire are UTC text with microseconds and a ``Z`` (``2026-05-01T17:03
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import json
 import math
 import re
@@ -867,6 +868,17 @@ def parse_enrolment(value: object) -> Enrolment:
         timezone=need_text(obj.get("timezone"), "timezone", 64),
         server_time=parse_utc(obj.get("server_time"), "server_time"),
     )
+
+
+def is_loopback(host: str | None) -> bool:
+    """True for ``localhost`` and loopback addresses (127.0.0.0/8, ::1): where plain HTTP never
+    leaves the machine."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host or "").is_loopback
+    except ValueError:
+        return False
 
 
 def parse_json(body: bytes, what: str) -> object:

@@ -422,24 +422,7 @@ class Harness:
         return response.json()["results"]
 
     def heartbeat(self, device: Device, **fields):
-        body = {
-            "software_version": "0.1.0",
-            "boot_id": BOOT,
-            "monotonic_ns": 1000 * SEC,
-            "device_time": "2026-05-01T12:00:00.000000Z",
-            "clock_quality": "ntp_synced",
-            "backlog": 0,
-            "oldest_pending_age_s": None,
-            "replica_version": 0,
-            "replica_checksum": "0" * 16,
-            "replica_count": 0,
-            "last_seq": 0,
-            "synced_through_seq": 0,
-            "retained_from_seq": 0,
-            "last_error": None,
-            "anchors": [],
-        }
-        body.update(fields)
+        body = heartbeat_body(**fields)
         response = self.client.post("/v1/heartbeat", json=body, headers=device.headers)
         assert response.status_code == 200, response.text
         return response.json()
@@ -496,3 +479,25 @@ def cloud_fixture(cloud_db_url):
         yield harness
     finally:
         harness.close()
+
+
+def heartbeat_body(**fields) -> dict:
+    """A valid heartbeat from a device at boot BOOT, overridden by ``fields``."""
+    body = {
+        "software_version": "0.1.0",
+        "boot_id": BOOT,
+        "monotonic_ns": 1000 * SEC,
+        "device_time": "2026-05-01T12:00:00.000000Z",
+        "clock_quality": "ntp_synced",
+        "backlog": 0,
+        "oldest_pending_age_s": None,
+        "replica_version": 0,
+        "replica_checksum": "0" * 16,
+        "replica_count": 0,
+        "last_seq": 0,
+        "synced_through_seq": 0,
+        "retained_from_seq": 0,
+        "last_error": None,
+        "anchors": [],
+    }
+    return body | fields

@@ -20,6 +20,7 @@ from pg import (
 from sync.cloud import cli, migrations
 from sync.cloud.db import Database
 from sync.cloud.embedded import EmbeddedCloud
+from sync.protocol import is_loopback
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -153,8 +154,8 @@ def test_serve_warns_when_bound_beyond_loopback(tmp_path, capsys, monkeypatch):
     code = cli.main(["serve", "--db", url, "--host", "0.0.0.0", "--port", "9000"])  # noqa: S104
     assert code == 0
     assert "TLS" in capsys.readouterr().err
-    assert cli.is_loopback("::1") and cli.is_loopback("localhost")
-    assert not cli.is_loopback("192.168.1.10")
+    assert is_loopback("::1") and is_loopback("localhost") and is_loopback("127.0.0.2")
+    assert not (is_loopback("192.168.1.10") or is_loopback(None) or is_loopback("cloud.example"))
 
 
 def test_register_adds_the_cloud_tree_to_another_cli(tmp_path, capsys):

@@ -15,6 +15,7 @@ from pg import (
     Harness,
     cloud_db_url_fixture,  # noqa: F401
     cloud_fixture,  # noqa: F401
+    heartbeat_body,
     make_item,
     pg_server_fixture,  # noqa: F401
     replica_checksum,
@@ -581,33 +582,12 @@ def test_server_time_is_stamped_when_answering_and_the_anchor_at_arrival(cloud_d
         assert before < arrived < answered == cloud.clock.now
         beat = cloud.client.post(
             "/v1/heartbeat",
-            json=_heartbeat_body(monotonic_ns=500 * SEC),
+            json=heartbeat_body(monotonic_ns=500 * SEC),
             headers=device.headers,
         ).json()
         assert parse_utc(beat["server_time"], "server_time") == cloud.clock.now
     finally:
         cloud.close()
-
-
-def _heartbeat_body(**fields) -> dict:
-    body = {
-        "software_version": "0.1.0",
-        "boot_id": BOOT,
-        "monotonic_ns": 1000 * SEC,
-        "device_time": "2026-05-01T12:00:00.000000Z",
-        "clock_quality": "ntp_synced",
-        "backlog": 0,
-        "oldest_pending_age_s": None,
-        "replica_version": 0,
-        "replica_checksum": "0" * 16,
-        "replica_count": 0,
-        "last_seq": 0,
-        "synced_through_seq": 0,
-        "retained_from_seq": 0,
-        "last_error": None,
-        "anchors": [],
-    }
-    return body | fields
 
 
 def test_monotonic_readings_are_bounded_and_the_bound_is_safe(cloud):
@@ -623,7 +603,7 @@ def test_monotonic_readings_are_bounded_and_the_bound_is_safe(cloud):
     assert (item["status"], item["code"]) == ("rejected", "invalid_item")
     assert "monotonic_ns" in item["detail"]
     response = cloud.client.post(
-        "/v1/heartbeat", json=_heartbeat_body(monotonic_ns=huge), headers=device.headers
+        "/v1/heartbeat", json=heartbeat_body(monotonic_ns=huge), headers=device.headers
     )
     assert response.status_code == 400 and "monotonic_ns" in response.json()["detail"]
 

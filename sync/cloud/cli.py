@@ -19,7 +19,6 @@ invalid name or time zone); 3 database error (unreachable, damaged, newer schema
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import json
 import os
 import sys
@@ -81,20 +80,12 @@ def _print(args: argparse.Namespace, data: dict[str, Any], lines: list[str]) -> 
         print("\n".join(lines))
 
 
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 @_guarded
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from sync.cloud.app import create_app
+    from sync.protocol import is_loopback
 
     if not is_loopback(args.host):
         print(
