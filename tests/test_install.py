@@ -1,0 +1,426 @@
+"""deploy/install.sh end to end in a temporary root, with the system tools stubbed on PATH.
+
+The stubs (apt-get, systemctl, useradd, usermod, groupadd, userdel, getent, id, chown, python3 and
+the venv's python and kiosk) log every call and keep just enough state (users, groups, enabled
+units) for the installer to see the effect of its own earlier calls, so a second run shows what
+idempotence means: same files, same modes, no second user, the owner's config untouched.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+INSTALL = REPO / "deploy" / "install.sh"
+UNINSTALL = REPO / "deploy" / "uninstall.sh"
+EXAMPLE = REPO / "deploy" / "kiosk.example.toml"
+UNIT_FILES = sorted(p.name for p in (REPO / "systemd").iterdir())
+REAL_KIOSK = Path(sys.executable).parent / "kiosk"
+APT_NUMPY = "1.24.2"
+
+BOOKWORM = 'PRETTY_NAME="Debian GNU/Linux 12 (bookworm)"\nID=debian\nVERSION_CODENAME=bookworm\n'
+
+# Every stub starts by logging its name and arguments, one line per call.
+_LOG = 'echo "$(basename "$0") $*" >>"$STUB_LOG"\n'
+
+STUBS = {
+    "apt-get": _LOG + 'exit "${STUB_APT_EXIT:-0}"\n',
+    "chown": _LOG,
+    "usermod": _LOG,
+    "id": _LOG + '[ "${1:-}" = -u ] && echo "${STUB_UID:-0}"\n',
+    "useradd": _LOG + 'for a; do name=$a; done; echo "$name" >>"$STUB_STATE/passwd"\n',
+    "groupadd": _LOG + 'for a; do name=$a; done; echo "$name" >>"$STUB_STATE/group"\n',
+    "userdel": _LOG + 'grep -vx "$1" "$STUB_STATE/passwd" >"$STUB_STATE/p.new" || true\n'
+    'mv "$STUB_STATE/p.new" "$STUB_STATE/passwd"\n',
+    "getent": _LOG + 'grep -qx "$2" "$STUB_STATE/$1" 2>/dev/null && echo "$2:x:999:"\n',
+    # Enabled units are a set in $STUB_STATE/enabled.
+    "systemctl": _LOG
+    + """cmd=$1; shift
+touch "$STUB_STATE/enabled"
+for u; do
+  case "$u" in --*) continue ;; esac
+  case "$cmd" in
+    enable) grep -qx "$u" "$STUB_STATE/enabled" || echo "$u" >>"$STUB_STATE/enabled" ;;
+    disable) grep -vx "$u" "$STUB_STATE/enabled" >"$STUB_STATE/e.new" || true
+             mv "$STUB_STATE/e.new" "$STUB_STATE/enabled" ;;
+  esac
+done
+""",
+    # `python3 -m venv [...] DIR` makes a stub venv: bin/python and pyvenv.cfg.
+    "python3": _LOG
+    + """for a; do dir=$a; done
+mkdir -p "$dir/bin"
+cp "$STUB_BIN/venv-python.template" "$dir/bin/python"
+chmod +x "$dir/bin/python"
+case " $* " in
+  *" --system-site-packages "*) echo "include-system-site-packages = true" >"$dir/pyvenv.cfg" ;;
+  *) echo "include-system-site-packages = false" >"$dir/pyvenv.cfg" ;;
+esac
+""",
+    # The venv's python: apt's numpy is importable; `-m pip install` installs a stub kiosk.
+    "venv-python.template": 'echo "venv-python $*" >>"$STUB_LOG"\n'
+    + """if [ "$1" = -c ]; then
+  case "$2" in *numpy*) echo "${STUB_NUMPY:-1.24.2}" ;; esac
+  exit 0
+fi
+if [ "$1 $2 $3" = "-m pip install" ]; then
+  for a; do src=$a; done
+  [ -f "$src/pyproject.toml" ] && [ -d "$src/kiosk" ] || { echo "no source in $src"; exit 1; }
+  [ ! -e "$src/.venv" ] || { echo "the copy of the source holds .venv"; exit 1; }
+  echo "$src" >>"$STUB_STATE/pip-sources"
+  cp "$STUB_BIN/kiosk.template" "$(dirname "$0")/kiosk"
+  chmod +x "$(dirname "$0")/kiosk"
+fi
+""",
+    # The installed kiosk: `config check` is the real one; `web` exists when STUB_HAS_WEB=1.
+    "kiosk.template": 'echo "kiosk $*" >>"$STUB_LOG"\n'
+    + """case "$1" in
+  config) exec "$STUB_REAL_KIOSK" "$@" ;;
+  web) [ "${STUB_HAS_WEB:-0}" = 1 ] ;;
+  *) exit 0 ;;
+esac
+""",
+}
+
+
+@dataclass
+class Rig:
+    """A temporary root plus stubbed tools; ``run`` executes a deploy script against it."""
+
+    tmp: Path
+    root: Path
+    bin: Path
+    state: Path
+    log: Path
+
+    def run(self, *args: str, script: Path = INSTALL, **env: str) -> subprocess.CompletedProcess:
+        full_env = {
+            "PATH": f"{self.bin}:/usr/bin:/bin",
+            "HOME": str(self.tmp),
+            "LANG": "C.UTF-8",
+            "FITFLOW_ROOT": str(self.root),
+            "STUB_LOG": str(self.log),
+            "STUB_STATE": str(self.state),
+            "STUB_BIN": str(self.bin),
+            "STUB_REAL_KIOSK": str(REAL_KIOSK),
+            "FITFLOW_PYTHON": str(self.bin / "python3"),
+            **env,
+        }
+        return subprocess.run(
+            ["bash", str(script), *args],
+            env=full_env,
+            capture_output=True,
+            text=True,
+            stdin=subprocess.DEVNULL,
+            timeout=60,
+            check=False,
+        )
+
+    def install(self, *args: str, **env: str) -> subprocess.CompletedProcess:
+        result = self.run("--unattended", *args, **env)
+        assert result.returncode == 0, result.stdout + result.stderr
+        return result
+
+    def calls(self, tool: str | None = None) -> list[str]:
+        lines = self.log.read_text().splitlines() if self.log.exists() else []
+        return [line for line in lines if tool is None or line.split(" ", 1)[0] == tool]
+
+    def path(self, system_path: str) -> Path:
+        return self.root / system_path.lstrip("/")
+
+    def enabled(self) -> set[str]:
+        path = self.state / "enabled"
+        return set(path.read_text().split()) if path.exists() else set()
+
+    def chowns(self) -> set[tuple[str, str]]:
+        """(owner, path relative to the root) for every chown the scripts asked for."""
+        result = set()
+        for line in self.calls("chown"):
+            _, owner, path = line.split(" ")
+            result.add((owner, "/" + str(Path(path).relative_to(self.root))))
+        return result
+
+
+@pytest.fixture
+def rig(tmp_path) -> Rig:
+    root, bin_dir, state = tmp_path / "root", tmp_path / "bin", tmp_path / "state"
+    for d in (root / "etc", bin_dir, state):
+        d.mkdir(parents=True)
+    (root / "etc" / "os-release").write_text(BOOKWORM)
+    (state / "group").write_text("video\n")  # gpio exists only on Raspberry Pi OS
+    for name, body in STUBS.items():
+        path = bin_dir / name
+        path.write_text("#!/bin/bash\n" + body)
+        path.chmod(0o755)
+    return Rig(tmp_path, root, bin_dir, state, tmp_path / "calls.log")
+
+
+def mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def test_the_scripts_are_shellcheck_clean():
+    shellcheck = shutil.which("shellcheck")
+    assert shellcheck, "shellcheck is missing: ./dev test installs it (apt-get install shellcheck)"
+    scripts = [INSTALL, UNINSTALL, REPO / "dev", REPO / ".ci" / "run"]
+    result = subprocess.run(
+        [shellcheck, "--external-sources", *map(str, scripts)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_install_twice_converges_and_keeps_the_owners_config(rig):
+    first = rig.install()
+    assert "sudo kiosk provision" in first.stdout and "sudo kiosk selftest" in first.stdout
+    assert "restart fitflow-scanner.service fitflow-sync.service\n" in first.stdout
+    link = rig.path("/usr/local/bin/kiosk")
+    assert os.readlink(link) == "/opt/fitflow-kiosk/venv/bin/kiosk"
+
+    config = rig.path("/etc/fitflow-kiosk/kiosk.toml")
+    assert config.read_text() == EXAMPLE.read_text()
+    assert mode(config) == 0o640
+    assert mode(rig.path("/etc/fitflow-kiosk")) == 0o750
+    assert mode(rig.path("/var/lib/fitflow-kiosk")) == 0o750
+    assert mode(rig.path("/var/lib/fitflow-kiosk/backups")) == 0o750
+    ownership = {
+        ("root:fitflow", "/etc/fitflow-kiosk/kiosk.toml"),
+        ("root:fitflow", "/etc/fitflow-kiosk"),
+        ("fitflow:fitflow", "/var/lib/fitflow-kiosk"),
+        ("fitflow:fitflow", "/var/lib/fitflow-kiosk/backups"),
+    }
+    assert rig.chowns() == ownership
+    units = rig.path("/etc/systemd/system")
+    assert sorted(p.name for p in units.iterdir()) == UNIT_FILES
+    for name in UNIT_FILES:
+        assert (units / name).read_text() == (REPO / "systemd" / name).read_text()
+        assert mode(units / name) == 0o644
+    assert rig.enabled() == {
+        "fitflow-scanner.service",
+        "fitflow-sync.service",
+        "fitflow-backup.timer",
+    }
+    assert rig.calls("useradd") == [
+        "useradd --system --user-group --groups gpio,video --home-dir /var/lib/fitflow-kiosk "
+        "--no-create-home --shell /usr/sbin/nologin --comment FitFlow Kiosk fitflow"
+    ]
+    assert rig.calls("groupadd") == ["groupadd --system gpio"]
+    assert rig.calls("python3") == [
+        f"python3 -m venv --clear --system-site-packages {rig.path('/opt/fitflow-kiosk/venv')}"
+    ]
+    log = rig.path("/var/log/fitflow-kiosk-install.log")
+    assert log.read_text().count("=== ") == 1
+
+    # The owner edits the config; things get broken; the installer runs again (= repair).
+    owner_config = EXAMPLE.read_text().replace('id = "door-1"', 'id = "front-door"')
+    config.write_text(owner_config)
+    config.chmod(0o666)
+    (units / "fitflow-sync.service").unlink()
+    (units / "fitflow-scanner.service").write_text("# damaged\n")
+    rig.log.unlink()
+
+    rig.install()
+
+    assert config.read_text() == owner_config
+    assert mode(config) == 0o640
+    assert rig.chowns() == ownership
+    for name in UNIT_FILES:
+        assert (units / name).read_text() == (REPO / "systemd" / name).read_text()
+    assert rig.calls("useradd") == [] and rig.calls("groupadd") == []
+    assert rig.calls("usermod") == ["usermod -aG gpio,video fitflow"]
+    assert rig.calls("python3") == []  # the venv was in place
+    assert "systemctl daemon-reload" in rig.calls("systemctl")
+    assert rig.enabled() == {
+        "fitflow-scanner.service",
+        "fitflow-sync.service",
+        "fitflow-backup.timer",
+    }
+    assert log.read_text().count("=== ") == 2
+
+
+def test_pip_installs_the_checkout_and_cannot_replace_apts_numpy_or_add_opencv(rig):
+    rig.install()
+    pip = [c for c in rig.calls("venv-python") if " -m pip " in c]
+    constraints = rig.path("/opt/fitflow-kiosk/constraints.txt")
+    # pip gets a copy of the checkout (it builds in the tree it is given), removed afterwards.
+    sources = set((rig.state / "pip-sources").read_text().split())
+    assert len(sources) == 1
+    (source,) = sources
+    assert not Path(source).exists()
+    assert pip == [
+        "venv-python -m pip install --disable-pip-version-check --no-input -q "
+        f"--constraint {constraints} {source}",
+        "venv-python -m pip install --disable-pip-version-check --no-input -q "
+        f"--no-deps --force-reinstall {source}",
+    ]
+    pins = [line for line in constraints.read_text().splitlines() if not line.startswith("#")]
+    assert f"numpy=={APT_NUMPY}" in pins
+    assert {"opencv-python<0", "opencv-python-headless<0"} <= set(pins)
+
+
+def test_apt_packages_come_from_the_list_and_the_pi_only_ones_only_on_a_pi(rig):
+    rig.install()
+    (install,) = [c for c in rig.calls("apt-get") if " install " in c]
+    assert "python3-venv" in install.split() and "libzbar0" in install.split()
+    assert "python3-picamera2" not in install.split()
+    assert "--no-install-recommends" in install.split()
+
+    model = rig.path("/proc/device-tree/model")
+    model.parent.mkdir(parents=True)
+    model.write_bytes(b"Raspberry Pi 5 Model B Rev 1.0\0")
+    rig.log.unlink()
+    rig.install()
+    (install,) = [c for c in rig.calls("apt-get") if " install " in c]
+    assert {"python3-picamera2", "python3-lgpio", "python3-opencv"} <= set(install.split())
+
+
+def test_an_apt_failure_stops_the_install_and_says_where_the_log_is(rig):
+    result = rig.run("--unattended", STUB_APT_EXIT="100")
+    assert result.returncode == 1
+    assert "failed: apt-get install" in result.stderr
+    assert "/var/log/fitflow-kiosk-install.log" in result.stderr
+    assert rig.calls("useradd") == [] and rig.calls("python3") == []
+    assert "WARNING: apt-get update failed" in result.stdout  # offline update is only a warning
+
+
+def test_a_pre_seeded_config_is_installed_once_and_never_over_the_owners(rig, tmp_path):
+    seed = tmp_path / "seed.toml"
+    seed.write_text('[door]\nid = "side-door"\n\n[gpio]\nrelay_pin = 5\n')
+    rig.install("--config", str(seed))
+    config = rig.path("/etc/fitflow-kiosk/kiosk.toml")
+    assert config.read_text() == seed.read_text()
+
+    other = tmp_path / "other.toml"
+    other.write_text('[door]\nid = "other"\n')
+    result = rig.install(f"--config={other}")
+    assert config.read_text() == seed.read_text()
+    assert "was not installed" in result.stdout
+
+
+def test_an_invalid_seed_config_is_refused_before_it_is_installed(rig, tmp_path):
+    seed = tmp_path / "bad.toml"
+    seed.write_text('[door]\nid = "x"\ncolour = "red"\n')
+    result = rig.run("--unattended", "--config", str(seed))
+    assert result.returncode != 0
+    assert "bad.toml is not a valid configuration" in result.stderr
+    assert not rig.path("/etc/fitflow-kiosk/kiosk.toml").exists()
+    assert "colour" in rig.path("/var/log/fitflow-kiosk-install.log").read_text()
+
+
+def test_the_web_unit_is_enabled_once_the_kiosk_has_the_owner_page(rig):
+    rig.install()
+    assert "fitflow-web.service" not in rig.enabled()
+    result = rig.install(STUB_HAS_WEB="1")
+    assert "fitflow-web.service" in rig.enabled()
+    assert (
+        "restart fitflow-scanner.service fitflow-sync.service fitflow-web.service" in result.stdout
+    )
+
+
+def test_refuses_when_not_root(rig):
+    result = rig.run("--unattended", STUB_UID="1000")
+    assert result.returncode == 1
+    assert "must be root" in result.stderr
+    assert rig.calls("apt-get") == [] and not rig.path("/var/log").exists()
+
+
+@pytest.mark.parametrize(
+    "os_release",
+    [
+        'PRETTY_NAME="Ubuntu 22.04.4 LTS"\nID=ubuntu\nID_LIKE=debian\nVERSION_CODENAME=jammy\n',
+        'PRETTY_NAME="Debian GNU/Linux 13 (trixie)"\nID=debian\nVERSION_CODENAME=trixie\n',
+        'PRETTY_NAME="Raspbian GNU/Linux 11 (bullseye)"\nID=raspbian\nVERSION_CODENAME=bullseye\n',
+    ],
+)
+def test_refuses_an_unsupported_os(rig, os_release):
+    rig.path("/etc/os-release").write_text(os_release)
+    result = rig.run("--unattended")
+    assert result.returncode == 1
+    name = os_release.split('"')[1]
+    assert f"refusing to run on {name}" in result.stderr
+    assert "bookworm" in result.stderr
+    assert rig.calls("apt-get") == []
+
+
+def test_accepts_32_bit_raspberry_pi_os(rig):
+    release = (
+        'PRETTY_NAME="Raspbian GNU/Linux 12 (bookworm)"\nID=raspbian\nVERSION_CODENAME=bookworm\n'
+    )
+    rig.path("/etc/os-release").write_text(release)
+    rig.install()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [(["--purge"], "--purge only goes with --uninstall"), (["--frobnicate"], "unknown option")],
+)
+def test_bad_options_are_refused(rig, args, message):
+    result = rig.run(*args)
+    assert result.returncode == 1
+    assert message in result.stderr
+
+
+def test_uninstall_keeps_the_data(rig):
+    rig.install()
+    database = rig.path("/var/lib/fitflow-kiosk/kiosk.db")
+    database.write_text("journal")
+    rig.log.unlink()
+
+    result = rig.run(script=UNINSTALL)
+
+    assert result.returncode == 0, result.stderr
+    assert database.read_text() == "journal"
+    assert not rig.path("/opt/fitflow-kiosk").exists()
+    assert not rig.path("/etc/fitflow-kiosk").exists()
+    assert not os.path.lexists(rig.path("/usr/local/bin/kiosk"))
+    assert list(rig.path("/etc/systemd/system").iterdir()) == []
+    stops = {
+        c.split()[-1] for c in rig.calls("systemctl") if c.startswith("systemctl disable --now")
+    }
+    assert stops == set(UNIT_FILES)
+    assert "systemctl daemon-reload" in rig.calls("systemctl")
+    assert rig.enabled() == set()
+    assert rig.calls("userdel") == []
+
+
+def test_uninstall_purge_removes_the_data_and_the_user(rig):
+    rig.install()
+    rig.path("/var/lib/fitflow-kiosk/kiosk.db").write_text("journal")
+
+    result = rig.run("--uninstall", "--purge")
+
+    assert result.returncode == 0, result.stderr
+    assert not rig.path("/var/lib/fitflow-kiosk").exists()
+    assert rig.calls("userdel") == ["userdel fitflow"]
+    # The log of what happened stays.
+    assert "purging" in rig.path("/var/log/fitflow-kiosk-install.log").read_text()
+
+
+def test_uninstall_refuses_when_not_root(rig):
+    rig.install()
+    result = rig.run(script=UNINSTALL, STUB_UID="1000")
+    assert result.returncode == 1 and "must be root" in result.stderr
+    assert rig.path("/opt/fitflow-kiosk/venv").is_dir()
+
+
+def test_the_installer_is_executable():
+    for script in (INSTALL, UNINSTALL):
+        assert os.access(script, os.X_OK), f"{script} must be executable (chmod +x)"
+
+
+def test_help_describes_the_modes(rig):
+    result = rig.run("--help")
+    assert result.returncode == 0
+    for mode_text in ("--unattended", "--config FILE", "--uninstall [--purge]"):
+        assert mode_text in result.stdout
+    assert rig.calls() == []  # --help changes nothing
