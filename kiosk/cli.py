@@ -298,6 +298,142 @@ def cmd_relay_off(args: argparse.Namespace) -> int:
     return 0
 
 
+def _config_path(path: str | None) -> Path:
+    from kiosk.config import config_path_from
+
+    return Path(path) if path else config_path_from(os.environ)
+
+
+def cmd_provision(args: argparse.Namespace) -> int:
+    """Enrolment, owner password and door settings; interactive unless --non-interactive."""
+    from kiosk.provision import Plan, ProvisionError, provision, read_password_file
+
+    try:
+        settings = {
+            dotted: value
+            for dotted, value in (
+                ("door.id", args.door_id),
+                ("site.timezone", args.timezone),
+                ("gpio.relay_pin", args.relay_pin),
+                ("gpio.relay_active_high", args.relay_active_high),
+                ("gpio.pulse_ms", args.pulse_ms),
+            )
+            if value is not None
+        }
+        password = None
+        if args.owner_password_file:
+            password = read_password_file(args.owner_password_file)
+        plan = Plan(
+            settings=settings,
+            cloud=args.cloud,
+            code=args.code,
+            name=args.name,
+            re_enrol=args.re_enrol,
+            password=password,
+        )
+        return provision(
+            _config_path(args.config),
+            plan,
+            interactive=not args.non_interactive,
+            ask=getattr(args, "ask", None) or input,
+            ask_secret=getattr(args, "ask_secret", None),
+            out=sys.stdout,
+            transport=getattr(args, "transport", None),
+            software=__version__,
+        )
+    except ProvisionError as exc:
+        print(f"provision: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except ValueError as exc:  # a flag outside its setting's rules
+        print(f"provision: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+
+
+def cmd_selftest(args: argparse.Namespace) -> int:
+    """Check every part of the door; exit 1 when any check finds a PROBLEM (2: bad config)."""
+    import json
+
+    from kiosk.config import ConfigError, load_config
+    from kiosk.selftest import SelftestEnv, config_problem, failed, render, run_selftest
+
+    _setup_logging("WARNING")
+    path = _config_path(args.config)
+    try:
+        config = load_config(path, os.environ)
+    except ConfigError as exc:
+        results = [config_problem(str(path), exc.errors)]
+        code = EXIT_CONFIG
+    else:
+        env = SelftestEnv(
+            transport=getattr(args, "transport", None),
+            environ=dict(os.environ),
+            camera_seconds=args.camera_seconds,
+            relay=not args.no_relay,
+            progress=(lambda line: print(line, file=sys.stderr))
+            if not args.json
+            else print_nothing,
+        )
+        for name in ("clock_synced", "sleep"):  # tests inject these through main()
+            if getattr(args, name, None) is not None:
+                setattr(env, name, getattr(args, name))
+        results = run_selftest(config, env)
+        code = EXIT_RUNTIME if failed(results) else 0
+    if args.json:
+        print(json.dumps({"ok": code == 0, "checks": [r.to_json() for r in results]}, indent=2))
+    else:
+        render(results, sys.stdout)
+    return code
+
+
+def print_nothing(_line: str) -> None:
+    return None
+
+
+def cmd_testcard(args: argparse.Namespace) -> int:
+    """Write the test card as a PNG and draw it in the terminal."""
+    from kiosk.testcard import TestCardError, terminal_art, write_png
+
+    try:
+        if args.out:
+            write_png(Path(args.out), args.code)
+        art = terminal_art(args.code, ansi=not args.plain and sys.stdout.isatty())
+    except TestCardError as exc:
+        print(f"testcard: {exc}", file=sys.stderr)
+        return EXIT_RUNTIME
+    sys.stdout.write(art)
+    print(f"test card: {args.code} (the door answers unknown_code: it never opens for it)")
+    if args.out:
+        print(f"written to {args.out}; print it at 100% (no fit-to-page), about 4 cm wide")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """Summarise the running device from its database, read-only; exit 3 if it is unusable."""
+    import json
+
+    from kiosk.clock import SystemClock
+    from kiosk.status import StoreError, collect_status, render_status
+
+    config = _load_config(args.config)
+    if config is None:
+        return EXIT_CONFIG
+    try:
+        status = collect_status(
+            Path(config.store.path),
+            door_id=config.door.id,
+            software_version=__version__,
+            clock_quality=SystemClock().quality().value,
+        )
+    except StoreError as exc:
+        print(f"status: {exc}", file=sys.stderr)
+        return EXIT_DATABASE
+    if args.json:
+        print(json.dumps(status, indent=2))
+    else:
+        render_status(status, sys.stdout)
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from kiosk.demo import DemoError, run_demo
     from kiosk.store import StoreError
@@ -495,6 +631,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="config file")
     p.set_defaults(func=cmd_relay_off)
 
+    _add_installer_commands(sub)
+    from kiosk.dbcli import register as register_db
+
+    register_db(sub)  # kiosk db backup|restore|check, kiosk logs
+
     cfg = sub.add_parser("config", help="check, show or print an example configuration")
     cfg_sub = cfg.add_subparsers(dest="config_command", required=True, metavar="ACTION")
     p = cfg_sub.add_parser(
@@ -514,6 +655,89 @@ def build_parser() -> argparse.ArgumentParser:
     p = cfg_sub.add_parser("example", help="print the documented example configuration")
     p.set_defaults(func=cmd_config_example)
     return parser
+
+
+def _add_installer_commands(sub) -> None:
+    """provision, selftest, testcard, status: the installer's commands (issue 5)."""
+    p = sub.add_parser(
+        "provision",
+        help="make this kiosk the gym's door: enrolment, owner password, door settings "
+        "(interactive; safe to re-run)",
+    )
+    p.add_argument("--config", help="config file to edit (default: $KIOSK_CONFIG or /etc/...)")
+    p.add_argument("--non-interactive", action="store_true", help="ask nothing: use the flags only")
+    p.add_argument("--cloud", metavar="URL", help="the cloud's address (https)")
+    p.add_argument("--code", help="the single-use enrolment code from the admin page")
+    p.add_argument("--name", help="this device's name in the cloud (default: the host name)")
+    p.add_argument(
+        "--re-enrol",
+        action="store_true",
+        help="enrol again even if enrolled (a new device identity; the old one stays until "
+        "revoked)",
+    )
+    p.add_argument(
+        "--owner-password-file",
+        metavar="FILE",
+        help="read the owner page's password from the first line of FILE ('-': stdin)",
+    )
+    p.add_argument("--door-id", help="door.id")
+    p.add_argument("--timezone", help="site.timezone, e.g. Europe/Berlin (default: the cloud's)")
+    p.add_argument("--relay-pin", type=int, metavar="BCM", help="gpio.relay_pin (BCM number)")
+    level = p.add_mutually_exclusive_group()
+    level.add_argument(
+        "--relay-active-high",
+        dest="relay_active_high",
+        action="store_const",
+        const=True,
+        help="a high output closes the relay",
+    )
+    level.add_argument(
+        "--relay-active-low",
+        dest="relay_active_high",
+        action="store_const",
+        const=False,
+        help="a low output closes the relay",
+    )
+    p.add_argument("--pulse-ms", type=int, metavar="MS", help="gpio.pulse_ms")
+    p.set_defaults(func=cmd_provision)
+
+    p = sub.add_parser(
+        "selftest",
+        help="check config, database, disk, clock, cloud, camera, test card, relay, LEDs and "
+        "buzzer; exit 1 on any PROBLEM",
+    )
+    p.add_argument("--config", help="config file")
+    p.add_argument("--json", action="store_true", help="print the results as one JSON object")
+    p.add_argument(
+        "--camera-seconds",
+        type=float,
+        default=10.0,
+        metavar="S",
+        help="how long to look for frames and the test card (default 10)",
+    )
+    p.add_argument(
+        "--no-relay",
+        action="store_true",
+        help="do not click the relay (it releases the turnstile for 0.1 s)",
+    )
+    p.set_defaults(func=cmd_selftest)
+
+    from kiosk.testcard import TEST_CODE
+
+    p = sub.add_parser(
+        "testcard", help="print the test QR code in the terminal and optionally write it as PNG"
+    )
+    p.add_argument("--code", default=TEST_CODE, help=f"the code (default {TEST_CODE})")
+    p.add_argument("--out", metavar="PNG", help="write a printable PNG here")
+    p.add_argument("--plain", action="store_true", help="no ANSI colours (light-on-dark terminals)")
+    p.set_defaults(func=cmd_testcard)
+
+    p = sub.add_parser(
+        "status", help="summarise the device from its database (read-only); exit 3 if unusable"
+    )
+    p.add_argument("--config", help="config file")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cmd_status)
 
 
 def main(argv: list[str] | None = None, *, transport=None) -> int:

@@ -244,6 +244,14 @@ SCHEMA: tuple[Table, ...] = (
             "How often the agent looks for new check-ins between rounds.",
             unit="s", low=0.1, high=60),
     )),
+    Table("web",
+          "The owner's page (`kiosk web`). Its password is set by `kiosk provision` and stored "
+          "only as a salted scrypt hash, in its own file, never here.", (
+        Key("password_file", str, "/var/lib/fitflow-kiosk/owner-password",
+            "The owner password's hash, written by `kiosk provision` (mode 0600). No password "
+            "file means no login: there is no default password.",
+            check=_non_empty_problem, rule="a file path"),
+    )),
     Table("logging", "Log output (the systemd journal on the device).", (
         Key("level", str, "INFO", "Least severe level written.",
             choices=("DEBUG", "INFO", "WARNING", "ERROR")),
@@ -605,6 +613,39 @@ def load_config(path: Path | None, env: Mapping[str, str] | None = None) -> Conf
 def default_config() -> Config:
     """The configuration with every setting at its default (a ``Config``)."""
     return load_config(None)
+
+
+def setting_keys() -> tuple[str, ...]:
+    """Every setting's dotted path (``"gpio.relay_pin"``...), in schema order."""
+    return tuple(_KEYS)
+
+
+def setting_default(dotted: str) -> Any:
+    """The default of the setting ``dotted``. Raises KeyError for an unknown setting."""
+    return _KEYS[dotted].default
+
+
+def check_setting(dotted: str, value: Any) -> Any:
+    """``value`` checked against the setting's own rules (type, range, choices, extra rule) and
+    normalised (an int becomes a float for a number setting). Cross-field rules are not applied
+    here: ``load_config`` does that. Raises KeyError for an unknown setting and ValueError with
+    the problem in words (``"gpio.relay_pin: 40 is out of range 2..27 (BCM pin number)"``)."""
+    key = _KEYS[dotted]
+    checked, problem = _checked(key, value)
+    if problem is not None:
+        raise ValueError(f"{dotted}: {problem}")
+    return checked
+
+
+def parse_setting(dotted: str, text: str) -> Any:
+    """A typed answer (a prompt, a command-line flag) parsed like an environment override
+    (``true``/``false``, integers, numbers, text as is) and checked with ``check_setting``.
+    Raises KeyError for an unknown setting and ValueError naming the setting and the problem."""
+    key = _KEYS[dotted]
+    value, problem = _parse_env(key, text)
+    if problem is not None:
+        raise ValueError(f"{dotted}: {problem}")
+    return check_setting(dotted, value)
 
 
 def config_path_from(env: Mapping[str, str]) -> Path:

@@ -388,7 +388,7 @@ def test_as_dict_is_plain_and_complete():
     assert plain["feedback"]["granted"] == dataclasses.asdict(config.feedback.granted)
     assert list(plain) == [
         "door", "site", "store", "camera", "decoder", "gpio", "feedback", "scanner", "policy",
-        "sync", "logging",
+        "sync", "web", "logging",
     ]  # fmt: skip
 
 
