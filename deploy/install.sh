@@ -4,7 +4,7 @@
 #   sudo deploy/install.sh                         install, update or repair (asks once on a terminal)
 #   sudo deploy/install.sh --unattended [--config FILE]
 #                                                  no questions; FILE seeds /etc/fitflow-kiosk/kiosk.toml
-#   sudo deploy/install.sh --uninstall [--purge]   remove; the data stays unless --purge
+#   sudo deploy/install.sh --uninstall [--purge]   remove; the data and the config stay unless --purge
 #
 # Every run converges the device to the same state, so install = update = repair: apt packages
 # (deploy/apt-packages.txt), the system user `fitflow` in the gpio and video groups, the venv in
@@ -27,6 +27,7 @@ readonly BACKUP_DIR=$DATA_DIR/backups
 readonly UNIT_DIR=/etc/systemd/system
 readonly LOG_FILE=/var/log/fitflow-kiosk-install.log
 readonly COMMAND_LINK=/usr/local/bin/kiosk
+readonly APT_LOCK_WAIT=DPkg::Lock::Timeout=300
 # apt's python3-* packages are built for Debian's own interpreter, never a /usr/local one.
 readonly SYSTEM_PYTHON=${FITFLOW_PYTHON:-/usr/bin/python3}
 readonly UNITS=(fitflow-scanner.service fitflow-sync.service fitflow-web.service
@@ -164,11 +165,13 @@ install_packages() {
   say "- apt packages: ${packages[*]}"
   export DEBIAN_FRONTEND=noninteractive
   # Offline, the package lists already on the device still do for a repair.
-  echo "+ apt-get update -q" >>"$log_path"
-  apt-get update -q >>"$log_path" 2>&1 ||
+  # Wait (up to 5 minutes) for the dpkg lock instead of failing: a fresh Pi runs its own
+  # unattended upgrades in the first minutes after boot.
+  echo "+ apt-get -o $APT_LOCK_WAIT update -q" >>"$log_path"
+  apt-get -o "$APT_LOCK_WAIT" update -q >>"$log_path" 2>&1 ||
     say "  WARNING: apt-get update failed (offline?): using the package lists already here"
   # No recommends: python3-picamera2 would pull a desktop GUI toolkit onto a headless kiosk.
-  run apt-get install -y -q --no-install-recommends "${packages[@]}"
+  run apt-get -o "$APT_LOCK_WAIT" install -y -q --no-install-recommends "${packages[@]}"
 }
 
 ensure_user() {
@@ -252,10 +255,22 @@ EOF
   ln -sfn "$VENV/bin/kiosk" "$(at "$COMMAND_LINK")"
 }
 
+# The service user owns $DATA_DIR and can put anything inside it, a symbolic link to /etc/shadow
+# in place of backups/ included: root must never chmod or chown through a link.
 make_dir() {  # make_dir PATH MODE OWNER:GROUP
-  mkdir -p "$(at "$1")"
-  chmod "$2" "$(at "$1")"
-  run chown "$3" "$(at "$1")"
+  local dir parent
+  dir=$(at "$1")
+  if [ -L "$dir" ]; then
+    die "refusing to use $1: it is a symbolic link (to $(readlink "$dir")), not a folder." \
+      "Move it away and run the installer again."
+  fi
+  mkdir -p "$dir"
+  parent=$(cd -P -- "$(dirname "$dir")" && pwd -P)
+  # chmod has no "do not follow" option: change the folder we are in (".") after checking that
+  # it is the real path, so a link swapped in after the test above is not followed either.
+  (cd -P -- "$dir" && [ "$(pwd -P)" = "${parent%/}/$(basename "$dir")" ] && chmod "$2" .) ||
+    die "refusing to use $1: it was replaced by something other than a folder while installing"
+  run chown -h "$3" "$dir"
 }
 
 ensure_dirs() {
@@ -361,9 +376,9 @@ do_uninstall() {
   local unit
   open_log
   if $purge; then
-    confirm "Remove FitFlow Kiosk AND its data ($DATA_DIR: check-ins, device credentials)?"
+    confirm "Remove FitFlow Kiosk AND its data ($DATA_DIR: check-ins, device credentials) and config ($CONF_DIR)?"
   else
-    confirm "Remove FitFlow Kiosk (its data in $DATA_DIR stays)?"
+    confirm "Remove FitFlow Kiosk (its data in $DATA_DIR and config in $CONF_DIR stay)?"
   fi
   say "- stopping and disabling the services"
   for unit in fitflow-backup.timer "${SERVICES[@]}" fitflow-backup.service; do
@@ -373,18 +388,20 @@ do_uninstall() {
   done
   for unit in "${UNITS[@]}"; do rm -f "$(at "$UNIT_DIR/$unit")"; done
   run systemctl daemon-reload
-  say "- removing $OPT_DIR and $CONF_DIR"
-  rm -rf "$(at "$OPT_DIR")" "$(at "$CONF_DIR")"
+  say "- removing $OPT_DIR"
+  rm -rf "$(at "$OPT_DIR")"
   if [ "$(readlink "$(at "$COMMAND_LINK")" 2>/dev/null)" = "$VENV/bin/kiosk" ]; then
     rm -f "$(at "$COMMAND_LINK")"
   fi
   if $purge; then
-    say "- purging $DATA_DIR and the user $SERVICE_USER"
-    rm -rf "$(at "$DATA_DIR")"
+    say "- purging $DATA_DIR, $CONF_DIR and the user $SERVICE_USER"
+    rm -rf "$(at "$DATA_DIR")" "$(at "$CONF_DIR")"
     if getent passwd "$SERVICE_USER" >/dev/null; then run userdel "$SERVICE_USER"; fi
   else
-    say "- kept $DATA_DIR (database, backups, device credentials) and the user $SERVICE_USER;"
-    say "  remove them with: sudo $0 --uninstall --purge"
+    # The config holds the door's wiring (the relay's polarity): a reinstall must find it, or it
+    # would seed the defaults and could hold an active-low door open.
+    say "- kept $DATA_DIR (database, backups, device credentials), $CONF_DIR (the config) and"
+    say "  the user $SERVICE_USER; remove them with: sudo $0 --uninstall --purge"
   fi
   say "FitFlow Kiosk is removed."
 }

@@ -13,7 +13,10 @@ only swaps a file in after it has been verified and the live one is provably unu
   code), refuses while a kiosk service runs or anything has the database open, keeps the current
   database as ``kiosk.db.before-restore-<time>``, swaps the copy in atomically and opens it with
   ``Store.open`` (which migrates an older schema). Check-ins pending in the backup stay pending:
-  the sync agent uploads them and the cloud deduplicates by id.
+  the sync agent uploads them and the cloud deduplicates by id. The journal's seq counter then
+  continues after the replaced database's last seq, so no seq the cloud may hold is handed out
+  again. It refuses (unless forced) when the current database holds pending check-ins the backup
+  lacks: they were never uploaded, and after the restore they would only be in the kept file.
 - ``check_database``: integrity, schema version and counts of the live file, read-only.
 
 Every failure is a ``DbError`` carrying the message to print and the exit code (see ``kiosk.cli``:
@@ -34,11 +37,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from kiosk.migrations import LATEST_VERSION
+from kiosk.model import SyncState
 from kiosk.store import (
     DatabaseReport,
     Store,
     StoreError,
     backup_database,
+    checkin_ids,
     exclusive_access,
     inspect_database,
 )
@@ -81,7 +86,7 @@ class RestoreResult:
     before: DatabaseReport  # the backup as verified, before any migration
     schema_version: int  # after Store.open (migrated when the backup was older)
     checkins: dict[str, int]
-    last_seq: int
+    last_seq: int  # after raising it to the replaced database's last seq
     warnings: tuple[str, ...]
 
 
@@ -340,15 +345,18 @@ def restore_backup(
     now: datetime,
     confirm: Callable[[str], bool],
     services: Callable[[], list[str] | None] = active_services,
+    force: bool = False,
 ) -> RestoreResult:
     """Replace ``database`` with the backup ``source``; see the module docstring for the steps.
 
     ``confirm`` is asked (with a summary of both files) after every check passed and before
     anything changes; False aborts. ``services`` returns the running kiosk units (None: no
-    systemd). Raises DbError: ``EXIT_DATABASE`` when ``source`` is missing, not a SQLite file,
-    damaged, foreign or of a newer schema; ``EXIT_RUNTIME`` when a kiosk service runs, another
-    process has the database open, or the answer was no. In every refusal the live database is
-    untouched; a temporary copy is removed.
+    systemd). ``force`` restores even when the current database holds pending check-ins the
+    backup lacks (they stay in the kept file only; a warning says how many). Raises DbError:
+    ``EXIT_DATABASE`` when ``source`` is missing, not a SQLite file, damaged, foreign or of a
+    newer schema; ``EXIT_RUNTIME`` when a kiosk service runs, another process has the database
+    open, pending check-ins would be left behind (without ``force``), or the answer was no. In
+    every refusal the live database is untouched; a temporary copy is removed.
     """
     database, source = Path(database), Path(source)
     if not source.is_file():
@@ -392,6 +400,7 @@ def restore_backup(
                 EXIT_RUNTIME,
             )
         kept = database.parent / f"{database.name}.before-restore-{time_text}"
+        warnings = _left_behind(database, temp, kept, force=force)
         question = "\n".join(
             [
                 f"Restore {source} into {database}?",
@@ -399,22 +408,40 @@ def restore_backup(
                 f"  the current database will be kept as {kept}"
                 if database.exists()
                 else "  there is no current database",
+                *(f"  warning: {text}" for text in warnings),
             ]
         )
         if not confirm(question):
             raise DbError("restore cancelled; nothing was changed", EXIT_RUNTIME)
-        kept_as, warnings = _swap(database, temp, kept, report)
+        kept_as, swap_warnings = _swap(database, temp, kept)
+        warnings += swap_warnings
     finally:
         _remove_with_sidecars(temp)
+    previous = _peek(kept_as) if kept_as is not None else None
     try:
         with Store.open(database) as store:
             version = store.schema_version()
             counts = store.counts_by_state()
             last_seq = store.last_seq()
+            if previous is not None and previous.last_seq is not None:
+                # New check-ins must not reuse a seq the replaced database handed out: the cloud
+                # may hold it already (it would be a different check-in under the same number).
+                last_seq = store.raise_seq_floor(previous.last_seq)
     except StoreError as exc:
         raise DbError(
             f"the backup was put in place but cannot be opened: {exc}", EXIT_DATABASE
         ) from exc
+    if kept_as is not None and (previous is None or previous.last_seq is None):
+        warnings.append(
+            f"the last seq of the previous database ({kept_as}) could not be read: new check-ins "
+            f"continue after the backup's {last_seq} and may reuse numbers it handed out"
+        )
+    elif previous is not None and report.last_seq is not None and last_seq > report.last_seq:
+        warnings.append(
+            f"the previous database had handed out seq numbers up to {last_seq}, the backup only "
+            f"up to {report.last_seq}: new check-ins continue after {last_seq}, so none reuses a "
+            f"number the cloud may hold"
+        )
     return RestoreResult(
         database=database,
         kept_as=kept_as,
@@ -426,12 +453,46 @@ def restore_backup(
     )
 
 
-def _swap(
-    database: Path, temp: Path, kept: Path, report: DatabaseReport
-) -> tuple[Path | None, list[str]]:
+def _left_behind(database: Path, backup: Path, kept: Path, *, force: bool) -> list[str]:
+    """Refuse (DbError, ``EXIT_RUNTIME``) unless ``force`` when ``database`` holds pending
+    check-ins that ``backup`` lacks: nobody would ever upload them. Returns warnings: how many are
+    left behind when forced, or that the current database could not be compared."""
+    if not database.exists():
+        return []
+    try:
+        pending = checkin_ids(database, sync_state=SyncState.PENDING)
+        missing = len(pending - checkin_ids(backup)) if pending else 0
+    except StoreError:
+        return [
+            f"the check-ins of {database} could not be read to compare them with the backup: any "
+            f"it holds that the backup lacks will only be in {kept}"
+        ]
+    if not missing:
+        return []
+    if not force:
+        raise DbError(
+            f"{database} holds {missing} pending check-in(s) that the backup lacks (recorded after "
+            f"it was made and not uploaded yet): after the restore they would only be in the kept "
+            f"copy and never be uploaded. Let the sync agent upload them first (start "
+            f"fitflow-sync until `kiosk db check` shows pending 0), or pass --force to restore "
+            f"anyway. Nothing was changed.",
+            EXIT_RUNTIME,
+        )
+    return [
+        f"{missing} pending check-in(s) of the current database are not in the backup: they "
+        f"will only be in {kept} and will not be uploaded"
+    ]
+
+
+def _swap(database: Path, temp: Path, kept: Path) -> tuple[Path | None, list[str]]:
     """Put ``temp`` in place of ``database``, keeping the old file as ``kept``. Returns where the
     old file was kept (None: there was none) and warnings."""
     if not database.exists():
+        # A new file takes the data folder's owner (the kiosk's user), even when restore runs as
+        # root: the services could not open a root-owned database.
+        if os.geteuid() == 0:
+            folder = database.parent.stat()
+            os.chown(temp, folder.st_uid, folder.st_gid)
         os.replace(temp, database)
         _fsync_path(database.parent, directory=True)
         return None, []
@@ -472,15 +533,6 @@ def _swap(
             os.unlink(f"{database}-shm")  # an index of the log, rebuilt on open
         os.replace(temp, database)
         _fsync_path(database.parent, directory=True)
-    previous = _peek(kept)
-    if previous is not None and previous.last_seq is not None and report.last_seq is not None:
-        lost = previous.last_seq - report.last_seq
-        if lost > 0:
-            warnings.append(
-                f"the previous database had handed out {lost} more seq numbers (up to "
-                f"{previous.last_seq}) than the backup ({report.last_seq}): check-ins recorded "
-                f"after the backup are only in {kept}, and new ones will reuse those numbers"
-            )
     return kept, warnings
 
 

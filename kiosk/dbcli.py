@@ -1,7 +1,7 @@
 """The ``db`` and ``logs`` commands: back up, restore and check the local database; read the logs.
 
     kiosk db backup  [--dir DIR] [--keep 7] [--db PATH] [--config PATH]
-    kiosk db restore FILE [--yes] [--db PATH] [--config PATH]
+    kiosk db restore FILE [--yes] [--force] [--db PATH] [--config PATH]
     kiosk db check   [--db PATH] [--config PATH]
     kiosk logs [-f] [--unit scanner|sync|web|backup|all] [-n N] [--since WHEN]
 
@@ -97,7 +97,12 @@ def cmd_restore(args: argparse.Namespace) -> int:
     services = getattr(args, "services", None) or active_services
     try:
         done = restore_backup(
-            database, Path(args.file), now=_now(args), confirm=confirm, services=services
+            database,
+            Path(args.file),
+            now=_now(args),
+            confirm=confirm,
+            services=services,
+            force=args.force,
         )
     except DbError as exc:
         return _fail(str(exc), exc.exit_code)
@@ -204,6 +209,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("file", metavar="FILE", help="a backup made by `kiosk db backup`")
     p.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="restore even if pending check-ins of the current database are missing from the "
+        "backup (they stay only in the kept file and are never uploaded)",
+    )
     _where(p)
     p.set_defaults(func=cmd_restore)
 

@@ -1396,6 +1396,19 @@ class Store:
                 encoded,
             )
 
+    def raise_seq_floor(self, floor: int) -> int:
+        """Make the journal's next seq at least ``floor + 1`` (``kiosk db restore``: a restored
+        backup must not hand out again the seq numbers the replaced database already gave to
+        check-ins the cloud may hold). Never lowers the counter. Returns the last seq afterwards.
+        Raises StoreError when the write fails (then nothing changed)."""
+        with self._write("raise the journal's seq counter", "the counter is unchanged") as conn:
+            conn.execute(
+                "UPDATE journal_counter SET last_seq = ? WHERE id = 1 AND last_seq < ?",
+                (int(floor), int(floor)),
+            )
+            (last,) = conn.execute("SELECT last_seq FROM journal_counter WHERE id = 1").fetchone()
+        return int(last)
+
 
 # -- whole files: inspection, online backup, exclusive access (``kiosk db``) -------------------------
 
@@ -1634,3 +1647,42 @@ def exclusive_access(path: Path) -> Iterator[None]:
     finally:
         Store._end_quietly(conn, "ROLLBACK")
         conn.close()
+
+
+def checkin_ids(
+    path: Path,
+    *,
+    sync_state: SyncState | None = None,
+    busy_timeout_ms: int = DEFAULT_BUSY_TIMEOUT_MS,
+) -> set[str]:
+    """The ids of the check-ins in the database file at ``path`` (only those in ``sync_state``
+    when given), read-only (never creates, migrates or writes it). Works on every schema version,
+    older ones included: the ``checkins`` table has had ``id`` and ``sync_state`` since version 1.
+
+    Raises StoreError when ``path`` is missing, not a database, damaged, or has no ``checkins``
+    table (a foreign file).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise StoreError(f"{path} does not exist or is not a file", path=path)
+    try:
+        conn = _readonly_connection(path, busy_timeout_ms)
+        try:
+            if sync_state is None:
+                rows = conn.execute("SELECT id FROM checkins")
+            else:
+                rows = conn.execute(
+                    "SELECT id FROM checkins WHERE sync_state = ?", (sync_state.value,)
+                )
+            return {str(checkin_id) for (checkin_id,) in rows}
+        finally:
+            conn.close()
+    except sqlite3.Error as err:
+        raise _describe(
+            err,
+            path=path,
+            readonly=True,
+            busy_timeout_ms=busy_timeout_ms,
+            action="read the check-in ids",
+            consequence="nothing was changed",
+        ) from err

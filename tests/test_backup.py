@@ -196,9 +196,9 @@ def test_round_trip_keeps_pending_checkins_pending_with_their_ids_and_seqs(
 ) -> None:
     backup = backup_of(live, live.parent / "backups")
     at_backup = journal(live)
-    with Store.open(live) as store:  # life goes on after the backup...
+    with Store.open(live) as store:  # life goes on after the backup: seqs 7-9, all uploaded
         later = [record(store) for _ in range(3)]
-        store.mark_synced([c.id for c in store.pending_checkins()[:2]], at=T0)
+        store.mark_synced([c.id for c in store.pending_checkins()], at=T0)
     os.chmod(live, 0o660)
     restored_at = T0 + timedelta(hours=1)
     assert (
@@ -217,10 +217,56 @@ def test_round_trip_keeps_pending_checkins_pending_with_their_ids_and_seqs(
     kept = live.parent / "kiosk.db.before-restore-20240506T223000Z"
     assert {c.id for c in later} <= {i for i, _, _ in journal(kept)}
     out, err = capsys.readouterr()
-    assert "pending 4, synced 2, rejected 0" in out and "last seq 6" in out
+    # The counter continues after the replaced database's seqs, which the cloud holds.
+    assert "pending 4, synced 2, rejected 0" in out and "last seq 9" in out
     assert str(kept) in out
-    assert "3 more seq numbers" in err  # the check-ins only the kept file has
+    assert "new check-ins continue after 9" in err
+    with Store.open(live) as store:
+        assert record(store).seq == 10
     assert not [p for p in live.parent.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_restore_refuses_to_leave_unuploaded_checkins_behind_unless_forced(live: Path) -> None:
+    backup = backup_of(live, live.parent / "backups")
+    with Store.open(live) as store:  # recorded after the backup, not uploaded yet
+        later = [record(store) for _ in range(3)]
+    live_digest = digest(live)
+    asked: list[str] = []
+
+    def restore(**kwargs) -> object:
+        return restore_backup(
+            live, backup, now=T0, confirm=lambda q: asked.append(q) or True,
+            services=no_services, **kwargs,
+        )  # fmt: skip
+
+    with pytest.raises(DbError) as refused:
+        restore()
+    assert refused.value.exit_code == 1
+    message = str(refused.value)
+    assert "holds 3 pending check-in(s) that the backup lacks" in message
+    assert "--force" in message and "Nothing was changed" in message
+    assert asked == [] and digest(live) == live_digest
+    assert not list(live.parent.glob("*before-restore*"))
+    assert not list(live.parent.glob("*.tmp"))
+
+    done = restore(force=True)
+    (question,) = asked
+    assert "3 pending check-in(s) of the current database are not in the backup" in question
+    assert any("3 pending check-in(s)" in w and str(done.kept_as) in w for w in done.warnings)
+    assert journal(live) == journal(backup)
+    assert done.kept_as is not None
+    assert {c.id for c in later} <= {i for i, _, st in journal(done.kept_as) if st == "pending"}
+    # Seqs 7-9 went to check-ins only the kept file has: never handed out again.
+    assert done.last_seq == 9
+    with Store.open(live) as store:
+        assert record(store).seq == 10
+
+
+def test_pending_checkins_the_backup_also_holds_do_not_block_a_restore(live: Path) -> None:
+    backup = backup_of(live, live.parent / "backups")  # seqs 3-6 pending in both
+    done = restore_backup(live, backup, now=T0, confirm=lambda q: True, services=no_services)
+    assert done.checkins["pending"] == 4 and done.last_seq == 6
+    assert not any("pending check-in" in w for w in done.warnings)
 
 
 def test_restore_discards_the_stale_log_of_the_replaced_database(live: Path) -> None:
@@ -248,6 +294,8 @@ def test_restore_discards_the_stale_log_of_the_replaced_database(live: Path) -> 
 def test_restore_of_an_older_schema_migrates_and_keeps_pending(live: Path, capsys) -> None:
     old = live.parent / "release1.db"
     _v1_database_with_journal(old)
+    with Store.open(live) as store:  # nothing left to upload: the restore may go ahead
+        store.mark_synced([c.id for c in store.pending_checkins()], at=T0)
     assert run("db", "restore", str(old), "--db", str(live), "--yes") == 0
     assert "schema 3, migrated from schema 1" in capsys.readouterr().out.replace(
         str(LATEST_VERSION), "3"
@@ -266,7 +314,24 @@ def test_restore_onto_a_damaged_database_keeps_it_as_found(live: Path, capsys) -
     assert digest(kept) == damaged
     assert not Path(f"{live}-wal").exists()  # its log went with it, not onto the new file
     assert journal(live) == journal(backup)
-    assert "is damaged, so it could not be locked" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "is damaged, so it could not be locked" in err
+    assert "could not be read" in err  # neither its pending check-ins nor its last seq
+
+
+def test_a_restored_file_belongs_to_the_owner_of_the_data_folder(tmp_path: Path, live: Path):
+    backup = backup_of(live, tmp_path / "usb")
+    folder = tmp_path / "new-card"
+    folder.mkdir()
+    if os.geteuid() == 0:  # the sandbox runs as root: a folder of another user
+        os.chown(folder, 12345, 12345)
+    fresh = folder / "kiosk.db"
+    done = restore_backup(fresh, backup, now=T0, confirm=lambda q: True, services=no_services)
+    assert done.kept_as is None
+    owner = fresh.stat()
+    assert (owner.st_uid, owner.st_gid) == (folder.stat().st_uid, folder.stat().st_gid)
+    assert stat.S_IMODE(owner.st_mode) == 0o640
+    assert sorted(p.name for p in folder.iterdir()) == ["kiosk.db"]  # no root-owned leftovers
 
 
 def test_restore_into_an_empty_place(tmp_path: Path, live: Path) -> None:
@@ -356,7 +421,7 @@ def test_restore_refuses_while_a_kiosk_service_runs(live: Path, capsys) -> None:
 def test_restore_asks_first_and_a_no_changes_nothing(live: Path, capsys) -> None:
     backup = backup_of(live, live.parent / "backups")
     with Store.open(live) as store:
-        record(store)
+        store.mark_synced([record(store).id], at=T0)
     live_digest = digest(live)
     questions: list[str] = []
 
@@ -441,3 +506,13 @@ def test_restore_uses_now_for_names(live: Path) -> None:
     )
     assert result.kept_as == live.parent / "kiosk.db.before-restore-20240509T213000Z"
     assert result.checkins == {"pending": 4, "synced": 2, "rejected": 0}
+
+
+def test_cli_restore_needs_force_to_leave_unuploaded_checkins_behind(live: Path, capsys) -> None:
+    backup = backup_of(live, live.parent / "backups")
+    with Store.open(live) as store:
+        record(store)
+    assert run("db", "restore", str(backup), "--db", str(live), "--yes") == 1
+    assert "--force" in capsys.readouterr().err
+    assert run("db", "restore", str(backup), "--db", str(live), "--yes", "--force") == 0
+    assert journal(live) == journal(backup)

@@ -141,10 +141,12 @@ class Rig:
         return set(path.read_text().split()) if path.exists() else set()
 
     def chowns(self) -> set[tuple[str, str]]:
-        """(owner, path relative to the root) for every chown the scripts asked for."""
+        """(owner, path relative to the root) for every chown the scripts asked for; a folder's
+        owner is prefixed with ``-h `` (the link itself, never what it points to)."""
         result = set()
         for line in self.calls("chown"):
-            _, owner, path = line.split(" ")
+            *flags, owner, path = line.split(" ")[1:]
+            owner = " ".join([*flags, owner])
             result.add((owner, "/" + str(Path(path).relative_to(self.root))))
         return result
 
@@ -195,9 +197,9 @@ def test_install_twice_converges_and_keeps_the_owners_config(rig):
     assert mode(rig.path("/var/lib/fitflow-kiosk/backups")) == 0o750
     ownership = {
         ("root:fitflow", "/etc/fitflow-kiosk/kiosk.toml"),
-        ("root:fitflow", "/etc/fitflow-kiosk"),
-        ("fitflow:fitflow", "/var/lib/fitflow-kiosk"),
-        ("fitflow:fitflow", "/var/lib/fitflow-kiosk/backups"),
+        ("-h root:fitflow", "/etc/fitflow-kiosk"),
+        ("-h fitflow:fitflow", "/var/lib/fitflow-kiosk"),
+        ("-h fitflow:fitflow", "/var/lib/fitflow-kiosk/backups"),
     }
     assert rig.chowns() == ownership
     units = rig.path("/etc/systemd/system")
@@ -271,9 +273,13 @@ def test_pip_installs_the_checkout_and_cannot_replace_apts_numpy_or_add_opencv(r
 def test_apt_packages_come_from_the_list_and_the_pi_only_ones_only_on_a_pi(rig):
     rig.install()
     (install,) = [c for c in rig.calls("apt-get") if " install " in c]
-    assert "python3-venv" in install.split() and "libzbar0" in install.split()
+    assert {"python3-venv", "libzbar0", "python3-pyzbar"} <= set(install.split())
     assert "python3-picamera2" not in install.split()
     assert "--no-install-recommends" in install.split()
+    # Both wait for a dpkg lock held by the Pi's own unattended upgrades instead of failing.
+    (update,) = [c for c in rig.calls("apt-get") if " update " in c]
+    for call in (install, update):
+        assert call.startswith("apt-get -o DPkg::Lock::Timeout=300 "), call
 
     model = rig.path("/proc/device-tree/model")
     model.parent.mkdir(parents=True)
@@ -287,7 +293,7 @@ def test_apt_packages_come_from_the_list_and_the_pi_only_ones_only_on_a_pi(rig):
 def test_an_apt_failure_stops_the_install_and_says_where_the_log_is(rig):
     result = rig.run("--unattended", STUB_APT_EXIT="100")
     assert result.returncode == 1
-    assert "failed: apt-get install" in result.stderr
+    assert "failed: apt-get -o DPkg::Lock::Timeout=300 install" in result.stderr
     assert "/var/log/fitflow-kiosk-install.log" in result.stderr
     assert rig.calls("useradd") == [] and rig.calls("python3") == []
     assert "WARNING: apt-get update failed" in result.stdout  # offline update is only a warning
@@ -370,18 +376,23 @@ def test_bad_options_are_refused(rig, args, message):
     assert message in result.stderr
 
 
-def test_uninstall_keeps_the_data(rig):
+def test_uninstall_keeps_the_data_and_the_config(rig):
     rig.install()
     database = rig.path("/var/lib/fitflow-kiosk/kiosk.db")
     database.write_text("journal")
+    config = rig.path("/etc/fitflow-kiosk/kiosk.toml")
+    owners = EXAMPLE.read_text().replace("relay_active_high = true", "relay_active_high = false")
+    assert owners != EXAMPLE.read_text()
+    config.write_text(owners)  # the door's wiring: a reinstall must not seed the default
     rig.log.unlink()
 
     result = rig.run(script=UNINSTALL)
 
     assert result.returncode == 0, result.stderr
     assert database.read_text() == "journal"
+    assert config.read_text() == owners
+    assert "/etc/fitflow-kiosk (the config)" in result.stdout
     assert not rig.path("/opt/fitflow-kiosk").exists()
-    assert not rig.path("/etc/fitflow-kiosk").exists()
     assert not os.path.lexists(rig.path("/usr/local/bin/kiosk"))
     assert list(rig.path("/etc/systemd/system").iterdir()) == []
     stops = {
@@ -401,6 +412,7 @@ def test_uninstall_purge_removes_the_data_and_the_user(rig):
 
     assert result.returncode == 0, result.stderr
     assert not rig.path("/var/lib/fitflow-kiosk").exists()
+    assert not rig.path("/etc/fitflow-kiosk").exists()
     assert rig.calls("userdel") == ["userdel fitflow"]
     # The log of what happened stays.
     assert "purging" in rig.path("/var/log/fitflow-kiosk-install.log").read_text()
@@ -423,4 +435,30 @@ def test_help_describes_the_modes(rig):
     assert result.returncode == 0
     for mode_text in ("--unattended", "--config FILE", "--uninstall [--purge]"):
         assert mode_text in result.stdout
+    assert "the data and the config stay unless --purge" in result.stdout
     assert rig.calls() == []  # --help changes nothing
+
+
+@pytest.mark.parametrize("planted", ["/var/lib/fitflow-kiosk/backups", "/var/lib/fitflow-kiosk"])
+def test_a_planted_symlink_is_refused_and_its_target_left_alone(rig, tmp_path, planted):
+    rig.install()
+    # The service user owns its data folder: it could swap backups/ for a link to a root file.
+    target = tmp_path / "shadow-dir"
+    target.mkdir()
+    target.chmod(0o700)
+    os.chown(target, 12345, 12345)
+    link = rig.path(planted)
+    if link.is_dir():
+        shutil.rmtree(link)
+    link.parent.mkdir(parents=True, exist_ok=True)
+    link.symlink_to(target)
+    rig.log.unlink()
+
+    result = rig.run("--unattended")
+
+    assert result.returncode == 1
+    assert f"refusing to use {planted}: it is a symbolic link" in result.stderr
+    assert mode(target) == 0o700
+    assert (target.stat().st_uid, target.stat().st_gid) == (12345, 12345)
+    assert not [c for c in rig.calls("chown") if str(target) in c or c.endswith(planted)]
+    assert os.path.islink(link)  # left as found, for the admin to look at

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from kiosk.cli import build_parser
+from kiosk.config import SCHEMA
 
 REPO = Path(__file__).resolve().parent.parent
 UNIT_DIR = REPO / "systemd"
@@ -202,6 +203,12 @@ def test_the_nightly_backup_keeps_seven_and_catches_up_after_downtime():
     assert argv[argv.index("--keep") + 1] == "7"
     assert argv[argv.index("--dir") + 1] == "/var/lib/fitflow-kiosk/backups"
     assert one(options, "PrivateNetwork") == "yes"
+    # Before the scanner's first run there is no database: the night's run is skipped, not failed.
+    unit = parse_unit(UNIT_DIR / "fitflow-backup.service")["Unit"]
+    store_path = next(
+        k.default for t in SCHEMA if t.name == "store" for k in t.keys if k.name == "path"
+    )
+    assert one(unit, "ConditionPathExists") == store_path == "/var/lib/fitflow-kiosk/kiosk.db"
     timer = parse_unit(UNIT_DIR / "fitflow-backup.timer")
     assert one(timer["Timer"], "Persistent") == "true"
     assert one(timer["Timer"], "RandomizedDelaySec")
