@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import json
 import os
 import re
 import socket
@@ -56,6 +57,11 @@ MANAGED: tuple[tuple[str, str], ...] = (
     ("gpio.pulse_ms", "Relay pulse per entry, ms"),
 )
 MAX_TRIES = 5
+_YES_NO = frozenset({"gpio.relay_active_high"})
+POLARITY_HINT = (
+    '  (the relay module\'s label tells: "low level trigger" = active-low, answer n; '
+    '"high level trigger" = active-high, answer y)\n'
+)
 
 Ask = Callable[[str], str]
 
@@ -95,8 +101,6 @@ def toml_value(value: Any) -> str:
     if isinstance(value, int | float):
         return repr(value)
     if isinstance(value, str):
-        import json
-
         return json.dumps(value, ensure_ascii=False)  # JSON escapes are valid TOML escapes
     raise TypeError(f"cannot write {type(value).__name__} to the config")
 
@@ -184,13 +188,68 @@ def _fsync_folder(folder: Path) -> None:
             os.close(fd)
 
 
-def give_to_folder_owner(path: Path) -> None:
-    """As root, hand ``path`` to the owner of its folder (the service user owns the data folder),
-    so the services can read the secret files root wrote. Does nothing for other users."""
+def _refuse_symlink(path: Path) -> None:
+    # os.replace would replace a symlink itself, but one planted where a file of ours belongs is
+    # a sign of tampering (or a mistake): stop and say so rather than guess.
+    if path.is_symlink():
+        raise ProvisionError(
+            f"{path} is a symbolic link; provisioning writes only regular files there. Remove "
+            f"the link (and check who made it) and run it again; nothing was changed."
+        )
+
+
+def write_file_atomically(
+    path: Path,
+    data: bytes,
+    *,
+    mode: int,
+    owner: tuple[int, int] | None = None,
+    check: Callable[[Path], None] | None = None,
+) -> None:
+    """Replace ``path`` with ``data``: a temporary file in the same folder is written, given
+    ``mode`` and, when ``owner`` (uid, gid) is set, that owner - both through its open descriptor,
+    so no path is ever followed - synced, passed to ``check`` (which may raise to stop), then
+    renamed over ``path``. A crash leaves the old file or the new one. Raises ProvisionError when
+    ``path`` is a symbolic link; OSError when it cannot be written (then nothing changed)."""
+    path = Path(path)
+    _refuse_symlink(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        try:
+            os.write(fd, data)
+            if owner is not None:
+                os.fchown(fd, *owner)  # before fchmod: chown may clear set-id bits
+            os.fchmod(fd, mode)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        if check is not None:
+            check(tmp)
+        os.replace(tmp, path)
+        _fsync_folder(path.parent)
+    finally:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+
+
+def folder_owner(path: Path) -> tuple[int, int] | None:
+    """As root, the (uid, gid) owning ``path``'s folder (the service user owns the data folder),
+    to hand the secret files root writes there to the services. None for other users (their
+    files are theirs already)."""
     if os.geteuid() != 0:
-        return
+        return None
     folder = Path(path).parent.stat()
-    os.chown(path, folder.st_uid, folder.st_gid)
+    return folder.st_uid, folder.st_gid
+
+
+def write_secret_file(path: Path, data: bytes) -> None:
+    """Write a secret file (mode 0600) atomically, creating its folder (0750) if needed; as root
+    it is given to the folder's owner before it appears under its name. Raises ProvisionError for
+    a symbolic link at ``path``, OSError when it cannot be written (nothing changed then)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o750)
+    write_file_atomically(path, data, mode=0o600, owner=folder_owner(path))
 
 
 @dataclass(frozen=True)
@@ -204,49 +263,54 @@ def apply_config(path: Path, changes: Mapping[str, Any]) -> ConfigOutcome:
     """Write ``changes`` into the config file at ``path`` (see ``edit_toml``); a missing file
     starts from the documented example. The new text is validated by ``kiosk.config`` (file only,
     no environment overrides) before it replaces the old file, which is kept as ``<name>.bak``.
-    Nothing is written when nothing changes. Raises ProvisionError (nothing changed) when the
-    result would be invalid or cannot be written."""
+    The new file and the backup keep the old file's mode, owner and group (the config is
+    installed 0640 root:fitflow so the services can read it). Nothing is written when nothing
+    changes. Raises ProvisionError (nothing changed) when the result would be invalid, ``path``
+    or its backup is a symbolic link, or it cannot be written."""
     path = Path(path)
-    created = not path.exists()
+    _refuse_symlink(path)
     try:
-        text = render_example() if created else path.read_text(encoding="utf-8")
+        created = not path.exists()
+        raw = render_example().encode("utf-8") if created else path.read_bytes()
+        old = None if created else path.stat()
+        # Edited with universal newlines (as read_text would); the backup keeps the raw bytes.
+        text = raw.decode("utf-8").replace("\r\n", "\n").replace("\r", "\n")
     except (OSError, UnicodeDecodeError) as exc:
-        raise ProvisionError(f"cannot read the config file {path}: {exc}") from None
+        raise ProvisionError(
+            f"cannot read the config file {path}: {_reason(exc)} (run it with sudo?)"
+        ) from None
     new_text = edit_toml(text, changes)
-    if not created and new_text == text:
+    if old is not None and new_text == text:
         return ConfigOutcome(changed=False, created=False, backup=None)
-    mode = 0o644 if created else path.stat().st_mode & 0o777
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    backup = None
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            os.write(fd, new_text.encode("utf-8"))
-            os.fchmod(fd, mode)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+    mode = 0o644 if old is None else old.st_mode & 0o777
+    owner = None if old is None else (old.st_uid, old.st_gid)
+
+    backup = None if old is None else path.with_name(path.name + ".bak")
+
+    def before_rename(tmp: Path) -> None:
         try:
             load_config(tmp, None)
         except ConfigError as exc:
             raise ProvisionError(
                 f"the new configuration would be invalid, so {path} was left as it was:\n{exc}"
             ) from None
-        if not created:
-            backup = path.with_name(path.name + ".bak")
-            backup.write_bytes(path.read_bytes())
-            os.chmod(backup, mode)
-        os.replace(tmp, path)
-        _fsync_folder(path.parent)
+        if backup is not None:
+            write_file_atomically(backup, raw, mode=mode, owner=owner)
+
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_file_atomically(
+            path, new_text.encode("utf-8"), mode=mode, owner=owner, check=before_rename
+        )
     except OSError as exc:
         raise ProvisionError(
-            f"cannot write the config file {path}: {exc.strerror or exc} (run with sudo?)"
+            f"cannot write the config file {path}: {_reason(exc)} (run it with sudo?)"
         ) from None
-    finally:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-    return ConfigOutcome(changed=True, created=created, backup=backup)
+    return ConfigOutcome(changed=True, created=old is None, backup=backup)
+
+
+def _reason(exc: BaseException) -> str:
+    return (exc.strerror if isinstance(exc, OSError) else None) or str(exc)
 
 
 def read_password_file(path: str, stdin: TextIO | None = None) -> str:
@@ -293,7 +357,14 @@ def enrol(path: Path, plan: Plan, *, transport: Any = None, timeout_s: float = 1
     Raises ProvisionError (exit 1) when the cloud refuses or cannot be reached; the old
     credentials, if any, are then kept."""
     from sync.client import CloudClient, CloudError, EnrolmentRefused, check_cloud_url
-    from sync.identity import DeviceIdentity, IdentityError, save_identity
+    from sync.identity import DeviceIdentity, identity_text
+
+    path = Path(path)
+    if path.exists() and not plan.re_enrol:
+        raise ProvisionError(
+            f"{path} already holds this device's credentials; add --re-enrol to replace them"
+        )
+    _refuse_symlink(path)  # before the single-use code is spent
 
     try:
         url = check_cloud_url(plan.cloud or "")
@@ -314,11 +385,17 @@ def enrol(path: Path, plan: Plan, *, transport: Any = None, timeout_s: float = 1
     except CloudError as exc:
         raise ProvisionError(f"enrolment failed: {exc}; nothing was changed.", 1) from None
     identity = DeviceIdentity.from_enrolment(url, enrolment)
+    # The file sync.identity.save_identity writes, but through write_secret_file so that, as root,
+    # it is handed to the service user before it appears under its name.
+    text = identity_text(identity)
     try:
-        save_identity(path, identity, overwrite=plan.re_enrol)
-        give_to_folder_owner(path)
-    except (IdentityError, OSError) as exc:
-        raise ProvisionError(f"enrolled, but {exc}", exit_code=1) from None
+        write_secret_file(path, text.encode("utf-8"))
+    except OSError as exc:
+        raise ProvisionError(
+            f"enrolled, but cannot write the credentials file {path}: {_reason(exc)}. Check that "
+            f"its folder exists and belongs to the kiosk's user.",
+            exit_code=1,
+        ) from None
     return identity
 
 
@@ -341,11 +418,13 @@ def _ask(ask: Ask, prompt: str) -> str:
         raise ProvisionError("no answer (end of input); nothing was changed") from None
 
 
-def ask_yes_no(ask: Ask, out: TextIO, prompt: str, default: bool) -> bool:
-    shown = "Y/n" if default else "y/N"
+def ask_yes_no(ask: Ask, out: TextIO, prompt: str, default: bool | None) -> bool:
+    """Ask until y or n (at most MAX_TRIES times); a blank answer means ``default``, and is not
+    accepted when ``default`` is None (a question that must be answered)."""
+    shown = {True: "Y/n", False: "y/N", None: "y/n"}[default]
     for _ in range(MAX_TRIES):
         answer = _ask(ask, f"{prompt} [{shown}] ")
-        if not answer.strip():
+        if not answer.strip() and default is not None:
             return default
         value = _yes_no(answer)
         if value is not None:
@@ -354,11 +433,15 @@ def ask_yes_no(ask: Ask, out: TextIO, prompt: str, default: bool) -> bool:
     raise ProvisionError(f"no usable answer to {prompt!r}; nothing was changed")
 
 
-def ask_setting(ask: Ask, out: TextIO, dotted: str, label: str, default: Any) -> Any:
-    if isinstance(default, bool):
+def ask_setting(
+    ask: Ask, out: TextIO, dotted: str, label: str, default: Any, shown: str | None = None
+) -> Any:
+    """The checked value for ``dotted``; a blank answer means ``default`` (shown as ``shown``
+    when given). Yes/no settings go to ``ask_yes_no`` (``default`` None: no default)."""
+    if isinstance(default, bool) or (default is None and dotted in _YES_NO):
         return ask_yes_no(ask, out, label, default)
     for _ in range(MAX_TRIES):
-        answer = _ask(ask, f"{label} [{default}]: ").strip()
+        answer = _ask(ask, f"{label} [{default if shown is None else shown}]: ").strip()
         if not answer:
             return default
         try:
@@ -396,8 +479,14 @@ def interview(
     ask: Ask,
     ask_secret: Ask,
     out: TextIO,
+    polarity_known: bool = True,
 ) -> Plan:
-    """Fill ``plan`` by asking, with the current values (or the flags given) as defaults."""
+    """Fill ``plan`` by asking, with the current values (or the flags given) as defaults.
+
+    Two questions differ: when this run enrols and no time zone was given, a blank time zone
+    answer leaves ``site.timezone`` out of the plan so the gym's zone from the cloud is used after
+    enrolment; and the relay polarity has no default unless the config file (``polarity_known``)
+    or a flag says, because a wrong guess holds the door open when idle."""
     from sync.client import check_cloud_url
 
     out.write("Enrolment with the cloud\n")
@@ -439,9 +528,21 @@ def interview(
         "gpio.relay_active_high": config.gpio.relay_active_high,
         "gpio.pulse_ms": config.gpio.pulse_ms,
     }
+    zone_from_cloud = bool(enrol_now and plan.code) and "site.timezone" not in plan.settings
     for dotted, label in MANAGED:
         default = plan.settings.get(dotted, current[dotted])
-        plan.settings[dotted] = ask_setting(ask, out, dotted, f"  {label}", default)
+        shown = None
+        if dotted == "site.timezone" and zone_from_cloud:
+            default, shown = None, "blank: the gym's, from the cloud"
+        elif dotted == "gpio.relay_active_high" and dotted not in plan.settings:
+            out.write(POLARITY_HINT)
+            if not polarity_known:
+                default = None
+        value = ask_setting(ask, out, dotted, f"  {label}", default, shown)
+        if value is None:
+            plan.settings.pop(dotted, None)
+        else:
+            plan.settings[dotted] = value
 
     out.write("Owner page\n")
     if plan.password is None:
@@ -456,7 +557,35 @@ def interview(
 # -- the whole run ---------------------------------------------------------------------------------
 
 
+def not_permitted(path: Any, action: str = "read") -> ProvisionError:
+    """The error for a file this user may not touch: provisioning edits root's files."""
+    return ProvisionError(
+        f"cannot {action} {path}: permission denied. `kiosk provision` edits the kiosk's system "
+        f"files: run it with sudo."
+    )
+
+
+def _file_sets(path: Path, table: str, key: str) -> bool:
+    """Whether the config file at ``path`` itself sets ``table.key`` (False when it is missing or
+    not TOML: then the setting's default is only a guess)."""
+    try:
+        document = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        return False
+    section = document.get(table)
+    return isinstance(section, dict) and key in section
+
+
 def _load_current(path: Path, out: TextIO) -> Config:
+    try:
+        with open(path, "rb"):
+            pass
+    except FileNotFoundError:
+        pass  # created below
+    except PermissionError:
+        raise not_permitted(path) from None
+    except OSError:
+        pass  # load_config names the problem
     if not path.exists():
         out.write(f"{path} does not exist yet; it will be created from the documented example\n")
         return default_config()
@@ -480,8 +609,36 @@ def provision(
     software: str = "",
 ) -> int:
     """Run provisioning (see the module docstring); returns the exit code. ``ask``/``ask_secret``
-    replace ``input``/``getpass`` (tests). Raises ProvisionError for anything that stops it."""
-    from kiosk.owner_password import hash_password, password_is_set, save_password_hash
+    replace ``input``/``getpass`` (tests). Raises ProvisionError for anything that stops it,
+    including a file this user may not read or write (exit 2: "run it with sudo")."""
+    try:
+        return _provision(
+            config_path,
+            plan,
+            interactive=interactive,
+            ask=ask,
+            ask_secret=ask_secret,
+            out=out,
+            transport=transport,
+            software=software,
+        )
+    except PermissionError as exc:
+        # Run without root: Path.exists and friends raise instead of answering.
+        raise not_permitted(exc.filename or config_path, "read or write") from None
+
+
+def _provision(
+    config_path: Path,
+    plan: Plan,
+    *,
+    interactive: bool,
+    ask: Ask,
+    ask_secret: Ask | None,
+    out: TextIO,
+    transport: Any,
+    software: str,
+) -> int:
+    from kiosk.owner_password import hash_password, password_is_set
 
     config_path = Path(config_path)
     config = _load_current(config_path, out)
@@ -507,6 +664,7 @@ def provision(
             ask=ask,
             ask_secret=ask_secret,
             out=out,
+            polarity_known=_file_sets(config_path, "gpio", "relay_active_high"),
         )
     if plan.code and not plan.cloud:
         raise ProvisionError("an enrolment code needs the cloud address (--cloud URL)")
@@ -561,13 +719,19 @@ def provision(
 
     # 4. The owner password.
     if plan.password is not None:
-        from kiosk.owner_password import PasswordError, PasswordFileError
+        from kiosk.owner_password import PasswordError
 
         try:
-            save_password_hash(password_file, hash_password(plan.password))
-            give_to_folder_owner(password_file)
-        except (PasswordError, PasswordFileError, OSError) as exc:
+            encoded = hash_password(plan.password)
+        except PasswordError as exc:
             raise ProvisionError(f"owner password not set: {exc}", exit_code=1) from None
+        try:
+            write_secret_file(password_file, (encoded + "\n").encode("ascii"))
+        except OSError as exc:
+            raise ProvisionError(
+                f"owner password not set: cannot write {password_file}: {_reason(exc)}",
+                exit_code=1,
+            ) from None
         changed = True
         out.write(f"owner password set (a salted hash in {password_file}, mode 0600)\n")
 

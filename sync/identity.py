@@ -165,6 +165,11 @@ def _parse(data: bytes, source: Path) -> DeviceIdentity:
     )
 
 
+def identity_text(identity: DeviceIdentity) -> str:
+    """The credentials file's content (JSON); contains the token."""
+    return json.dumps(identity.to_json(), indent=2, sort_keys=True) + "\n"
+
+
 def save_identity(path: Path, identity: DeviceIdentity, *, overwrite: bool = False) -> None:
     """Write the credentials atomically with mode 0600: a temporary file in the same folder,
     flushed to disk, then renamed over ``path`` (a crash leaves the old file or the new one,
@@ -179,7 +184,7 @@ def save_identity(path: Path, identity: DeviceIdentity, *, overwrite: bool = Fal
             f"{path} already holds this device's credentials; enrolling again replaces its "
             f"identity in the cloud. Use --force to do that."
         )
-    text = json.dumps(identity.to_json(), indent=2, sort_keys=True) + "\n"
+    text = identity_text(identity)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o750)

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import io
+import os
 import stat
+import tempfile
+from pathlib import Path
 
 import pytest
 
@@ -229,3 +232,102 @@ def test_password_hashes_are_salted_and_bad_files_are_refused(tmp_path):
     path.write_text("hunter2\n")
     with pytest.raises(PasswordFileError, match="does not hold"):
         load_password_hash(path)
+
+
+# -- review findings: ownership, symlinks, time zone, permissions, relay polarity -----------------
+
+as_root = pytest.mark.skipif(os.geteuid() != 0, reason="ownership needs root (the sandbox is)")
+OTHER = 12345  # a uid/gid that is not root's
+
+
+@as_root
+def test_the_config_and_its_backup_keep_owner_group_and_mode(kiosk):
+    os.chown(kiosk, OTHER, OTHER)
+    kiosk.chmod(0o640)
+    assert provision(kiosk, Plan(settings={"door.id": "side"}), interactive=False,
+                     out=io.StringIO()) == 0  # fmt: skip
+    for path in (kiosk, kiosk.with_name("kiosk.toml.bak")):
+        info = path.stat()
+        assert (info.st_uid, info.st_gid, stat.S_IMODE(info.st_mode)) == (OTHER, OTHER, 0o640)
+    assert load_config(kiosk, {}).door.id == "side"
+
+
+@as_root
+def test_secret_files_go_to_the_data_folders_owner_and_symlinks_are_refused(kiosk, tmp_path, site):
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    os.chown(lib, OTHER, OTHER)
+    target = tmp_path / "root-file"
+    target.write_text("root's\n")
+    (lib / "owner-password").symlink_to(target)  # planted by the service user
+    before = kiosk.read_bytes()
+    with pytest.raises(ProvisionError, match="symbolic link"):
+        provision(kiosk, Plan(password=PASSWORD), interactive=False, out=io.StringIO())
+    assert target.stat().st_uid == 0 and target.read_text() == "root's\n"
+    assert kiosk.read_bytes() == before
+
+    (lib / "owner-password").unlink()
+    assert main(args(kiosk, tmp_path, site, new_code(site))) == 0
+    for name in ("device.json", "owner-password"):
+        info = (lib / name).stat()
+        assert (info.st_uid, info.st_gid, stat.S_IMODE(info.st_mode)) == (OTHER, OTHER, 0o600)
+    assert not [p for p in lib.iterdir() if p.name.startswith(".")]  # no temporary files left
+
+
+def test_a_symlinked_config_is_refused(kiosk, tmp_path):
+    real = tmp_path / "real.toml"
+    real.write_bytes(kiosk.read_bytes())
+    kiosk.unlink()
+    kiosk.symlink_to(real)
+    with pytest.raises(ProvisionError, match="symbolic link"):
+        provision(kiosk, Plan(settings={"door.id": "x"}), interactive=False, out=io.StringIO())
+    assert kiosk.is_symlink() and load_config(real, {}).door.id == "front"
+
+
+def interactive_run(kiosk, answers, secrets=()):
+    answers, secrets, out = iter(answers), iter(secrets), io.StringIO()
+    assert provision(kiosk, Plan(), interactive=True, ask=lambda _p: next(answers),
+                     ask_secret=lambda _p: next(secrets), out=out) == 0, out.getvalue()  # fmt: skip
+    return out.getvalue()
+
+
+def test_first_interactive_run_accepting_defaults_takes_the_gyms_time_zone(kiosk, site):
+    site.write(lambda tx: admin.update_gym(tx, site.org_id, site.gym_id,
+                                           {"timezone": "Europe/Berlin"}))  # fmt: skip
+    shown = interactive_run(kiosk, [site.url, new_code(site), "", "", "", "y", ""], [""])
+    assert load_config(kiosk, {}).site.timezone == "Europe/Berlin"
+    assert "from the cloud: Europe/Berlin" in shown and "warning" not in shown
+
+
+def test_the_relay_polarity_must_be_answered_when_the_config_does_not_say(kiosk):
+    # No cloud (blank), every default but the polarity, which a blank does not answer.
+    shown = interactive_run(kiosk, ["", "", "", "", "", "", "n", ""], [""])
+    assert "low level trigger" in shown and "please answer y or n" in shown
+    assert load_config(kiosk, {}).gpio.relay_active_high is False
+
+    # Once the file says, its value is the default.
+    shown = interactive_run(kiosk, ["", "", "", "", "", "", ""], [""])
+    assert "please answer" not in shown and load_config(kiosk, {}).gpio.relay_active_high is False
+
+
+@as_root
+def test_without_root_it_says_run_it_with_sudo(capsys):
+    with tempfile.TemporaryDirectory() as folder:
+        root = Path(folder)
+        root.chmod(0o755)
+        closed = root / "closed"
+        closed.mkdir(mode=0o700)  # like /var/lib/fitflow-kiosk or /etc/... to another user
+        readable = root / "kiosk.toml"
+        readable.write_text(f'[sync]\ncredentials_file = "{closed / "device.json"}"\n')
+        readable.chmod(0o644)
+        for config in (closed / "kiosk.toml", readable):
+            os.setegid(OTHER)
+            os.seteuid(OTHER)
+            try:
+                code = main(["provision", "--config", str(config), "--non-interactive"])
+            finally:
+                os.seteuid(0)
+                os.setegid(0)
+            err = capsys.readouterr().err
+            assert code == 2 and "run it with sudo" in err and str(closed) in err, err
+            assert "Traceback" not in err
