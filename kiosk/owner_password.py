@@ -17,7 +17,6 @@ For ``kiosk web`` (issue 4)::
 from __future__ import annotations
 
 import base64
-import contextlib
 import hashlib
 import hmac
 import os
@@ -26,6 +25,8 @@ import secrets
 import stat
 from dataclasses import dataclass
 from pathlib import Path
+
+from kiosk.files import write_private_file
 
 # scrypt cost: N = 2**15, r = 8 uses 32 MiB and ~0.1 s on a laptop, a few tenths on a Pi 3: slow
 # enough to make guessing from a stolen file expensive, cheap enough for a login.
@@ -141,23 +142,12 @@ def save_password_hash(path: Path, encoded: str) -> None:
     cannot be written (then nothing changed)."""
     path = Path(path)
     _parse(encoded)  # a programming error if it is not a hash: never write garbage
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o750)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            os.fchmod(fd, 0o600)  # whatever the umask said
-            os.write(fd, (encoded + "\n").encode("ascii"))
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
+        write_private_file(path, (encoded + "\n").encode("ascii"))
     except OSError as exc:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
         raise PasswordFileError(
-            f"cannot write the owner password file {path}: {exc.strerror}. Check that its folder "
-            f"exists and that you may write there (run provisioning with sudo)."
+            f"cannot write the owner password file {path}: {exc.strerror or exc}. Check that its "
+            f"folder exists and that you may write there (run provisioning with sudo)."
         ) from None
 
 

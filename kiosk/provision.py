@@ -29,7 +29,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
-import os
 import re
 import socket
 import tomllib
@@ -46,6 +45,12 @@ from kiosk.config import (
     load_config,
     parse_setting,
     render_example,
+)
+from kiosk.files import (
+    SymlinkRefused,
+    refuse_symlink,
+    write_atomically,
+    write_private_file,
 )
 
 # The settings provisioning manages, in the order they are asked for.
@@ -179,23 +184,11 @@ def edit_toml(text: str, changes: Mapping[str, Any]) -> str:
 # -- files --------------------------------------------------------------------------------------
 
 
-def _fsync_folder(folder: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
 def _refuse_symlink(path: Path) -> None:
-    # os.replace would replace a symlink itself, but one planted where a file of ours belongs is
-    # a sign of tampering (or a mistake): stop and say so rather than guess.
-    if path.is_symlink():
-        raise ProvisionError(
-            f"{path} is a symbolic link; provisioning writes only regular files there. Remove "
-            f"the link (and check who made it) and run it again; nothing was changed."
-        )
+    try:
+        refuse_symlink(path)
+    except SymlinkRefused as exc:
+        raise ProvisionError(str(exc)) from None
 
 
 def write_file_atomically(
@@ -206,50 +199,15 @@ def write_file_atomically(
     owner: tuple[int, int] | None = None,
     check: Callable[[Path], None] | None = None,
 ) -> None:
-    """Replace ``path`` with ``data``: a temporary file in the same folder is written, given
-    ``mode`` and, when ``owner`` (uid, gid) is set, that owner - both through its open descriptor,
-    so no path is ever followed - synced, passed to ``check`` (which may raise to stop), then
-    renamed over ``path``. A crash leaves the old file or the new one. Raises ProvisionError when
-    ``path`` is a symbolic link; OSError when it cannot be written (then nothing changed)."""
-    path = Path(path)
+    """``kiosk.files.write_atomically``, with a symbolic link at ``path`` a ProvisionError."""
     _refuse_symlink(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-        try:
-            os.write(fd, data)
-            if owner is not None:
-                os.fchown(fd, *owner)  # before fchmod: chown may clear set-id bits
-            os.fchmod(fd, mode)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        if check is not None:
-            check(tmp)
-        os.replace(tmp, path)
-        _fsync_folder(path.parent)
-    finally:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-
-
-def folder_owner(path: Path) -> tuple[int, int] | None:
-    """As root, the (uid, gid) owning ``path``'s folder (the service user owns the data folder),
-    to hand the secret files root writes there to the services. None for other users (their
-    files are theirs already)."""
-    if os.geteuid() != 0:
-        return None
-    folder = Path(path).parent.stat()
-    return folder.st_uid, folder.st_gid
+    write_atomically(path, data, mode=mode, owner=owner, check=check)
 
 
 def write_secret_file(path: Path, data: bytes) -> None:
-    """Write a secret file (mode 0600) atomically, creating its folder (0750) if needed; as root
-    it is given to the folder's owner before it appears under its name. Raises ProvisionError for
-    a symbolic link at ``path``, OSError when it cannot be written (nothing changed then)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o750)
-    write_file_atomically(path, data, mode=0o600, owner=folder_owner(path))
+    """``kiosk.files.write_private_file``, with a symbolic link at ``path`` a ProvisionError."""
+    _refuse_symlink(path)
+    write_private_file(path, data)
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,6 @@ message, and a file that other users could read is refused rather than used.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import stat
@@ -23,6 +22,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from kiosk.files import write_private_file
 from sync.protocol import Enrolment, ProtocolError, parse_utc, utc_text
 
 CREDENTIALS_DIRECTORY_VARIABLE = "CREDENTIALS_DIRECTORY"
@@ -184,33 +184,10 @@ def save_identity(path: Path, identity: DeviceIdentity, *, overwrite: bool = Fal
             f"{path} already holds this device's credentials; enrolling again replaces its "
             f"identity in the cloud. Use --force to do that."
         )
-    text = identity_text(identity)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o750)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            os.fchmod(fd, 0o600)  # whatever the umask said
-            os.write(fd, text.encode("utf-8"))
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-        _fsync_folder(path.parent)
+        write_private_file(path, identity_text(identity).encode("utf-8"))
     except OSError as exc:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
         raise IdentityError(
-            f"cannot write the credentials file {path}: {exc.strerror}. Check that its folder "
-            f"exists and belongs to the kiosk's user (or run enrol as that user)."
+            f"cannot write the credentials file {path}: {exc.strerror or exc}. Check that its "
+            f"folder exists and belongs to the kiosk's user (or run enrol as that user)."
         ) from None
-
-
-def _fsync_folder(folder: Path) -> None:
-    # The rename is durable only once the folder's entry is on disk.
-    with contextlib.suppress(OSError):
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
