@@ -23,7 +23,7 @@ import re
 import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 PROTOCOL_VERSION = 1
@@ -631,8 +631,6 @@ def parse_anchor(value: object, where: str) -> Anchor:
 def place_in_time(item_boot: str, item_monotonic_ns: int, anchor: Anchor) -> datetime:
     """Cloud time of a device event, from an anchor of the same boot: the anchor's server time
     plus the monotonic distance between the two. Raises ValueError for another boot's anchor."""
-    from datetime import timedelta
-
     if item_boot != anchor.boot_id:
         raise ValueError("an anchor only places events of its own boot")
     return anchor.server_time + timedelta(
