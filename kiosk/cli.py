@@ -76,6 +76,7 @@ def cmd_config_example(_args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     from hardware.protocols import CameraError, DecoderUnavailable
     from kiosk.clock import AnchoredClock, SystemClock
+    from kiosk.control import ControlError, ControlStore, control_path
     from kiosk.parts import (
         GpioError,
         build_camera,
@@ -103,6 +104,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         return EXIT_DATABASE
     # Until NTP syncs, the time comes from the sync agent's newest anchor of this boot.
     clock = AnchoredClock(SystemClock(), store.latest_anchor)
+    # The owner page's control file: the door runs without it, only the page's extras are lost.
+    control = None
+    try:
+        control = ControlStore.open(control_path(config.store.path))
+    except ControlError as exc:
+        log.warning("owner-page 'test the door' and live health will not work: %s", exc)
     opened: list = []  # closed in reverse order on every exit path; the relay last of all
     try:
         # Synced rows past their retention go; pending rows are never deleted (store guarantees).
@@ -134,6 +141,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             clock=clock,
             settings=scanner_settings(config),
             notifier=Notifier(),
+            control=control,
         )
         loop.run(stop)
         return 0
@@ -150,6 +158,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             except Exception:
                 # One part failing to close must not keep the others (the relay last) open.
                 log.exception("closing %s failed", type(part).__name__)
+        if control is not None:
+            control.close()
         store.close()
 
 
@@ -218,6 +228,7 @@ def cmd_enrol(args: argparse.Namespace) -> int:
 def cmd_sync(args: argparse.Namespace) -> int:
     """Run the sync agent (the systemd unit), or one round with --once."""
     from kiosk.clock import AnchoredClock, SystemClock
+    from kiosk.control import ControlError, ControlStore, control_path
     from kiosk.scanner import stop_on_signals
     from kiosk.store import Store, StoreError
     from sync.agent import SyncAgent, sync_settings
@@ -249,6 +260,12 @@ def cmd_sync(args: argparse.Namespace) -> int:
     if not args.once:
         stop_on_signals(stop)
     clock = AnchoredClock(SystemClock(), store.latest_anchor)
+    # The owner page's control file ("sync now"): the sync runs without it.
+    control = None
+    try:
+        control = ControlStore.open(control_path(config.store.path))
+    except ControlError as exc:
+        log.warning("owner-page 'sync now' will not work: %s", exc)
     try:
         with CloudClient(
             identity.cloud_url,
@@ -258,7 +275,9 @@ def cmd_sync(args: argparse.Namespace) -> int:
             clock=clock,
             software_version=__version__,
         ) as client:
-            agent = SyncAgent(store, client, sync_settings(config), clock, sleep=stop.wait)
+            agent = SyncAgent(
+                store, client, sync_settings(config), clock, sleep=stop.wait, control=control
+            )
             log.info(
                 "syncing device %s of %s with %s",
                 identity.device_id,
@@ -267,6 +286,8 @@ def cmd_sync(args: argparse.Namespace) -> int:
             )
             report = agent.cycle() if args.once else agent.run(stop)
     finally:
+        if control is not None:
+            control.close()
         store.close()
     if report.fatal:
         print(f"sync stopped: {report.error}", file=sys.stderr)

@@ -6,7 +6,8 @@ durable commits) is the production code, and so are the sync agent and the refer
 to on 127.0.0.1 (``kiosk.demo_cloud``). ``--once`` plays the fixed scenario on a simulated clock and
 then the sync story (upload, a change made in the cloud, an outage and the catch-up), so it finishes
 in a few seconds; without it the scenario repeats in real time, synced every few seconds, until
-Ctrl-C.
+Ctrl-C. A control file next to the demo database (``control.sqlite``) carries the owner page's
+requests and the scanner's health, so "test the door" and "sync now" work in the demo too.
 """
 
 from __future__ import annotations
@@ -15,15 +16,17 @@ import json
 import logging
 import tempfile
 import threading
+import time
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TextIO
 
 from kiosk.clock import Clock, SimClock, SystemClock
 from kiosk.config import Config, default_config
+from kiosk.control import ControlError, ControlStore, control_path
 from kiosk.demo_cloud import DemoCloud
 from kiosk.model import Verdict
 from kiosk.parts import (
@@ -52,6 +55,8 @@ log = logging.getLogger(__name__)
 DEMO_FPS = 15
 SHOW_CODE_S = 0.6  # how long each card is held in front of the camera
 GAP_S = 1.2  # empty scene between cards
+SYNC_EVERY_S = 2.0  # the continuous demo's sync cycle
+SYNC_NOW_POLL_S = 0.25  # how often the continuous demo looks for the owner page's "sync now"
 
 
 def demo_config(db_path: Path) -> Config:
@@ -96,6 +101,28 @@ def _quiet(logger_name: str) -> Iterator[None]:
 
 class DemoError(Exception):
     """The demo cannot run as asked; the message says why."""
+
+
+@dataclass(frozen=True, slots=True)
+class DemoRuntime:
+    """What a running demo is made of, handed to ``run_demo``'s ``on_start`` (e.g. to serve the
+    owner page beside it): its configuration (``config.store.path`` is the demo database), the
+    open store, the control file (None if it could not be opened) and the stop event."""
+
+    config: Config
+    store: Store
+    control: ControlStore | None
+    stop: threading.Event
+
+
+def open_demo_control(db_path: Path) -> ControlStore | None:
+    """The control file next to the demo database, or None (logged) when it cannot be opened:
+    the demo then runs without the owner page's actions."""
+    try:
+        return ControlStore.open(control_path(db_path))
+    except ControlError as exc:
+        log.warning("the owner page's actions will not work in this demo: %s", exc)
+        return None
 
 
 def _refuse_real_database(store: Store) -> None:
@@ -189,13 +216,20 @@ class _Printer:
 
 
 def _sync_in_background(demo_cloud: DemoCloud, printer: _Printer, stop: threading.Event) -> None:
-    """The continuous demo's sync agent: a cycle every couple of seconds, printed when it moved
-    check-ins or failed (an idle cycle is one small request and not worth a line)."""
+    """The continuous demo's sync agent: a cycle every couple of seconds, and at once when the
+    owner page asks for one ("sync now", finished with that cycle's outcome). Printed when it
+    moved check-ins, failed or was asked for (an idle cycle is one small request and not worth a
+    line)."""
     counts_store = Store.open(demo_cloud.db_path)
     try:
-        while not stop.wait(2.0):
+        due = time.monotonic() + SYNC_EVERY_S
+        while not stop.wait(SYNC_NOW_POLL_S):
+            asked = demo_cloud.claim_sync_now()
+            if not asked and time.monotonic() < due:
+                continue
             report = demo_cloud.sync()
-            if report.pushed or not report.ok:
+            due = time.monotonic() + SYNC_EVERY_S
+            if report.pushed or not report.ok or asked:
                 printer.sync(report, counts_store.counts_by_state())
     finally:
         counts_store.close()
@@ -230,10 +264,12 @@ def run_demo(
     clock: Clock | None = None,
     stop: threading.Event | None = None,
     cloud: bool = True,
+    on_start: Callable[[DemoRuntime], None] | None = None,
 ) -> int:
     """Run the demo; returns the exit code. Without ``once`` it runs until ``stop`` is set or
     SIGINT/SIGTERM arrives. ``cloud=False`` runs the door alone on a locally seeded replica (no
-    sync agent, no network at all)."""
+    sync agent, no network at all). ``on_start`` is called once the store, the control file and
+    the cloud are up, before the door starts (its exceptions end the demo)."""
     from hardware.synthetic import SyntheticCamera  # needs the 'vision' extra (OpenCV, segno)
 
     clock = clock or (SimClock() if once else SystemClock())
@@ -245,7 +281,10 @@ def run_demo(
             _refuse_real_database(store)
             fresh = store.member_count() == 0
             printer = _Printer(out, as_json, real_time=not isinstance(clock, SimClock))
-            demo_cloud = DemoCloud(db_path, clock, config.site.timezone) if cloud else None
+            control = open_demo_control(db_path)
+            demo_cloud = (
+                DemoCloud(db_path, clock, config.site.timezone, control=control) if cloud else None
+            )
             pins = make_pin_factory("mock")
             door = build_door(config.gpio, pins.factory)
             signal = build_signal(config.gpio, config.feedback, pins.factory)
@@ -286,6 +325,7 @@ def run_demo(
                         clock=clock,
                         settings=settings,
                         on_outcome=printer,
+                        control=control,
                     )
                     try:
                         loop.run(stop)
@@ -294,6 +334,8 @@ def run_demo(
 
                 if threading.current_thread() is threading.main_thread() and not once:
                     stop_on_signals(stop)
+                if on_start is not None:
+                    on_start(DemoRuntime(config, store, control, stop))
                 if demo_cloud is not None and not once:
                     syncer = threading.Thread(
                         target=_sync_in_background, args=(demo_cloud, printer, stop), daemon=True
@@ -312,6 +354,8 @@ def run_demo(
                     demo_cloud.close()
                 signal.close()
                 door.close()
+                if control is not None:
+                    control.close()
             counts = store.counts_by_state()
             return _summarise(printer, counts, out, as_json, fresh and once, expected)
 

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from kiosk import __version__
 from kiosk.clock import Clock
+from kiosk.control import ControlStore
 from kiosk.seed import DEMO_SALT, ORG, demo_members, demo_snapshot
 from kiosk.store import Store, snapshot_rows
 from sync.agent import CycleReport, SyncAgent, SyncSettings
@@ -80,14 +81,19 @@ class DemoCloud:
     ``start()`` serves the cloud (seeding it on first use) and enrols the device once; ``stop()``
     and ``start()`` again simulate an outage (same port, same data). ``sync()`` runs one agent
     cycle. Raises ``EmbeddedCloudError`` or ``sync.client.CloudError`` when the cloud cannot be
-    started or refuses the enrolment.
+    started or refuses the enrolment. With ``control`` (the demo's control file), the agent
+    answers the owner page's "sync now": ``claim_sync_now()`` says when one waits, and the next
+    ``sync()`` finishes it.
     """
 
-    def __init__(self, db_path: Path, clock: Clock, timezone: str) -> None:
+    def __init__(
+        self, db_path: Path, clock: Clock, timezone: str, control: ControlStore | None = None
+    ) -> None:
         self.paths = DemoPaths.beside(db_path)
         self.db_path = db_path
         self.clock = clock
         self.timezone = timezone
+        self.control = control
         self.seeded = False
         self._port = 0
         self._cloud: EmbeddedCloud | None = None
@@ -133,13 +139,24 @@ class DemoCloud:
             software_version=__version__,
         )
         settings = SyncSettings(interval_s=2.0, backoff_max_s=5.0, wake_poll_s=0.5)
-        self.agent = SyncAgent(self._store, self._client, settings, self.clock, self.clock.sleep)
+        self.agent = SyncAgent(
+            self._store,
+            self._client,
+            settings,
+            self.clock,
+            self.clock.sleep,
+            control=self.control,
+        )
 
     def sync(self) -> CycleReport:
         """One agent cycle: push, pull, heartbeat."""
         if self.agent is None:
             raise RuntimeError("start the demo cloud first")
         return self.agent.cycle()
+
+    def claim_sync_now(self) -> bool:
+        """True when the owner page asked for a sync (claimed now; the next ``sync()`` answers it)."""
+        return self.agent is not None and self.agent.claim_sync_now()
 
     def set_member_status(self, member_id: str, status: str) -> None:
         """An admin's edit in the cloud, as the gym's front desk would make it."""

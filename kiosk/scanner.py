@@ -6,21 +6,31 @@ time, the camera, the relay and the feedback, and it never touches the network. 
 * **Commit, then act.** The journal row is committed (``synchronous=FULL``) before the relay is
   pulsed. A crash between the two loses a pulse, never a record; a failed commit means no pulse.
 * **The relay is released on every exit path**: normal end, an exception inside the loop, SIGTERM.
+
+With a ``ControlStore`` (the owner page's control file) the loop also publishes its health (frame
+rate, decode time, decisions per reason; never member data) every ``health_every_s``, and answers
+the page's "test the door" requests. Neither may ever stall or stop the door: every call to the
+control file is guarded, its failures logged at most every 30 s.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import math
+import os
 import signal
 import threading
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from types import FrameType
+from typing import Any
 
 from hardware.protocols import CameraError, Decoder, Door, Frame, FrameSource, Signal
 from kiosk.clock import AnchoredClock, Clock
+from kiosk.control import ControlError, ControlStore, RequestKind, shared_wall
 from kiosk.credentials import Malformed, StaticCode, code_hash, parse_payload
 from kiosk.debounce import Debouncer
 from kiosk.model import (
@@ -36,8 +46,15 @@ from kiosk.model import (
 from kiosk.policy import decide
 from kiosk.store import Store, StoreError
 from kiosk.systemd import Notifier
+from sync.protocol import utc_text
 
 log = logging.getLogger(__name__)
+
+# Decode times kept for the health report's percentiles, and the window of its frame rate.
+DECODE_SAMPLES = 300
+FPS_WINDOW_S = 10.0
+# A failing control file is logged at most this often (it fails on every poll while broken).
+CONTROL_LOG_EVERY_S = 30.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +71,10 @@ class ScannerSettings:
     fault_repeat_s: float = 2.0
     # After the database failed a scan, wait this long before trying the next one.
     store_retry_s: float = 1.0
+    # The health report for the owner page is published this often (monotonic).
+    health_every_s: float = 2.0
+    # The control file is asked for a pending "test the door" this often.
+    control_poll_s: float = 0.5
     policy: PolicySettings = field(default_factory=PolicySettings)
 
 
@@ -77,7 +98,8 @@ class DoorLoop:
     """Runs the door. Construct with its parts; call ``run(stop)`` or ``step()``.
 
     ``on_outcome`` is called for every decision after the commit (the demo prints from it, the bench
-    measures from it); an exception in it is logged and does not stop the door.
+    measures from it); an exception in it is logged and does not stop the door. ``control`` (None:
+    no owner page) receives the health report and supplies "test the door" requests.
     """
 
     def __init__(
@@ -92,6 +114,7 @@ class DoorLoop:
         settings: ScannerSettings,
         notifier: Notifier | None = None,
         on_outcome: Callable[[Outcome], None] | None = None,
+        control: ControlStore | None = None,
     ) -> None:
         self.source = source
         self.reader = reader
@@ -119,6 +142,18 @@ class DoorLoop:
         self.decisions = 0
         self.decode_errors = 0
         self._decode_error_logged_ns: int | None = None
+        # -- for the health report and the owner's requests --
+        self.control = control
+        self._started_ns = self._last_frame_ns
+        self._started_at = shared_wall(clock)
+        self._decode_ns: deque[int] = deque(maxlen=DECODE_SAMPLES)
+        self._frame_times_ns: deque[int] = deque()  # arrivals within the last FPS_WINDOW_S
+        self._decision_counts: Counter[str] = Counter()
+        self._last_decision: tuple[int, Decision] | None = None  # (monotonic ns, decision)
+        self._last_pulse_ns: int | None = None
+        self._health_due_ns: int | None = None  # None: publish at the next chance
+        self._control_poll_ns: int | None = None
+        self._control_logged_ns: int | None = None
 
     # -- the loop ---------------------------------------------------------------------------------
 
@@ -138,9 +173,18 @@ class DoorLoop:
         finally:
             self.door.release()  # the safety action first
             self.notifier.stopping()
+            self._publish_health(stopped=True)
 
     def step(self) -> list[Outcome]:
-        """Read one frame (or time out) and decide every new code in it."""
+        """Read one frame (or time out) and decide every new code in it; then, when due, publish
+        the health report and answer a pending "test the door" request."""
+        outcomes = self._scan()
+        # Not after an exception: a loop on its way out must not pulse for a door test.
+        if self.control is not None:
+            self._tend_control()
+        return outcomes
+
+    def _scan(self) -> list[Outcome]:
         self.door.enforce_deadline()  # second line of defence if a relay timer thread died
         try:
             frame = self.source.read(self.settings.read_timeout_s)
@@ -152,7 +196,9 @@ class DoorLoop:
             return []
         self._frame_arrived(frame)
         try:
+            started_ns = self.clock.monotonic_ns()
             symbols = self.reader.decode(frame.pixels)
+            self._decode_ns.append(self.clock.monotonic_ns() - started_ns)
         except Exception:
             # A decoder must not raise on image content, but a camera glitch must never stop the
             # door: the frame counts as a miss. Logged with its traceback, at most every 10 s.
@@ -177,9 +223,14 @@ class DoorLoop:
         self.frames += 1
         now_ns = self.clock.monotonic_ns()
         self._last_frame_ns = now_ns
+        times = self._frame_times_ns
+        times.append(now_ns)
+        while now_ns - times[0] > FPS_WINDOW_S * 1e9:
+            times.popleft()
         if self._camera_stale:
             log.info("camera delivering frames again")
             self._camera_stale = False
+            self._health_due_ns = None  # the page learns at once
             self.signal.show("idle")
             self.notifier.status(f"door {self.settings.door_id} scanning")
         # Fed only while frames arrive: a dead camera lets systemd's watchdog restart us.
@@ -193,6 +244,7 @@ class DoorLoop:
         if not self._camera_stale:
             log.warning("camera stale: no frame for %.1f s", age_s)
             self._camera_stale = True
+            self._health_due_ns = None  # the page learns at once
             self.notifier.status(f"camera stale: no frame for {age_s:.0f} s")
         self._show_fault()
 
@@ -206,6 +258,115 @@ class DoorLoop:
         ):
             self._last_fault_shown_ns = now_ns
             self.signal.show("fault")
+
+    # -- the owner page: health report and door tests ---------------------------------------------
+
+    def _tend_control(self) -> None:
+        now_ns = self.clock.monotonic_ns()
+        if self._health_due_ns is None or now_ns >= self._health_due_ns:
+            self._health_due_ns = now_ns + int(self.settings.health_every_s * 1e9)
+            self._publish_health()
+        if self._control_poll_ns is None or now_ns >= self._control_poll_ns:
+            self._control_poll_ns = now_ns + int(self.settings.control_poll_s * 1e9)
+            self._answer_door_test()
+
+    def health_report(self, *, stopped: bool = False) -> dict[str, Any]:
+        """The figures the owner page shows (the keys of the control spec's health table): frame
+        rate over the last ``FPS_WINDOW_S``, decode time percentiles over the last
+        ``DECODE_SAMPLES`` frames in ms, decisions per reason. Never member data. Times are the
+        kernel's wall clock (``shared_wall``), as the page reads it."""
+        now_ns = self.clock.monotonic_ns()
+        wall = shared_wall(self.clock)
+
+        def wall_at(ns: int | None) -> str | None:
+            if ns is None:
+                return None
+            return utc_text(wall - timedelta(microseconds=(now_ns - ns) // 1000))
+
+        times = self._frame_times_ns
+        while times and now_ns - times[0] > FPS_WINDOW_S * 1e9:
+            times.popleft()
+        window_s = min(FPS_WINDOW_S, (now_ns - self._started_ns) / 1e9)
+        fps = round(len(times) / window_s, 2) if window_s > 0 else 0.0
+        decode = sorted(self._decode_ns)
+        last = self._last_decision
+        state = "camera_stale" if self._camera_stale else "scanning"
+        return {
+            "door_id": self.settings.door_id,
+            "state": "stopped" if stopped else state,
+            "started_at": utc_text(self._started_at),
+            "last_frame_at": wall_at(self._last_frame_ns) if self.frames else None,
+            "frames": self.frames,
+            "fps": fps,
+            "decode_ms_p50": _percentile_ms(decode, 0.50),
+            "decode_ms_p95": _percentile_ms(decode, 0.95),
+            "decode_errors": self.decode_errors,
+            "clock_quality": self.clock.quality().value,
+            "relay_open": bool(self.door.is_open),
+            "pulse_ms": self.settings.pulse_ms,
+            "last_pulse_at": wall_at(self._last_pulse_ns),
+            "last_decision_at": wall_at(last[0]) if last else None,
+            "last_verdict": last[1].verdict.value if last else None,
+            "last_reason": last[1].reason.value if last else None,
+            "decisions": dict(self._decision_counts),
+        }
+
+    def _publish_health(self, *, stopped: bool = False) -> None:
+        if self.control is None:
+            return
+        try:
+            report = self.health_report(stopped=stopped)
+            self.control.publish_health(
+                "scanner", report, now=shared_wall(self.clock), pid=os.getpid()
+            )
+        except Exception as exc:
+            self._control_failed("publish the health report", exc)
+
+    def _answer_door_test(self) -> None:
+        """Pulse the relay once for the oldest fresh "test the door" request, if one waits. Not a
+        check-in: nothing is journaled (the control file's audit log records it)."""
+        control = self.control
+        assert control is not None
+        try:
+            if not control.has_pending(RequestKind.TEST_DOOR):
+                return
+            request = control.claim(RequestKind.TEST_DOOR, now=shared_wall(self.clock))
+        except Exception as exc:
+            self._control_failed("look for a door test", exc)
+            return
+        if request is None:  # expired, or another process took it
+            return
+        try:
+            used = self.door.pulse(self.settings.pulse_ms)
+        except Exception as exc:
+            log.error("door test #%d: the relay could not be pulsed: %s", request.id, exc)
+            ok, result = False, f"the relay could not be pulsed: {exc}"
+        else:
+            self._last_pulse_ns = self.clock.monotonic_ns()
+            log.info("door test #%d from the owner page: relay pulsed for %d ms", request.id, used)
+            ok, result = True, f"relay pulsed for {used} ms"
+            try:
+                self.signal.show("granted")
+            except Exception:
+                log.exception("door test #%d: the feedback pattern failed", request.id)
+        try:
+            control.finish(request.id, ok=ok, result=result, now=shared_wall(self.clock))
+        except Exception as exc:
+            self._control_failed(f"record the end of door test #{request.id}", exc)
+
+    def _control_failed(self, what: str, exc: Exception) -> None:
+        """Log a control-file failure at most every ``CONTROL_LOG_EVERY_S``; the door goes on."""
+        now_ns = self.clock.monotonic_ns()
+        every_ns = CONTROL_LOG_EVERY_S * 1e9
+        if self._control_logged_ns is not None and now_ns - self._control_logged_ns < every_ns:
+            return
+        self._control_logged_ns = now_ns
+        log.warning(
+            "owner-page control file: could not %s; the door keeps running: %s",
+            what,
+            exc,
+            exc_info=not isinstance(exc, ControlError),
+        )
 
     # -- one code ---------------------------------------------------------------------------------
 
@@ -242,11 +403,14 @@ class DoorLoop:
             return None
         self._store_blocked_until_ns = None
         self.decisions += 1
+        self._decision_counts[decision.reason.value] += 1
+        self._last_decision = (now_ns, decision)
         if self._clock_floor is None or checkin.wall_time > self._clock_floor:
             self._clock_floor = checkin.wall_time
         relay_ms = 0
         if decision.verdict is Verdict.GRANTED:
             relay_ms = self.door.pulse(self.settings.pulse_ms)
+            self._last_pulse_ns = self.clock.monotonic_ns()
             self.signal.show("granted")
         else:
             self.signal.show("denied")
@@ -300,6 +464,14 @@ class DoorLoop:
             quality=self.clock.quality(),
             clock_floor=self._clock_floor,
         )
+
+
+def _percentile_ms(sorted_ns: list[int], q: float) -> float | None:
+    """The nearest-rank ``q`` percentile of ``sorted_ns`` (nanoseconds) in milliseconds."""
+    if not sorted_ns:
+        return None
+    rank = min(len(sorted_ns), max(1, math.ceil(len(sorted_ns) * q)))
+    return round(sorted_ns[rank - 1] / 1e6, 3)
 
 
 def stop_on_signals(stop: threading.Event) -> None:

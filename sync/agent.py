@@ -20,10 +20,16 @@ except through the injected ``sleep`` and ``clock``.
 The status (``state`` running / offline / stopped, ``online``, ``last_pull_at``,
 ``last_push_at``, ``last_error``, ``backlog``, ...) is written to the store after every step, for
 the owner page and ``kiosk status``.
+
+With a ``ControlStore`` (the owner page's control file), a "sync now" request ends the wait
+between cycles, and the backoff wait after a failure, within ``wake_poll_s``; the agent claims it
+and finishes it with the next cycle's outcome in plain words. A failing control file is logged
+(at most every 30 s) and never stops the sync.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from collections.abc import Callable
@@ -35,6 +41,7 @@ import tenacity
 
 from kiosk import __version__
 from kiosk.clock import AnchoredClock, Clock, plausible_server_time
+from kiosk.control import ControlError, ControlStore, OwnerRequest, RequestKind, shared_wall
 from kiosk.model import Checkin, ClockQuality
 from kiosk.store import UNKNOWN_CLOUD_VERSION, Store, StoreError
 from sync.client import (
@@ -67,6 +74,8 @@ _LAST_ERROR_CHARS = 500
 # The heartbeat's replica checksum is recomputed at least this often even when the version has
 # not moved, so a replica damaged on the device is still noticed by the cloud.
 TOTALS_MAX_AGE_S = 600.0
+# A failing control file is logged at most this often (it fails on every poll while broken).
+CONTROL_LOG_EVERY_S = 30.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,6 +159,7 @@ class SyncAgent:
     device), monotonic time for the schedule and the boot id. ``sleep(seconds)`` waits (the CLI
     passes ``stop.wait`` so a signal cuts a wait short; tests record). ``wake()`` returns the
     journal's last seq (default ``store.last_seq``); a change ends the wait between cycles.
+    ``control`` (None: no owner page) supplies "sync now" requests.
     """
 
     def __init__(
@@ -160,8 +170,14 @@ class SyncAgent:
         clock: Clock,
         sleep: Callable[[float], Any],
         wake: Callable[[], int] | None = None,
+        control: ControlStore | None = None,
     ) -> None:
         self.store = store
+        self.control = control
+        # A "sync now" claimed and not finished yet: the next cycle's outcome finishes it.
+        self._sync_now: OwnerRequest | None = None
+        self._control_logged_ns: int | None = None
+        self._control_pruned_ns: int | None = None
         self.client = client
         self.settings = settings
         self.clock = clock
@@ -199,22 +215,33 @@ class SyncAgent:
             # A signal may arrive while waiting to retry: do not start another round then.
             return CycleReport(steps=["skipped"]) if stop.is_set() else self.cycle()
 
+        def backoff_sleep(seconds: float) -> None:
+            # Without a control file nothing can cut the wait short: one sleep, as it always was.
+            if self.control is None:
+                self._sleep(seconds)
+            else:
+                self._wait(stop, seconds, wake_on_checkin=False)
+
         retrying = tenacity.Retrying(
             retry=tenacity.retry_if_result(lambda r: not r.ok and not r.fatal),
             wait=self._backoff,
             stop=lambda _state: stop.is_set(),
-            sleep=self._sleep,
+            sleep=backoff_sleep,
             retry_error_callback=lambda state: state.outcome.result(),
         )
-        while not stop.is_set():
-            last = retrying(attempt)
-            if last.fatal:
-                return last
-            if stop.is_set():
-                break
-            self._wait_for_work(stop)
-        self._record(state=STOPPED, online=False)
-        return last
+        try:
+            while not stop.is_set():
+                last = retrying(attempt)
+                if last.fatal:
+                    return last
+                if stop.is_set():
+                    break
+                self._wait_for_work(stop)
+            self._record(state=STOPPED, online=False)
+            return last
+        finally:
+            # A "sync now" claimed as the agent stops is answered, not left running.
+            self._finish_sync_now(None)
 
     def _backoff(self, state: tenacity.RetryCallState) -> float:
         """Full jitter, capped, and never less than a Retry-After the cloud sent."""
@@ -224,19 +251,102 @@ class SyncAgent:
         return max(jitter, retry_after or 0.0)
 
     def _wait_for_work(self, stop: threading.Event) -> None:
-        """Wait up to ``interval_s``, ending early when a new check-in is journaled. A check-in
-        journaled during the last round (after its push read the queue) ends it at once: the
-        journal's last seq is compared with what it was when that round began."""
+        """Wait up to ``interval_s``, ending early when a new check-in is journaled or the owner
+        asks for a sync. A check-in journaled during the last round (after its push read the
+        queue) ends it at once: the journal's last seq is compared with what it was when that
+        round began."""
+        self._wait(stop, self.settings.interval_s, wake_on_checkin=True)
+
+    def _wait(self, stop: threading.Event, seconds: float, *, wake_on_checkin: bool) -> None:
+        """Sleep up to ``seconds`` in ``wake_poll_s`` slices; end early on a claimed "sync now"
+        (checked before the first slice too) or, with ``wake_on_checkin``, a new check-in."""
         seen = self._seq_at_cycle_start
         poll_ns = int(self.settings.wake_poll_s * 1e9)
-        deadline = self.clock.monotonic_ns() + int(self.settings.interval_s * 1e9)
+        deadline = self.clock.monotonic_ns() + int(seconds * 1e9)
+        if self.claim_sync_now():
+            return
         while not stop.is_set():
             remaining = deadline - self.clock.monotonic_ns()
             if remaining <= 0:
                 return
             self._sleep(min(poll_ns, remaining) / 1e9)
-            if self._last_seq() != seen:
+            if wake_on_checkin and self._last_seq() != seen:
                 return
+            if self.claim_sync_now():
+                return
+
+    # -- "sync now" from the owner page ----------------------------------------------------------
+
+    def claim_sync_now(self) -> bool:
+        """Claim a pending "sync now" request, if there is one and none is held already; True
+        when the next ``cycle()`` should run at once (it finishes the request). Never raises."""
+        if self.control is None:
+            return False
+        if self._sync_now is not None:
+            return True
+        try:
+            if not self.control.has_pending(RequestKind.SYNC_NOW):
+                return False
+            self._sync_now = self.control.claim(RequestKind.SYNC_NOW, now=shared_wall(self.clock))
+        except Exception as exc:
+            self._control_failed("look for a sync-now request", exc)
+            return False
+        if self._sync_now is not None:
+            log.info("sync now, as asked on the owner page (request #%d)", self._sync_now.id)
+        return self._sync_now is not None
+
+    def _finish_sync_now(self, report: CycleReport | None) -> None:
+        """Finish the held "sync now" with ``report`` (None: the agent stopped first)."""
+        request, self._sync_now = self._sync_now, None
+        if request is None or self.control is None:
+            return
+        if report is None:
+            ok, result = False, "the sync agent stopped before it could sync"
+        elif report.ok:
+            ok, result = True, self._synced_words(report)
+        else:
+            ok, result = False, f"sync failed: {_plain(report.error) or 'unknown error'}"
+        try:
+            self.control.finish(request.id, ok=ok, result=result, now=shared_wall(self.clock))
+        except Exception as exc:
+            self._control_failed(f"record the end of sync-now request #{request.id}", exc)
+
+    def _synced_words(self, report: CycleReport) -> str:
+        words = f"synced: uploaded {report.pushed}"
+        if report.rejected:
+            words += f", {report.rejected} rejected by the cloud"
+        # The sync went; if only the version cannot be read back, the words go without it.
+        with contextlib.suppress(StoreError):
+            words += f", replica version {self.store.replica_info().version}"
+        return words
+
+    def _maybe_prune_control(self) -> None:
+        """Trim the control file's audit log and old requests every ``prune_every_s``."""
+        if self.control is None:
+            return
+        now_ns = self.clock.monotonic_ns()
+        every_ns = int(self.settings.prune_every_s * 1e9)
+        if self._control_pruned_ns is not None and now_ns - self._control_pruned_ns < every_ns:
+            return
+        self._control_pruned_ns = now_ns
+        try:
+            self.control.prune(now=shared_wall(self.clock))
+        except Exception as exc:
+            self._control_failed("prune the audit log", exc)
+
+    def _control_failed(self, what: str, exc: Exception) -> None:
+        """Log a control-file failure at most every ``CONTROL_LOG_EVERY_S``; the sync goes on."""
+        now_ns = self.clock.monotonic_ns()
+        every_ns = CONTROL_LOG_EVERY_S * 1e9
+        if self._control_logged_ns is not None and now_ns - self._control_logged_ns < every_ns:
+            return
+        self._control_logged_ns = now_ns
+        log.warning(
+            "owner-page control file: could not %s; the sync goes on: %s",
+            what,
+            exc,
+            exc_info=not isinstance(exc, ControlError),
+        )
 
     def _last_seq(self) -> int | None:
         try:
@@ -250,7 +360,18 @@ class SyncAgent:
     def cycle(self) -> CycleReport:
         """Push, pull, heartbeat; never raises for the cloud's or the database's failures (they
         are in the report and the status). After a failure that means "no network", the later
-        steps are skipped: they would only wait for their own timeouts."""
+        steps are skipped: they would only wait for their own timeouts. A claimed "sync now" is
+        finished with the outcome."""
+        try:
+            report = self._cycle()
+        except BaseException:
+            self._finish_sync_now(CycleReport(ok=False, error="unexpected error in the agent"))
+            raise
+        self._finish_sync_now(report)
+        self._maybe_prune_control()
+        return report
+
+    def _cycle(self) -> CycleReport:
         report = CycleReport()
         self._seq_at_cycle_start = self._last_seq()
         steps = (("push", self._push), ("pull", self._pull), ("heartbeat", self._heartbeat))

@@ -7,10 +7,14 @@ import json
 import sqlite3
 import subprocess
 import sys
+import threading
+from datetime import UTC, datetime
 
 import pytest
 
+from e2e_helpers import wait_until
 from fakes import clean_env
+from kiosk.control import ControlStore, RequestKind, RequestState, control_path
 from kiosk.demo import run_demo
 from kiosk.seed import AFTER_CLOUD_CHANGE, SCENARIO, WHILE_OFFLINE
 
@@ -184,3 +188,52 @@ def test_the_door_loop_never_touches_the_network(monkeypatch):
     assert run_demo(db=None, as_json=True, once=True, out=out, cloud=False) == 0
     assert json.loads(out.getvalue().splitlines()[-1])["scenario_ok"] is True
     assert attempts == []
+
+
+def test_once_leaves_the_scanner_health_in_the_control_file(tmp_path):
+    db = tmp_path / "demo.db"
+    assert run_demo(db=db, as_json=True, once=True, out=io.StringIO()) == 0
+    with ControlStore.open(control_path(db)) as control:
+        health = control.health("scanner")
+    assert health.data["door_id"] == "demo-door" and health.data["state"] == "stopped"
+    assert health.data["frames"] > 0 and health.data["decode_ms_p50"] is not None
+
+
+def test_the_running_demo_answers_test_the_door_and_sync_now(tmp_path):
+    """What the owner page does in the demo: click "test the door" and "sync now" from another
+    connection to the control file, and see both answered."""
+    db = tmp_path / "demo.db"
+    stop = threading.Event()
+    started: list = []
+    out = io.StringIO()
+    demo = threading.Thread(
+        target=run_demo,
+        kwargs={"db": db, "as_json": True, "once": False, "out": out, "stop": stop,
+                "on_start": started.append},
+    )  # fmt: skip
+    demo.start()
+    try:
+        wait_until(lambda: started, 60, "the demo to start")
+        assert started[0].control is not None
+        assert started[0].config.store.path == str(db)
+        with ControlStore.open(control_path(db)) as page:
+            now = datetime.now(UTC)
+            door_test = page.submit(RequestKind.TEST_DOOR, now=now, client="127.0.0.1")
+            sync_now = page.submit(RequestKind.SYNC_NOW, now=now, client="127.0.0.1")
+
+            def finished():
+                got = [page.get_request(r.id) for r in (door_test, sync_now)]
+                return got if all(r.finished_at for r in got) else None
+
+            door_done, sync_done = wait_until(finished, 30, "both requests to be answered")
+            assert door_done.state is RequestState.DONE
+            assert door_done.result.startswith("relay pulsed for")
+            assert sync_done.state is RequestState.DONE
+            assert sync_done.result.startswith("synced: uploaded")
+            assert page.health("scanner").data["state"] in ("scanning", "camera_stale")
+    finally:
+        stop.set()
+        demo.join(30)
+    assert not demo.is_alive()
+    syncs = [json.loads(line) for line in out.getvalue().splitlines() if '"sync"' in line]
+    assert syncs and all(s["ok"] for s in syncs)  # the asked-for cycle was printed too

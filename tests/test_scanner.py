@@ -2,20 +2,25 @@
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 import signal
 import sqlite3
 import threading
+from datetime import timedelta
 
 import pytest
 
 from fakes import FakeDecoder, Scene
 from hardware.door import RelayDoor
 from hardware.signal import RecordingSignal
+from kiosk.control import ControlStore, RequestKind, RequestState
 from kiosk.model import Reason, Verdict
 from kiosk.scanner import stop_on_signals
 from kiosk.store import Store, StoreError
 from rig import ALICE, BOB, CAROL, Rig
+from sync.protocol import utc_text
 
 
 def test_a_code_held_in_view_is_decided_once(tmp_path):
@@ -220,3 +225,170 @@ def test_a_dead_relay_timer_is_backstopped_by_the_loop(tmp_path):
     for _ in range(30):  # one second of empty frames
         rig.loop.step()
     assert rig.relay_states() == [False, True, False]
+
+
+# -- the owner page: health report and door tests ---------------------------------------------------
+
+HEALTH_KEYS = {
+    "door_id", "state", "started_at", "last_frame_at", "frames", "fps", "decode_ms_p50",
+    "decode_ms_p95", "decode_errors", "clock_quality", "relay_open", "pulse_ms", "last_pulse_at",
+    "last_decision_at", "last_verdict", "last_reason", "decisions",
+}  # fmt: skip
+
+
+def with_control(rig: Rig, tmp_path) -> ControlStore:
+    folder = tmp_path / "control"
+    folder.mkdir(exist_ok=True)
+    control = ControlStore.open(folder / "control.sqlite")
+    rig.loop.control = control
+    return control
+
+
+class SlowDecoder(FakeDecoder):
+    """Takes 1, 2, ... 10 ms per frame in turn, on the simulated clock."""
+
+    def __init__(self, scene: Scene, clock) -> None:
+        super().__init__(scene)
+        self.clock, self.calls = clock, 0
+
+    def decode(self, pixels):
+        self.calls += 1
+        self.clock.advance((self.calls - 1) % 10 / 1000 + 0.001)
+        return super().decode(pixels)
+
+
+def test_health_is_published_every_two_seconds_with_the_spec_keys(tmp_path):
+    scene = Scene().add([ALICE], 3).add([], 87)  # 90 frames at 30 fps
+    rig = Rig(tmp_path, scene)
+    control = with_control(rig, tmp_path)
+    rig.loop.reader = SlowDecoder(scene, rig.clock)
+    started_ns, started_wall = rig.clock.monotonic_ns(), rig.clock.wall()
+    published = []
+    for _ in range(80):
+        rig.loop.step()
+        report = control.health("scanner")
+        if not published or report.updated_at != published[-1].updated_at:
+            published.append(report)
+    rig.run()  # the remaining frames, then the loop ends
+    final = control.health("scanner")
+    # Published at the first step, then every 2 s (monotonic) while scanning.
+    assert [p.data["state"] for p in published] == ["scanning", "scanning"]
+    gap = (published[1].updated_at - published[0].updated_at).total_seconds()
+    assert 2.0 <= gap < 2.05
+    assert final.pid == os.getpid()
+    data = final.data
+    assert set(data) == HEALTH_KEYS
+    elapsed_s = (rig.clock.monotonic_ns() - started_ns) / 1e9
+    assert data["state"] == "stopped" and data["door_id"] == "door-1"
+    assert data["frames"] == 90 and data["decode_errors"] == 0
+    assert data["fps"] == pytest.approx(90 / elapsed_s, abs=0.01)
+    assert data["decode_ms_p50"] == 5.0 and data["decode_ms_p95"] == 10.0
+    assert data["started_at"] == utc_text(started_wall)
+    assert data["last_frame_at"] is not None and data["last_frame_at"] <= utc_text(rig.clock.wall())
+    assert data["clock_quality"] == "ntp_synced"
+    assert data["pulse_ms"] == 500 and data["relay_open"] is False  # released as the loop ended
+    assert data["decisions"] == {"subscription": 1}
+    assert (data["last_verdict"], data["last_reason"]) == ("granted", "subscription")
+    assert data["last_pulse_at"] is not None and data["last_decision_at"] is not None
+
+
+def test_the_frame_rate_covers_the_last_ten_seconds(tmp_path):
+    rig = Rig(tmp_path, Scene().add([], 450))  # 15 s of frames
+    control = with_control(rig, tmp_path)
+    rig.run()
+    assert control.health("scanner").data["fps"] == pytest.approx(30.0, abs=0.2)
+    assert control.health("scanner").data["decode_ms_p50"] == 0.0  # the fake decodes instantly
+
+
+def test_a_stale_camera_is_published_at_once_and_so_is_its_return(tmp_path):
+    # Frames 1-3 arrive, then 40 reads time out (4 s at 0.1 s each), then frames resume.
+    rig = Rig(tmp_path, Scene().add([], 3).add([], 3), stall_at=set(range(4, 44)))
+    control = with_control(rig, tmp_path)
+    states = []
+    for _ in range(46):
+        rig.loop.step()
+        state = control.health("scanner").data["state"]
+        if not states or states[-1][0] != state:
+            states.append((state, rig.camera.reads))
+    # Stale after 2 s without a frame: read 3 was the last frame, read 23 the 20th timeout.
+    assert states == [("scanning", 1), ("camera_stale", 23), ("scanning", 44)]
+
+
+def test_a_door_test_pulses_the_relay_once_and_is_not_a_checkin(tmp_path):
+    rig = Rig(tmp_path, Scene().add([], 30))
+    control = with_control(rig, tmp_path)
+    asked = control.submit(RequestKind.TEST_DOOR, now=rig.clock.wall(), client="192.0.2.9")
+    rig.loop.step()
+    assert rig.relay_states() == [False, True]
+    assert rig.signal.shown[-1] == "granted"
+    done = control.get_request(asked.id)
+    assert done.state is RequestState.DONE and done.result == "relay pulsed for 500 ms"
+    rig.timer.fire_all()
+    rig.run()  # a second of frames and polls: no further pulse
+    assert rig.relay_states() == [False, True, False]
+    assert rig.store.checkin_count() == 0  # not a check-in
+    assert control.health("scanner").data["last_pulse_at"] is not None
+    assert control.health("scanner").data["decisions"] == {}
+
+
+def test_two_clicks_in_one_poll_pulse_once_and_a_later_request_pulses_again(tmp_path):
+    rig = Rig(tmp_path, Scene().add([], 60))
+    control = with_control(rig, tmp_path)
+    control.submit(RequestKind.TEST_DOOR, now=rig.clock.wall())
+    control.submit(RequestKind.TEST_DOOR, now=rig.clock.wall())  # a double click
+    for _ in range(30):  # one second: two polls
+        rig.loop.step()
+    assert rig.relay_states() == [False, True, False]  # one pulse of 500 ms
+    control.submit(RequestKind.TEST_DOOR, now=rig.clock.wall())
+    rig.run()
+    assert rig.relay_states() == [False, True, False, True, False]
+    assert [r.state for r in control.recent_requests()] == [RequestState.DONE] * 2
+
+
+def test_a_door_test_older_than_a_minute_is_expired_not_pulsed(tmp_path):
+    rig = Rig(tmp_path, Scene().add([], 30))
+    control = with_control(rig, tmp_path)
+    late = control.submit(RequestKind.TEST_DOOR, now=rig.clock.wall() - timedelta(seconds=61))
+    rig.run()
+    assert rig.relay_states() == [False]
+    assert control.get_request(late.id).state is RequestState.EXPIRED
+
+
+def test_a_door_test_on_a_dead_relay_is_failed_with_the_reason(tmp_path):
+    rig = Rig(tmp_path, Scene().add([], 5))
+    control = with_control(rig, tmp_path)
+    rig.door.close()  # the relay driver is gone
+    asked = control.submit(RequestKind.TEST_DOOR, now=rig.clock.wall())
+    rig.run()
+    failed = control.get_request(asked.id)
+    assert failed.state is RequestState.FAILED
+    assert "could not be pulsed" in failed.result and "closed" in failed.result
+
+
+def test_a_broken_control_file_never_stops_the_door(tmp_path, caplog):
+    rig = Rig(tmp_path, Scene().add([], 30).add([ALICE], 3).add([], 57))  # three seconds
+    control = with_control(rig, tmp_path)
+    for part in control.path.parent.iterdir():  # the file, its log and index: garbage
+        part.write_bytes(b"garbage!" * 2000)
+    with caplog.at_level(logging.WARNING, logger="kiosk.scanner"):
+        rig.run()
+    assert [o.decision.reason for o in rig.outcomes] == [Reason.SUBSCRIPTION]
+    assert rig.relay_states() == [False, True, False]
+    warnings = [r for r in caplog.records if "control file" in r.getMessage()]
+    # Failing on every poll for 3 s, logged once (at most every 30 s), with the file named.
+    assert len(warnings) == 1 and str(control.path) in warnings[0].getMessage()
+
+
+def test_no_member_data_reaches_the_health_report(tmp_path):
+    rig = Rig(tmp_path, Scene().add([ALICE], 3).add([BOB], 3).add([CAROL], 3))
+    control = with_control(rig, tmp_path)
+    rig.run()
+    with sqlite3.connect(control.path) as conn:
+        (raw,) = conn.execute("SELECT data FROM health WHERE process = 'scanner'").fetchone()
+    secrets = {ALICE, BOB, CAROL}
+    for outcome in rig.outcomes:
+        secrets |= {outcome.checkin.member_id, outcome.member_name, outcome.checkin.id}
+    secrets.discard(None)
+    assert len(rig.outcomes) == 3 and len(secrets) > 6
+    assert not [s for s in secrets if s in raw]
+    assert json.loads(raw)["decisions"] == {"subscription": 1, "class_pack": 1, "member_paused": 1}

@@ -5,6 +5,7 @@ simulated clock; every wait is recorded instead of slept."""
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 import threading
 
@@ -13,6 +14,7 @@ import pytest
 
 from fakecloud import START, TOKEN, FakeCloud, Fault
 from kiosk.clock import SimClock
+from kiosk.control import ControlStore, OwnerRequest, RequestKind, RequestState
 from kiosk.model import ClockQuality, Decision, Now, Reason
 from kiosk.store import Store
 from sync.agent import OFFLINE, RUNNING, STOPPED, SyncAgent, SyncSettings
@@ -571,3 +573,141 @@ def test_an_implausible_cloud_time_is_not_kept_as_an_anchor(device):
         Anchor(BOOT, good.monotonic_ns + 1, datetime(9999, 1, 1, tzinfo=UTC))
     )
     assert device.store.latest_anchor(BOOT) == good
+
+
+# -- "sync now" from the owner page ----------------------------------------------------------------
+
+
+class OwnerPage:
+    """The owner page's side of the control file: clicks "sync now" during a chosen wait."""
+
+    def __init__(self, dev: Device, tmp_path) -> None:
+        self.dev = dev
+        self.control = ControlStore.open(tmp_path / "control.sqlite")
+        self.click_after_waits: int | None = None
+        self.stop_after_uploads: int | None = None
+        self.clicked: OwnerRequest | None = None
+
+    def sleep(self, seconds: float) -> bool:
+        self.dev.sleeper(seconds)
+        if len(self.dev.sleeper.waits) == self.click_after_waits:
+            self.clicked = self.control.submit(RequestKind.SYNC_NOW, now=self.dev.clock.wall())
+        if (
+            self.stop_after_uploads is not None
+            and self.dev.cloud.count("/v1/checkins") >= self.stop_after_uploads
+        ):
+            self.dev.stop.set()
+        return self.dev.stop.is_set()
+
+    def agent(self, **settings) -> SyncAgent:
+        return SyncAgent(
+            self.dev.store,
+            self.dev.client,
+            SyncSettings(**settings),
+            self.dev.clock,
+            sleep=self.sleep,
+            control=self.control,
+        )
+
+
+def test_sync_now_ends_the_idle_wait_and_is_finished_done(tmp_path):
+    dev = Device(tmp_path)
+    dev.cloud.seed_gym()
+    page = OwnerPage(dev, tmp_path)
+    agent = page.agent(interval_s=30, wake_poll_s=1.0)
+    page.click_after_waits = 3
+    dev.sleeper.limit = 6
+    agent.run(dev.stop)
+    # The first idle wait ended after the third poll (the click), not after 30 s, and a second
+    # round ran at once; nothing slept for real (the simulated clock moved).
+    assert dev.sleeper.waits[:3] == [1.0, 1.0, 1.0]
+    assert dev.cloud.count("/v1/heartbeat") == 2
+    done = page.control.get_request(page.clicked.id)
+    assert done.state is RequestState.DONE
+    assert done.result == f"synced: uploaded 0, replica version {dev.cloud.version}"
+    assert [a.outcome for a in page.control.recent_audit()] == ["done", "requested"]
+    page.control.close()
+    dev.store.close()
+
+
+def test_sync_now_cuts_the_backoff_short_and_is_finished_failed_with_the_error(tmp_path):
+    dev = Device(tmp_path)
+    dev.cloud.seed_gym()
+    dev.checkin()
+    # The cloud is failing and asks for two minutes' peace each time.
+    dev.cloud.fail_next("/v1/checkins", 503, headers={"Retry-After": "120"}, times=5)
+    page = OwnerPage(dev, tmp_path)
+    agent = page.agent(wake_poll_s=1.0)
+    page.click_after_waits = 3
+    page.stop_after_uploads = 2
+    agent.run(dev.stop)
+    # Three one-second slices of the 120 s backoff, then the click started the next attempt.
+    assert dev.sleeper.waits[:3] == [1.0, 1.0, 1.0]
+    assert dev.cloud.count("/v1/checkins") == 2
+    failed = page.control.get_request(page.clicked.id)
+    assert failed.state is RequestState.FAILED
+    assert failed.result.startswith("sync failed: push:") and "503" in failed.result
+    assert dev.states()["pending"] == 1
+    page.control.close()
+    dev.store.close()
+
+
+def test_sync_now_during_a_round_is_served_by_the_next_round(tmp_path):
+    dev = Device(tmp_path)
+    dev.cloud.seed_gym()
+    page = OwnerPage(dev, tmp_path)
+    agent = page.agent(interval_s=30, wake_poll_s=1.0)
+    clicked, waits_at_heartbeat = [], []
+
+    def click_during_the_heartbeat(request) -> bool:
+        waits_at_heartbeat.append(len(dev.sleeper.waits))
+        if not clicked:
+            clicked.append(page.control.submit(RequestKind.SYNC_NOW, now=dev.clock.wall()))
+        return False  # the heartbeat itself goes through
+
+    dev.cloud.faults.append(Fault("/v1/heartbeat", None, click_during_the_heartbeat))
+    dev.sleeper.limit = 2
+    agent.run(dev.stop)
+    # The click came during round 1, which did not answer it; round 2 started without a wait
+    # and did.
+    assert waits_at_heartbeat == [0, 0]
+    answered = page.control.get_request(clicked[0].id)
+    assert answered.state is RequestState.DONE and answered.result.startswith("synced:")
+    page.control.close()
+    dev.store.close()
+
+
+def test_without_a_control_file_a_wait_and_a_backoff_are_single_sleeps(tmp_path):
+    dev = Device(tmp_path, interval_s=30, wake_poll_s=1.0)
+    dev.cloud.seed_gym()
+    dev.checkin()
+    dev.cloud.fail_next("/v1/checkins", 503, headers={"Retry-After": "120"})
+    page = OwnerPage(dev, tmp_path)  # a click the agent has no way to see
+    page.control.submit(RequestKind.SYNC_NOW, now=dev.clock.wall())
+    dev.sleeper.limit = 3
+    dev.agent.run(dev.stop)
+    assert dev.sleeper.waits[0] >= 120  # the backoff, in one piece
+    assert dev.sleeper.waits[1:] == [1.0, 1.0]  # the idle wait polls the journal as before
+    assert page.control.has_pending(RequestKind.SYNC_NOW)
+    page.control.close()
+    dev.store.close()
+
+
+def test_a_broken_control_file_never_stops_the_sync(tmp_path, caplog):
+    dev = Device(tmp_path)
+    dev.cloud.seed_gym()
+    dev.checkin()
+    page = OwnerPage(dev, tmp_path)
+    agent = page.agent(interval_s=5, wake_poll_s=1.0)
+    for suffix in ("", "-wal", "-shm"):
+        path = page.control.path.with_name(page.control.path.name + suffix)
+        if path.exists():
+            path.write_bytes(b"garbage!" * 2000)
+    dev.sleeper.limit = 12
+    with caplog.at_level(logging.WARNING, logger="sync.agent"):
+        agent.run(dev.stop)
+    assert dev.states()["synced"] == 1 and dev.cloud.count("/v1/heartbeat") >= 2
+    warnings = [r for r in caplog.records if "control file" in r.getMessage()]
+    assert len(warnings) == 1  # failing on every poll, logged at most every 30 s
+    page.control.close()
+    dev.store.close()
