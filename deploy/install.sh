@@ -310,11 +310,6 @@ ensure_config() {
   fi
 }
 
-# True when the installed kiosk has the owner's page (`kiosk web`, a later version may add it).
-has_web() {
-  "$(at "$VENV")/bin/kiosk" web --help >/dev/null 2>&1
-}
-
 install_units() {
   local unit source target
   say "- systemd units in $UNIT_DIR"
@@ -330,15 +325,8 @@ install_units() {
     chmod 0644 "$target"
   done
   run systemctl daemon-reload
-  run systemctl enable fitflow-scanner.service fitflow-sync.service
-  enabled_services=(fitflow-scanner.service fitflow-sync.service)
-  if has_web; then
-    run systemctl enable fitflow-web.service
-    enabled_services+=(fitflow-web.service)
-  else
-    say "  this version has no owner page yet (kiosk web): fitflow-web.service stays disabled"
-    run systemctl disable fitflow-web.service
-  fi
+  run systemctl enable "${SERVICES[@]}"
+  enabled_services=("${SERVICES[@]}")
   run systemctl enable --now fitflow-backup.timer
   # An update takes effect at once in the services already running; none is started here,
   # so a fresh device does not drive its relay before it is provisioned.

@@ -500,6 +500,25 @@ BENCH_MEMBERS, BENCH_BACKLOG = 100_000, 10_000
 
 def cmd_bench(args: argparse.Namespace) -> int:
     _setup_logging("WARNING")
+    if args.sync and args.web:
+        print("bench: choose one of --sync and --web", file=sys.stderr)
+        return EXIT_CONFIG
+    if args.checkins is not None and not args.web:
+        print("bench: --checkins only applies with --web", file=sys.stderr)
+        return EXIT_CONFIG
+    if args.web:
+        from kiosk.bench_web import BENCH_CHECKINS, BENCH_REQUESTS, WebBenchError, run_web_bench
+
+        try:
+            return run_web_bench(
+                as_json=args.json,
+                checkins=args.checkins if args.checkins is not None else BENCH_CHECKINS,
+                requests=BENCH_REQUESTS,
+                out=sys.stdout,
+            )
+        except WebBenchError as exc:
+            print(f"bench: {exc}", file=sys.stderr)
+            return EXIT_RUNTIME
     if not args.sync:
         given = [f"--{name}" for name in ("postgres", "members", "backlog")
                  if getattr(args, name) is not None]  # fmt: skip
@@ -588,7 +607,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "bench",
         help="measure decoders, scan-to-relay latency, idle cost and memory; with --sync, the "
-        "sync agent against the reference cloud",
+        "sync agent against the reference cloud; with --web, the owner page",
     )
     p.add_argument("--json", action="store_true", help="print one JSON object with all figures")
     p.add_argument(
@@ -616,6 +635,18 @@ def build_parser() -> argparse.ArgumentParser:
         type=_at_least(1),
         metavar="N",
         help=f"with --sync: check-ins in the backlog to drain (default {BENCH_BACKLOG:,})",
+    )
+    p.add_argument(
+        "--web",
+        action="store_true",
+        help="measure the owner page instead: status JSON and live-update latency on loopback "
+        "with a full journal against an empty one, and the page process's memory",
+    )
+    p.add_argument(
+        "--checkins",
+        type=_at_least(1),
+        metavar="N",
+        help="with --web: check-ins in the full journal (default 100,000)",
     )
     p.set_defaults(func=cmd_bench)
 
@@ -656,6 +687,9 @@ def build_parser() -> argparse.ArgumentParser:
     from kiosk.dbcli import register as register_db
 
     register_db(sub)  # kiosk db backup|restore|check, kiosk logs
+    from kiosk.web.commands import register as register_web
+
+    register_web(sub)  # kiosk web, kiosk web set-password (the owner page)
 
     cfg = sub.add_parser("config", help="check, show or print an example configuration")
     cfg_sub = cfg.add_subparsers(dest="config_command", required=True, metavar="ACTION")

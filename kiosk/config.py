@@ -104,6 +104,13 @@ def _non_empty_problem(value: str) -> str | None:
     return None if value.strip() else "must not be empty"
 
 
+def _host_problem(value: str) -> str | None:
+    # An IP address (v4 or v6) or a host name: letters, digits, dots, hyphens, colons.
+    if re.fullmatch(r"[A-Za-z0-9.:-]{1,253}", value) and value.strip(".:-"):
+        return None
+    return "must be an IP address (0.0.0.0, 127.0.0.1, ::) or a host name"
+
+
 def _pin(name: str, default: int, doc: str) -> Key:
     return Key(name, int, default, doc, unit="BCM pin number", low=2, high=27)
 
@@ -251,6 +258,23 @@ SCHEMA: tuple[Table, ...] = (
             "The owner password's hash, written by `kiosk provision` (mode 0600). No password "
             "file means no login: there is no default password.",
             check=_non_empty_problem, rule="a file path"),
+        Key("host", str, "0.0.0.0",  # noqa: S104 (the owner's phone is on the LAN)
+            "Address the page listens on: 0.0.0.0 answers on every network (the owner opens it "
+            "from a phone on the gym's LAN); 127.0.0.1 only on this machine.",
+            check=_host_problem, rule="an IP address or host name"),
+        Key("port", int, 8080, "TCP port of the page (below 1024 needs an extra capability).",
+            low=1, high=65535),
+        Key("names", str, "first_name",
+            "How members' names appear in the decisions list: first_name (Alice S.), full "
+            "(Alice Smith), initials (A. S.) or hidden (member).",
+            choices=("first_name", "full", "initials", "hidden")),
+        Key("recent", int, 20, "How many recent decisions the page shows.", unit="rows",
+            low=1, high=200),
+        Key("refresh_s", float, 3.0, "How often the open page updates itself.", unit="s",
+            low=1, high=60),
+        Key("session_idle_minutes", int, 30,
+            "Sign the owner out after this long without a click (the page's own updates do not "
+            "count); every session ends after 12 h regardless.", unit="min", low=5, high=1440),
     )),
     Table("logging", "Log output (the systemd journal on the device).", (
         Key("level", str, "INFO", "Least severe level written.",

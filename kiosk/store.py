@@ -319,6 +319,27 @@ class JournalPosition:
     oldest_pending_at: datetime | None
 
 
+@dataclass(frozen=True, slots=True)
+class DecisionRow:
+    """One journal row as the owner page shows it (``Store.recent_decisions``): the member's id
+    never leaves the store, only the name parts the page masks as the owner configured.
+
+    ``at`` is the wall time the door recorded; ``reason`` the journal's text (a ``Reason`` value,
+    kept as text so a newer release's reason still shows); ``has_member`` says whether the
+    decision named a member; ``first_name``/``last_name`` are None when it did not, or when that
+    member is no longer in the replica."""
+
+    seq: int
+    at: datetime
+    door_id: str
+    verdict: str
+    reason: str
+    has_member: bool
+    first_name: str | None
+    last_name: str | None
+    sync_state: str
+
+
 class _ChecksumMismatch(Exception):
     """Raised inside a write transaction to roll it back; never leaves the store."""
 
@@ -578,6 +599,14 @@ class Store:
         Reads the whole file (seconds on a large database): for self-tests, not the door path."""
         with self._read("check the database's integrity") as conn:
             return [str(row[0]) for row in conn.execute("PRAGMA integrity_check")]
+
+    def quick_check(self) -> list[str]:
+        """SQLite's quick check (``PRAGMA quick_check``): ``["ok"]`` when the file's structure is
+        sound, else its findings. Works on a read-only store (the owner page's diagnostics);
+        faster than ``integrity_check`` (no index-content cross-check) but still reads every
+        page: seconds on a large database."""
+        with self._read("check the database's structure") as conn:
+            return [str(row[0]) for row in conn.execute("PRAGMA quick_check")]
 
     # -- plumbing --------------------------------------------------------------------------------
 
@@ -1169,6 +1198,46 @@ class Store:
                 (max(0, int(limit)),),
             ).fetchall()
         return [self._checkin(row) for row in rows]
+
+    def recent_decisions(self, limit: int = 20) -> list[DecisionRow]:
+        """The newest ``limit`` decisions, newest (highest seq) first, each with its member's name
+        from the replica (``DecisionRow``). A walk down the seq index plus one primary-key lookup
+        per row: the cost does not grow with the journal or the replica."""
+        with self._read("read recent decisions") as conn:
+            rows = conn.execute(
+                "SELECT c.seq, c.wall_time, c.door_id, c.decision, c.reason,"
+                " c.member_id IS NOT NULL, m.first_name, m.last_name, c.sync_state"
+                " FROM checkins AS c LEFT JOIN members AS m ON m.id = c.member_id"
+                " ORDER BY c.seq DESC LIMIT ?",
+                (max(0, int(limit)),),
+            ).fetchall()
+        return [
+            DecisionRow(
+                seq=int(r[0]),
+                at=_utc_from_text(r[1]),
+                door_id=str(r[2]),
+                verdict=str(r[3]),
+                reason=str(r[4]),
+                has_member=bool(r[5]),
+                first_name=r[6],
+                last_name=r[7],
+                sync_state=str(r[8]),
+            )
+            for r in rows
+        ]
+
+    def decision_counts(self, since: datetime) -> dict[tuple[str, str], int]:
+        """How many decisions were recorded at or after ``since`` (the door's wall time), by
+        ``(verdict, reason)``. A range of the wall-time index: cheap for a day, slower for a
+        year. Raises ValueError for a naive ``since``."""
+        since_text = _utc_text(since, "since")
+        with self._read("count recent decisions") as conn:
+            rows = conn.execute(
+                "SELECT decision, reason, COUNT(*) FROM checkins WHERE wall_time >= ?"
+                " GROUP BY decision, reason",
+                (since_text,),
+            ).fetchall()
+        return {(str(verdict), str(reason)): int(count) for verdict, reason, count in rows}
 
     def pending_checkins(self, limit: int = 100, *, after_seq: int = 0) -> list[Checkin]:
         """The upload queue: the oldest ``limit`` check-ins still pending with a seq above

@@ -80,11 +80,10 @@ if [ "$1 $2 $3" = "-m pip install" ]; then
   chmod +x "$(dirname "$0")/kiosk"
 fi
 """,
-    # The installed kiosk: `config check` is the real one; `web` exists when STUB_HAS_WEB=1.
+    # The installed kiosk: `config check` is the real one.
     "kiosk.template": 'echo "kiosk $*" >>"$STUB_LOG"\n'
     + """case "$1" in
   config) exec "$STUB_REAL_KIOSK" "$@" ;;
-  web) [ "${STUB_HAS_WEB:-0}" = 1 ] ;;
   *) exit 0 ;;
 esac
 """,
@@ -185,7 +184,9 @@ def test_the_scripts_are_shellcheck_clean():
 def test_install_twice_converges_and_keeps_the_owners_config(rig):
     first = rig.install()
     assert "sudo kiosk provision" in first.stdout and "sudo kiosk selftest" in first.stdout
-    assert "restart fitflow-scanner.service fitflow-sync.service\n" in first.stdout
+    assert (
+        "restart fitflow-scanner.service fitflow-sync.service fitflow-web.service\n" in first.stdout
+    )
     link = rig.path("/usr/local/bin/kiosk")
     assert os.readlink(link) == "/opt/fitflow-kiosk/venv/bin/kiosk"
 
@@ -210,6 +211,7 @@ def test_install_twice_converges_and_keeps_the_owners_config(rig):
     assert rig.enabled() == {
         "fitflow-scanner.service",
         "fitflow-sync.service",
+        "fitflow-web.service",
         "fitflow-backup.timer",
     }
     assert rig.calls("useradd") == [
@@ -245,6 +247,7 @@ def test_install_twice_converges_and_keeps_the_owners_config(rig):
     assert rig.enabled() == {
         "fitflow-scanner.service",
         "fitflow-sync.service",
+        "fitflow-web.service",
         "fitflow-backup.timer",
     }
     assert log.read_text().count("=== ") == 2
@@ -323,11 +326,11 @@ def test_an_invalid_seed_config_is_refused_before_it_is_installed(rig, tmp_path)
     assert "colour" in rig.path("/var/log/fitflow-kiosk-install.log").read_text()
 
 
-def test_the_web_unit_is_enabled_once_the_kiosk_has_the_owner_page(rig):
+def test_the_owner_page_is_enabled_with_the_door_and_restarted_on_update(rig):
     rig.install()
-    assert "fitflow-web.service" not in rig.enabled()
-    result = rig.install(STUB_HAS_WEB="1")
-    assert "fitflow-web.service" in rig.enabled()
+    services = {"fitflow-scanner.service", "fitflow-sync.service", "fitflow-web.service"}
+    assert services <= rig.enabled()
+    result = rig.install()
     assert (
         "restart fitflow-scanner.service fitflow-sync.service fitflow-web.service" in result.stdout
     )

@@ -1,0 +1,196 @@
+"""Where the owner page's figures come from: the door's database (read-only), the control file
+(read-write: requests, audit log, the scanner's health report), the system and the disk.
+
+``DoorDatabase`` keeps one read-only connection and survives the file's life around it: a database
+that does not exist yet (the scanner has not started) is reported in plain words and looked for
+again on the next request; a file replaced underneath (``kiosk db restore``) or a failed read makes
+it reopen. ``ControlAccess`` opens the control file on first use and again after a failure.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sqlite3
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from kiosk.control import ControlError, ControlStore
+from kiosk.store import DecisionRow, JournalPosition, Store, StoreError
+
+log = logging.getLogger(__name__)
+
+
+class DatabaseUnavailable(Exception):
+    """The door's database cannot be read now; the message says why in plain words."""
+
+
+def _readonly_hint(path: Path, exc: StoreError) -> str:
+    """``exc`` from a read-only open, explained for the owner where SQLite's words mislead."""
+    if exc.code == "SQLITE_READONLY_DIRECTORY":
+        return (
+            f"The page cannot read the door's database {path}: SQLite needs to create "
+            f"{path.name}-shm beside it to read it, and this process may not write in "
+            f"{path.parent}. This happens while the scanner is stopped; start it (it keeps those "
+            f"files there), or let the page's user write to the folder (the installed service "
+            f"may)."
+        )
+    return str(exc)
+
+
+class DoorDatabase:
+    """The door's database for the page, opened read-only (never created, never migrated)."""
+
+    def __init__(self, path: Path, *, busy_timeout_ms: int = 1000) -> None:
+        self.path = Path(path)
+        self._busy_timeout_ms = busy_timeout_ms
+        self._store: Store | None = None
+        self._identity: tuple[int, int] | None = None
+        self._lock = threading.Lock()
+
+    def _file_identity(self) -> tuple[int, int] | None:
+        try:
+            info = os.stat(self.path)
+        except OSError:
+            return None
+        return info.st_dev, info.st_ino
+
+    def store(self) -> Store:
+        """The open read-only store. Raises DatabaseUnavailable (with the reason in words) when
+        the file is missing, damaged, of an unreadable schema or cannot be opened."""
+        with self._lock:
+            identity = self._file_identity()
+            if identity is None:
+                self._close()
+                raise DatabaseUnavailable(
+                    f"The door's database {self.path} does not exist yet: the scanner creates it "
+                    f"on its first start (sudo systemctl start fitflow-scanner), or store.path in "
+                    f"the configuration points elsewhere."
+                )
+            if self._store is not None and identity == self._identity:
+                return self._store
+            self._close()
+            try:
+                self._store = Store.open(
+                    self.path, readonly=True, busy_timeout_ms=self._busy_timeout_ms
+                )
+            except StoreError as exc:
+                raise DatabaseUnavailable(_readonly_hint(self.path, exc)) from None
+            self._identity = identity
+            return self._store
+
+    def failed(self) -> None:
+        """A read through the store failed: reopen on the next request."""
+        with self._lock:
+            self._close()
+
+    def _close(self) -> None:
+        if self._store is not None:
+            store, self._store = self._store, None
+            with contextlib.suppress(StoreError):
+                store.close()
+
+    def close(self) -> None:
+        with self._lock:
+            self._close()
+
+
+class ControlAccess:
+    """The control file, opened on first use (the scanner may create its folder later) and again
+    after a failure. ``prune_every_s`` of wall time, the audit log and old requests are pruned."""
+
+    def __init__(self, path: Path, wall: Callable[[], datetime]) -> None:
+        self.path = Path(path)
+        self._wall = wall
+        self._store: ControlStore | None = None
+        self._pruned_at: datetime | None = None
+        self._lock = threading.Lock()
+
+    def store(self) -> ControlStore:
+        """The open control store. Raises ControlError in plain words."""
+        with self._lock:
+            if self._store is None:
+                self._store = ControlStore.open(self.path)
+            store = self._store
+            now = self._wall()
+            if self._pruned_at is None or now - self._pruned_at > timedelta(hours=6):
+                self._pruned_at = now
+                try:
+                    store.prune(now=now)
+                except ControlError as exc:
+                    log.warning("could not prune the control file: %s", exc)
+            return store
+
+    def failed(self) -> None:
+        with self._lock:
+            if self._store is not None:
+                store, self._store = self._store, None
+                store.close()
+
+    def close(self) -> None:
+        self.failed()
+
+
+@dataclass
+class DoorFacts:
+    """What the page reads from the door's database in one go; ``problem`` set instead when it
+    cannot be read."""
+
+    problem: str | None = None
+    decisions: list[DecisionRow] = field(default_factory=list)
+    position: JournalPosition | None = None
+    replica_version: int = 0
+    replica_synced_at: datetime | None = None
+    members: int | None = None
+    sync: dict[str, Any] = field(default_factory=dict)
+    today: dict[tuple[str, str], int] = field(default_factory=dict)
+
+
+class MemberCountCache:
+    """The replica's member count, counted again only when the replica's version changes
+    (counting a large replica on every refresh would cost milliseconds each time)."""
+
+    def __init__(self) -> None:
+        self._version: int | None = None
+        self._count: int | None = None
+
+    def get(self, store: Store, version: int) -> int:
+        if self._version != version or self._count is None:
+            self._count = store.member_count()
+            self._version = version
+        return self._count
+
+
+def read_door(
+    door: DoorDatabase,
+    *,
+    recent: int,
+    day_start: datetime,
+    members: MemberCountCache,
+) -> DoorFacts:
+    """Read the door's figures; a database that cannot be read gives ``DoorFacts(problem=...)``
+    (and is reopened next time)."""
+    try:
+        store = door.store()
+    except DatabaseUnavailable as exc:
+        return DoorFacts(problem=str(exc))
+    try:
+        replica = store.replica_info()
+        return DoorFacts(
+            decisions=store.recent_decisions(recent),
+            position=store.journal_position(),
+            replica_version=replica.version,
+            replica_synced_at=replica.synced_at,
+            members=members.get(store, replica.version),
+            sync=store.sync_status(),
+            today=store.decision_counts(day_start),
+        )
+    except (StoreError, sqlite3.Error) as exc:
+        door.failed()
+        log.warning("reading the door's database failed: %s", exc)
+        return DoorFacts(problem=str(exc))

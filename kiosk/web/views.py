@@ -1,0 +1,209 @@
+"""The data each part of the owner page shows, as plain JSON-ready dicts: the HTML templates and the
+``/api/*`` twins render the same values. Pure functions of facts already read (``sources``), the
+time and the gym's time zone. A member's id never appears here; names are masked on the way in.
+
+Every time is a dict ``{"at": UTC text, "age_s": seconds, "ago": "2 min ago", "local": "14:03:12"}``
+(or None), so a monitor can use the first two and a person the last two.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from kiosk.control import AuditEntry, HealthReport, OwnerRequest
+from kiosk.store import DecisionRow
+from kiosk.web.device_health import HEARTBEAT_PROBLEM_S, Check, overall
+from kiosk.web.sources import DoorFacts
+from kiosk.web.words import (
+    NOT_REPORTING,
+    SCANNER_STATE_WORDS,
+    action_words,
+    age_words,
+    decision_name,
+    error_words,
+    local_time,
+    one_line,
+    outcome_words,
+    reason_words,
+    verdict_words,
+)
+from sync.protocol import utc_text
+
+
+def parse_utc(text: Any) -> datetime | None:
+    """A UTC text written by another kiosk process, or None when absent or unreadable."""
+    if not isinstance(text, str):
+        return None
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    return moment if moment.tzinfo is not None else None
+
+
+def time_view(moment: datetime | None, now: datetime, zone: ZoneInfo) -> dict[str, Any] | None:
+    if moment is None:
+        return None
+    age = (now - moment).total_seconds()
+    return {
+        "at": utc_text(moment),
+        "age_s": round(age, 1),
+        "ago": age_words(age),
+        "local": local_time(moment, zone, now),
+    }
+
+
+def door_view(
+    report: HealthReport | None,
+    newest: DecisionRow | None,
+    *,
+    door_id: str,
+    now: datetime,
+    zone: ZoneInfo,
+) -> dict[str, Any]:
+    """The door's state: the scanner's state, the relay, the last pulse and the last decision.
+    From the scanner's health report; the last decision falls back on the journal when the
+    scanner does not report."""
+    data = report.data if report is not None else {}
+    fresh = report is not None and (now - report.updated_at).total_seconds() <= HEARTBEAT_PROBLEM_S
+    state = str(data.get("state")) if report is not None else "not_reporting"
+    if report is not None and state != "stopped" and not fresh:
+        state = "not_reporting"
+    relay_open = data.get("relay_open") if fresh and state != "stopped" else None
+    if relay_open is True:
+        relay_words = "open (the turnstile is released)"
+    elif relay_open is False:
+        relay_words = "closed"
+    else:
+        relay_words = "unknown"
+    last_decision = None
+    decided_at = parse_utc(data.get("last_decision_at"))
+    if decided_at is not None and data.get("last_verdict"):
+        verdict, reason = str(data.get("last_verdict")), str(data.get("last_reason") or "")
+    elif newest is not None:
+        decided_at, verdict, reason = newest.at, newest.verdict, newest.reason
+    else:
+        verdict = reason = ""
+    if decided_at is not None:
+        last_decision = {
+            "time": time_view(decided_at, now, zone),
+            "verdict": verdict,
+            "verdict_words": verdict_words(verdict),
+            "reason": reason,
+            "reason_words": reason_words(reason),
+        }
+    pulse_ms = data.get("pulse_ms")
+    return {
+        "door_id": door_id,
+        "state": state,
+        "state_words": SCANNER_STATE_WORDS.get(state, NOT_REPORTING)
+        if state != "not_reporting"
+        else NOT_REPORTING,
+        "reported": time_view(report.updated_at, now, zone) if report is not None else None,
+        "relay_open": relay_open,
+        "relay_words": relay_words,
+        "pulse_ms": pulse_ms
+        if isinstance(pulse_ms, int) and not isinstance(pulse_ms, bool)
+        else None,
+        "last_pulse": time_view(parse_utc(data.get("last_pulse_at")), now, zone),
+        "last_decision": last_decision,
+    }
+
+
+def decisions_view(
+    rows: list[DecisionRow], *, names: str, now: datetime, zone: ZoneInfo
+) -> list[dict[str, Any]]:
+    """Recent decisions, newest first, names masked per ``names`` (``web.names``)."""
+    return [
+        {
+            "seq": row.seq,
+            "time": time_view(row.at, now, zone),
+            "door_id": row.door_id,
+            "verdict": row.verdict,
+            "verdict_words": verdict_words(row.verdict),
+            "reason": row.reason,
+            "reason_words": reason_words(row.reason),
+            "name": decision_name(row.has_member, row.first_name, row.last_name, names),
+            "sync_state": row.sync_state,
+        }
+        for row in rows
+    ]
+
+
+def today_view(counts: dict[tuple[str, str], int]) -> dict[str, int]:
+    """Today's decisions: granted, denied and total."""
+    granted = sum(n for (verdict, _), n in counts.items() if verdict == "granted")
+    denied = sum(n for (verdict, _), n in counts.items() if verdict == "denied")
+    return {"granted": granted, "denied": denied, "total": granted + denied}
+
+
+_SYNC_STATE_WORDS = {
+    "running": "running",
+    "offline": "cannot reach the cloud (retrying)",
+    "stopped": "stopped",
+    "never_ran": "has not run yet",
+}
+
+
+def sync_view(facts: DoorFacts, *, now: datetime, zone: ZoneInfo) -> dict[str, Any]:
+    """Sync health: online, last pull and push, the backlog and its oldest check-in, the replica,
+    the last error in plain words."""
+    status = facts.sync
+    state = str(status.get("state") or "never_ran")
+    position = facts.position
+    online = status.get("online")
+    return {
+        "state": state,
+        "state_words": _SYNC_STATE_WORDS.get(state, one_line(state, 40)),
+        "online": online if isinstance(online, bool) else None,
+        "last_pull": time_view(parse_utc(status.get("last_pull_at")), now, zone),
+        "last_push": time_view(parse_utc(status.get("last_push_at")), now, zone),
+        "backlog": None if position is None else position.backlog,
+        "oldest_pending": time_view(
+            None if position is None else position.oldest_pending_at, now, zone
+        ),
+        "replica_version": facts.replica_version,
+        "replica_members": facts.members,
+        "replica_synced": time_view(facts.replica_synced_at, now, zone),
+        "last_error": error_words(status.get("last_error")),
+        "last_error_at": time_view(parse_utc(status.get("last_error_at")), now, zone),
+    }
+
+
+def health_view(checks: list[Check]) -> dict[str, Any]:
+    return {"grade": overall(checks).value, "checks": [c.to_json() for c in checks]}
+
+
+def audit_view(entries: list[AuditEntry], *, now: datetime, zone: ZoneInfo) -> list[dict[str, Any]]:
+    return [
+        {
+            "time": time_view(e.at, now, zone),
+            "action": e.action,
+            "action_words": action_words(e.action),
+            "outcome": e.outcome,
+            "outcome_words": outcome_words(e.outcome),
+            "detail": e.detail,
+            "client": e.client,
+        }
+        for e in entries
+    ]
+
+
+def requests_view(
+    requests: list[OwnerRequest], *, now: datetime, zone: ZoneInfo
+) -> list[dict[str, Any]]:
+    return [
+        {
+            "id": r.id,
+            "kind": r.kind.value,
+            "kind_words": action_words(r.kind.value),
+            "state": r.state.value,
+            "state_words": outcome_words(r.state.value),
+            "requested": time_view(r.requested_at, now, zone),
+            "finished": time_view(r.finished_at, now, zone),
+            "result": r.result,
+        }
+        for r in requests
+    ]

@@ -1,0 +1,49 @@
+"""``kiosk bench --web``: a real (small) run against ``kiosk web`` processes, and its verdicts."""
+
+from __future__ import annotations
+
+import io
+import json
+
+from kiosk.bench_web import collect_web, report_web, web_checks
+from kiosk.cli import main
+
+
+def test_a_small_web_bench_logs_in_and_times_every_route():
+    result = collect_web(checkins=30, requests=5, progress=lambda _words: None)
+    for journal in ("empty", "full"):
+        figures = result[journal]
+        for route in ("/api/overview", "/live", "/healthz"):
+            assert 0 < figures[route]["p50_ms"] <= figures[route]["p95_ms"]
+        assert 10 < figures["rss_mb"] <= figures["peak_rss_mb"]
+    assert result["overview_ratio"] > 0
+    out = io.StringIO()
+    report_web(result, out)
+    assert "status JSON with 30 check-ins" in out.getvalue()
+
+
+def _figures(status_ms: float, rss_mb: float) -> dict:
+    page = {"/api/overview": {"p50_ms": status_ms}, "peak_rss_mb": rss_mb}
+    return {"checkins": 100_000, "full": page, "empty": {**page, "peak_rss_mb": 30.0}}
+
+
+def test_the_targets_are_judged_on_the_full_journal_and_the_larger_memory():
+    assert [ok for _, ok in web_checks(_figures(5.0, 45.0))] == [True, True]
+    assert [ok for _, ok in web_checks(_figures(25.0, 45.0))] == [False, True]
+    assert [ok for _, ok in web_checks(_figures(5.0, 61.0))] == [True, False]
+
+
+def test_web_and_sync_are_separate_benches(capsys):
+    assert main(["bench", "--web", "--sync"]) == 2
+    assert "choose one" in capsys.readouterr().err
+    assert main(["bench", "--checkins", "10"]) == 2
+    assert "--checkins only applies with --web" in capsys.readouterr().err
+
+
+def test_json_output_is_one_object(capsys, monkeypatch):
+    import kiosk.bench_web as bench_web
+
+    monkeypatch.setattr(bench_web, "BENCH_REQUESTS", 3)
+    assert main(["bench", "--web", "--checkins", "5", "--json"]) in (0, 1)
+    record = json.loads(capsys.readouterr().out.strip())
+    assert record["checkins"] == 5 and "targets_met" in record
