@@ -76,7 +76,7 @@ def cmd_config_example(_args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     from hardware.protocols import CameraError, DecoderUnavailable
     from kiosk.clock import AnchoredClock, SystemClock
-    from kiosk.control import ControlError, ControlStore, control_path
+    from kiosk.control import ControlError, control_path
     from kiosk.parts import (
         GpioError,
         build_camera,
@@ -86,7 +86,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         make_pin_factory,
         scanner_settings,
     )
-    from kiosk.scanner import DoorLoop, stop_on_signals
+    from kiosk.scanner import CONTROL_REOPEN_S, DoorLoop, open_control_store, stop_on_signals
     from kiosk.store import Store, StoreError
     from kiosk.systemd import Notifier
 
@@ -104,13 +104,21 @@ def cmd_run(args: argparse.Namespace) -> int:
         return EXIT_DATABASE
     # Until NTP syncs, the time comes from the sync agent's newest anchor of this boot.
     clock = AnchoredClock(SystemClock(), store.latest_anchor)
-    # The owner page's control file: the door runs without it, only the page's extras are lost.
+    # The owner page's control file: the door runs without it, only the page's extras are lost
+    # (the loop tries again every CONTROL_REOPEN_S, and reopens a file that broke).
+    control_file = control_path(config.store.path)
     control = None
     try:
-        control = ControlStore.open(control_path(config.store.path))
+        control = open_control_store(control_file)
     except ControlError as exc:
-        log.warning("owner-page 'test the door' and live health will not work: %s", exc)
+        log.warning(
+            "owner-page 'test the door' and live health will not work until the control file "
+            "opens (tried again every %.0f s): %s",
+            CONTROL_REOPEN_S,
+            exc,
+        )
     opened: list = []  # closed in reverse order on every exit path; the relay last of all
+    loop: DoorLoop | None = None
     try:
         # Synced rows past their retention go; pending rows are never deleted (store guarantees).
         retention = timedelta(days=config.store.checkin_retention_days)
@@ -142,6 +150,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             settings=scanner_settings(config),
             notifier=Notifier(),
             control=control,
+            open_control=lambda: open_control_store(control_file),
         )
         loop.run(stop)
         return 0
@@ -160,6 +169,8 @@ def cmd_run(args: argparse.Namespace) -> int:
                 log.exception("closing %s failed", type(part).__name__)
         if control is not None:
             control.close()
+        if loop is not None and loop.control is not None:
+            loop.control.close()  # the loop may have opened it again (closing twice is harmless)
         store.close()
 
 
@@ -456,7 +467,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from kiosk.demo import DemoError, run_demo
+    from kiosk.demo import DemoError, DemoWebError, run_demo
     from kiosk.store import StoreError
     from sync.client import CloudError
     from sync.cloud.embedded import EmbeddedCloudError
@@ -470,6 +481,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
             once=args.once,
             out=sys.stdout,
             cloud=not args.no_cloud,
+            # 0: the system picks a free port (the page's address is printed first).
+            web_port=None if args.no_web else (args.web_port or 0),
         )
     except (EmbeddedCloudError, CloudError) as exc:
         print(
@@ -480,6 +493,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     except StoreError as exc:
         print(f"demo: {exc}", file=sys.stderr)
         return EXIT_DATABASE
+    except DemoWebError as exc:  # before DemoError, its parent: a taken port is not bad input
+        print(f"demo: {exc}", file=sys.stderr)
+        return EXIT_RUNTIME
     except DemoError as exc:
         print(f"demo: {exc}", file=sys.stderr)
         return EXIT_CONFIG
@@ -595,6 +611,17 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="the door alone: a locally seeded replica, no cloud, no network",
     )
+    from kiosk.web.commands import _port as port_number  # light: argparse only
+
+    web = p.add_mutually_exclusive_group()
+    web.add_argument(
+        "--web-port",
+        type=port_number,
+        metavar="N",
+        help="serve the owner page on 127.0.0.1 at port N (default: a free port; the address "
+        "and a password for this run are printed first)",
+    )
+    web.add_argument("--no-web", action="store_true", help="do not serve the owner page")
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser(

@@ -111,6 +111,20 @@ def _host_problem(value: str) -> str | None:
     return "must be an IP address (0.0.0.0, 127.0.0.1, ::) or a host name"
 
 
+def _host_names_problem(value: str) -> str | None:
+    # Empty, or host names separated by commas: DNS labels of letters, digits and hyphens.
+    label = r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+    for name in value.split(","):
+        name = name.strip().rstrip(".")
+        if not name and not value.strip():
+            continue
+        if not re.fullmatch(rf"{label}(\.{label})*", name) or len(name) > 253:
+            return (
+                f"must be host names separated by commas (e.g. gym-door.example.lan), not {name!r}"
+            )
+    return None
+
+
 def _pin(name: str, default: int, doc: str) -> Key:
     return Key(name, int, default, doc, unit="BCM pin number", low=2, high=27)
 
@@ -262,6 +276,12 @@ SCHEMA: tuple[Table, ...] = (
             "Address the page listens on: 0.0.0.0 answers on every network (the owner opens it "
             "from a phone on the gym's LAN); 127.0.0.1 only on this machine.",
             check=_host_problem, rule="an IP address or host name"),
+        Key("allowed_hosts", str, "",
+            "Extra host names the page answers to, separated by commas (e.g. a DNS name you gave "
+            "the device). It always answers to its IP addresses, localhost, the machine's host "
+            "name and host name.local; any other name in the address bar is refused (this "
+            "stops DNS-rebinding attacks from web pages the owner visits).",
+            check=_host_names_problem, rule="host names separated by commas, or empty"),
         Key("port", int, 8080, "TCP port of the page (below 1024 needs an extra capability).",
             low=1, high=65535),
         Key("names", str, "first_name",

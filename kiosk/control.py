@@ -77,11 +77,13 @@ def shared_wall(clock: Clock) -> datetime:
 
 class ControlError(Exception):
     """A failure of the control file in plain words: which file, what failed, what to do.
-    ``path`` is the control file."""
+    ``path`` is the control file; ``busy`` is True when another process only held it locked for
+    longer than the busy timeout (try again later; the file itself is fine)."""
 
-    def __init__(self, message: str, *, path: Path | None = None) -> None:
+    def __init__(self, message: str, *, path: Path | None = None, busy: bool = False) -> None:
         super().__init__(message)
         self.path = path
+        self.busy = busy
 
 
 class RequestKind(StrEnum):
@@ -218,7 +220,9 @@ def _explain(err: sqlite3.Error, path: Path, action: str, busy_timeout_ms: int) 
         )
     else:
         message = f"could not {action} in {path}: {err}"
-    return ControlError(message, path=path)
+    return ControlError(
+        message, path=path, busy=primary in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+    )
 
 
 def _text(moment: datetime) -> str:

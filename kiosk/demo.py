@@ -8,12 +8,17 @@ then the sync story (upload, a change made in the cloud, an outage and the catch
 in a few seconds; without it the scenario repeats in real time, synced every few seconds, until
 Ctrl-C. A control file next to the demo database (``control.sqlite``) carries the owner page's
 requests and the scanner's health, so "test the door" and "sync now" work in the demo too.
+
+The owner page (``kiosk.web``) is served by the demo as well, on 127.0.0.1 in a thread of this
+process (``web_port``): the real page on the demo's database opened read-only and on its control
+file, with a random owner password per run, printed at start-up with the page's address.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import secrets
 import tempfile
 import threading
 import time
@@ -26,7 +31,14 @@ from typing import TextIO
 
 from kiosk.clock import Clock, SimClock, SystemClock
 from kiosk.config import Config, default_config
-from kiosk.control import ControlError, ControlStore, control_path
+from kiosk.control import (
+    ControlError,
+    ControlStore,
+    OwnerRequest,
+    RequestKind,
+    RequestState,
+    control_path,
+)
 from kiosk.demo_cloud import DemoCloud
 from kiosk.model import Verdict
 from kiosk.parts import (
@@ -57,15 +69,21 @@ SHOW_CODE_S = 0.6  # how long each card is held in front of the camera
 GAP_S = 1.2  # empty scene between cards
 SYNC_EVERY_S = 2.0  # the continuous demo's sync cycle
 SYNC_NOW_POLL_S = 0.25  # how often the continuous demo looks for the owner page's "sync now"
+DOOR_TEST_POLL_S = 0.25  # how often it looks for a finished "test the door", to print it
+WEB_HOST = "127.0.0.1"  # the demo's page is for this machine only
+WEB_START_TIMEOUT_S = 15.0
+WEB_STOP_TIMEOUT_S = 5.0
 
 
 def demo_config(db_path: Path) -> Config:
     """The embedded defaults with mock pins and the demo's own database. (The demo's synthetic
-    camera is built directly, not from ``camera.backend``: it is not a camera a door may use.)"""
+    camera is built directly, not from ``camera.backend``: it is not a camera a door may use;
+    ``camera.fps`` says its rate so that the owner page grades it against what it delivers.)"""
     config = default_config()
     return replace(
         config,
         door=replace(config.door, id="demo-door"),
+        camera=replace(config.camera, fps=DEMO_FPS),
         store=replace(config.store, path=str(db_path)),
         gpio=replace(config.gpio, pin_factory="mock"),
     )
@@ -101,6 +119,10 @@ def _quiet(logger_name: str) -> Iterator[None]:
 
 class DemoError(Exception):
     """The demo cannot run as asked; the message says why."""
+
+
+class DemoWebError(DemoError):
+    """The demo's owner page could not start (e.g. its port is taken); the message says why."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -214,6 +236,21 @@ class _Printer:
     def cloud(self, event: str, words: str, **fields: object) -> None:
         self._emit({"type": "cloud", "event": event, **fields}, f"cloud:   {words}")
 
+    def web(self, url: str, password: str) -> None:
+        """Where the owner page is and its password for this run."""
+        self._emit(
+            {"type": "web", "url": url, "password": password},
+            f"owner page: {url}  (password: {password})",
+        )
+
+    def door_test(self, request: OwnerRequest) -> None:
+        """A "test the door" from the owner page, answered by the door loop."""
+        ok = request.state is RequestState.DONE
+        self._emit(
+            {"type": "door_test", "id": request.id, "ok": ok, "result": request.result},
+            f"door test: {request.result}" if ok else f"door test: FAILED ({request.result})",
+        )
+
 
 def _sync_in_background(demo_cloud: DemoCloud, printer: _Printer, stop: threading.Event) -> None:
     """The continuous demo's sync agent: a cycle every couple of seconds, and at once when the
@@ -233,6 +270,103 @@ def _sync_in_background(demo_cloud: DemoCloud, printer: _Printer, stop: threadin
                 printer.sync(report, counts_store.counts_by_state())
     finally:
         counts_store.close()
+
+
+class DemoWeb:
+    """The owner page served in a thread of the demo: ``url``, and ``password`` for this run.
+    Start with ``DemoWeb.start``; ``stop()`` ends it (safe to call twice)."""
+
+    def __init__(self, server, thread: threading.Thread, sock, app, url: str, password: str):
+        self._server = server
+        self._thread = thread
+        self._sock = sock
+        self._app = app
+        self.url = url
+        self.password = password
+
+    @classmethod
+    def start(cls, config: Config, db_path: Path, port: int) -> DemoWeb:
+        """Set a fresh random owner password (its salted hash in ``<name>-owner-password`` beside
+        the demo database, mode 0600), then serve the page on ``WEB_HOST``:``port`` (0: a free
+        port) and return once it accepts connections. Raises DemoWebError when the port cannot
+        be used or the page does not come up within ``WEB_START_TIMEOUT_S``."""
+        import uvicorn
+
+        from kiosk.owner_password import PasswordFileError, hash_password, save_password_hash
+        from kiosk.web.app import create_app
+        from kiosk.web.commands import bind, listen_url, server_config
+
+        password = secrets.token_urlsafe(12)  # 16 characters, 96 bits
+        password_file = db_path.with_name(f"{db_path.stem}-owner-password")
+        try:
+            save_password_hash(password_file, hash_password(password))
+        except PasswordFileError as exc:
+            raise DemoWebError(f"the owner page's password: {exc}") from None
+        try:
+            sock = bind(WEB_HOST, port)
+        except OSError as exc:
+            raise DemoWebError(
+                f"the owner page cannot listen on {WEB_HOST}:{port}: {exc.strerror or exc} "
+                "(choose another --web-port, or --no-web)"
+            ) from None
+        port = sock.getsockname()[1]
+        web_config = replace(
+            config,
+            web=replace(config.web, host=WEB_HOST, port=port, password_file=str(password_file)),
+        )
+        app = create_app(web_config)
+        settings = server_config(app)  # the same bounds and quiet as ``kiosk web``
+        # A browser's open connection must not hold up the demo's exit for long.
+        settings.timeout_graceful_shutdown = 1
+        server = uvicorn.Server(settings)
+        # Outside the main thread uvicorn leaves the signal handlers alone: Ctrl-C stays the
+        # demo's (stop_on_signals), which then stops this server.
+        thread = threading.Thread(
+            target=server.run, kwargs={"sockets": [sock]}, name="demo-owner-page", daemon=True
+        )
+        web = cls(server, thread, sock, app, listen_url(WEB_HOST, port), password)
+        thread.start()
+        deadline = time.monotonic() + WEB_START_TIMEOUT_S
+        while not server.started:
+            if not thread.is_alive() or time.monotonic() > deadline:
+                web.stop()
+                raise DemoWebError(f"the owner page did not start on {WEB_HOST}:{port}")
+            time.sleep(0.01)
+        return web
+
+    def stop(self) -> None:
+        self._server.should_exit = True
+        self._thread.join(WEB_STOP_TIMEOUT_S)
+        self._sock.close()
+        self._app.state.page.close()
+
+
+def _report_door_tests(control: ControlStore, printer: _Printer, stop: threading.Event) -> None:
+    """Print each "test the door" the door loop answers while the demo runs (requests older than
+    the demo are not news); one last look once ``stop`` is set, so none answered is left out."""
+    try:
+        newest = control.recent_requests(1)
+    except ControlError:
+        return
+    after = newest[0].id if newest else 0
+    printed: set[int] = set()
+    stopping = False
+    while not stopping:
+        stopping = stop.wait(DOOR_TEST_POLL_S)
+        try:
+            requests = control.recent_requests(10)
+        except ControlError:
+            continue  # the door loop logs the control file's trouble; try again
+        for request in sorted(requests, key=lambda r: r.id):
+            answered = request.state in (RequestState.DONE, RequestState.FAILED)
+            if (
+                request.kind is RequestKind.TEST_DOOR
+                and answered
+                and request.id > after
+                and request.id not in printed
+            ):
+                printed.add(request.id)
+                printer.door_test(request)
 
 
 def _story(demo_cloud: DemoCloud, play, clock: Clock, printer: _Printer, store: Store) -> None:
@@ -265,11 +399,15 @@ def run_demo(
     stop: threading.Event | None = None,
     cloud: bool = True,
     on_start: Callable[[DemoRuntime], None] | None = None,
+    web_port: int | None = None,
 ) -> int:
     """Run the demo; returns the exit code. Without ``once`` it runs until ``stop`` is set or
     SIGINT/SIGTERM arrives. ``cloud=False`` runs the door alone on a locally seeded replica (no
-    sync agent, no network at all). ``on_start`` is called once the store, the control file and
-    the cloud are up, before the door starts (its exceptions end the demo)."""
+    sync agent, no network at all). ``web_port`` serves the owner page on 127.0.0.1 at that port
+    (0: a free one) for as long as the demo runs, its address and password printed first; None:
+    no page. ``on_start`` is called once the store, the control file, the page and the cloud are
+    up, before the door starts (its exceptions end the demo). Raises DemoError (DemoWebError
+    when the page cannot start), StoreError, and the embedded cloud's errors."""
     from hardware.synthetic import SyntheticCamera  # needs the 'vision' extra (OpenCV, segno)
 
     clock = clock or (SimClock() if once else SystemClock())
@@ -289,7 +427,12 @@ def run_demo(
             door = build_door(config.gpio, pins.factory)
             signal = build_signal(config.gpio, config.feedback, pins.factory)
             syncer: threading.Thread | None = None
+            door_tests: threading.Thread | None = None
+            web: DemoWeb | None = None
             try:
+                if web_port is not None:
+                    web = DemoWeb.start(config, db_path, web_port)
+                    printer.web(web.url, web.password)
                 if demo_cloud is not None:
                     url = demo_cloud.start()
                     seeded = "seeded with the demo gym" if demo_cloud.seeded else "existing data"
@@ -341,6 +484,11 @@ def run_demo(
                         target=_sync_in_background, args=(demo_cloud, printer, stop), daemon=True
                     )
                     syncer.start()
+                if control is not None and not once:
+                    door_tests = threading.Thread(
+                        target=_report_door_tests, args=(control, printer, stop), daemon=True
+                    )
+                    door_tests.start()
                 play(SCENARIO)
                 expected = list(SCENARIO)
                 if demo_cloud is not None and once:
@@ -350,6 +498,10 @@ def run_demo(
                 stop.set()
                 if syncer is not None:
                     syncer.join(10)
+                if door_tests is not None:
+                    door_tests.join(10)
+                if web is not None:
+                    web.stop()
                 if demo_cloud is not None:
                     demo_cloud.close()
                 signal.close()

@@ -10,7 +10,11 @@ time, the camera, the relay and the feedback, and it never touches the network. 
 With a ``ControlStore`` (the owner page's control file) the loop also publishes its health (frame
 rate, decode time, decisions per reason; never member data) every ``health_every_s``, and answers
 the page's "test the door" requests. Neither may ever stall or stop the door: every call to the
-control file is guarded, its failures logged at most every 30 s.
+control file is guarded, its failures logged at most every 30 s, and the file is opened with a
+busy timeout of ``CONTROL_BUSY_TIMEOUT_MS`` (``open_control_store``), so a file another process
+keeps locked costs a frame at most a few milliseconds. Given an ``open_control`` function, the
+loop opens the file itself when it could not be opened at start-up, or again when it broke (not
+merely busy), at most every ``CONTROL_REOPEN_S``.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from pathlib import Path
 from types import FrameType
 from typing import Any
 
@@ -55,6 +60,17 @@ DECODE_SAMPLES = 300
 FPS_WINDOW_S = 10.0
 # A failing control file is logged at most this often (it fails on every poll while broken).
 CONTROL_LOG_EVERY_S = 30.0
+# A control file that could not be opened, or broke, is opened again at most this often (s).
+CONTROL_REOPEN_S = 30.0
+# How long a control-file call may wait for another process's lock (the frame thread makes it).
+CONTROL_BUSY_TIMEOUT_MS = 20
+
+
+def open_control_store(path: Path) -> ControlStore:
+    """The control file for the door loop: its calls wait at most ``CONTROL_BUSY_TIMEOUT_MS`` for
+    a lock another process holds (a late health report is better than a late door). Raises
+    ControlError."""
+    return ControlStore.open(path, busy_timeout_ms=CONTROL_BUSY_TIMEOUT_MS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,7 +115,8 @@ class DoorLoop:
 
     ``on_outcome`` is called for every decision after the commit (the demo prints from it, the bench
     measures from it); an exception in it is logged and does not stop the door. ``control`` (None:
-    no owner page) receives the health report and supplies "test the door" requests.
+    none open) receives the health report and supplies "test the door" requests;
+    ``open_control`` (None: never reopen) opens it again, lazily, when it is missing or broke.
     """
 
     def __init__(
@@ -115,6 +132,7 @@ class DoorLoop:
         notifier: Notifier | None = None,
         on_outcome: Callable[[Outcome], None] | None = None,
         control: ControlStore | None = None,
+        open_control: Callable[[], ControlStore] | None = None,
     ) -> None:
         self.source = source
         self.reader = reader
@@ -144,6 +162,11 @@ class DoorLoop:
         self._decode_error_logged_ns: int | None = None
         # -- for the health report and the owner's requests --
         self.control = control
+        self.open_control = open_control
+        # A missing control file is opened again CONTROL_REOPEN_S after the caller's attempt.
+        self._control_retry_ns: int | None = (
+            None if control is not None else self._last_frame_ns + int(CONTROL_REOPEN_S * 1e9)
+        )
         self._started_ns = self._last_frame_ns
         self._started_at = shared_wall(clock)
         self._decode_ns: deque[int] = deque(maxlen=DECODE_SAMPLES)
@@ -180,7 +203,7 @@ class DoorLoop:
         the health report and answer a pending "test the door" request."""
         outcomes = self._scan()
         # Not after an exception: a loop on its way out must not pulse for a door test.
-        if self.control is not None:
+        if self.control is not None or self.open_control is not None:
             self._tend_control()
         return outcomes
 
@@ -263,6 +286,8 @@ class DoorLoop:
 
     def _tend_control(self) -> None:
         now_ns = self.clock.monotonic_ns()
+        if self.control is None and not self._reopen_control(now_ns):
+            return
         if self._health_due_ns is None or now_ns >= self._health_due_ns:
             self._health_due_ns = now_ns + int(self.settings.health_every_s * 1e9)
             self._publish_health()
@@ -354,9 +379,36 @@ class DoorLoop:
         except Exception as exc:
             self._control_failed(f"record the end of door test #{request.id}", exc)
 
+    def _reopen_control(self, now_ns: int) -> bool:
+        """Open the control file when it is due (at most every ``CONTROL_REOPEN_S``); True when
+        it is open now."""
+        if self.open_control is None:
+            return False
+        if self._control_retry_ns is not None and now_ns < self._control_retry_ns:
+            return False
+        self._control_retry_ns = now_ns + int(CONTROL_REOPEN_S * 1e9)
+        try:
+            self.control = self.open_control()
+        except Exception as exc:
+            self._control_failed("open the control file", exc)
+            return False
+        log.info("owner-page control file open: live health and door tests work again")
+        self._health_due_ns = None  # the page learns at once
+        return True
+
     def _control_failed(self, what: str, exc: Exception) -> None:
-        """Log a control-file failure at most every ``CONTROL_LOG_EVERY_S``; the door goes on."""
+        """Log a control-file failure at most every ``CONTROL_LOG_EVERY_S``; the door goes on. A
+        file that broke (not merely busy) is closed, to be opened again later when the loop knows
+        how (``open_control``)."""
         now_ns = self.clock.monotonic_ns()
+        busy = isinstance(exc, ControlError) and exc.busy
+        if self.control is not None and self.open_control is not None and not busy:
+            broken, self.control = self.control, None
+            self._control_retry_ns = now_ns + int(CONTROL_REOPEN_S * 1e9)
+            try:
+                broken.close()
+            except Exception:  # closing a broken file must not stop the door either
+                log.debug("closing the broken control file failed", exc_info=True)
         every_ns = CONTROL_LOG_EVERY_S * 1e9
         if self._control_logged_ns is not None and now_ns - self._control_logged_ns < every_ns:
             return

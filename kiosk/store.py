@@ -608,6 +608,14 @@ class Store:
         with self._read("check the database's structure") as conn:
             return [str(row[0]) for row in conn.execute("PRAGMA quick_check")]
 
+    def data_version(self) -> int:
+        """SQLite's ``PRAGMA data_version`` on this store's connection: it changes whenever another
+        connection (another process) commits to the file, and stays the same otherwise. The owner
+        page reads it to know, in microseconds, whether anything it shows can have changed."""
+        with self._lock, self._guard("read the data version", "nothing was changed"):
+            (version,) = self._live().execute("PRAGMA data_version").fetchone()
+        return int(version)
+
     # -- plumbing --------------------------------------------------------------------------------
 
     def _live(self) -> sqlite3.Connection:
@@ -1534,6 +1542,32 @@ class DatabaseReport:
 def _readonly_connection(path: Path, busy_timeout_ms: int) -> sqlite3.Connection:
     uri = f"file:{urllib.parse.quote(str(Path(path).resolve()))}?mode=ro"
     return sqlite3.connect(uri, uri=True, timeout=busy_timeout_ms / 1000, isolation_level=None)
+
+
+def quick_check_file(path: Path, *, busy_timeout_ms: int = 1000) -> list[str]:
+    """SQLite's quick check (``PRAGMA quick_check``) of the database at ``path`` on a connection of
+    its own, opened read-only and closed at the end: ``["ok"]`` when the file's structure is
+    sound, else its findings. Reads every page (seconds on a large database) without holding any
+    ``Store``'s lock, so the owner page's other reads go on meanwhile. Raises StoreError when the
+    file is missing or cannot be read."""
+    path = Path(path)
+    if not path.is_file():
+        raise StoreError(f"{path} does not exist or is not a file", path=path)
+    try:
+        conn = _readonly_connection(path, busy_timeout_ms)
+        try:
+            return [str(row[0]) for row in conn.execute("PRAGMA quick_check")]
+        finally:
+            conn.close()
+    except sqlite3.Error as err:
+        raise _describe(
+            err,
+            path=path,
+            readonly=True,
+            busy_timeout_ms=busy_timeout_ms,
+            action="check the database's structure",
+            consequence="nothing was changed",
+        ) from err
 
 
 def inspect_database(

@@ -4,18 +4,24 @@ from __future__ import annotations
 
 import io
 import json
+import re
+import socket
 import sqlite3
+import stat
 import subprocess
 import sys
 import threading
 from datetime import UTC, datetime
 
+import httpx
 import pytest
 
 from e2e_helpers import wait_until
 from fakes import clean_env
+from kiosk.cli import build_parser
 from kiosk.control import ControlStore, RequestKind, RequestState, control_path
-from kiosk.demo import run_demo
+from kiosk.demo import DemoWebError, run_demo
+from kiosk.owner_password import load_password_hash, verify_password
 from kiosk.seed import AFTER_CLOUD_CHANGE, SCENARIO, WHILE_OFFLINE
 
 # --once plays the scenario, then the sync story: Carol admitted after a change made in the cloud,
@@ -155,9 +161,12 @@ def test_cli_demo_once_json_exits_zero():
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     lines = [json.loads(line) for line in result.stdout.splitlines()]
+    # First where the owner page is (served for as long as the demo runs), last the summary.
+    assert lines[0]["type"] == "web" and set(lines[0]) == {"type", "url", "password"}
+    assert re.fullmatch(r"http://127\.0\.0\.1:\d+/", lines[0]["url"])
     assert lines[-1]["type"] == "summary" and lines[-1]["pending"] == 0
     assert lines[-1]["synced"] == len(PLAYED) and lines[-1]["scenario_ok"] is True
-    assert {line["type"] for line in lines[:-1]} == {"decision", "sync", "cloud"}
+    assert {line["type"] for line in lines[1:-1]} == {"decision", "sync", "cloud"}
 
 
 def test_the_door_loop_never_touches_the_network(monkeypatch):
@@ -235,5 +244,83 @@ def test_the_running_demo_answers_test_the_door_and_sync_now(tmp_path):
         stop.set()
         demo.join(30)
     assert not demo.is_alive()
-    syncs = [json.loads(line) for line in out.getvalue().splitlines() if '"sync"' in line]
+    records = [json.loads(line) for line in out.getvalue().splitlines()]
+    syncs = [r for r in records if r["type"] == "sync"]
     assert syncs and all(s["ok"] for s in syncs)  # the asked-for cycle was printed too
+    # The door test was printed once, when the door loop had answered it.
+    assert [r for r in records if r["type"] == "door_test"] == [
+        {"type": "door_test", "id": door_test.id, "ok": True, "result": door_done.result}
+    ]
+
+
+WEB_LINE = re.compile(r"owner page: (http://127\.0\.0\.1:\d+/)  \(password: (\S+)\)")
+
+
+def test_the_demo_serves_the_owner_page_with_a_password_of_its_own(tmp_path):
+    """The first line says where the page is and its password for this run; the page answers
+    while the demo runs (that password signs in) and is gone when it ends."""
+    db = tmp_path / "demo.db"
+    out = io.StringIO()
+    seen: dict = {}
+
+    def visit(runtime) -> None:
+        match = WEB_LINE.fullmatch(out.getvalue().splitlines()[0])
+        assert match is not None, out.getvalue()
+        url, password = match.groups()
+        with httpx.Client(base_url=url, timeout=30) as browser:
+            login = browser.get("/login")
+            csrf = re.search(r'name="csrf" value="([^"]+)"', login.text).group(1)
+            signed_in = browser.post(
+                "/login", data={"csrf": csrf, "password": password}, headers={"Origin": url[:-1]}
+            )
+            seen["login"] = (login.status_code, signed_in.status_code, signed_in.headers)
+            seen["overview"] = browser.get("/api/overview").json()
+        seen["url"], seen["password"] = url, password
+
+    assert run_demo(db=db, as_json=False, once=True, out=out, web_port=0, on_start=visit) == 0
+    assert seen["login"][:2] == (200, 303) and seen["login"][2]["location"] == "/"
+    assert seen["overview"]["door"]["door_id"] == "demo-door"
+    # The salted hash, not the password, is kept beside the demo database, readable by us only.
+    password_file = tmp_path / "demo-owner-password"
+    assert stat.S_IMODE(password_file.stat().st_mode) == 0o600
+    assert seen["password"] not in password_file.read_text()
+    assert verify_password(seen["password"], load_password_hash(password_file))
+    # The rest of the output keeps its shape: the usual lines, then the summary.
+    assert out.getvalue().splitlines()[1].startswith("cloud:   reference cloud at")
+    assert f"{len(PLAYED)} decisions" in out.getvalue()
+    with pytest.raises(httpx.TransportError):  # stopped with the demo
+        httpx.get(seen["url"] + "healthz", timeout=5)
+    # Another run, another password; the old one no longer signs in.
+    again = io.StringIO()
+    assert run_demo(db=db, as_json=True, once=True, out=again, web_port=0, cloud=False) == 0
+    first = json.loads(again.getvalue().splitlines()[0])
+    assert first["type"] == "web" and first["password"] != seen["password"]
+    assert not verify_password(seen["password"], load_password_hash(password_file))
+
+
+def test_a_taken_web_port_is_reported_before_the_door_starts(tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        out = io.StringIO()
+        with pytest.raises(DemoWebError, match=f"cannot listen on 127.0.0.1:{port}.*--web-port"):
+            run_demo(db=tmp_path / "demo.db", as_json=True, once=True, out=out, web_port=port)
+        assert out.getvalue() == ""  # nothing ran
+        result = subprocess.run(
+            [sys.executable, "-m", "kiosk", "demo", "--once", "--no-cloud", "--web-port",
+             str(port)],
+            capture_output=True, text=True, timeout=120, check=False, env=clean_env(),
+        )  # fmt: skip
+    assert result.returncode == 1 and result.stdout == ""
+    assert f"demo: the owner page cannot listen on 127.0.0.1:{port}" in result.stderr
+
+
+def test_web_options_parse():
+    parse = build_parser().parse_args
+    assert parse(["demo"]).web_port is None and not parse(["demo"]).no_web
+    assert parse(["demo", "--web-port", "8081"]).web_port == 8081
+    assert parse(["demo", "--no-web"]).no_web
+    for wrong in (["--web-port", "0"], ["--web-port", "http"], ["--no-web", "--web-port", "1"]):
+        with pytest.raises(SystemExit):
+            parse(["demo", *wrong])

@@ -8,6 +8,7 @@ import os
 import signal
 import sqlite3
 import threading
+import time
 from datetime import timedelta
 
 import pytest
@@ -15,9 +16,9 @@ import pytest
 from fakes import FakeDecoder, Scene
 from hardware.door import RelayDoor
 from hardware.signal import RecordingSignal
-from kiosk.control import ControlStore, RequestKind, RequestState
+from kiosk.control import ControlError, ControlStore, RequestKind, RequestState
 from kiosk.model import Reason, Verdict
-from kiosk.scanner import stop_on_signals
+from kiosk.scanner import DoorLoop, open_control_store, stop_on_signals
 from kiosk.store import Store, StoreError
 from rig import ALICE, BOB, CAROL, Rig
 from sync.protocol import utc_text
@@ -392,3 +393,80 @@ def test_no_member_data_reaches_the_health_report(tmp_path):
     assert len(rig.outcomes) == 3 and len(secrets) > 6
     assert not [s for s in secrets if s in raw]
     assert json.loads(raw)["decisions"] == {"subscription": 1, "class_pack": 1, "member_paused": 1}
+
+
+# -- the control file: opened lazily, reopened when broken, never waited on for long ---------------
+
+
+class Opener:
+    """``open_control`` for the loop: fails while ``broken``, counts its calls."""
+
+    def __init__(self, path) -> None:
+        self.path, self.calls, self.broken = path, 0, True
+
+    def __call__(self) -> ControlStore:
+        self.calls += 1
+        if self.broken:
+            raise ControlError(f"cannot open the control file {self.path}: test")
+        return open_control_store(self.path)
+
+
+def test_a_control_file_missing_at_start_is_opened_later_at_most_every_30_s(tmp_path, caplog):
+    rig = Rig(tmp_path, Scene().add([], 30 * 100))  # 100 s of frames
+    opener = Opener(tmp_path / "control.sqlite")
+    loop = DoorLoop(
+        source=rig.camera, reader=rig.loop.reader, store=rig.store, door=rig.door,
+        signal=rig.signal, clock=rig.clock, settings=rig.loop.settings, control=None,
+        open_control=opener,
+    )  # fmt: skip
+    with caplog.at_level(logging.WARNING, logger="kiosk.scanner"):
+        for _ in range(30 * 65):  # 65 s: tried at 30 s and at 60 s, both failing
+            loop.step()
+    assert opener.calls == 2 and loop.control is None
+    assert len([r for r in caplog.records if "control file" in r.getMessage()]) == 2
+    opener.broken = False
+    loop.run(threading.Event())  # the rest: opened at 90 s, then reports
+    assert opener.calls == 3 and loop.control is not None
+    assert loop.control.health("scanner").data["state"] == "stopped"
+
+
+def test_a_control_file_that_broke_is_reopened(tmp_path):
+    rig = Rig(tmp_path, Scene().add([], 30 * 40).add([ALICE], 3))
+    path = tmp_path / "control.sqlite"
+    rig.loop.control = open_control_store(path)
+    rig.loop.open_control = opener = Opener(path)
+    opener.broken = False
+    for _ in range(30):
+        rig.loop.step()
+    broken = rig.loop.control
+    broken.close()  # every call now fails: as good as a damaged file
+    for _ in range(60):
+        rig.loop.step()
+    assert rig.loop.control is None and opener.calls == 0  # dropped, not reopened at once
+    rig.run()  # 30 s later it is opened again and the loop reports through it
+    assert opener.calls == 1 and rig.loop.control is not broken
+    assert [o.decision.reason for o in rig.outcomes] == [Reason.SUBSCRIPTION]
+    assert rig.loop.control.health("scanner").data["decisions"] == {"subscription": 1}
+
+
+def test_a_locked_control_file_holds_a_frame_for_milliseconds_and_is_kept(tmp_path):
+    rig = Rig(tmp_path, Scene().add([], 30))
+    path = tmp_path / "control.sqlite"
+    control = rig.loop.control = open_control_store(path)
+    rig.loop.open_control = Opener(path)
+    rig.loop.step()
+    with sqlite3.connect(path, isolation_level=None) as other:
+        other.execute("BEGIN EXCLUSIVE")  # another process keeps the file locked
+        rig.clock.advance(2.0)
+        started = time.monotonic()
+        rig.loop.step()  # its health report is due and waits for the lock
+        elapsed = time.monotonic() - started
+        other.execute("ROLLBACK")
+    assert elapsed < 0.15, f"a frame waited {elapsed:.3f} s for the control file"
+    assert rig.loop.control is control  # busy is not broken: kept
+    with sqlite3.connect(path, isolation_level=None) as other:
+        other.execute("BEGIN EXCLUSIVE")
+        with pytest.raises(ControlError) as caught:
+            control.publish_health("scanner", {}, now=rig.clock.wall())
+        other.execute("ROLLBACK")
+    assert caught.value.busy is True

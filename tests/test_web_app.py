@@ -16,6 +16,7 @@ import re
 import shutil
 import stat
 import tempfile
+import threading
 import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -31,10 +32,12 @@ from kiosk.config import load_config
 from kiosk.control import ControlStore, RequestKind, RequestState, control_path
 from kiosk.model import ClockQuality, Decision, Member, MemberStatus, Now, Reason, Verdict
 from kiosk.owner_password import ScryptParams, hash_password, save_password_hash, verify_password
-from kiosk.store import ReplicaSnapshot, Store
+from kiosk.store import ReplicaSnapshot, Store, quick_check_file
 from kiosk.web.app import create_app
 from kiosk.web.device_health import SysFacts
-from sync.protocol import utc_text
+from kiosk.web.sources import read_door
+from kiosk.web.views import NOT_PICKED_UP
+from sync.protocol import Anchor, utc_text
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -47,16 +50,30 @@ GOOD_SYS = SysFacts(cpu_temp_c=48.5, throttled=0, uptime_s=86400.0, clock_synced
 
 
 class FakeClock:
-    """Wall (aware UTC) and monotonic time, moved only by ``advance``."""
+    """The kernel's clock: wall (aware UTC) and monotonic time, moved only by ``advance``. Both
+    the page's ``WebClock`` and a ``kiosk.clock.Clock`` (boot ``boot-1``, NTP-synced unless
+    ``quality`` says otherwise), the base of the door's anchored clock."""
+
+    boot_id = "boot-1"
 
     def __init__(self, wall: datetime = T0, mono: float = 10_000.0) -> None:
         self._wall, self._mono = wall, mono
+        self.synced = ClockQuality.NTP_SYNCED
 
     def wall(self) -> datetime:
         return self._wall
 
     def monotonic(self) -> float:
         return self._mono
+
+    def monotonic_ns(self) -> int:
+        return round(self._mono * 1e9)
+
+    def quality(self) -> ClockQuality:
+        return self.synced
+
+    def sleep(self, seconds: float) -> None:
+        self.advance(seconds)
 
     def advance(self, seconds: float) -> None:
         self._wall += timedelta(seconds=seconds)
@@ -209,9 +226,11 @@ def form_token(html: str) -> str:
 
 def write_config(root: Path, db: Path, password_file: Path, extra: str = "") -> Path:
     path = root / "kiosk.toml"
+    # TestClient sends "Host: testserver": a name the page answers to only when allowed.
     path.write_text(
         f'[door]\nid = "front"\n[site]\ntimezone = "Europe/Berlin"\n'
-        f'[store]\npath = "{db}"\n[web]\npassword_file = "{password_file}"\n{extra}',
+        f'[store]\npath = "{db}"\n[web]\npassword_file = "{password_file}"\n'
+        f'allowed_hosts = "testserver"\n{extra}',
         encoding="utf-8",
     )
     return path
@@ -228,10 +247,12 @@ def make_site(
     read_sys: Any = None,
     run_logs: Any = None,
     which: Any = None,
+    start: datetime = T0,
+    **seams: Any,
 ) -> Site:
     db = root / "data" / "kiosk.db"
     password_file = root / "owner-password"
-    clock = FakeClock()
+    clock = FakeClock(start)
     if seed:
         seed_database(db, clock.wall())
     if password:
@@ -249,6 +270,8 @@ def make_site(
         run_logs=run_logs or (lambda argv, timeout: (0, "-- Logs begin --\nscanner started\n")),
         which=which or (lambda name: f"/usr/bin/{name}"),
         version="9.9.9",
+        kernel_clock=clock,
+        **seams,
     )
     site = Site(root, db, password_file, clock, verify, app, TestClient(app))
     if report and seed:
@@ -446,6 +469,8 @@ def test_healthz_is_200_when_nothing_is_a_problem_and_503_otherwise(site: Site):
     assert body["ok"] is True and set(body) == {"ok", "checks"}
     assert set(body["checks"].values()) <= {"ok", "warning"}
     site.publish(state="camera_stale")
+    assert site.client.get("/healthz").status_code == 200  # the answer is up to 1 s old
+    site.clock.advance(1.0)
     answer = site.client.get("/healthz")
     assert answer.status_code == 503
     assert answer.json()["ok"] is False and answer.json()["checks"]["camera_fps"] == "problem"
@@ -739,7 +764,173 @@ def test_static_files_are_served_cacheable_and_pages_have_no_inline_code(signed_
         assert not re.search(r"<script(?![^>]*\bsrc=)", html)
         assert " style=" not in html and "<style" not in html and " on" + "click=" not in html
         assert "http://" not in html and "https://" not in html  # no CDN, no external font
-    # The header says no-referrer, but under it browsers send "Origin: null" on the page's own
-    # forms, which the origin check refuses: the pages themselves ask for same-origin.
-    for html in (pages[0], pages[2]):
-        assert '<meta name="referrer" content="same-origin">' in html
+    # The Referrer-Policy header says same-origin; no page overrides it.
+    for html in pages:
+        assert '<meta name="referrer"' not in html
+
+
+# -- review fixes: caching, clocks, a silent sync agent, late requests -----------------------------
+
+
+def test_polls_without_a_commit_read_the_door_database_once(tmp_path: Path):
+    reads = []
+
+    def counting_read_door(door, **kwargs):
+        reads.append(kwargs["day_start"])
+        return read_door(door, **kwargs)
+
+    site = make_site(tmp_path, read_door=counting_read_door)
+    assert site.login().status_code == 303
+    first = site.client.get("/api/decisions").json()
+    site.clock.advance(2.0)
+    for path in ("/live", "/api/overview", "/healthz", "/metrics"):
+        assert site.client.get(path).status_code == 200, path
+    second = site.client.get("/api/decisions").json()
+    assert len(reads) == 1  # one read for six polls: nothing was committed
+    # The ages still run against now.
+    assert second["decisions"][0]["time"]["age_s"] == first["decisions"][0]["time"]["age_s"] + 2
+    # A new check-in is seen on the very next poll.
+    with Store.open(site.db) as store:
+        append(store, Decision(Verdict.DENIED, Reason.UNKNOWN_CODE), site.clock.wall())
+    after = site.client.get("/live").text
+    assert after.count('data-testid="decision-row"') == 4 and len(reads) == 2
+    site.client.get("/api/sync")
+    assert len(reads) == 2
+    site.clock.advance(6.0)  # the safety net: facts older than a few seconds are read again
+    site.client.get("/api/sync")
+    assert len(reads) == 3
+
+
+def test_healthz_and_metrics_bodies_are_reused_for_a_second(tmp_path: Path):
+    computed = []
+
+    def read_sys() -> SysFacts:
+        computed.append(1)
+        return GOOD_SYS
+
+    site = make_site(tmp_path, read_sys=read_sys)
+    for path in ("/healthz", "/metrics"):
+        computed.clear()
+        first = site.client.get(path)
+        site.clock.advance(0.9)
+        assert site.client.get(path).content == first.content
+        assert len(computed) == 1, path
+        site.clock.advance(0.1)
+        site.client.get(path)
+        assert len(computed) == 2, path
+
+
+def test_diagnostics_integrity_check_does_not_hold_up_the_page(tmp_path: Path):
+    started, release = threading.Event(), threading.Event()
+
+    def slow_quick_check(path: Path) -> list[str]:
+        started.set()
+        release.wait(20)
+        return quick_check_file(path)
+
+    site = make_site(tmp_path, quick_check=slow_quick_check)
+    assert site.login().status_code == 303
+    token = site.csrf()
+    answers: dict[str, Any] = {}
+    download = threading.Thread(
+        target=lambda: answers.update(zip=site.post("/actions/diagnostics", token))
+    )
+    download.start()
+    try:
+        assert started.wait(20), "the integrity check never started"
+        # A commit meanwhile: /healthz must read the door's database, not a cached answer.
+        with Store.open(site.db) as store:
+            append(store, Decision(Verdict.DENIED, Reason.UNKNOWN_CODE), site.clock.wall())
+        site.clock.advance(2.0)
+        monitor = TestClient(site.app)
+        probe = threading.Thread(target=lambda: answers.update(healthz=monitor.get("/healthz")))
+        probe.start()
+        probe.join(10)
+        assert "healthz" in answers, "/healthz waited for the integrity check"
+        assert answers["healthz"].status_code == 200
+    finally:
+        release.set()
+        download.join(20)
+    bundle = zipfile.ZipFile(io.BytesIO(answers["zip"].content))
+    assert bundle.read("integrity.txt").decode() == "PRAGMA quick_check: ok\n"
+
+
+def test_door_times_are_aged_by_the_doors_clock_not_the_kernels(tmp_path: Path):
+    """The Pi's kernel clock never synced and is 6 h behind; the scanner and the sync agent date
+    everything by the cloud's time (their anchored clock). The page must do the same."""
+    kernel_now = datetime(2026, 5, 4, 20, 0, tzinfo=UTC)  # Monday 22:00 in Berlin
+    cloud_now = kernel_now + timedelta(hours=6)  # Tuesday 04:00 in Berlin
+    site = make_site(tmp_path, seed=False, start=kernel_now)
+    site.clock.synced = ClockQuality.UNSYNCED
+    with Store.open(site.db) as store:
+        # Monday 23:30 in Berlin by the door's clock: yesterday for the door.
+        append(
+            store, Decision(Verdict.DENIED, Reason.UNKNOWN_CODE), cloud_now - timedelta(hours=4.5)
+        )
+    seed_database(site.db, cloud_now)  # three decisions 3, 2 and 1 min ago (cloud time)
+    with Store.open(site.db) as store:
+        store.mark_replica_current(synced_at=cloud_now - timedelta(hours=80))
+        store.record_anchor(
+            Anchor("boot-1", site.clock.monotonic_ns(), cloud_now), recorded_at=kernel_now
+        )
+    site.publish()  # the scanner's report is on the kernel's clock (control.shared_wall)
+    assert site.login().status_code == 303
+    overview = site.client.get("/api/overview").json()
+    replica = overview["sync"]["replica_synced"]
+    assert replica["age_s"] == 80 * 3600.0
+    checks = {c["name"]: c for c in overview["health"]["checks"]}
+    assert checks["replica"]["grade"] == "problem" and checks["replica"]["figure"] == (
+        "pulled 3.3 days ago"
+    )
+    assert overview["decisions"][0]["time"]["age_s"] == 60.0
+    assert overview["sync"]["last_pull"]["age_s"] == 600.0
+    assert overview["today"] == {"granted": 1, "denied": 2, "total": 3}  # Tuesday's only
+    assert overview["now"] == utc_text(cloud_now)
+    # The control file's times stay on the kernel's clock: the report is fresh.
+    assert checks["scanner"]["grade"] == "ok" and overview["door"]["state"] == "scanning"
+    assert overview["audit"][0]["time"]["age_s"] == 0.0
+
+
+def test_a_dead_sync_agent_is_not_shown_online(site: Site):
+    def agent_wrote(seconds_ago: float) -> None:
+        with Store.open(site.db) as store:
+            at = site.clock.wall() - timedelta(seconds=seconds_ago)
+            store.set_sync_status({"online": True, "updated_at": utc_text(at)})
+        site.clock.advance(1.0)  # past the monitoring bodies' second
+
+    assert site.login().status_code == 303
+    agent_wrote(30)
+    assert site.client.get("/api/sync").json()["online"] is True
+    assert parse_metrics(site.client.get("/metrics").text)["fitflow_sync_online"] == [("", 1.0)]
+    # 3 x interval_s (30 s) + backoff_max_s (300 s) = 390 s without a word.
+    agent_wrote(400)
+    sync = site.client.get("/api/sync").json()
+    assert sync["online"] is False and sync["state"] == "not_reporting"
+    assert sync["state_words"].startswith("not reporting since 10:53")
+    assert parse_metrics(site.client.get("/metrics").text)["fitflow_sync_online"] == [("", 0.0)]
+    health = {c["name"]: c for c in site.client.get("/api/health").json()["checks"]}
+    assert health["sync"]["grade"] == "warning"
+    assert health["sync"]["figure"].startswith("sync agent not reporting for")
+    page = site.client.get("/").text
+    assert 'data-testid="sync-state">offline, not reporting since' in page
+    agent_wrote(3700)
+    assert site.client.get("/healthz").json()["checks"]["sync"] == "problem"
+
+
+def test_a_request_nobody_picks_up_says_so(signed_in: Site):
+    token = signed_in.csrf()
+    assert signed_in.post("/actions/test-door", token).status_code == 303
+    requests = signed_in.client.get("/api/audit").json()["requests"]
+    assert requests[0]["state_words"] == "pending"
+    signed_in.clock.advance(61)  # no scanner claimed it: the file still says pending
+    requests = signed_in.client.get("/api/audit").json()["requests"]
+    assert requests[0]["state"] == "pending"
+    assert requests[0]["state_words"] == NOT_PICKED_UP
+    assert NOT_PICKED_UP in signed_in.client.get("/live").text
+
+
+def test_a_hung_scanners_frame_age_keeps_growing(site: Site):
+    site.clock.advance(30)  # the scanner published 30 s ago and has said nothing since
+    samples = parse_metrics(site.client.get("/metrics").text)
+    assert samples["fitflow_camera_frame_age_seconds"] == [("", pytest.approx(30.03))]
+    assert site.client.get("/healthz").json()["checks"]["frame_age"] == "problem"

@@ -185,14 +185,47 @@ def test_the_units_command_line_now_parses():
     assert os.environ.get("KIOSK_CONFIG") is None
 
 
+def _no_check_here(password: str, encoded: str) -> bool:
+    raise AssertionError("the password was checked in the parent, not in the child")
+
+
 def test_the_password_is_checked_in_a_child_process(monkeypatch):
-    from kiosk.owner_password import ScryptParams, hash_password
+    from kiosk.owner_password import ScryptParams, hash_password, verify_password
     from kiosk.web import passcheck
 
     encoded = hash_password("a long enough password", ScryptParams(log2_n=10))
+    # The parent's own check raises meanwhile: these answers can only come from the child.
+    monkeypatch.setattr(passcheck, "verify_password", _no_check_here)
     assert passcheck.verify_in_child("a long enough password", encoded) is True
     assert passcheck.verify_in_child("not the password!", encoded) is False
     assert passcheck.verify_in_child("x" * 5000, "garbage") is False
     # No child possible: checked in this process rather than refused.
+    monkeypatch.setattr(passcheck, "verify_password", verify_password)
     monkeypatch.setattr(passcheck.sys, "executable", "/nonexistent/python")
     assert passcheck.verify_in_child("a long enough password", encoded) is True
+
+
+def test_the_child_ignores_modules_planted_in_its_folder_or_pythonpath(tmp_path, monkeypatch):
+    """``python -I``: neither the current folder nor PYTHONPATH can replace the check."""
+    from kiosk.owner_password import ScryptParams, hash_password
+    from kiosk.web import passcheck
+
+    planted = tmp_path / "kiosk"
+    planted.mkdir()
+    (planted / "__init__.py").write_text("")
+    (planted / "owner_password.py").write_text("def verify_password(p, e):\n    return True\n")
+    encoded = hash_password("a long enough password", ScryptParams(log2_n=10))
+    monkeypatch.setattr(passcheck, "verify_password", _no_check_here)
+    monkeypatch.chdir(tmp_path)
+    assert passcheck.verify_in_child("not the password!", encoded) is False
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    assert passcheck.verify_in_child("not the password!", encoded) is False
+
+
+def test_the_server_is_bounded_and_quiet():
+    from kiosk.web.commands import server_config
+
+    config = server_config(object())
+    assert (config.limit_concurrency, config.timeout_keep_alive) == (64, 5)
+    assert config.access_log is False and config.server_header is False
+    assert config.proxy_headers is False

@@ -6,6 +6,7 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 
@@ -16,6 +17,8 @@ from kiosk.web.device_health import (
     grade_checks,
     overall,
     read_sys_facts,
+    sync_silent,
+    sync_silent_after,
 )
 from sync.protocol import utc_text
 
@@ -90,9 +93,11 @@ CASES = [
     ("fps low", scanner(fps=8.0), "camera_fps", Grade.WARNING, "8.0"),
     ("fps almost none", scanner(fps=0.5), "camera_fps", Grade.PROBLEM, "0.5"),
     ("fps not a number", scanner(fps="fast"), "camera_fps", Grade.WARNING, "unknown"),
-    ("frame fresh", scanner(last_frame_at=utc_text(NOW - timedelta(seconds=1.1))), "frame_age", Grade.OK, "0.10 s"),
-    ("frame late", scanner(last_frame_at=utc_text(NOW - timedelta(seconds=2.5))), "frame_age", Grade.WARNING, "1.50 s"),
-    ("frame stale", scanner(last_frame_at=utc_text(NOW - timedelta(seconds=4))), "frame_age", Grade.PROBLEM, "3.00 s"),
+    # The report is 1 s old: the age shown runs to now, the grade is the age at the report.
+    ("frame fresh", scanner(last_frame_at=utc_text(NOW - timedelta(seconds=1.1))), "frame_age", Grade.OK, "1.10 s"),
+    ("frame late", scanner(last_frame_at=utc_text(NOW - timedelta(seconds=2.5))), "frame_age", Grade.WARNING, "2.50 s"),
+    ("frame stale", scanner(last_frame_at=utc_text(NOW - timedelta(seconds=4))), "frame_age", Grade.PROBLEM, "4.00 s"),
+    ("scanner hung", replace(HEALTHY, scanner_updated_at=NOW - timedelta(seconds=40), scanner=report(last_frame_at=utc_text(NOW - timedelta(seconds=40.03)))), "frame_age", Grade.PROBLEM, "40.03 s"),
     ("no frame yet", scanner(last_frame_at=None), "frame_age", Grade.PROBLEM, "none yet"),
     ("decode fast", scanner(decode_ms_p50=4.0), "decode_time", Grade.OK, "4.0 ms"),
     ("decode slow", scanner(decode_ms_p50=60.0), "decode_time", Grade.WARNING, "60.0 ms"),
@@ -101,8 +106,9 @@ CASES = [
     ("scanner restarted", scanner(started_at=utc_text(NOW - timedelta(seconds=31))), "scanner_uptime", Grade.WARNING, "30 s"),
     ("clock ntp", scanner(clock_quality="ntp_synced"), "clock", Grade.OK, "NTP"),
     ("clock anchored", scanner(clock_quality="server_anchored"), "clock", Grade.WARNING, "cloud"),
-    ("clock unset", scanner(clock_quality="unsynced"), "clock", Grade.PROBLEM, "not set"),
-    ("clock from the system", replace(HEALTHY, scanner=None, scanner_updated_at=None, sys=SysFacts(clock_synced=False)), "clock", Grade.PROBLEM, "not set"),
+    ("clock unconfirmed", scanner(clock_quality="unsynced"), "clock", Grade.WARNING, "not synchronised"),
+    ("clock never set", replace(HEALTHY, now=datetime(1970, 1, 1, 0, 5, tzinfo=UTC), scanner=report(clock_quality="unsynced")), "clock", Grade.PROBLEM, "not set"),
+    ("clock from the system", replace(HEALTHY, scanner=None, scanner_updated_at=None, sys=SysFacts(clock_synced=False)), "clock", Grade.WARNING, "not synchronised"),
     ("disk plenty", HEALTHY, "disk", Grade.OK, "20.0 GiB of 32.0 GiB"),
     ("disk low", replace(HEALTHY, disk_free_bytes=600 * 2**20), "disk", Grade.WARNING, "600.0 MiB"),
     ("disk low share", replace(HEALTHY, disk_free_bytes=5 * 2**30, disk_total_bytes=200 * 2**30), "disk", Grade.WARNING, "5.0 GiB"),
@@ -122,6 +128,10 @@ CASES = [
     ("sync never ran", replace(HEALTHY, sync={}), "sync", Grade.WARNING, "never ran"),
     ("sync offline", replace(HEALTHY, sync={"state": "offline", "online": False}), "sync", Grade.WARNING, "offline"),
     ("sync stopped for good", replace(HEALTHY, sync={"state": "stopped", "online": False, "last_error": "revoked"}), "sync", Grade.PROBLEM, "stopped"),
+    ("sync agent reported 6 min ago", replace(HEALTHY, sync_age_s=360.0), "sync", Grade.OK, "online"),
+    ("sync agent silent 7 min", replace(HEALTHY, sync_age_s=420.0), "sync", Grade.WARNING, "sync agent not reporting for 7 min"),
+    ("sync agent silent 1 h", replace(HEALTHY, sync_age_s=3600.0), "sync", Grade.PROBLEM, "sync agent not reporting for 60 min"),
+    ("sync agent stopped for good and silent", replace(HEALTHY, sync={"state": "stopped", "online": False, "last_error": "revoked"}, sync_age_s=9999.0), "sync", Grade.PROBLEM, "stopped"),
     ("backlog 2 h", replace(HEALTHY, oldest_pending_age_s=7200.0), "sync", Grade.WARNING, "2.0 h"),
     ("backlog 2 days", replace(HEALTHY, oldest_pending_age_s=2 * 86400.0), "sync", Grade.PROBLEM, "2.0 days"),
     ("replica fresh", HEALTHY, "replica", Grade.OK, "5 min"),
@@ -144,6 +154,32 @@ def test_grading_table(inputs: HealthInputs, name: str, grade: Grade, figure: st
     assert overall(list(checks.values())) == max(
         (c.grade for c in checks.values()), key=[Grade.OK, Grade.WARNING, Grade.PROBLEM].index
     )
+
+
+def test_a_dead_sync_agent_is_never_shown_online():
+    """The agent wrote "online" and died: after 3 rounds plus its longest retry wait its word is
+    no longer believed, in the grade, the view (and so the JSON) alike."""
+    from kiosk.web.sources import DoorFacts
+    from kiosk.web.views import sync_view
+
+    limit = sync_silent_after(30.0, 300.0)
+    assert limit == 390.0
+    assert not sync_silent(None, limit) and not sync_silent(390.0, limit)
+    assert sync_silent(391.0, limit)
+    zone = ZoneInfo("Europe/Berlin")
+    for age_s, online, grade in ((60.0, True, Grade.OK), (600.0, False, Grade.WARNING),
+                                 (7200.0, False, Grade.PROBLEM)):  # fmt: skip
+        status = {"state": "running", "online": True,
+                  "updated_at": utc_text(NOW - timedelta(seconds=age_s))}  # fmt: skip
+        view = sync_view(DoorFacts(sync=status), now=NOW, zone=zone, silent_after_s=limit)
+        assert view["online"] is online, age_s
+        assert view["reported"]["age_s"] == age_s
+        inputs = replace(HEALTHY, sync=status, sync_age_s=age_s, sync_silent_after_s=limit)
+        assert graded(inputs)["sync"][0] == grade, age_s
+        if not online:
+            assert view["state"] == "not_reporting"
+            assert view["state_words"].startswith("not reporting since ")
+            assert "is the sync service running?" in view["state_words"]
 
 
 def test_figures_the_system_does_not_report_give_no_check():

@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import logging
 import re
+import socket
 from pathlib import Path
 
 import pytest
+from starlette.testclient import TestClient
 from test_web_app import (
     ALICE,
     FAST,
@@ -21,8 +23,16 @@ from test_web_app import (
 )
 
 from kiosk.owner_password import hash_password, save_password_hash
-from kiosk.web.app import COOKIE, CSP
-from kiosk.web.auth import LoginThrottle, Sessions, same_origin
+from kiosk.web.app import COOKIE, CSP, DEVICE_COOKIE
+from kiosk.web.audit_limits import AuditLimiter
+from kiosk.web.auth import (
+    LoginThrottle,
+    Sessions,
+    allowed_host,
+    allowed_host_names,
+    client_key,
+    same_origin,
+)
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -61,11 +71,12 @@ def test_right_password_signs_in_wrong_one_does_not(site: Site):
     assert site.verify.calls == 2
 
 
-def test_the_session_cookie_is_strict_and_renewed_at_login(site: Site):
+def test_the_session_cookie_is_lax_and_renewed_at_login(site: Site):
     form = site.client.get("/login")
     before = site.client.cookies[COOKIE]
     header = form.headers["set-cookie"]
-    assert "HttpOnly" in header and "SameSite=strict" in header and "Path=/" in header
+    # Lax: a link from elsewhere keeps the owner signed in; cross-site POSTs carry no cookie.
+    assert "HttpOnly" in header and "SameSite=lax" in header and "Path=/" in header
     assert "Secure" not in header  # plain http on the LAN; Secure only over https
     assert len(before) >= 43  # 256 bits, URL-safe base64
     answer = site.client.post(
@@ -141,12 +152,18 @@ def test_posts_without_the_right_token_or_from_another_site_are_refused(signed_i
         assert answer.status_code == 403
         assert 'data-testid="error-message"' in answer.text
     assert signed_in.requests() == []  # nothing submitted
+    # A signed-in session's refusals are audited, collapsed: the first at once, the rest summed
+    # up once the minute is over (the next view writes it).
     refused = [a for a in signed_in.audit() if a.outcome == "csrf_refused"]
-    assert len(refused) == len(refusals)
-    assert {a.detail for a in refused} >= {
-        "it came from another site",
-        "its form token did not match",
-    }
+    assert [a.detail for a in refused] == ["its form token did not match"]
+    signed_in.clock.advance(60)
+    assert signed_in.client.get("/live").status_code == 200
+    refused = [a for a in signed_in.audit() if a.outcome == "csrf_refused"]
+    assert len(refused) == 2
+    assert refused[0].detail == (
+        f"{len(refusals) - 1} refused in the last minute (last: it came from another site)"
+    )
+    assert refused[0].client == "testclient"
     # The same request from this site goes through (own Origin, or the token in a header).
     ok = signed_in.post(path, token, headers={"Origin": "http://testserver"})
     assert ok.status_code == 303
@@ -199,7 +216,20 @@ def test_bodies_must_be_small_forms(signed_in: Site):
 # -- throttling ------------------------------------------------------------------------------------
 
 
-def test_a_flood_of_1000_wrong_passwords_in_60_s_is_at_least_99_percent_refused(site: Site):
+class FromAddress:
+    """The page as reached from ``address`` (TestClient always says "testclient")."""
+
+    def __init__(self, app, address: str = "192.0.2.10") -> None:
+        self.app, self.address = app, address
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "http":
+            scope = {**scope, "client": (self.address, 50000)}
+        await self.app(scope, receive, send)
+
+
+def test_a_flood_of_1000_wrong_passwords_in_60_s_is_at_least_99_percent_refused(site: Site, caplog):
+    caplog.set_level(logging.INFO, logger="kiosk.web")
     token = site.login_csrf()
     statuses = []
     retry_after = []
@@ -214,19 +244,120 @@ def test_a_flood_of_1000_wrong_passwords_in_60_s_is_at_least_99_percent_refused(
     refused = statuses.count(429)
     assert refused >= 990, f"only {refused} of 1000 refused"
     assert statuses.count(401) == 1000 - refused
-    assert site.verify.calls == 1000 - refused  # scrypt ran only for the answered ones
-    assert statuses[:5] == [401] * 5  # the first five are answered normally
-    assert statuses[5] == 429
+    # One address: 3 free failures, then waits of 1, 2, 4, 8, 16, 32 s: 8 checked in 60 s.
+    assert site.verify.calls == 1000 - refused == 8  # scrypt ran only for the answered ones
+    assert statuses[:3] == [401] * 3  # the first three are answered normally
+    assert statuses[3] == 429
     assert min(retry_after) >= 1 and max(retry_after) <= 900
+    # The audit log and the journal get a few lines, not one per attempt.
     audit = audit_of(site)
-    assert audit.count(("login", "failed")) == site.verify.calls
-    lockouts = audit.count(("login", "throttled"))
-    assert 1 <= lockouts <= 10  # one row per lockout, not one per refused attempt
+    assert audit.count(("login", "failed")) == 1
+    assert audit.count(("login", "throttled")) == 1
+    assert len(caplog.records) <= 8
+
+
+def test_a_flood_from_200_rotating_addresses_is_refused_and_the_owners_device_still_signs_in(
+    site: Site,
+):
+    wrapped = FromAddress(site.app)
+    owner = TestClient(wrapped)
+    # The owner signed in from this phone before: it now carries a known-device cookie.
+    page = owner.get("/login")
+    answer = owner.post(
+        "/login",
+        data={"csrf": form_token(page.text), "password": PASSWORD},
+        follow_redirects=False,
+    )
+    assert answer.status_code == 303
+    device = owner.cookies[DEVICE_COOKIE]
+    header = next(h for h in answer.headers.get_list("set-cookie") if h.startswith(DEVICE_COOKIE))
+    assert "HttpOnly" in header and "SameSite=lax" in header and "Max-Age=2592000" in header
+    owner.cookies.delete(COOKIE)  # signed out since (the session is gone, the device cookie not)
+
+    attacker, stranger = TestClient(wrapped), TestClient(wrapped)
+    token = form_token(attacker.get("/login").text)
+    stranger_token = form_token(stranger.get("/login").text)
+    addresses = [f"198.51.100.{n}" for n in range(100)]
+    addresses += [f"2001:db8:{n:x}::{n + 1:x}" for n in range(100)]  # 100 different /64s
+    statuses = []
+    checked_before = site.verify.calls
+    for n in range(1000):
+        wrapped.address = addresses[n % len(addresses)]
+        answer = attacker.post(
+            "/login", data={"csrf": token, "password": "guess-guess-guess"}, follow_redirects=False
+        )
+        statuses.append(answer.status_code)
+        site.clock.advance(0.060)
+        if n == 500:
+            # Mid-flood, from one of the flooding addresses (its own network was taken over):
+            # a browser the page does not know is refused, the owner's known device signs in.
+            wrapped.address = addresses[0]
+            refused = stranger.post(
+                "/login",
+                data={"csrf": stranger_token, "password": PASSWORD},
+                follow_redirects=False,
+            )
+            assert refused.status_code == 429
+            calls = site.verify.calls
+            owner_page = owner.get("/login")
+            signed_in = owner.post(
+                "/login",
+                data={"csrf": form_token(owner_page.text), "password": PASSWORD},
+                follow_redirects=False,
+            )
+            assert signed_in.status_code == 303
+            assert owner.get("/", follow_redirects=False).status_code == 200
+            assert owner.cookies[DEVICE_COOKIE] == device  # the same device, renewed
+            checked_before += site.verify.calls - calls
+    refused = statuses.count(429)
+    assert refused >= 990, f"only {refused} of 1000 refused"
+    assert site.verify.calls - checked_before == 1000 - refused <= 9
+
+
+def test_a_known_device_has_its_own_doubling_counter(site: Site):
+    wrapped = FromAddress(site.app)
+    owner = TestClient(wrapped)
+    owner.post(
+        "/login",
+        data={"csrf": form_token(owner.get("/login").text), "password": PASSWORD},
+    )
+    owner.cookies.delete(COOKIE)
+    token = form_token(owner.get("/login").text)
+    answers = [
+        owner.post("/login", data={"csrf": token, "password": "wrong-wrong-wrong"}).status_code
+        for _ in range(4)
+    ]
+    assert answers == [401, 401, 401, 429]
+    # Another browser at the same address is not affected by the device's count.
+    other = TestClient(wrapped)
+    other_token = form_token(other.get("/login").text)
+    assert other.post("/login", data={"csrf": other_token, "password": "x" * 12}).status_code == 401
+
+
+def test_ipv6_clients_are_throttled_by_their_64():
+    assert client_key("2001:db8:1:2:aaaa::1") == client_key("2001:db8:1:2:ffff:1:2:3")
+    assert client_key("2001:db8:1:2::1") == "2001:db8:1:2::/64"
+    assert client_key("2001:db8:1:3::1") != client_key("2001:db8:1:2::1")
+    assert client_key("::ffff:192.0.2.7") == client_key("192.0.2.7") == "192.0.2.7"
+    assert client_key("testclient") == "testclient"
+
+
+def test_rotating_ipv6_addresses_in_one_64_share_a_lockout(site: Site):
+    wrapped = FromAddress(site.app)
+    client = TestClient(wrapped)
+    token = form_token(client.get("/login").text)
+    answers = []
+    for n in range(4):
+        wrapped.address = f"2001:db8:5:6::{n + 1:x}"
+        answers.append(
+            client.post("/login", data={"csrf": token, "password": "wrong-wrong"}).status_code
+        )
+    assert answers == [401, 401, 401, 429]
 
 
 def test_a_locked_out_client_is_refused_even_with_the_right_password_without_scrypt(site: Site):
     token = site.login_csrf()
-    for _ in range(5):
+    for _ in range(3):
         assert (
             site.client.post(
                 "/login", data={"csrf": token, "password": "wrong-wrong-wrong"}
@@ -249,31 +380,54 @@ def test_a_locked_out_client_is_refused_even_with_the_right_password_without_scr
 
 def test_a_successful_login_resets_the_clients_count(site: Site):
     token = site.login_csrf()
-    for _ in range(4):
+    for _ in range(2):
         site.client.post("/login", data={"csrf": token, "password": "wrong-wrong-wrong"})
     assert site.login().status_code == 303
-    site.client.cookies.clear()
+    site.client.cookies.clear()  # the device cookie too: an ordinary client again
     token = site.login_csrf()
     answers = [
         site.client.post(
             "/login", data={"csrf": token, "password": "wrong-wrong-wrong"}
         ).status_code
-        for _ in range(5)
+        for _ in range(3)
     ]
-    assert answers == [401] * 5
+    assert answers == [401] * 3
 
 
-def test_the_throttle_is_per_client_and_capped_globally(site: Site):
+def test_the_throttle_is_per_client_and_capped_globally():
     throttle = LoginThrottle()
     now = 0.0
-    for n in range(20):  # 20 clients, one failure each: under each client's limit
+    for n in range(9):  # 9 clients, one failure each: under each client's limit
         assert throttle.retry_after(f"10.0.0.{n}", now) is None
         throttle.failed(f"10.0.0.{n}", now)
         now += 0.5
-    # The global cap: a 21st failure within the minute is not even checked, from anyone.
+    # The global cap: a 10th failure within the minute is not even checked, from anyone.
     wait = throttle.retry_after("10.0.1.1", now)
     assert wait is not None and 1 <= wait <= 60
     assert throttle.retry_after("10.0.1.1", 60.0) is None  # the window moved on
+
+
+def test_no_60_s_window_holds_more_than_9_checked_failures_or_8_from_one_address():
+    """Everyone tries as often as they may, every 10 ms, for 5 minutes: a sliding window."""
+    throttle = LoginThrottle()
+    checked: list[tuple[float, str]] = []
+    clients = ["10.0.0.1"] + [f"10.1.{n // 250}.{n % 250}" for n in range(2000)]
+    for tick in range(30_000):
+        now = tick * 0.01
+        client = clients[0] if tick % 2 else clients[1 + (tick // 2) % 2000]
+        if throttle.retry_after(client, now) is None:
+            throttle.failed(client, now)
+            checked.append((now, client))
+    for start, _ in checked:
+        window = [c for t, c in checked if start <= t < start + 60]
+        assert len(window) <= 9
+    lone = LoginThrottle(global_failures=None)
+    times = []
+    for tick in range(6000):
+        if lone.retry_after("10.0.0.1", tick * 0.01) is None:
+            lone.failed("10.0.0.1", tick * 0.01)
+            times.append(tick * 0.01)
+    assert len(times) == 8 and times[-1] < 60
 
 
 # -- headers, and nothing personal in URLs or logs -------------------------------------------------
@@ -296,7 +450,7 @@ def test_every_response_carries_the_security_headers(signed_in: Site):
         assert headers["content-security-policy"] == CSP, where
         assert headers["x-content-type-options"] == "nosniff", where
         assert headers["x-frame-options"] == "DENY", where
-        assert headers["referrer-policy"] == "no-referrer", where
+        assert headers["referrer-policy"] == "same-origin", where
         assert headers["cross-origin-opener-policy"] == "same-origin", where
         assert headers["permissions-policy"] == "camera=(), microphone=(), geolocation=()", where
         expected = "public, max-age=3600" if where.startswith("/static") else "no-store"
@@ -342,10 +496,161 @@ def test_same_origin_rules():
     assert not same_origin(own, None, "not a url")
 
 
-def test_sessions_are_bounded_and_new_ids_are_random():
-    sessions = Sessions(idle_s=60, max_sessions=3)
+def test_sessions_are_bounded_per_pool_and_new_ids_are_random():
+    sessions = Sessions(idle_s=60, max_anonymous=3, max_signed_in=2)
+    owner = sessions.start(0.0, stamp="pw")
     made = [sessions.start(0.0) for _ in range(5)]
-    assert len(sessions) == 3
-    assert sessions.get(made[0].id, 1.0, None, touch=True) is None  # the oldest went
-    assert sessions.get(made[-1].id, 1.0, None, touch=True) is made[-1]
+    assert len(sessions) == 4  # 3 anonymous + the owner
+    assert sessions.get(made[0].id, 1.0, "pw", touch=True) is None  # the oldest anonymous went
+    assert sessions.get(made[-1].id, 1.0, "pw", touch=True) is made[-1]
+    assert sessions.get(owner.id, 1.0, "pw", touch=True) is owner  # never evicted by those
     assert len({s.id for s in made} | {s.csrf for s in made}) == 10
+    # Signed-in sessions only make room among themselves, least recently used first.
+    second = sessions.sign_in(made[-1].id, 2.0, "pw")
+    sessions.get(owner.id, 3.0, "pw", touch=True)
+    third = sessions.sign_in(None, 4.0, "pw")
+    assert sessions.get(second.id, 5.0, "pw", touch=False) is None
+    assert sessions.get(owner.id, 5.0, "pw", touch=False) is owner
+    assert sessions.get(third.id, 5.0, "pw", touch=False) is third
+
+
+def test_a_flood_of_login_page_visits_does_not_sign_the_owner_out(signed_in: Site):
+    with TestClient(signed_in.app) as stranger:
+        for _ in range(2000):
+            stranger.cookies.clear()
+            assert stranger.get("/login").status_code == 200
+    assert len(signed_in.app.state.page.sessions) <= 501
+    assert signed_in.client.get("/", follow_redirects=False).status_code == 200
+
+
+# -- refusals cannot fill the disk -----------------------------------------------------------------
+
+POST_ROUTES = (
+    "/login",
+    "/logout",
+    "/actions/sync-now",
+    "/actions/test-door",
+    "/actions/diagnostics",
+)
+
+
+def test_cookieless_posts_leave_no_audit_rows_and_a_bounded_log(site: Site, caplog):
+    caplog.set_level(logging.DEBUG, logger="kiosk")
+    before = len(site.audit())
+    with TestClient(site.app) as client:  # one event loop for all: fast
+        for path in POST_ROUTES:
+            for n in range(1000):
+                client.cookies.clear()
+                headers = {"Origin": "http://evil.example"} if n % 2 else {}
+                answer = client.post(
+                    path,
+                    data={"csrf": "guessed", "password": PASSWORD},
+                    headers=headers,
+                    follow_redirects=False,
+                )
+                assert answer.status_code == 403
+                site.clock.advance(0.012)  # 5,000 requests in 60 s
+    assert len(site.audit()) == before
+    assert site.verify.calls == 0
+    assert 1 <= len(caplog.records) <= 3  # one warning per 30 s, saying how many it left out
+    assert "more since the last message" in caplog.records[-1].getMessage()
+
+
+def test_a_signed_in_sessions_refusals_are_collapsed_per_minute(signed_in: Site, caplog):
+    caplog.set_level(logging.DEBUG, logger="kiosk")
+    before = len(signed_in.audit())
+    with TestClient(signed_in.app, cookies=signed_in.client.cookies) as client:
+        for path in POST_ROUTES[1:]:
+            for _ in range(250):
+                answer = client.post(path, data={"csrf": "not-the-token"}, follow_redirects=False)
+                assert answer.status_code == 403
+                signed_in.clock.advance(0.12)  # 1,000 refusals in 2 minutes
+    signed_in.clock.advance(60)
+    assert signed_in.client.get("/live").status_code == 200  # writes the summaries now due
+    rows = signed_in.audit()[: len(signed_in.audit()) - before]
+    assert all(r.outcome == "csrf_refused" for r in rows)
+    assert len(rows) <= 2 * len(POST_ROUTES[1:])  # per kind: the first, then one summary
+    summaries = [r for r in rows if "refused in the last minute" in r.detail]
+    assert sum(int(r.detail.split()[0]) for r in summaries) + len(rows) - len(summaries) == 1000
+    assert len(caplog.records) <= 5
+
+
+def test_one_audit_row_per_kind_per_minute_and_none_lost():
+    limits = AuditLimiter()
+    rows = []
+    for tick in range(300):  # a wrong password every second for 5 minutes, from two addresses
+        for row in limits.offer(
+            "login:failed", float(tick), action="login", outcome="failed",
+            detail="wrong password", client=f"10.0.0.{tick % 2}", authenticated=False,
+        ):  # fmt: skip
+            rows.append((tick, row))
+    rows += [(300, row) for row in limits.due(300.0)]
+    assert [tick for tick, _ in rows] == [0, 60, 120, 180, 240, 300]
+    assert (
+        rows[1][1].detail == "wrong password (after 59 refused in the last minute from 2 addresses)"
+    )
+    assert (
+        rows[-1][1].detail
+        == "59 refused in the last minute from 2 addresses (last: wrong password)"
+    )
+    counted = [int(row.detail.split("after ")[-1].split()[0]) if "after" in row.detail else 0
+               for _, row in rows[:-1]]  # fmt: skip
+    assert len(rows) - 1 + sum(counted) + 59 == 300
+
+
+def test_audit_rows_from_unauthenticated_sources_are_capped_per_minute():
+    limits = AuditLimiter()
+    written = []
+    for n in range(200):  # 200 kinds at once (the page has a handful): at most 30 rows a minute
+        written += limits.offer(
+            f"kind-{n}", 0.0, action="login", outcome="failed", detail="", client="x",
+            authenticated=False,
+        )  # fmt: skip
+    assert len(written) == 30
+    assert limits.due(30.0) == []
+    later = limits.due(60.0)
+    assert 0 < len(later) <= 30
+
+
+# -- the Host header (DNS rebinding) ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "host", ["evil.example", "evil.example:8080", "rebind.attacker.test.", "a b", "[::1", "::1"]
+)
+@pytest.mark.parametrize("path", ["/healthz", "/login", "/", "/static/style.css"])
+def test_another_host_name_is_refused_before_anything_else(site: Site, host: str, path: str):
+    answer = site.client.get(path, headers={"Host": host}, follow_redirects=False)
+    assert answer.status_code == 400
+    assert answer.headers["content-type"].startswith("text/plain")
+    assert "web.allowed_hosts" in answer.text and "<form" not in answer.text
+    assert answer.headers["x-frame-options"] == "DENY"
+    posted = site.client.post(
+        "/login", data={"csrf": "x", "password": PASSWORD}, headers={"Host": host}
+    )
+    assert posted.status_code == 400 and site.verify.calls == 0
+
+
+def test_ip_literals_localhost_and_this_machines_names_are_answered(tmp_path: Path):
+    site = make_site(tmp_path, extra='host = "door.gym.example"\n')
+    hostname = socket.gethostname()
+    for host in (
+        "127.0.0.1:8080", "192.168.1.20", "[::1]:8080", "[fe80::1]", "localhost",
+        "LOCALHOST:8080", "localhost.", hostname, f"{hostname}.local:8080", "door.gym.example",
+        "testserver",
+    ):  # fmt: skip
+        answer = site.client.get("/healthz", headers={"Host": host})
+        assert answer.status_code == 200, host
+
+
+def test_the_allowed_names():
+    names = allowed_host_names("Pi-Door.lan", "::", ["Gym.Example.", " other.test ", ""])
+    assert names == {
+        "localhost", "pi-door.lan", "pi-door.lan.local", "pi-door", "pi-door.local",
+        "gym.example", "other.test",
+    }  # fmt: skip
+    assert allowed_host("[2001:db8::1]:80", names) and allowed_host("10.0.0.1", names)
+    assert allowed_host("PI-DOOR.local:8080", names)
+    assert not allowed_host("pi-door.evil.test", names)
+    assert not allowed_host("10.0.0.1:http", names)
+    assert allowed_host(None, names)  # HTTP/1.0 without a Host: no browser, no rebinding

@@ -8,7 +8,9 @@ Modules, from the pure core out:
 
 - ``words``: reasons, states and errors in the owner's words; names masked as configured; ages.
 - ``device_health``: grading the device's figures OK / WARNING / PROBLEM (pure), reading ``/sys``.
-- ``auth``: sessions, CSRF checks and login throttling (pure, on an injected monotonic clock).
+- ``auth``: sessions, CSRF checks, login throttling, known devices and the ``Host`` check (pure,
+  on an injected monotonic clock).
+- ``audit_limits``: how many audit rows and log lines refusals may cause (pure).
 - ``views``: the data each part of the page shows, as plain dicts (pure).
 - ``sources``: reading those figures from the two databases, the system and the disk.
 - ``metrics``: the Prometheus text; ``diagnostics``: the downloadable bundle.

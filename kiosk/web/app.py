@@ -13,10 +13,20 @@ Routes (HTML views have JSON twins under ``/api/``):
 Every POST carries a form body (``application/x-www-form-urlencoded``, at most 8 KiB) whose CSRF
 token must equal the session's, and must not come from another site (``Origin``/``Referer``).
 Without a password file the page shows only how to set one. Every response carries the security
-headers (``SecurityHeaders``). Nothing personal goes into URLs or logs.
+headers (``SecurityHeaders``); a request naming another host than this machine is refused before
+anything else (``HostCheck``, against DNS rebinding). Nothing personal goes into URLs or logs.
 
-Blocking work (SQLite, scrypt, journalctl, the zip) runs in Starlette's thread pool; sessions and
-the login throttle are only touched on the event loop, so they need no lock.
+Refusals cannot fill the disk: a refused POST without a signed-in session writes no audit row,
+the others and wrong passwords are collapsed to about one row per kind per minute, and their
+warnings to one log line per 30 s (``audit_limits``).
+
+Times: the control file (requests, audit log, the scanner's report) is dated by the kernel's clock
+(``WebClock.wall``); the door's database (check-ins, the replica, the sync agent's status) by the
+door's clock, which follows the cloud's time until NTP syncs, so its times are aged against
+``AnchoredClock(kernel clock, the door's newest anchor)``.
+
+Blocking work (SQLite, scrypt, journalctl, the zip) runs in Starlette's thread pool; sessions, the
+login throttle and the audit limits are only touched on the event loop, so they need no lock.
 """
 
 from __future__ import annotations
@@ -25,6 +35,7 @@ import hashlib
 import logging
 import os
 import shutil
+import socket
 import time
 import urllib.parse
 from collections.abc import Awaitable, Callable
@@ -51,13 +62,26 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from kiosk import __version__
+from kiosk.clock import AnchoredClock, Clock, SystemClock
 from kiosk.config import Config, as_dict
 from kiosk.control import ControlError, HealthReport, RequestKind, control_path
 from kiosk.owner_password import PasswordFileError, load_password_hash
 from kiosk.status import collect_status, disk_info
-from kiosk.store import StoreError
+from kiosk.store import StoreError, quick_check_file
 from kiosk.web import diagnostics, metrics, views
-from kiosk.web.auth import LoginThrottle, Session, Sessions, same_origin, tokens_match
+from kiosk.web.audit_limits import AuditLimiter, AuditRow, LogLimiter, skipped_words
+from kiosk.web.auth import (
+    DEVICE_LIFETIME_S,
+    KnownDevices,
+    LoginThrottle,
+    Session,
+    Sessions,
+    allowed_host,
+    allowed_host_names,
+    client_key,
+    same_origin,
+    tokens_match,
+)
 from kiosk.web.device_health import (
     HEARTBEAT_PROBLEM_S,
     Grade,
@@ -65,14 +89,18 @@ from kiosk.web.device_health import (
     SysFacts,
     grade_checks,
     read_sys_facts,
+    sync_silent,
+    sync_silent_after,
 )
 from kiosk.web.passcheck import verify_in_child
 from kiosk.web.sources import (
     ControlAccess,
-    DatabaseUnavailable,
     DoorDatabase,
     DoorFacts,
+    DoorFactsCache,
     MemberCountCache,
+    ReadDoor,
+    door_anchor,
     read_door,
 )
 from sync.protocol import utc_text
@@ -80,10 +108,13 @@ from sync.protocol import utc_text
 log = logging.getLogger("kiosk.web")
 
 COOKIE = "fitflow_session"
+DEVICE_COOKIE = "fitflow_device"  # a browser the owner signed in from (``KnownDevices``)
 MAX_BODY_BYTES = 8 * 1024
 FORM_TYPE = "application/x-www-form-urlencoded"
 AUDIT_ROWS = 20
 MAX_CONCURRENT_CHECKS = 1  # scrypt takes 32 MiB and ~0.1 s: one login check at a time
+# (plus one at a time for known devices, so a flood's checks never make the owner wait)
+BODY_CACHE_S = 1.0  # /healthz and /metrics answer from a body this fresh (monotonic s)
 HERE = Path(__file__).resolve().parent
 
 CSP = (
@@ -94,7 +125,9 @@ _SECURITY_HEADERS = [
     (b"content-security-policy", CSP.encode()),
     (b"x-content-type-options", b"nosniff"),
     (b"x-frame-options", b"DENY"),
-    (b"referrer-policy", b"no-referrer"),
+    # same-origin, not no-referrer: under no-referrer browsers send "Origin: null" on the page's
+    # own form posts, which the origin check must refuse (an attacker's page can send null too).
+    (b"referrer-policy", b"same-origin"),
     (b"cross-origin-opener-policy", b"same-origin"),
     (b"permissions-policy", b"camera=(), microphone=(), geolocation=()"),
 ]
@@ -104,7 +137,7 @@ STATIC_CACHE = b"public, max-age=3600"
 
 class WebClock(Protocol):
     """The page's time: ``wall()`` aware UTC (the kernel's clock, as ``kiosk.control`` expects
-    of the page), ``monotonic()`` seconds for sessions and throttling."""
+    of the page), ``monotonic()`` seconds for sessions, throttling and caches."""
 
     def wall(self) -> datetime: ...
 
@@ -152,6 +185,30 @@ class SecurityHeaders:
             await PlainTextResponse(
                 "Internal error: the page's log says more (kiosk logs --unit web).", 500
             )(scope, receive, send_with_headers)
+
+
+class HostCheck:
+    """ASGI middleware: a request whose ``Host`` header names neither an IP address nor this
+    machine (``auth.allowed_host``) gets a plain 400, whatever its path (``/healthz`` too). A
+    browser tricked by DNS rebinding (an attacker's name pointed at this address) sends the
+    attacker's name here, and so learns nothing and reaches no form."""
+
+    def __init__(self, app: ASGIApp, *, names: frozenset[str]) -> None:
+        self.app = app
+        self.names = names
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            hosts = [v for k, v in scope.get("headers", []) if k == b"host"]
+            header = hosts[0].decode("latin-1") if len(hosts) == 1 else None
+            if len(hosts) > 1 or not allowed_host(header, self.names):
+                await PlainTextResponse(
+                    "Unknown host name: this page answers only to this device's addresses and "
+                    "names. To reach it by another name, add that name to web.allowed_hosts.",
+                    400,
+                )(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,19 +263,22 @@ def _own_origin(request: Request) -> str:
 
 
 class OwnerPage:
-    """The page's state (sessions, throttle, database handles) and its request handlers."""
+    """The page's state (sessions, throttles, caches, database handles) and its request handlers."""
 
     def __init__(
         self,
         config: Config,
         *,
         clock: WebClock,
+        kernel_clock: Clock,
         read_sys: Callable[[], SysFacts],
         verify: Callable[[str, str], bool],
         disk_usage: Callable[[Path], Any],
         run_logs: diagnostics.RunLogs | None,
         which: Callable[[str], str | None],
         version: str,
+        read_door: ReadDoor,
+        quick_check: Callable[[Path], list[str]],
     ) -> None:
         self.config = config
         self.clock = clock
@@ -228,14 +288,30 @@ class OwnerPage:
         self.run_logs = run_logs
         self.which = which
         self.version = version
+        self.quick_check = quick_check
         self.zone = ZoneInfo(config.site.timezone)
         self.store_path = Path(config.store.path)
         self.door = DoorDatabase(self.store_path)
+        # The door's notion of now, for times read from its database (see the module's doc).
+        self.door_clock = AnchoredClock(kernel_clock, door_anchor(self.door))
+        self.facts = DoorFactsCache(read_door)
+        self.sync_silent_after_s = sync_silent_after(
+            config.sync.interval_s, config.sync.backoff_max_s
+        )
         self.control = ControlAccess(control_path(self.store_path), clock.wall)
         self.members = MemberCountCache()
         self.sessions = Sessions(idle_s=config.web.session_idle_minutes * 60.0)
         self.throttle = LoginThrottle()
+        # Known devices: their own counter per device (same doubling), no global cap.
+        self.devices = KnownDevices()
+        self.device_throttle = LoginThrottle(global_failures=None)
+        self.audit_limits = AuditLimiter()
+        self._log_limits = {
+            kind: LogLimiter() for kind in ("refused", "wrong", "lockout", "global", "device")
+        }
         self._checking: set[str] = set()
+        self._device_checking: set[str] = set()
+        self._bodies: dict[str, tuple[float, int, bytes, str]] = {}
         self._password_key: tuple[int, ...] | None = None
         self._password_state = PasswordState(None, None, None)
         self.templates = jinja2.Environment(
@@ -298,12 +374,27 @@ class OwnerPage:
 
     @staticmethod
     def set_cookie(response: Response, request: Request, session: Session) -> None:
+        # Lax: a link to the page from elsewhere (a bookmark app, a chat) keeps the owner signed
+        # in; state changes are POSTs, which Lax cookies never accompany cross-site, and which
+        # need the CSRF token and a same-origin Origin/Referer anyway.
         response.set_cookie(
             COOKIE,
             session.id,
             path="/",
             httponly=True,
-            samesite="strict",
+            samesite="lax",
+            secure=request.url.scheme == "https",
+        )
+
+    @staticmethod
+    def set_device_cookie(response: Response, request: Request, value: str) -> None:
+        response.set_cookie(
+            DEVICE_COOKIE,
+            value,
+            max_age=int(DEVICE_LIFETIME_S),
+            path="/",
+            httponly=True,
+            samesite="lax",
             secure=request.url.scheme == "https",
         )
 
@@ -314,13 +405,18 @@ class OwnerPage:
         midnight = datetime(local.year, local.month, local.day, tzinfo=self.zone)
         return midnight.astimezone(UTC)
 
-    def door_facts(self, now: datetime) -> DoorFacts:
-        return read_door(
+    def door_state(self) -> tuple[DoorFacts, datetime]:
+        """The door database's facts (cached until another process commits) and the door's
+        notion of now to age them with."""
+        door_now = self.door_clock.wall()
+        facts = self.facts.get(
             self.door,
             recent=self.config.web.recent,
-            day_start=self._day_start(now),
+            day_start=self._day_start(door_now),
             members=self.members,
+            monotonic=self.clock.monotonic(),
         )
+        return facts, door_now
 
     def scanner_report(self) -> tuple[HealthReport | None, str | None]:
         try:
@@ -329,7 +425,14 @@ class OwnerPage:
             self.control.failed()
             return None, str(exc)
 
-    def checks(self, now: datetime, facts: DoorFacts, report: HealthReport | None) -> list:
+    def sync_age_s(self, facts: DoorFacts, door_now: datetime) -> float | None:
+        """Seconds since the sync agent last wrote its status (None: unknown)."""
+        updated = views.parse_utc(facts.sync.get("updated_at"))
+        return None if updated is None else (door_now - updated).total_seconds()
+
+    def checks(
+        self, now: datetime, door_now: datetime, facts: DoorFacts, report: HealthReport | None
+    ) -> list:
         disk = disk_info(self.store_path.parent, self.disk_usage)
         position = facts.position
         return grade_checks(
@@ -346,12 +449,14 @@ class OwnerPage:
                 disk_total_bytes=disk["total_bytes"],
                 sys=self.read_sys(),
                 sync=facts.sync,
+                sync_age_s=self.sync_age_s(facts, door_now),
+                sync_silent_after_s=self.sync_silent_after_s,
                 replica_age_s=None
                 if facts.replica_synced_at is None
-                else (now - facts.replica_synced_at).total_seconds(),
+                else (door_now - facts.replica_synced_at).total_seconds(),
                 oldest_pending_age_s=None
                 if position is None or position.oldest_pending_at is None
-                else (now - position.oldest_pending_at).total_seconds(),
+                else (door_now - position.oldest_pending_at).total_seconds(),
             )
         )
 
@@ -365,39 +470,57 @@ class OwnerPage:
             self.control.failed()
             return [], [], str(exc)
 
+    def sync_view(self, facts: DoorFacts, door_now: datetime) -> dict[str, Any]:
+        return views.sync_view(
+            facts, now=door_now, zone=self.zone, silent_after_s=self.sync_silent_after_s
+        )
+
     def page_data(self) -> dict[str, Any]:
-        """Everything the dashboard shows (and ``/api/overview`` returns)."""
+        """Everything the dashboard shows (and ``/api/overview`` returns). ``now`` in it is the
+        door's notion of now; every time also carries its age."""
         now = self.clock.wall()
-        facts = self.door_facts(now)
+        facts, door_now = self.door_state()
         report, report_problem = self.scanner_report()
         audit, requests, audit_problem = self.audit_rows(now)
-        checks = self.checks(now, facts, report)
+        checks = self.checks(now, door_now, facts, report)
         newest = facts.decisions[0] if facts.decisions else None
         return {
-            "now": utc_text(now),
+            "now": utc_text(door_now),
             "database_problem": facts.problem,
             "control_problem": report_problem or audit_problem,
             "door": views.door_view(
-                report, newest, door_id=self.config.door.id, now=now, zone=self.zone
+                report,
+                newest,
+                door_id=self.config.door.id,
+                now=now,
+                zone=self.zone,
+                door_now=door_now,
             ),
             "today": views.today_view(facts.today),
             "decisions": views.decisions_view(
-                facts.decisions, names=self.config.web.names, now=now, zone=self.zone
+                facts.decisions, names=self.config.web.names, now=door_now, zone=self.zone
             ),
-            "sync": views.sync_view(facts, now=now, zone=self.zone),
+            "sync": self.sync_view(facts, door_now),
             "health": views.health_view(checks),
             "audit": audit,
             "requests": requests,
         }
 
-    def health_data(self) -> tuple[list, DoorFacts, HealthReport | None, datetime]:
+    def health_data(self) -> tuple[list, DoorFacts, HealthReport | None, datetime, datetime]:
+        """(checks, facts, the scanner's report, the kernel's now, the door's now)."""
         now = self.clock.wall()
-        facts = self.door_facts(now)
+        facts, door_now = self.door_state()
         report, _ = self.scanner_report()
-        return self.checks(now, facts, report), facts, report, now
+        return self.checks(now, door_now, facts, report), facts, report, now, door_now
+
+    def healthz_body(self) -> tuple[int, bytes]:
+        checks, *_ = self.health_data()
+        ok = all(c.grade != Grade.PROBLEM for c in checks)
+        answer = JSONResponse({"ok": ok, "checks": {c.name: c.grade.value for c in checks}})
+        return (200 if ok else 503), bytes(answer.body)
 
     def metrics_text(self) -> str:
-        checks, facts, report, now = self.health_data()
+        checks, facts, report, now, door_now = self.health_data()
         data = report.data if report is not None else {}
         fresh = (
             report is not None and (now - report.updated_at).total_seconds() <= HEARTBEAT_PROBLEM_S
@@ -409,19 +532,22 @@ class OwnerPage:
                 return None
             return float(value)
 
+        # Up to now, not to the report: a hung scanner's frame age keeps growing.
         frame_age = None
         last_frame = views.parse_utc(data.get("last_frame_at"))
         if report is not None and last_frame is not None:
-            frame_age = max(0.0, (report.updated_at - last_frame).total_seconds())
+            frame_age = max(0.0, (now - last_frame).total_seconds())
         position = facts.position
         oldest = None
         if position is not None:
             oldest = (
                 0.0
                 if position.oldest_pending_at is None
-                else max(0.0, (now - position.oldest_pending_at).total_seconds())
+                else max(0.0, (door_now - position.oldest_pending_at).total_seconds())
             )
         online = facts.sync.get("online")
+        if sync_silent(self.sync_age_s(facts, door_now), self.sync_silent_after_s):
+            online = False  # a dead agent's last "online" is no longer true
         decisions = data.get("decisions")
         disk = disk_info(self.store_path.parent, self.disk_usage)
         return metrics.render_metrics(
@@ -452,6 +578,10 @@ class OwnerPage:
             self.control.failed()
             log.warning("could not write the audit log: %s", exc)
 
+    def write_audit(self, rows: list[AuditRow]) -> None:
+        for row in rows:
+            self.audit(row.action, row.outcome, detail=row.detail, client=row.client)
+
     def submit(self, kind: RequestKind, client: str) -> str | None:
         """Submit an owner request; the problem in words, or None."""
         try:
@@ -464,33 +594,32 @@ class OwnerPage:
 
     def bundle(self) -> bytes:
         now = self.clock.wall()
-        from kiosk.clock import SystemClock
-
+        checks, facts, _report, _, door_now = self.health_data()
         try:
             status = diagnostics.without_member_ids(
                 collect_status(
                     self.store_path,
                     door_id=self.config.door.id,
                     software_version=self.version,
-                    clock_quality=SystemClock().quality().value,
-                    now=now,
+                    clock_quality=self.door_clock.quality().value,
+                    now=door_now,
                     disk_usage=self.disk_usage,
                 )
             )
         except StoreError as exc:
             status = {"error": str(exc)}
-        checks, facts, _report, _ = self.health_data()
         status = {
             "status": status,
             "health": views.health_view(checks),
-            "sync": views.sync_view(facts, now=now, zone=self.zone),
+            "sync": self.sync_view(facts, door_now),
         }
+        # On a connection of its own: the check reads the whole file (seconds on a large one),
+        # and the page's shared connection must keep answering meanwhile.
         try:
-            findings = self.door.store().quick_check()
+            findings = self.quick_check(self.store_path)
             integrity = "PRAGMA quick_check: " + ("ok" if findings == ["ok"] else "PROBLEMS") + "\n"
             integrity += "".join(f"{line}\n" for line in findings if findings != ["ok"])
-        except (DatabaseUnavailable, StoreError) as exc:
-            self.door.failed()
+        except StoreError as exc:
             integrity = f"The door's database could not be checked: {exc}\n"
         try:
             entries = self.control.store().recent_audit(500)
@@ -524,6 +653,24 @@ class OwnerPage:
             request.cookies.get(COOKIE), self.clock.monotonic(), state.stamp, touch=touch
         )
 
+    def warn(self, kind: str, message: str, *args: Any) -> None:
+        """A warning of ``kind``, at most one line per 30 s (the rest are counted in the next)."""
+        skipped = self._log_limits[kind].allow(self.clock.monotonic())
+        if skipped is not None:
+            log.warning(message + "%s", *args, skipped_words(skipped))
+
+    async def offer_audit(self, kind: str, **row: Any) -> None:
+        """A refusal or failed sign-in for the audit log, through its limits."""
+        rows = self.audit_limits.offer(kind, self.clock.monotonic(), **row)
+        if rows:
+            await run_in_threadpool(self.write_audit, rows)
+
+    async def flush_audit(self) -> None:
+        """Write the summaries of refusal bursts that are over (called on signed-in views)."""
+        rows = self.audit_limits.due(self.clock.monotonic())
+        if rows:
+            await run_in_threadpool(self.write_audit, rows)
+
     async def signed_in_view(
         self, request: Request, kind: str, *, touch: bool
     ) -> Session | Response:
@@ -543,14 +690,16 @@ class OwnerPage:
             if kind == "fragment":
                 return PlainTextResponse("signed out", status_code=401)
             return RedirectResponse("/login", status_code=303)
+        await self.flush_audit()
         return session
 
     async def checked_post(
         self, request: Request, action: str
     ) -> tuple[dict[str, str], Session | None, PasswordState] | Response:
         """A POST's form, once it passed every check: the password set, the body a small form,
-        the CSRF token equal to the session's and no foreign origin. Refusals are answered here
-        (a CSRF refusal also goes into the audit log)."""
+        the CSRF token equal to the session's and no foreign origin. Refusals are answered here;
+        a refusal of a signed-in session's request also goes into the audit log (collapsed per
+        minute), one without a signed-in session does not (anyone can send those, endlessly)."""
         state = self.password()
         if state.problem is not None:
             return self.setup_page(state)
@@ -571,10 +720,16 @@ class OwnerPage:
         ):
             why = "its form token did not match"
         if why is not None:
-            log.warning("refused a %s request: %s", action, why)
-            await run_in_threadpool(
-                self.audit, action, "csrf_refused", detail=why, client=_client(request)
-            )
+            self.warn("refused", "refused a %s request: %s", action, why)
+            if session is not None and session.signed_in:
+                await self.offer_audit(
+                    f"refused:{action}",
+                    action=action,
+                    outcome="csrf_refused",
+                    detail=why,
+                    client=_client(request),
+                    authenticated=True,
+                )
             return self.message_page(
                 403,
                 "Request refused",
@@ -631,17 +786,28 @@ class OwnerPage:
 
         return endpoint
 
+    async def cached_body(
+        self, path: str, media_type: str, make: Callable[[], tuple[int, bytes]]
+    ) -> Response:
+        """``make()``'s (status, body), reused for ``BODY_CACHE_S``: monitoring may poll these
+        without login as often as it likes, and pays for one computation per second at most."""
+        now = self.clock.monotonic()
+        cached = self._bodies.get(path)
+        if cached is None or now - cached[0] >= BODY_CACHE_S or now < cached[0]:
+            status, body = await run_in_threadpool(make)
+            cached = (now, status, body, media_type)
+            self._bodies[path] = cached
+        _at, status, body, media_type = cached
+        return Response(body, status_code=status, media_type=media_type)
+
     async def healthz(self, _request: Request) -> Response:
-        checks, *_ = await run_in_threadpool(self.health_data)
-        ok = all(c.grade != Grade.PROBLEM for c in checks)
-        return JSONResponse(
-            {"ok": ok, "checks": {c.name: c.grade.value for c in checks}},
-            status_code=200 if ok else 503,
-        )
+        return await self.cached_body("/healthz", "application/json", self.healthz_body)
 
     async def metrics(self, _request: Request) -> Response:
-        text = await run_in_threadpool(self.metrics_text)
-        return Response(text, media_type=metrics.CONTENT_TYPE)
+        def make() -> tuple[int, bytes]:
+            return 200, self.metrics_text().encode("utf-8")
+
+        return await self.cached_body("/metrics", metrics.CONTENT_TYPE, make)
 
     async def login_form(self, request: Request) -> Response:
         state = self.password()
@@ -666,10 +832,15 @@ class OwnerPage:
         assert session is not None and state.encoded is not None and state.stamp is not None
         client = _client(request)
         now = self.clock.monotonic()
-        wait = self.throttle.retry_after(client, now)
-        busy = wait is None and (
-            client in self._checking or len(self._checking) >= MAX_CONCURRENT_CHECKS
-        )
+        # A browser the owner signed in from before has its own counter and no global cap: a
+        # flood from other addresses (or from its own network) cannot lock the owner out.
+        device = self.devices.known(request.cookies.get(DEVICE_COOKIE), now, state.stamp)
+        if device is not None:
+            throttle, key, checking = self.device_throttle, device, self._device_checking
+        else:
+            throttle, key, checking = self.throttle, client_key(client), self._checking
+        wait = throttle.retry_after(key, now)
+        busy = wait is None and (key in checking or len(checking) >= MAX_CONCURRENT_CHECKS)
         if wait is not None or busy:
             error = (
                 "Another sign-in is being checked: try again in a moment."
@@ -679,50 +850,60 @@ class OwnerPage:
             response = self.render("login.html", 429, csrf=session.csrf, error=error)
             response.headers["Retry-After"] = str(wait or 1)
             return response
-        self._checking.add(client)
+        checking.add(key)
         try:
             ok = await run_in_threadpool(self.verify, form.get("password", ""), state.encoded)
         finally:
-            self._checking.discard(client)
+            checking.discard(key)
         now = self.clock.monotonic()
         if ok:
-            self.throttle.succeeded(client)
+            throttle.succeeded(key)
             signed_in = self.sessions.sign_in(session.id, now, state.stamp)
+            known = self.devices.issue(request.cookies.get(DEVICE_COOKIE), now, state.stamp)
             log.info("the owner signed in")
             await run_in_threadpool(self.audit, "login", "ok", client=client)
             response = RedirectResponse("/", status_code=303)
             self.set_cookie(response, request, signed_in)
+            self.set_device_cookie(response, request, known)
             return response
-        failure = self.throttle.failed(client, now)
-        log.warning("wrong owner password (%d from this address)", failure.failures)
-        await run_in_threadpool(
-            self.audit,
-            "login",
-            "failed",
-            detail=f"wrong password ({failure.failures})",
+        failure = throttle.failed(key, now)
+        where = "this device" if device is not None else "this address"
+        self.warn("wrong", "wrong owner password (%d from %s)", failure.failures, where)
+        await self.offer_audit(
+            "login:failed" if device is None else "login:failed-device",
+            action="login",
+            outcome="failed",
+            detail=f"wrong password ({failure.failures} from {where})",
             client=client,
+            authenticated=False,
         )
         if failure.lockout_s is not None:
-            log.warning(
-                "login locked out for %.0f s after %d wrong passwords",
+            self.warn(
+                "lockout" if device is None else "device",
+                "login locked out for %.0f s after %d wrong passwords from %s",
                 failure.lockout_s,
                 failure.failures,
+                where,
             )
-            await run_in_threadpool(
-                self.audit,
-                "login",
-                "throttled",
-                detail=f"locked out for {failure.lockout_s:.0f} s after {failure.failures} wrong passwords",
+            await self.offer_audit(
+                "login:lockout",
+                action="login",
+                outcome="throttled",
+                detail=f"{where} locked out for {failure.lockout_s:.0f} s after "
+                f"{failure.failures} wrong passwords",
                 client=client,
+                authenticated=False,
             )
         if failure.global_cap:
-            log.warning("login refused for everyone for a minute: too many wrong passwords")
-            await run_in_threadpool(
-                self.audit,
-                "login",
-                "throttled",
-                detail="too many wrong passwords from all addresses: logins paused for up to a minute",
+            self.warn("global", "login refused for everyone for a minute: too many wrong passwords")
+            await self.offer_audit(
+                "login:global",
+                action="login",
+                outcome="throttled",
+                detail="too many wrong passwords from all addresses: logins paused for up to "
+                "a minute (known devices may still sign in)",
                 client=client,
+                authenticated=False,
             )
         return self.render("login.html", 401, csrf=session.csrf, error="Wrong password.")
 
@@ -737,7 +918,7 @@ class OwnerPage:
             await run_in_threadpool(self.audit, "logout", "ok", client=_client(request))
         self.sessions.end(session.id)
         response = RedirectResponse("/login", status_code=303)
-        response.delete_cookie(COOKIE, path="/", httponly=True, samesite="strict")
+        response.delete_cookie(COOKIE, path="/", httponly=True, samesite="lax")
         return response
 
     def request_action(
@@ -780,27 +961,37 @@ def create_app(
     config: Config,
     *,
     clock: WebClock | None = None,
+    kernel_clock: Clock | None = None,
     read_sys: Callable[[], SysFacts] | None = None,
     verify: Callable[[str, str], bool] = verify_in_child,
     disk_usage: Callable[[Path], Any] = shutil.disk_usage,
     run_logs: diagnostics.RunLogs | None = None,
     which: Callable[[str], str | None] = shutil.which,
     version: str = __version__,
+    read_door: ReadDoor = read_door,
+    quick_check: Callable[[Path], list[str]] = quick_check_file,
+    hostname: str | None = None,
 ) -> Starlette:
-    """The owner page as an ASGI app. Tests inject the clock (wall and monotonic), the system's
-    figures (``read_sys``, e.g. ``read_sys_facts`` on a fake root), the password check (by
-    default in a child process, ``passcheck``; tests wrap the real one to count scrypt runs), the
-    disk, and how journalctl is found and run. ``app.state.page`` is the
-    ``OwnerPage``."""
+    """The owner page as an ASGI app. Tests inject the clock (wall and monotonic), the kernel's
+    clock as a ``kiosk.clock.Clock`` (wall, monotonic, boot id, NTP state: the base of the door's
+    anchored clock; default ``SystemClock()``), the system's figures (``read_sys``, e.g.
+    ``read_sys_facts`` on a fake root), the password check (by default in a child process,
+    ``passcheck``; tests wrap the real one to count scrypt runs), the disk, how journalctl is
+    found and run, how the door database's facts are read (``sources.read_door``; tests count
+    the reads), the integrity check (``store.quick_check_file``) and the machine's host name
+    (default ``socket.gethostname()``). ``app.state.page`` is the ``OwnerPage``."""
     page = OwnerPage(
         config,
         clock=clock or SystemWebClock(),
+        kernel_clock=kernel_clock or SystemClock(),
         read_sys=read_sys or read_sys_facts,
         verify=verify,
         disk_usage=disk_usage,
         run_logs=run_logs,
         which=which,
         version=version,
+        read_door=read_door,
+        quick_check=quick_check,
     )
     routes = [
         Route("/", page.dashboard, methods=["GET"]),
@@ -825,9 +1016,17 @@ def create_app(
     ]
     for part in ("overview", "decisions", "sync", "health", "audit"):
         routes.append(Route(f"/api/{part}", page.api(part), methods=["GET"]))
-    app = Starlette(routes=routes, middleware=[Middleware(SecurityHeaders)])
+    names = allowed_host_names(
+        socket.gethostname() if hostname is None else hostname,
+        config.web.host,
+        config.web.allowed_hosts.split(","),
+    )
+    app = Starlette(
+        routes=routes,
+        middleware=[Middleware(SecurityHeaders), Middleware(HostCheck, names=names)],
+    )
     app.state.page = page
     return app
 
 
-__all__ = ["COOKIE", "create_app"]
+__all__ = ["COOKIE", "DEVICE_COOKIE", "create_app"]

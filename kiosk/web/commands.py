@@ -14,6 +14,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 EXIT_RUNTIME, EXIT_CONFIG = 1, 2
+# One owner and a monitor need a handful of connections; a LAN client opening hundreds gets 503s
+# beyond this instead of the process running out of file descriptors (the unit allows 1024).
+LIMIT_CONCURRENCY = 64
+# Idle keep-alive connections are closed after this (s): they hold a descriptor each.
+KEEP_ALIVE_S = 5
 
 
 def _load_config(path: str | None):
@@ -67,15 +72,7 @@ def cmd_web(args: argparse.Namespace) -> int:
     from kiosk.web.app import create_app
 
     app = create_app(config)
-    server = uvicorn.Server(
-        uvicorn.Config(
-            app,
-            log_level="warning",
-            access_log=False,  # it would put client paths and addresses in the journal
-            server_header=False,
-            proxy_headers=False,
-        )
-    )
+    server = uvicorn.Server(server_config(app))
     where = " (every network: reach it from the LAN)" if host in ("0.0.0.0", "::") else ""  # noqa: S104
     print(f"kiosk web: the owner page listens on {listen_url(host, port)}{where}", flush=True)
     try:
@@ -84,6 +81,24 @@ def cmd_web(args: argparse.Namespace) -> int:
         sock.close()
         app.state.page.close()
     return 0 if server.started else EXIT_RUNTIME
+
+
+def server_config(app):
+    """uvicorn's settings for the page: quiet (no access log: it would put client paths and
+    addresses in the journal; no Server header), direct clients only (no proxy headers), and
+    bounded: at most ``LIMIT_CONCURRENCY`` connections and requests at once, idle keep-alive
+    connections closed after ``KEEP_ALIVE_S``."""
+    import uvicorn
+
+    return uvicorn.Config(
+        app,
+        log_level="warning",
+        access_log=False,
+        server_header=False,
+        proxy_headers=False,
+        limit_concurrency=LIMIT_CONCURRENCY,
+        timeout_keep_alive=KEEP_ALIVE_S,
+    )
 
 
 def bind(host: str, port: int) -> socket.socket:

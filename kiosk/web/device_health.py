@@ -18,6 +18,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+from kiosk.policy import EARLIEST_TRUSTED_TIME
 from kiosk.web.words import age_words, bytes_words, duration_words
 
 
@@ -68,9 +69,13 @@ class HealthInputs:
     """Everything the grading looks at. ``scanner`` is the scanner's health report data
     (``kiosk.control``; None when it never published) and ``scanner_updated_at`` when it was
     published. ``database_problem`` is None when the door's database is readable, else why not.
-    ``sync`` is the sync agent's recorded status (empty: it never ran); ``replica_age_s`` the age
-    of the last successful pull (None: never); ``oldest_pending_age_s`` the age of the oldest
-    check-in waiting for upload (None: none waiting)."""
+    ``sync`` is the sync agent's recorded status (empty: it never ran); ``sync_age_s`` how long
+    ago the agent last wrote it (its ``updated_at``; None: unknown) and ``sync_silent_after_s``
+    after how long that means the agent is dead or hung (``sync_silent_after``);
+    ``replica_age_s`` the age of the last successful pull (None: never); ``oldest_pending_age_s``
+    the age of the oldest check-in waiting for upload (None: none waiting). Times from the door's
+    database are aged against the door's notion of now, the scanner's report against the
+    kernel's clock (the caller does both)."""
 
     now: datetime
     version: str
@@ -84,6 +89,8 @@ class HealthInputs:
     disk_total_bytes: int | None = None
     sys: SysFacts = field(default_factory=SysFacts)
     sync: dict[str, Any] = field(default_factory=dict)
+    sync_age_s: float | None = None
+    sync_silent_after_s: float = 390.0
     replica_age_s: float | None = None
     oldest_pending_age_s: float | None = None
 
@@ -97,6 +104,9 @@ TEMP_WARN_C, TEMP_PROBLEM_C = 70.0, 80.0  # the Pi's firmware starts throttling 
 UPTIME_WARN_S = 600.0
 SCANNER_UPTIME_WARN_S = 120.0
 BACKLOG_WARN_S, BACKLOG_PROBLEM_S = 3600.0, 24 * 3600.0
+# A sync agent silent for longer than sync_silent_after (minutes) is a warning, for an hour a
+# problem: nothing uploads and the member list ages.
+SYNC_SILENT_PROBLEM_S = 3600.0
 
 # get_throttled bits (Raspberry Pi firmware): now (low bits) and since boot (bits 16-19).
 UNDER_VOLTAGE_NOW, CAPPED_NOW, THROTTLED_NOW, SOFT_LIMIT_NOW = 0x1, 0x2, 0x4, 0x8
@@ -104,6 +114,17 @@ UNDER_VOLTAGE_SINCE_BOOT = 0x10000
 THROTTLING_SINCE_BOOT = 0x20000 | 0x40000 | 0x80000
 
 _NO_REPORT = "unknown: the scanner is not reporting"
+
+
+def sync_silent_after(interval_s: float, backoff_max_s: float) -> float:
+    """Seconds after which a sync agent that has not written its status is taken for dead or hung:
+    three rounds (``sync.interval_s``) plus its longest retry wait (``sync.backoff_max_s``)."""
+    return 3 * interval_s + backoff_max_s
+
+
+def sync_silent(age_s: float | None, silent_after_s: float) -> bool:
+    """True when the agent's status is older than ``silent_after_s`` (an unknown age is not)."""
+    return age_s is not None and age_s > silent_after_s
 
 
 def worst(grades: list[Grade]) -> Grade:
@@ -254,10 +275,14 @@ def _frame_age(inputs: HealthInputs, report: dict[str, Any]) -> Check:
             "none yet",
             "No frame since the scanner started: check the camera (kiosk selftest).",
         )
-    # Age when the scanner reported (it reports every 2 s; the heartbeat check covers the rest).
-    age = max(0.0, (inputs.scanner_updated_at - last).total_seconds())
+    # Shown up to now, so a hung scanner shows a growing age. Graded on the age when the scanner
+    # reported, unless the report itself is late by more than a few missed reports: the scanner
+    # reports every 2 s, and a healthy camera must not read as stale between two reports.
+    age = max(0.0, (inputs.now - last).total_seconds())
+    at_report = max(0.0, (inputs.scanner_updated_at - last).total_seconds())
+    graded = max(at_report, age - HEARTBEAT_WARN_S)
     figure = f"{age:.2f} s old"
-    if age >= inputs.stale_after_s:
+    if graded >= inputs.stale_after_s:
         return Check(
             "frame_age",
             "Last camera frame",
@@ -265,7 +290,7 @@ def _frame_age(inputs: HealthInputs, report: dict[str, Any]) -> Check:
             figure,
             f"Older than camera.stale_after_s ({inputs.stale_after_s:g} s): the camera stalled.",
         )
-    if age >= inputs.stale_after_s / 2:
+    if graded >= inputs.stale_after_s / 2:
         return Check(
             "frame_age",
             "Last camera frame",
@@ -319,14 +344,26 @@ def _clock(inputs: HealthInputs) -> Check:
             "NTP is not synchronised; the door uses the cloud's time. Let the Pi reach an NTP "
             "server (UDP port 123).",
         )
-    if quality == "unsynced":
+    if quality == "unsynced" and inputs.now < EARLIEST_TRUSTED_TIME:
         return Check(
             "clock",
             "Clock",
             Grade.PROBLEM,
             "not set",
-            "The clock was never set since start-up: the door refuses everyone (clock not "
+            "The clock was never set since start-up: the door refuses members (clock not "
             "trusted) until NTP or the sync agent sets it. Check the network.",
+        )
+    if quality == "unsynced":
+        # The policy still decides on this time (it only refuses a clock that was never set),
+        # but nothing confirms it: entry times and opening hours may be off.
+        return Check(
+            "clock",
+            "Clock",
+            Grade.WARNING,
+            "not synchronised",
+            "Neither NTP nor the cloud has confirmed the time yet: check-in times and opening "
+            "hours rely on the Pi's own clock. Let the Pi reach an NTP server (UDP port 123) or "
+            "the cloud.",
         )
     return Check("clock", "Clock", Grade.WARNING, "unknown")
 
@@ -456,6 +493,16 @@ def _sync(inputs: HealthInputs) -> Check:
             Grade.PROBLEM,
             "stopped",
             "The sync agent stopped for good (see the last error); it may need enrolling again.",
+        )
+    if sync_silent(inputs.sync_age_s, inputs.sync_silent_after_s):
+        silent_s = inputs.sync_age_s or 0.0
+        return Check(
+            "sync",
+            "Sync with the cloud",
+            Grade.PROBLEM if silent_s >= SYNC_SILENT_PROBLEM_S else Grade.WARNING,
+            f"sync agent not reporting for {duration_words(silent_s)}",
+            "The sync agent has stopped writing its status: it may be stopped or hung. Check it "
+            "(sudo systemctl status fitflow-sync; kiosk logs --unit sync).",
         )
     figure = "online" if status.get("online") else "offline"
     if pending is not None:

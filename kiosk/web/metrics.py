@@ -125,7 +125,7 @@ def render_metrics(facts: MetricFacts) -> str:
     lines += _family(
         "fitflow_camera_frame_age_seconds",
         "gauge",
-        "Age of the newest camera frame when the scanner last reported.",
+        "Age of the newest camera frame the scanner reported, up to now (grows while it hangs).",
         [({}, facts.frame_age_s)],
     )
     lines += _family(

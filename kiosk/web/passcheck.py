@@ -3,9 +3,11 @@
 scrypt at the owner password's cost takes 32 MiB for a tenth of a second. Done inside the page's
 process, that memory would stay counted in its peak (DESIGN §11: the page stays under 60 MB);
 in a child, the page's own memory does not move. The password travels on the child's standard
-input, never on its command line (visible to every local user in /proc). If the child cannot run
-(no interpreter, a broken install), the check runs in this process rather than refuse a
-correct password.
+input, never on its command line (visible to every local user in /proc). The child runs isolated
+(``python -I``: no current folder on its import path, no ``PYTHON*`` variables, no user site), so
+a file planted where the page runs cannot replace the check. If the child cannot run (no
+interpreter, a broken install), the check runs in this process rather than refuse a correct
+password.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ def verify_in_child(password: str, encoded: str, *, timeout_s: float = TIMEOUT_S
     payload = json.dumps({"password": password, "encoded": encoded})
     try:
         done = subprocess.run(  # noqa: S603 - our own interpreter and a fixed program, no shell
-            [sys.executable, "-c", _CHILD],
+            [sys.executable, "-I", "-c", _CHILD],
             input=payload,
             capture_output=True,
             text=True,

@@ -4,7 +4,10 @@
 ``DoorDatabase`` keeps one read-only connection and survives the file's life around it: a database
 that does not exist yet (the scanner has not started) is reported in plain words and looked for
 again on the next request; a file replaced underneath (``kiosk db restore``) or a failed read makes
-it reopen. ``ControlAccess`` opens the control file on first use and again after a failure.
+it reopen. ``DoorFactsCache`` keeps what was read until another process commits (SQLite's
+``data_version``), so an open page polling every few seconds costs one cheap query per poll
+instead of counting a large backlog each time. ``ControlAccess`` opens the control file on first
+use and again after a failure.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from typing import Any
 
 from kiosk.control import ControlError, ControlStore
 from kiosk.store import DecisionRow, JournalPosition, Store, StoreError
+from sync.protocol import Anchor
 
 log = logging.getLogger(__name__)
 
@@ -194,3 +198,81 @@ def read_door(
         door.failed()
         log.warning("reading the door's database failed: %s", exc)
         return DoorFacts(problem=str(exc))
+
+
+ReadDoor = Callable[..., DoorFacts]
+
+
+class DoorFactsCache:
+    """The door's facts as last read (``read_door``), read again only when another connection
+    committed to the database since (``Store.data_version``), the day changed, the database was
+    reopened, or the facts are older than ``max_age_s`` (monotonic seconds; a safety net). The
+    facts hold times, not ages: callers compute ages against their own now on every request.
+    A database that cannot be read is never cached (it is looked at again next time).
+
+    Thread-safe: the page reads from its thread pool; one read at a time, the others wait and
+    then share it."""
+
+    def __init__(self, read: ReadDoor = read_door, *, max_age_s: float = 5.0) -> None:
+        self._read = read
+        self.max_age_s = max_age_s
+        self._lock = threading.Lock()
+        self._key: tuple | None = None
+        self._store: Store | None = None
+        self._read_at = 0.0
+        self._facts: DoorFacts | None = None
+
+    def get(
+        self,
+        door: DoorDatabase,
+        *,
+        recent: int,
+        day_start: datetime,
+        members: MemberCountCache,
+        monotonic: float,
+    ) -> DoorFacts:
+        with self._lock:
+            key = None
+            try:
+                store = door.store()
+                key = (store.data_version(), day_start, recent)
+            except DatabaseUnavailable:
+                store = None
+            except StoreError as exc:
+                log.warning("reading the door database's data version failed: %s", exc)
+                door.failed()
+                store = None
+            fresh = monotonic - self._read_at < self.max_age_s
+            if (
+                key is not None
+                and self._facts is not None
+                and store is self._store
+                and key == self._key
+                and fresh
+            ):
+                return self._facts
+            facts = self._read(door, recent=recent, day_start=day_start, members=members)
+            if facts.problem is None and key is not None:
+                self._key, self._store, self._read_at, self._facts = key, store, monotonic, facts
+            else:
+                self._key, self._store, self._facts = None, None, None
+            return facts
+
+
+def door_anchor(door: DoorDatabase) -> Callable[[str], Anchor | None]:
+    """``Store.latest_anchor`` on the page's read-only connection, for ``AnchoredClock``: None
+    while the database does not exist or cannot be opened (the page says so elsewhere). A failed
+    read raises StoreError (the clock keeps the anchor it had)."""
+
+    def anchor_for(boot_id: str) -> Anchor | None:
+        try:
+            store = door.store()
+        except DatabaseUnavailable:
+            return None
+        try:
+            return store.latest_anchor(boot_id)
+        except StoreError:
+            door.failed()
+            raise
+
+    return anchor_for

@@ -4,6 +4,12 @@ time and the gym's time zone. A member's id never appears here; names are masked
 
 Every time is a dict ``{"at": UTC text, "age_s": seconds, "ago": "2 min ago", "local": "14:03:12"}``
 (or None), so a monitor can use the first two and a person the last two.
+
+Two notions of now meet here. Times the scanner and the sync agent write into the door's database
+(check-ins, the replica's sync time, the agent's status) are on the door's clock, which follows
+the cloud's time until NTP syncs (``kiosk.clock.AnchoredClock``): they are aged against
+``door_now``. Times in the control file (requests, the audit log, the scanner's health report)
+are on the kernel's clock (``kiosk.control.shared_wall``): they are aged against ``now``.
 """
 
 from __future__ import annotations
@@ -12,9 +18,9 @@ from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from kiosk.control import AuditEntry, HealthReport, OwnerRequest
+from kiosk.control import REQUEST_MAX_AGE_S, AuditEntry, HealthReport, OwnerRequest, RequestState
 from kiosk.store import DecisionRow
-from kiosk.web.device_health import HEARTBEAT_PROBLEM_S, Check, overall
+from kiosk.web.device_health import HEARTBEAT_PROBLEM_S, Check, overall, sync_silent
 from kiosk.web.sources import DoorFacts
 from kiosk.web.words import (
     NOT_REPORTING,
@@ -62,10 +68,11 @@ def door_view(
     door_id: str,
     now: datetime,
     zone: ZoneInfo,
+    door_now: datetime | None = None,
 ) -> dict[str, Any]:
     """The door's state: the scanner's state, the relay, the last pulse and the last decision.
-    From the scanner's health report; the last decision falls back on the journal when the
-    scanner does not report."""
+    From the scanner's health report (aged against ``now``); the last decision falls back on the
+    journal when the scanner does not report (aged against ``door_now``, default ``now``)."""
     data = report.data if report is not None else {}
     fresh = report is not None and (now - report.updated_at).total_seconds() <= HEARTBEAT_PROBLEM_S
     state = str(data.get("state")) if report is not None else "not_reporting"
@@ -80,15 +87,17 @@ def door_view(
         relay_words = "unknown"
     last_decision = None
     decided_at = parse_utc(data.get("last_decision_at"))
+    decided_now = now
     if decided_at is not None and data.get("last_verdict"):
         verdict, reason = str(data.get("last_verdict")), str(data.get("last_reason") or "")
     elif newest is not None:
         decided_at, verdict, reason = newest.at, newest.verdict, newest.reason
+        decided_now = door_now or now
     else:
         verdict = reason = ""
     if decided_at is not None:
         last_decision = {
-            "time": time_view(decided_at, now, zone),
+            "time": time_view(decided_at, decided_now, zone),
             "verdict": verdict,
             "verdict_words": verdict_words(verdict),
             "reason": reason,
@@ -147,17 +156,33 @@ _SYNC_STATE_WORDS = {
 }
 
 
-def sync_view(facts: DoorFacts, *, now: datetime, zone: ZoneInfo) -> dict[str, Any]:
+def sync_view(
+    facts: DoorFacts, *, now: datetime, zone: ZoneInfo, silent_after_s: float | None = None
+) -> dict[str, Any]:
     """Sync health: online, last pull and push, the backlog and its oldest check-in, the replica,
-    the last error in plain words."""
+    the last error in plain words. ``now`` is the door's notion of now. An agent whose status is
+    older than ``silent_after_s`` (``device_health.sync_silent_after``) is shown as not reporting
+    and never as online: its last word is no longer news."""
     status = facts.sync
     state = str(status.get("state") or "never_ran")
+    state_words = _SYNC_STATE_WORDS.get(state, one_line(state, 40))
     position = facts.position
     online = status.get("online")
+    online = online if isinstance(online, bool) else None
+    updated = parse_utc(status.get("updated_at"))
+    age = None if updated is None else (now - updated).total_seconds()
+    if silent_after_s is not None and state != "stopped" and sync_silent(age, silent_after_s):
+        state = "not_reporting"
+        state_words = (
+            f"not reporting since {local_time(updated, zone, now)} ({age_words(age)}): "
+            f"is the sync service running?"
+        )
+        online = False
     return {
         "state": state,
-        "state_words": _SYNC_STATE_WORDS.get(state, one_line(state, 40)),
-        "online": online if isinstance(online, bool) else None,
+        "state_words": state_words,
+        "online": online,
+        "reported": time_view(updated, now, zone),
         "last_pull": time_view(parse_utc(status.get("last_pull_at")), now, zone),
         "last_push": time_view(parse_utc(status.get("last_push_at")), now, zone),
         "backlog": None if position is None else position.backlog,
@@ -191,16 +216,33 @@ def audit_view(entries: list[AuditEntry], *, now: datetime, zone: ZoneInfo) -> l
     ]
 
 
+NOT_PICKED_UP = "not picked up: is the scanner/sync service running?"
+NOT_FINISHED = "not finished after a minute: is the scanner/sync service running?"
+
+
+def _request_state_words(request: OwnerRequest, now: datetime) -> str:
+    """A request's state in words; one still waiting (or running) after ``REQUEST_MAX_AGE_S``
+    says that nobody seems to be taking care of it (the control file itself only marks it
+    expired when a claimer next looks, which a stopped service never does)."""
+    late = (now - request.requested_at).total_seconds() > REQUEST_MAX_AGE_S
+    if late and request.state is RequestState.PENDING:
+        return NOT_PICKED_UP
+    if late and request.state is RequestState.RUNNING:
+        return NOT_FINISHED
+    return outcome_words(request.state.value)
+
+
 def requests_view(
     requests: list[OwnerRequest], *, now: datetime, zone: ZoneInfo
 ) -> list[dict[str, Any]]:
+    """The latest owner requests; ``now`` is the kernel's clock (the control file's)."""
     return [
         {
             "id": r.id,
             "kind": r.kind.value,
             "kind_words": action_words(r.kind.value),
             "state": r.state.value,
-            "state_words": outcome_words(r.state.value),
+            "state_words": _request_state_words(r, now),
             "requested": time_view(r.requested_at, now, zone),
             "finished": time_view(r.finished_at, now, zone),
             "result": r.result,
