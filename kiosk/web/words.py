@@ -9,6 +9,7 @@ from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
 from kiosk.model import Reason
+from kiosk.status import human_bytes
 
 # One line per reason the door can give (DESIGN §5), in the owner's words. A test checks that
 # every Reason has its words.
@@ -186,12 +187,6 @@ def local_time(moment: datetime | None, zone: ZoneInfo, now: datetime) -> str:
 
 
 def bytes_words(size: int | None) -> str:
-    """A size in bytes as "512 B", "3.4 MiB", "12.1 GiB" ("unknown" for None)."""
-    if size is None:
-        return "unknown"
-    value = float(size)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if value < 1024 or unit == "GiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{value:.1f} GiB"
+    """A size in bytes as "512 B", "3.4 MiB", "12.1 GiB" ("unknown" for None): the same words
+    as ``kiosk status``."""
+    return human_bytes(size)
