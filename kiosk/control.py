@@ -436,7 +436,6 @@ class ControlStore:
         """PENDING requests outside ``max_age_s`` of ``now`` (either side: a clock set back must
         not keep a request fresh for longer) → EXPIRED; RUNNING ones older than
         ``RUNNING_MAX_AGE_S`` → FAILED (abandoned). One audit row each."""
-        stamp = _text(now)
         oldest = _text(now - timedelta(seconds=max_age_s))
         newest = _text(now + timedelta(seconds=max_age_s))
         stale = conn.execute(
@@ -444,28 +443,33 @@ class ControlStore:
             " AND (requested_at < ? OR requested_at > ?) ORDER BY id",
             (kind.value, oldest, newest),
         ).fetchall()
-        for (rid,) in stale:
-            conn.execute(
-                "UPDATE requests SET state = 'expired', finished_at = ?, result = ? WHERE id = ?",
-                (stamp, _EXPIRED_DETAIL, rid),
-            )
-            self._insert_audit(
-                conn, at=now, action=kind.value, outcome="expired", detail=_EXPIRED_DETAIL
-            )
+        self._close(conn, kind, stale, now, RequestState.EXPIRED, "expired", _EXPIRED_DETAIL)
         abandoned_before = _text(now - timedelta(seconds=RUNNING_MAX_AGE_S))
         dead = conn.execute(
             "SELECT id FROM requests WHERE kind = ? AND state = 'running' AND claimed_at < ?"
             " ORDER BY id",
             (kind.value, abandoned_before),
         ).fetchall()
-        for (rid,) in dead:
+        self._close(conn, kind, dead, now, RequestState.FAILED, "failed", _ABANDONED_DETAIL)
+
+    def _close(
+        self,
+        conn: sqlite3.Connection,
+        kind: RequestKind,
+        rows: list,
+        now: datetime,
+        state: RequestState,
+        outcome: str,
+        detail: str,
+    ) -> None:
+        """End the requests ``rows`` (``(id,)`` tuples) in ``state`` with ``detail`` as their
+        result, with one audit row each."""
+        for (rid,) in rows:
             conn.execute(
-                "UPDATE requests SET state = 'failed', finished_at = ?, result = ? WHERE id = ?",
-                (stamp, _ABANDONED_DETAIL, rid),
+                "UPDATE requests SET state = ?, finished_at = ?, result = ? WHERE id = ?",
+                (state.value, _text(now), detail, rid),
             )
-            self._insert_audit(
-                conn, at=now, action=kind.value, outcome="failed", detail=_ABANDONED_DETAIL
-            )
+            self._insert_audit(conn, at=now, action=kind.value, outcome=outcome, detail=detail)
 
     # -- owner requests --------------------------------------------------------------------------
 
