@@ -611,7 +611,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="the door alone: a locally seeded replica, no cloud, no network",
     )
-    from kiosk.web.commands import _port as port_number  # light: argparse only
+    from kiosk.web.commands import port_number  # light: argparse only
 
     web = p.add_mutually_exclusive_group()
     web.add_argument(

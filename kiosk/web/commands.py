@@ -32,7 +32,7 @@ def _load_config(path: str | None):
         return None
 
 
-def _port(text: str) -> int:
+def port_number(text: str) -> int:
     try:
         value = int(text)
     except ValueError:
@@ -191,7 +191,7 @@ def register(sub) -> None:
         "--config", help="config file (default: $KIOSK_CONFIG or /etc/fitflow-kiosk/kiosk.toml)"
     )
     p.add_argument("--host", help="address to listen on (default: web.host, 0.0.0.0)")
-    p.add_argument("--port", type=_port, help="port to listen on (default: web.port, 8080)")
+    p.add_argument("--port", type=port_number, help="port to listen on (default: web.port, 8080)")
     p.set_defaults(func=cmd_web)
     actions = p.add_subparsers(dest="web_command", metavar="ACTION")
     s = actions.add_parser(
