@@ -30,7 +30,7 @@ from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from hardware.protocols import Pattern
-from kiosk.model import PolicySettings, StalePolicy
+from kiosk.core.model import PolicySettings, StalePolicy
 
 DEFAULT_CONFIG_PATH = Path("/etc/fitflow-kiosk/kiosk.toml")
 # The one KIOSK_* variable that is not a setting: it names the config file itself.

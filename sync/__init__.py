@@ -1,9 +1,10 @@
-"""The sync protocol between the kiosk and the cloud (DESIGN §8, docs/sync-protocol.md).
+"""The contract between a door and the cloud, shared by both ends (see docs/sync-protocol.md).
 
-- ``sync.protocol``: the message shapes both ends share, their validation, row hashes and checksums;
-- ``sync.client``: the device's HTTP client (the only module that imports httpx);
-- ``sync.agent``: the device's sync agent (``kiosk sync``): pushes the journal, pulls the replica,
-  heartbeats, backs off;
-- ``sync.identity``: the device's credentials file written at enrolment;
-- ``sync.cloud``: the reference cloud service (``kiosk cloud serve``), on SQLite or PostgreSQL.
+- ``protocol``: the message shapes, their validation, canonical row hashes and checksums, and the
+  UTC time text both ends write;
+- ``credentials``: what a member's code looks like (the parser and its scheme registry) and the
+  salted hash under which the replica stores it.
+
+Imports nothing of ours: the device (``kiosk``) and the reference cloud (``cloud``) both build on it,
+so neither ever has to import the other.
 """

@@ -1,7 +1,7 @@
 """Shared pieces of the end-to-end sync tests (tests/test_sync_e2e.py, test_sync_convergence.py).
 
 - ``Site``: the reference cloud (``EmbeddedCloud``) on a real loopback socket, with one
-  organisation and gym, driven through the admin service functions (``sync.cloud.admin``) and read
+  organisation and gym, driven through the admin service functions (``cloud.admin``) and read
   back through its own database.
 - ``Kiosk``: one device's folder: configuration file, credentials (enrolled through the real cloud,
   then pointed at whatever address the test wants the device to use, e.g. a ``FaultyProxy``) and
@@ -29,18 +29,18 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from cloud import admin
+from cloud import db as cloud_db
+from cloud.embedded import EmbeddedCloud
+from cloud.importer import import_members
+from cloud.replica import Scope, checkpoint
 from fakes import clean_env
 from kiosk import __version__
-from kiosk.ids import boot_id
-from kiosk.model import ClockQuality, Decision, Now, Reason
-from kiosk.store import Store
-from sync.client import CloudClient
-from sync.cloud import admin
-from sync.cloud import db as cloud_db
-from sync.cloud.embedded import EmbeddedCloud
-from sync.cloud.importer import import_members
-from sync.cloud.replica import Scope, checkpoint
-from sync.identity import DeviceIdentity, save_identity
+from kiosk.core.ids import boot_id
+from kiosk.core.model import ClockQuality, Decision, Now, Reason
+from kiosk.data.store import Store
+from kiosk.sync.client import CloudClient
+from kiosk.sync.identity import DeviceIdentity, save_identity
 from sync.protocol import Checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
@@ -361,7 +361,7 @@ def corrupt_door_ids(kiosk: Kiosk, checkin_ids: list[str]) -> None:
 
 
 def agent_command(kiosk: Kiosk, *, once: bool) -> list[str]:
-    command = [sys.executable, "-m", "kiosk.cli", "sync", "--config", str(kiosk.config)]
+    command = [sys.executable, "-m", "kiosk", "sync", "--config", str(kiosk.config)]
     return [*command, "--once"] if once else command
 
 

@@ -10,7 +10,7 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 
 from hardware.protocols import Decoded, Frame
-from kiosk.clock import SimClock
+from kiosk.core.clock import SimClock
 
 _PIXELS = np.zeros((4, 4), dtype=np.uint8)
 
@@ -122,7 +122,7 @@ class FakeTime:
 def damaged_code_frame(payload: str) -> np.ndarray:
     """A 640x480 frame with a code whose data area is half scrambled: finder patterns intact (a
     decoder locates it), data unreadable."""
-    from hardware.synthetic import render_code
+    from hardware.fakes.synthetic import render_code
 
     module = 6
     image = render_code(payload, module)

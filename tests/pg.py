@@ -235,8 +235,8 @@ def _release() -> None:
 
 
 def _make_template(server: PgServer) -> None:
-    from sync.cloud.db import Database
-    from sync.cloud.migrations import migrate
+    from cloud.db import Database
+    from cloud.migrations import migrate
 
     server.execute(f"DROP DATABASE IF EXISTS {_TEMPLATE}")
     server.execute(f"CREATE DATABASE {_TEMPLATE}")
@@ -356,7 +356,7 @@ class Harness:
     """An in-process cloud (FastAPI TestClient) with one organisation, gym and admin token."""
 
     def __init__(self, url: str, clock: FakeClock | None = None) -> None:
-        from sync.cloud.app import create_app
+        from cloud.app import create_app
 
         self.url = url
         self.clock = clock or FakeClock()
@@ -367,7 +367,7 @@ class Harness:
         self.org_id, self.gym_id, self.admin_token = org
 
     def new_org(self, name: str, gym: str) -> tuple[str, str, str]:
-        from sync.cloud.admin import create_organization
+        from cloud.admin import create_organization
 
         made = create_organization(self.database, name, gym, "Europe/Berlin", self.clock())
         return made.organization_id, made.gym_id, made.admin_token

@@ -6,14 +6,14 @@ import threading
 
 from gpiozero.pins.mock import MockFactory
 
+from devtools.seed import demo_snapshot
 from fakes import FakeCamera, FakeDecoder, ManualTimer, Scene
-from hardware.door import RelayDoor
-from hardware.signal import RecordingSignal
-from kiosk.clock import SimClock
-from kiosk.scanner import DoorLoop, ScannerSettings
-from kiosk.seed import demo_snapshot
-from kiosk.store import Store
-from kiosk.systemd import Notifier
+from hardware.gpio.relay import RelayDoor
+from hardware.gpio.signal import RecordingSignal
+from kiosk.core.clock import SimClock
+from kiosk.data.store import Store
+from kiosk.door.loop import DoorLoop, ScannerSettings
+from kiosk.door.systemd import Notifier
 
 RELAY_PIN = 17
 ALICE, BOB, CAROL = "FF-ALICE-1001", "FF-BOB-1002", "FF-CAROL-1003"

@@ -1,4 +1,4 @@
-"""``kiosk db backup / restore / check`` (kiosk.backup, kiosk.dbcli, store file helpers).
+"""``kiosk db backup / restore / check`` (kiosk.ops.backup, kiosk.cli.db, store file helpers).
 
 Every test works on real SQLite files in a temporary folder; failures (full disk, damage, a newer
 schema, a file held open) come from SQLite itself. Only the outside world is injected: the clock,
@@ -20,8 +20,11 @@ from pathlib import Path
 import pytest
 from test_store import _v1_database_with_journal, granted, record, snapshot
 
-from kiosk import dbcli
-from kiosk.backup import (
+from kiosk.cli import db as dbcli
+from kiosk.core.model import SyncState
+from kiosk.data.migrations import LATEST_VERSION
+from kiosk.data.store import Store, StoreError, exclusive_access, inspect_database
+from kiosk.ops.backup import (
     DbError,
     active_services,
     backup_name,
@@ -29,9 +32,6 @@ from kiosk.backup import (
     restore_backup,
     rotation,
 )
-from kiosk.migrations import LATEST_VERSION
-from kiosk.model import SyncState
-from kiosk.store import Store, StoreError, exclusive_access, inspect_database
 
 T0 = datetime(2024, 5, 6, 21, 30, 0, tzinfo=UTC)
 

@@ -17,8 +17,8 @@ from datetime import UTC, datetime
 import httpx
 import pytest
 
-from kiosk import bench_sync
-from kiosk.bench_sync import (
+from devtools.bench import sync as bench_sync
+from devtools.bench.sync import (
     CLASS_PACK_BALANCE,
     BenchError,
     StalledCloud,
@@ -30,7 +30,7 @@ from kiosk.bench_sync import (
     report_sync,
 )
 from kiosk.cli import main
-from kiosk.model import Reason, Verdict
+from kiosk.core.model import Reason, Verdict
 from pg import _free_port, pg_server_fixture  # noqa: F401
 
 MEMBERS, BACKLOG, POLLS = 200, 150, 3
@@ -159,7 +159,7 @@ def test_the_backlog_mixes_grants_class_uses_and_denials():
 
 
 def test_the_members_csv_is_a_clean_import():
-    from sync.cloud.importer import parse_lines
+    from cloud.importer import parse_lines
 
     lines, problems = parse_lines(members_csv(0, 20, datetime(2026, 5, 1, tzinfo=UTC)))
     assert problems == [] and [ln.errors for ln in lines] == [[]] * 20
@@ -179,7 +179,7 @@ def test_the_agent_child_keeps_trying_a_stalled_cloud_and_stops_on_sigterm(tmp_p
     with StalledCloud() as stalled:
         job["url"] = stalled.url
         agent = subprocess.Popen(
-            [sys.executable, "-m", "kiosk.bench_sync_child"],
+            [sys.executable, "-m", "devtools.bench.sync_child"],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -205,7 +205,7 @@ def test_the_agent_child_keeps_trying_a_stalled_cloud_and_stops_on_sigterm(tmp_p
 
 def test_the_child_refuses_an_unknown_mode():
     result = subprocess.run(
-        [sys.executable, "-m", "kiosk.bench_sync_child"],
+        [sys.executable, "-m", "devtools.bench.sync_child"],
         input=json.dumps({"mode": "fly"}), capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
     assert result.returncode == 2 and "unknown mode 'fly'" in result.stderr

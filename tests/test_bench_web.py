@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import json
 
-from kiosk.bench_web import collect_web, report_web, web_checks
+from devtools.bench.web import collect_web, report_web, web_checks
 from kiosk.cli import main
 
 
@@ -41,7 +41,7 @@ def test_web_and_sync_are_separate_benches(capsys):
 
 
 def test_json_output_is_one_object(capsys, monkeypatch):
-    import kiosk.bench_web as bench_web
+    import devtools.bench.web as bench_web
 
     monkeypatch.setattr(bench_web, "BENCH_REQUESTS", 3)
     code = main(["bench", "--web", "--checkins", "5", "--json"])

@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 
 from fakes import FakeTime
-from hardware.camera_opencv import OpenCVCamera
-from hardware.camera_picamera2 import Picamera2Camera
-from hardware.camera_replay import ReplayCamera
-from hardware.grabber import FrameGrabber, Pacer
+from hardware.camera.grabber import FrameGrabber, Pacer
+from hardware.camera.opencv import OpenCVCamera
+from hardware.camera.picamera import Picamera2Camera
+from hardware.camera.replay import ReplayCamera
 from hardware.protocols import CameraError, FrameSource
 
 

@@ -10,7 +10,7 @@ import sys
 import cv2
 
 from fakes import clean_env
-from hardware.synthetic import compose_frame
+from hardware.fakes.synthetic import compose_frame
 from kiosk.cli import main
 
 BAD = """

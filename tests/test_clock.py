@@ -2,9 +2,9 @@
 
 from datetime import UTC, datetime, timedelta
 
-from kiosk.clock import SimClock, SystemClock
-from kiosk.ids import boot_id, uuid7
-from kiosk.model import ClockQuality
+from kiosk.core.clock import SimClock, SystemClock
+from kiosk.core.ids import boot_id, uuid7
+from kiosk.core.model import ClockQuality
 
 
 def test_sim_clock_moves_wall_and_monotonic_together():
@@ -28,11 +28,11 @@ def test_system_clock_quality_follows_the_kernel_and_is_cached():
 
 
 def test_uuid7_ids_are_version_7_and_increase_within_a_millisecond(monkeypatch):
-    import kiosk.ids
+    import kiosk.core.ids
 
     # Keep the module's "last id" state private to this test: later ids use the real clock.
-    monkeypatch.setattr(kiosk.ids, "_last_ms", 0)
-    monkeypatch.setattr(kiosk.ids, "_last_rand", 0)
+    monkeypatch.setattr(kiosk.core.ids, "_last_ms", 0)
+    monkeypatch.setattr(kiosk.core.ids, "_last_rand", 0)
     ids = [uuid7(now_ms=1_800_000_000_000) for _ in range(100)]
     assert all(u.version == 7 and u.variant == "specified in RFC 4122" for u in ids)
     assert ids == sorted(ids) and len(set(ids)) == 100

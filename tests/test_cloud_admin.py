@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 import warnings
 
+from cloud import db, importer
 from pg import (
     BOOT,
     SEC,
@@ -15,7 +16,6 @@ from pg import (
     make_item,
     pg_server_fixture,  # noqa: F401
 )
-from sync.cloud import db, importer
 from sync.protocol import make_row
 
 with warnings.catch_warnings():
@@ -261,7 +261,7 @@ def test_another_organisations_token_sees_nothing_of_ours(cloud):
 
 
 def test_no_body_may_be_huge(cloud):
-    from sync.cloud.app import MAX_BODY_BYTES
+    from cloud.app import MAX_BODY_BYTES
 
     huge = b'{"name": "' + b"x" * MAX_BODY_BYTES + b'"}'
     headers = {"Content-Type": "application/json"}

@@ -13,13 +13,13 @@ from pathlib import Path
 import httpx
 import pytest
 
+from cloud import cli, migrations
+from cloud.db import Database
+from cloud.embedded import EmbeddedCloud
 from pg import (
     cloud_db_url_fixture,  # noqa: F401
     pg_server_fixture,  # noqa: F401
 )
-from sync.cloud import cli, migrations
-from sync.cloud.db import Database
-from sync.cloud.embedded import EmbeddedCloud
 from sync.protocol import is_loopback
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -174,7 +174,7 @@ def test_python_dash_m_entry_point(tmp_path):
         [
             sys.executable,
             "-m",
-            "sync.cloud.cli",
+            "cloud.cli",
             "init",
             "--db",
             str(tmp_path / "c.db"),

@@ -8,11 +8,11 @@ import threading
 
 import pytest
 
+from cloud import db, migrations
 from pg import (
     cloud_db_url_fixture,  # noqa: F401
     pg_server_fixture,  # noqa: F401
 )
-from sync.cloud import db, migrations
 from sync.protocol import checksum
 
 

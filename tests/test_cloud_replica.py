@@ -7,6 +7,7 @@ from __future__ import annotations
 import threading
 from datetime import timedelta
 
+from cloud import admin
 from pg import (
     Harness,
     cloud_db_url_fixture,  # noqa: F401
@@ -14,7 +15,6 @@ from pg import (
     pg_server_fixture,  # noqa: F401
     replica_checksum,
 )
-from sync.cloud import admin
 from sync.protocol import KIND_ORDER, parse_change_page, parse_snapshot_page
 
 
@@ -90,7 +90,7 @@ def test_member_rows_carry_the_code_hash_never_the_code(cloud):
     page = cloud.get(device, "/v1/replica/snapshot", limit=5000).json()
     members = [r for r in page["rows"] if r["kind"] == "member"]
     assert members
-    from kiosk.credentials import code_hash
+    from sync.credentials import code_hash
 
     salt = bytes.fromhex(page["code_salt"])
     m0 = next(r for r in members if r["id"] == "m0")

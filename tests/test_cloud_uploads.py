@@ -8,6 +8,7 @@ import json
 import threading
 from datetime import datetime, timedelta
 
+from cloud import db, uploads
 from pg import (
     BOOT,
     SEC,
@@ -20,7 +21,6 @@ from pg import (
     pg_server_fixture,  # noqa: F401
     replica_checksum,
 )
-from sync.cloud import db, uploads
 from sync.protocol import (
     MAX_BATCH_ITEMS,
     MAX_MONOTONIC_NS,

@@ -20,7 +20,7 @@ from kiosk.config import (
     policy_settings,
     render_example,
 )
-from kiosk.model import PolicySettings, StalePolicy
+from kiosk.core.model import PolicySettings, StalePolicy
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "deploy" / "kiosk.example.toml"
 

@@ -1,4 +1,4 @@
-"""The control database (kiosk.control): owner requests, the audit log, process health. Real SQLite
+"""The control database (kiosk.data.control): owner requests, the audit log, process health. Real SQLite
 files in a temporary folder; times are given explicitly, nothing sleeps."""
 
 from __future__ import annotations
@@ -13,8 +13,9 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from fakes import clean_env
-from kiosk.clock import AnchoredClock, SimClock
-from kiosk.control import (
+from kiosk.core.clock import AnchoredClock, SimClock
+from kiosk.core.model import ClockQuality
+from kiosk.data.control import (
     CONTROL_FILENAME,
     REQUEST_MAX_AGE_S,
     SCHEMA_VERSION,
@@ -25,8 +26,7 @@ from kiosk.control import (
     control_path,
     shared_wall,
 )
-from kiosk.model import ClockQuality
-from kiosk.store import Store
+from kiosk.data.store import Store
 from sync.protocol import Anchor
 
 T0 = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
@@ -371,7 +371,7 @@ def test_requests_are_timed_by_the_kernel_clock_not_the_anchored_one():
 def _replay_config(tmp_path) -> tuple:
     import cv2
 
-    from hardware.synthetic import compose_frame
+    from hardware.fakes.synthetic import compose_frame
 
     frames = tmp_path / "frames"
     frames.mkdir()

@@ -23,13 +23,13 @@ import time
 
 from gpiozero.pins.mock import MockFactory
 
+from devtools.seed import SCENARIO, demo_snapshot
 from fakes import FakeCamera, FakeDecoder, Scene, clean_env
-from hardware.door import RelayDoor
-from hardware.signal import RecordingSignal
-from kiosk.clock import SystemClock
-from kiosk.scanner import DoorLoop, ScannerSettings
-from kiosk.seed import SCENARIO, demo_snapshot
-from kiosk.store import Store
+from hardware.gpio.relay import RelayDoor
+from hardware.gpio.signal import RecordingSignal
+from kiosk.core.clock import SystemClock
+from kiosk.data.store import Store
+from kiosk.door.loop import DoorLoop, ScannerSettings
 
 # Not KIOSK_*: that prefix is the configuration's, and strict loading rejects unknown names.
 KILLS = int(os.environ.get("FITFLOW_TEST_CRASH_KILLS", "200"))

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kiosk.credentials import (
+from sync.credentials import (
     MAX_PAYLOAD_BYTES,
     SCHEME_PARSERS,
     Malformed,

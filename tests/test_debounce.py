@@ -2,7 +2,7 @@
 
 import pytest
 
-from kiosk.debounce import Debouncer
+from kiosk.core.debounce import Debouncer
 
 S = 1_000_000_000  # one second in ns
 

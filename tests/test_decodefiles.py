@@ -8,9 +8,9 @@ import cv2
 import numpy as np
 import pytest
 
-from hardware.decode_zxing import ZxingDecoder
-from hardware.synthetic import compose_frame, render_code
-from kiosk.decodefiles import decode_files, terminal_safe
+from devtools.decodefiles import decode_files, terminal_safe
+from hardware.decode.zxing import ZxingDecoder
+from hardware.fakes.synthetic import compose_frame, render_code
 
 
 def run(paths):
@@ -94,7 +94,7 @@ def test_terminal_safe_escapes_everything_a_terminal_could_act_on(raw, shown):
 
 
 def test_a_ready_pipeline_is_used_without_its_motion_gate(card):
-    from hardware.reader import QrReader
+    from kiosk.door.reader import QrReader
 
     gated = QrReader(ZxingDecoder(), motion_gate=True)
     out, err = io.StringIO(), io.StringIO()

@@ -8,17 +8,17 @@ import numpy as np
 import pytest
 
 from fakes import damaged_code_frame
-from hardware.decode_zxing import ZxingDecoder
+from hardware.decode.zxing import ZxingDecoder
+from hardware.fakes.synthetic import compose_frame
 from hardware.protocols import Decoder, DecoderUnavailable
-from hardware.reader import make_decoder
-from hardware.synthetic import compose_frame
+from kiosk.door.reader import make_decoder
 
 PAYLOAD = "3f2b8a4e-1c6d-4e7a-9b2f-5d8c1a0e6f47"
 
 
 def pyzbar_decoder():
     """pyzbar needs libzbar0, which `./dev test` and `.ci/run` install: its absence is a failure."""
-    from hardware.decode_pyzbar import PyzbarDecoder
+    from hardware.decode.zbar import PyzbarDecoder
 
     return PyzbarDecoder()
 
@@ -50,7 +50,7 @@ def test_decoder_rejects_a_colour_frame_with_a_clear_message(name):
 
 
 def test_pyzbar_all_symbologies_reads_qr_too(clean_frame):
-    from hardware.decode_pyzbar import PyzbarDecoder
+    from hardware.decode.zbar import PyzbarDecoder
 
     pyzbar_decoder()
     decoder = PyzbarDecoder(all_symbologies=True)
@@ -87,7 +87,7 @@ def test_make_decoder_rejects_unknown_names():
 
 
 def test_missing_pyzbar_gives_an_install_hint(monkeypatch):
-    from hardware.decode_pyzbar import PyzbarDecoder
+    from hardware.decode.zbar import PyzbarDecoder
 
     monkeypatch.setitem(sys.modules, "pyzbar", None)
     monkeypatch.setitem(sys.modules, "pyzbar.pyzbar", None)
@@ -96,7 +96,7 @@ def test_missing_pyzbar_gives_an_install_hint(monkeypatch):
 
 
 def test_missing_opencv_gives_an_install_hint(monkeypatch):
-    from hardware.decode_opencv import OpenCVDecoder
+    from hardware.decode.opencv import OpenCVDecoder
 
     monkeypatch.setitem(sys.modules, "cv2", None)
     with pytest.raises(RuntimeError, match="python3-opencv"):
@@ -104,7 +104,7 @@ def test_missing_opencv_gives_an_install_hint(monkeypatch):
 
 
 def test_decode_bench_reports_every_decoder_side_by_side():
-    from kiosk.bench_decode import run_decode_bench
+    from devtools.bench.decode import run_decode_bench
 
     messages: list[str] = []
     report = run_decode_bench(
@@ -124,7 +124,7 @@ def test_decode_bench_reports_every_decoder_side_by_side():
 
 
 def test_decode_bench_without_the_baseline_says_why(monkeypatch):
-    from kiosk.bench_decode import run_decode_bench
+    from devtools.bench.decode import run_decode_bench
 
     monkeypatch.setitem(sys.modules, "pyzbar", None)
     monkeypatch.setitem(sys.modules, "pyzbar.pyzbar", None)

@@ -16,13 +16,13 @@ from datetime import UTC, datetime
 import httpx
 import pytest
 
+from devtools.demo import DemoWebError, run_demo
+from devtools.seed import AFTER_CLOUD_CHANGE, SCENARIO, WHILE_OFFLINE
 from e2e_helpers import wait_until
 from fakes import clean_env
 from kiosk.cli import build_parser
-from kiosk.control import ControlStore, RequestKind, RequestState, control_path
-from kiosk.demo import DemoWebError, run_demo
-from kiosk.owner_password import load_password_hash, verify_password
-from kiosk.seed import AFTER_CLOUD_CHANGE, SCENARIO, WHILE_OFFLINE
+from kiosk.data.control import ControlStore, RequestKind, RequestState, control_path
+from kiosk.ops.owner_password import load_password_hash, verify_password
 
 # --once plays the scenario, then the sync story: Carol admitted after a change made in the cloud,
 # Alice admitted while the cloud is down.
@@ -117,9 +117,9 @@ def test_a_real_device_database_is_refused(tmp_path):
     """Demo check-ins must never reach a real journal (they would be uploaded to the cloud)."""
     from datetime import UTC, datetime
 
-    from kiosk.demo import DemoError
-    from kiosk.model import Decision, Now, Reason, Verdict
-    from kiosk.store import Store
+    from devtools.demo import DemoError
+    from kiosk.core.model import Decision, Now, Reason, Verdict
+    from kiosk.data.store import Store
 
     device = tmp_path / "device.db"
     with Store.open(device) as store:  # a device before its first sync: a journal, no replica
@@ -140,7 +140,7 @@ def demo_snapshot_with_salt(salt: bytes):
     from dataclasses import replace
     from datetime import UTC, datetime
 
-    from kiosk.seed import demo_snapshot
+    from devtools.seed import demo_snapshot
 
     return replace(demo_snapshot(datetime.now(UTC), "UTC"), code_salt=salt)
 

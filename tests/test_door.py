@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 from gpiozero.pins.mock import MockFactory
 
-from hardware.door import RelayDoor, force_off
-from hardware.pins import GpioError
+from hardware.gpio.pins import GpioError
+from hardware.gpio.relay import RelayDoor, force_off
 from hardware.protocols import Door
 
 PIN = 17
@@ -311,7 +311,7 @@ def test_interpreter_exit_releases_the_relay(tmp_path):
         """
         import atexit
         from gpiozero.pins.mock import MockFactory
-        from hardware.door import RelayDoor
+        from hardware.gpio.relay import RelayDoor
 
         factory = MockFactory()
         atexit.register(lambda: print([s.state for s in factory.pin(17).states]))

@@ -13,8 +13,8 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
+from devtools.seed import SCENARIO
 from fakes import Scene
-from kiosk.seed import SCENARIO
 from rig import RELAY_PIN, Rig
 
 CODES = [*sorted({scan.payload for scan in SCENARIO}), "\x00garbage\u202e"]

@@ -1,4 +1,4 @@
-"""``kiosk logs`` (kiosk.logs, kiosk.dbcli): the journalctl command it builds and how it fails.
+"""``kiosk logs`` (kiosk.ops.logs, kiosk.cli.db): the journalctl command it builds and how it fails.
 
 journalctl itself is never run: the runner and the program lookup are injected.
 """
@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import pytest
 
-from kiosk import dbcli
-from kiosk.logs import UNITS, journalctl_command
+from kiosk.cli import db as dbcli
+from kiosk.ops.logs import UNITS, journalctl_command
 
 SERVICES = [
     "fitflow-scanner.service",

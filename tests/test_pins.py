@@ -11,7 +11,7 @@ import pytest
 from gpiozero import Device
 from gpiozero.pins.mock import MockFactory
 
-from hardware.pins import (
+from hardware.gpio.pins import (
     GpioError,
     is_pi5_family,
     make_pin_factory,

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kiosk.model import (
+from kiosk.core.model import (
     AccessWindow,
     ClockQuality,
     Closure,
@@ -32,7 +32,7 @@ from kiosk.model import (
     StalePolicy,
     Verdict,
 )
-from kiosk.policy import EARLIEST_TRUSTED_TIME, decide, effective_time
+from kiosk.core.policy import EARLIEST_TRUSTED_TIME, decide, effective_time
 
 SUB = MembershipType.SUBSCRIPTION
 PACK = MembershipType.CLASS_PACK

@@ -10,18 +10,18 @@ from pathlib import Path
 
 import pytest
 
+from cloud import admin
 from e2e_helpers import running_site
 from kiosk.cli import main
 from kiosk.config import load_config
-from kiosk.owner_password import (
+from kiosk.ops.owner_password import (
     PasswordFileError,
     hash_password,
     load_password_hash,
     verify_password,
 )
-from kiosk.provision import Plan, ProvisionError, edit_toml, provision
-from sync.cloud import admin
-from sync.identity import load_identity
+from kiosk.ops.provision import Plan, ProvisionError, edit_toml, provision
+from kiosk.sync.identity import load_identity
 
 PASSWORD = "correct horse battery"  # noqa: S105 (a test password)
 ORIGINAL = """# the installer's notes stay

@@ -6,10 +6,11 @@ import numpy as np
 import pytest
 
 from fakes import damaged_code_frame
-from hardware.decode_opencv import OpenCVDecoder
-from hardware.decode_zxing import ZxingDecoder
+from hardware.decode.opencv import OpenCVDecoder
+from hardware.decode.zxing import ZxingDecoder
+from hardware.fakes.synthetic import compose_frame, frame_set
 from hardware.protocols import Decoder
-from hardware.reader import (
+from kiosk.door.reader import (
     STRATEGIES,
     MotionGate,
     QrReader,
@@ -18,7 +19,6 @@ from hardware.reader import (
     signature,
     upscale2,
 )
-from hardware.synthetic import compose_frame, frame_set
 
 PAYLOAD = "3f2b8a4e-1c6d-4e7a-9b2f-5d8c1a0e6f47"
 

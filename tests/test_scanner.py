@@ -14,12 +14,12 @@ from datetime import timedelta
 import pytest
 
 from fakes import FakeDecoder, Scene
-from hardware.door import RelayDoor
-from hardware.signal import RecordingSignal
-from kiosk.control import ControlError, ControlStore, RequestKind, RequestState
-from kiosk.model import Reason, Verdict
-from kiosk.scanner import DoorLoop, open_control_store, stop_on_signals
-from kiosk.store import Store, StoreError
+from hardware.gpio.relay import RelayDoor
+from hardware.gpio.signal import RecordingSignal
+from kiosk.core.model import Reason, Verdict
+from kiosk.data.control import ControlError, ControlStore, RequestKind, RequestState
+from kiosk.data.store import Store, StoreError
+from kiosk.door.loop import DoorLoop, open_control_store, stop_on_signals
 from rig import ALICE, BOB, CAROL, Rig
 from sync.protocol import utc_text
 
@@ -371,7 +371,7 @@ def test_a_broken_control_file_never_stops_the_door(tmp_path, caplog):
     control = with_control(rig, tmp_path)
     for part in control.path.parent.iterdir():  # the file, its log and index: garbage
         part.write_bytes(b"garbage!" * 2000)
-    with caplog.at_level(logging.WARNING, logger="kiosk.scanner"):
+    with caplog.at_level(logging.WARNING, logger="kiosk.door.loop"):
         rig.run()
     assert [o.decision.reason for o in rig.outcomes] == [Reason.SUBSCRIPTION]
     assert rig.relay_states() == [False, True, False]
@@ -419,7 +419,7 @@ def test_a_control_file_missing_at_start_is_opened_later_at_most_every_30_s(tmp_
         signal=rig.signal, clock=rig.clock, settings=rig.loop.settings, control=None,
         open_control=opener,
     )  # fmt: skip
-    with caplog.at_level(logging.WARNING, logger="kiosk.scanner"):
+    with caplog.at_level(logging.WARNING, logger="kiosk.door.loop"):
         for _ in range(30 * 65):  # 65 s: tried at 30 s and at 60 s, both failing
             loop.step()
     assert opener.calls == 2 and loop.control is None

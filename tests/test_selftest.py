@@ -10,14 +10,21 @@ import cv2
 import pytest
 
 from fakecloud import TOKEN, FakeCloud
-from hardware.synthetic import compose_frame
+from hardware.fakes.synthetic import compose_frame
 from kiosk.cli import main
 from kiosk.config import load_config
-from kiosk.parts import build_door, make_pin_factory
-from kiosk.selftest import Grade, SelftestEnv, check_disk, check_relay, check_signal, run_selftest
-from kiosk.store import Store
-from kiosk.testcard import TEST_CODE
-from sync.identity import DeviceIdentity, save_identity
+from kiosk.data.store import Store
+from kiosk.door.parts import build_door, make_pin_factory
+from kiosk.ops.selftest import (
+    Grade,
+    SelftestEnv,
+    check_disk,
+    check_relay,
+    check_signal,
+    run_selftest,
+)
+from kiosk.ops.testcard import TEST_CODE
+from kiosk.sync.identity import DeviceIdentity, save_identity
 
 BIG_DISK = SimpleNamespace(total=32 * 2**30, used=2 * 2**30, free=30 * 2**30)
 
@@ -106,7 +113,7 @@ def test_outputs_are_really_driven_and_released(ready):
 @pytest.fixture
 def quick(monkeypatch):
     """Through ``main`` time is real: show each LED for a millisecond, not 0.8 s."""
-    monkeypatch.setattr("kiosk.selftest.SHOW_S", 0.001)
+    monkeypatch.setattr("kiosk.ops.selftest.SHOW_S", 0.001)
 
 
 def test_missing_camera_is_a_problem_with_a_hint_and_exit_1(tmp_path, capsys, quick):

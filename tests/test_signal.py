@@ -11,9 +11,9 @@ import time
 import pytest
 from gpiozero.pins.mock import MockFactory
 
-from hardware.pins import GpioError
+from hardware.gpio.pins import GpioError
+from hardware.gpio.signal import LedBuzzerSignal, RecordingSignal
 from hardware.protocols import Pattern, Signal
-from hardware.signal import LedBuzzerSignal, RecordingSignal
 
 GREEN, RED, BUZZER = 27, 22, 23
 LONG = 10_000  # ms: longer than any test, so a pattern is still playing when it is interrupted

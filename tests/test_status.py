@@ -7,11 +7,11 @@ import json
 from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 
+from devtools.seed import demo_snapshot
 from kiosk.cli import main
-from kiosk.model import ClockQuality, Decision, Now, Reason, Verdict
-from kiosk.seed import demo_snapshot
-from kiosk.status import collect_status, render_status
-from kiosk.store import Store
+from kiosk.core.model import ClockQuality, Decision, Now, Reason, Verdict
+from kiosk.data.store import Store
+from kiosk.ops.status import collect_status, render_status
 
 T0 = datetime(2026, 5, 1, 8, 0, tzinfo=UTC)
 

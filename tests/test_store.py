@@ -1,4 +1,4 @@
-"""The local store (kiosk.store, kiosk.migrations): schema history, journal, replica, failures.
+"""The local store (kiosk.data.store, kiosk.data.migrations): schema history, journal, replica, failures.
 
 Every test runs on a real SQLite file in a temporary folder; failures (full disk, lock, damaged
 file, newer schema) are produced by SQLite itself, not by mocks.
@@ -15,8 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from kiosk.migrations import LATEST_VERSION, MIGRATIONS, apply_migrations
-from kiosk.model import (
+from kiosk.core.model import (
     AccessWindow,
     ClockQuality,
     Closure,
@@ -34,7 +33,8 @@ from kiosk.model import (
     SyncState,
     Verdict,
 )
-from kiosk.store import DOOR_PATH_QUERIES, ReplicaSnapshot, Store, StoreError
+from kiosk.data.migrations import LATEST_VERSION, MIGRATIONS, apply_migrations
+from kiosk.data.store import DOOR_PATH_QUERIES, ReplicaSnapshot, Store, StoreError
 
 T0 = datetime(2024, 5, 6, 9, 0, 0, 123456, tzinfo=UTC)
 BOOT = "3f0c2a9e-boot"

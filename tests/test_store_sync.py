@@ -16,8 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from kiosk.migrations import LATEST_VERSION, apply_migrations
-from kiosk.model import (
+from kiosk.core.model import (
     AccessWindow,
     ClockQuality,
     Closure,
@@ -31,7 +30,8 @@ from kiosk.model import (
     Reason,
     Verdict,
 )
-from kiosk.store import (
+from kiosk.data.migrations import LATEST_VERSION, apply_migrations
+from kiosk.data.store import (
     UNKNOWN_CLOUD_VERSION,
     JournalPosition,
     ReplicaSnapshot,
@@ -489,7 +489,7 @@ def test_sync_status_merges_json_values(store):
 
 
 def test_snapshot_rows_of_the_demo_data_round_trip_through_make_row(store):
-    from kiosk.seed import demo_snapshot
+    from devtools.seed import demo_snapshot
 
     snap = demo_snapshot(T0, "UTC")
     rows = list(snapshot_rows(snap))

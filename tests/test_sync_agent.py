@@ -1,4 +1,4 @@
-"""The sync agent (sync.agent) against the fake cloud: push, pull, snapshot, heartbeat, retries and
+"""The sync agent (kiosk.sync.agent) against the fake cloud: push, pull, snapshot, heartbeat, retries and
 the recorded status. A real store on disk, the real client over ``httpx.MockTransport``, a
 simulated clock; every wait is recorded instead of slept."""
 
@@ -13,12 +13,12 @@ import httpx
 import pytest
 
 from fakecloud import START, TOKEN, FakeCloud, Fault
-from kiosk.clock import SimClock
-from kiosk.control import ControlStore, OwnerRequest, RequestKind, RequestState
-from kiosk.model import ClockQuality, Decision, Now, Reason
-from kiosk.store import Store
-from sync.agent import OFFLINE, RUNNING, STOPPED, SyncAgent, SyncSettings
-from sync.client import CloudClient
+from kiosk.core.clock import SimClock
+from kiosk.core.model import ClockQuality, Decision, Now, Reason
+from kiosk.data.control import ControlStore, OwnerRequest, RequestKind, RequestState
+from kiosk.data.store import Store
+from kiosk.sync.agent import OFFLINE, RUNNING, STOPPED, SyncAgent, SyncSettings
+from kiosk.sync.client import CloudClient
 from sync.protocol import Anchor
 
 BOOT = "boot-1"
@@ -704,7 +704,7 @@ def test_a_broken_control_file_never_stops_the_sync(tmp_path, caplog):
         if path.exists():
             path.write_bytes(b"garbage!" * 2000)
     dev.sleeper.limit = 12
-    with caplog.at_level(logging.WARNING, logger="sync.agent"):
+    with caplog.at_level(logging.WARNING, logger="kiosk.sync.agent"):
         agent.run(dev.stop)
     assert dev.states()["synced"] == 1 and dev.cloud.count("/v1/heartbeat") >= 2
     warnings = [r for r in caplog.records if "control file" in r.getMessage()]

@@ -11,9 +11,9 @@ import pytest
 
 from fakecloud import TOKEN, FakeCloud
 from kiosk.cli import main
-from kiosk.model import ClockQuality, Decision, Now, Reason, Verdict
-from kiosk.store import Store
-from sync.identity import DeviceIdentity, load_identity, save_identity
+from kiosk.core.model import ClockQuality, Decision, Now, Reason, Verdict
+from kiosk.data.store import Store
+from kiosk.sync.identity import DeviceIdentity, load_identity, save_identity
 
 CODE = "7KQ4-M2XD-9HVA"
 

@@ -1,4 +1,4 @@
-"""The sync client (sync.client): every answer parsed through sync.protocol, every failure a typed
+"""The sync client (kiosk.sync.client): every answer parsed through sync.protocol, every failure a typed
 error, response sizes capped, anchors taken from answers that carry the cloud's time.
 
 The cloud is ``tests/fakecloud.py`` behind ``httpx.MockTransport``, or a one-off handler."""
@@ -12,8 +12,8 @@ import httpx
 import pytest
 
 from fakecloud import TOKEN, FakeCloud
-from kiosk.clock import SimClock
-from sync.client import (
+from kiosk.core.clock import SimClock
+from kiosk.sync.client import (
     BadResponse,
     BatchTooLarge,
     CloudClient,

@@ -1,4 +1,4 @@
-"""AnchoredClock (kiosk.clock): the door tells the cloud's time from the sync agent's anchors while
+"""AnchoredClock (kiosk.core.clock): the door tells the cloud's time from the sync agent's anchors while
 the Pi's clock is not NTP-synced, reads the anchor rarely, and never lets a wrong wall clock revive
 an expired membership."""
 
@@ -7,12 +7,12 @@ from __future__ import annotations
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
+from devtools.seed import demo_snapshot
 from fakes import Scene
-from kiosk.clock import AnchoredClock, SimClock
-from kiosk.model import ClockQuality, PolicySettings, Reason
-from kiosk.scanner import ScannerSettings
-from kiosk.seed import demo_snapshot
-from kiosk.store import Store
+from kiosk.core.clock import AnchoredClock, SimClock
+from kiosk.core.model import ClockQuality, PolicySettings, Reason
+from kiosk.data.store import Store
+from kiosk.door.loop import ScannerSettings
 from rig import ALICE, Rig
 from sync.protocol import Anchor
 
@@ -171,7 +171,7 @@ def test_a_floor_from_a_clock_that_ran_a_year_ahead_does_not_outrank_the_cloud_t
     """Rows journaled while the unsynced clock ran a year ahead put the clock floor a year ahead.
     Unanchored, the door fails safe at the floor (Alice is refused); anchored, it
     decides at the cloud's time and admits her."""
-    from kiosk.model import Decision, Now, Verdict
+    from kiosk.core.model import Decision, Now, Verdict
 
     snapshot = replace(demo_snapshot(TRUE_NOW, "UTC"), synced_at=None)
     reasons = {}

@@ -17,14 +17,14 @@ import random
 from collections.abc import Callable
 from datetime import date, timedelta
 
+from cloud import admin
 from e2e_helpers import Site, make_kiosk, running_site, seed_members
 from faulty_proxy import FaultyProxy
-from kiosk.clock import SimClock
-from kiosk.store import Store
+from kiosk.core.clock import SimClock
+from kiosk.data.store import Store
+from kiosk.sync.agent import SyncAgent, SyncSettings
+from kiosk.sync.client import CloudClient
 from pg import cloud_db_url_fixture, pg_server_fixture  # noqa: F401
-from sync.agent import SyncAgent, SyncSettings
-from sync.client import CloudClient
-from sync.cloud import admin
 
 ROUNDS = 3
 EDITS_PER_ROUND = 60

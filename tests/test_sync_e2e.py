@@ -29,6 +29,8 @@ from datetime import UTC, datetime, timedelta
 import httpx
 import pytest
 
+from cloud import admin
+from cloud.embedded import EmbeddedCloud
 from e2e_helpers import (
     DOOR,
     Journal,
@@ -47,15 +49,13 @@ from e2e_helpers import (
 )
 from fakes import Scene
 from faulty_proxy import FAULTS, FaultyProxy
-from kiosk.clock import AnchoredClock, SimClock
-from kiosk.model import ClockQuality, Decision, Now, Reason
-from kiosk.store import Store
+from kiosk.core.clock import AnchoredClock, SimClock
+from kiosk.core.model import ClockQuality, Decision, Now, Reason
+from kiosk.data.store import Store
+from kiosk.sync.agent import SyncAgent, SyncSettings
+from kiosk.sync.client import CloudClient
 from pg import FakeClock, drop_pg_database, fresh_pg_database, pg_server_fixture  # noqa: F401
 from rig import Rig
-from sync.agent import SyncAgent, SyncSettings
-from sync.client import CloudClient
-from sync.cloud import admin
-from sync.cloud.embedded import EmbeddedCloud
 from sync.protocol import parse_utc
 
 # The agent's knobs for the fault runs: short timeouts so a stall costs a second, short backoff

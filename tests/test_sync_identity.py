@@ -1,4 +1,4 @@
-"""The device credentials file (sync.identity): written atomically with mode 0600, refused when
+"""The device credentials file (kiosk.sync.identity): written atomically with mode 0600, refused when
 others could read it, read from systemd's credentials directory when there is one, and the token
 never shown."""
 
@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from sync.identity import DeviceIdentity, IdentityError, load_identity, save_identity
+from kiosk.sync.identity import DeviceIdentity, IdentityError, load_identity, save_identity
 
 TOKEN = "ffd_" + "s" * 40
 IDENTITY = DeviceIdentity(

@@ -6,15 +6,15 @@ import numpy as np
 import pytest
 
 from fakes import FakeTime
-from hardware.decode_zxing import ZxingDecoder
-from hardware.protocols import CameraError, FrameSource
-from hardware.synthetic import (
+from hardware.decode.zxing import ZxingDecoder
+from hardware.fakes.synthetic import (
     SyntheticCamera,
     compose_frame,
     frame_params,
     frame_set,
     render_code,
 )
+from hardware.protocols import CameraError, FrameSource
 
 PAYLOAD = "M-000123-7F3A9C2E"
 

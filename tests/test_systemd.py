@@ -2,7 +2,7 @@
 
 import socket
 
-from kiosk.systemd import Notifier
+from kiosk.door.systemd import Notifier
 
 
 def test_messages_reach_the_notify_socket(tmp_path):

@@ -8,11 +8,18 @@ import pytest
 from fakes import Scene
 from kiosk.cli import main
 from kiosk.config import default_config
-from kiosk.credentials import StaticCode, parse_payload
-from kiosk.model import Reason, Verdict
-from kiosk.parts import build_reader
-from kiosk.testcard import TEST_CODE, TestCardError, is_test_code, matrix, terminal_art, write_png
+from kiosk.core.model import Reason, Verdict
+from kiosk.door.parts import build_reader
+from kiosk.ops.testcard import (
+    TEST_CODE,
+    TestCardError,
+    is_test_code,
+    matrix,
+    terminal_art,
+    write_png,
+)
 from rig import Rig
+from sync.credentials import StaticCode, parse_payload
 
 
 def test_png_decodes_with_the_production_reader(tmp_path):

@@ -29,10 +29,15 @@ import pytest
 from starlette.testclient import TestClient
 
 from kiosk.config import load_config
-from kiosk.control import ControlStore, RequestKind, RequestState, control_path
-from kiosk.model import ClockQuality, Decision, Member, MemberStatus, Now, Reason, Verdict
-from kiosk.owner_password import ScryptParams, hash_password, save_password_hash, verify_password
-from kiosk.store import ReplicaSnapshot, Store, quick_check_file
+from kiosk.core.model import ClockQuality, Decision, Member, MemberStatus, Now, Reason, Verdict
+from kiosk.data.control import ControlStore, RequestKind, RequestState, control_path
+from kiosk.data.store import ReplicaSnapshot, Store, quick_check_file
+from kiosk.ops.owner_password import (
+    ScryptParams,
+    hash_password,
+    save_password_hash,
+    verify_password,
+)
 from kiosk.web.app import create_app
 from kiosk.web.device_health import SysFacts
 from kiosk.web.sources import read_door
@@ -51,7 +56,7 @@ GOOD_SYS = SysFacts(cpu_temp_c=48.5, throttled=0, uptime_s=86400.0, clock_synced
 
 class FakeClock:
     """The kernel's clock: wall (aware UTC) and monotonic time, moved only by ``advance``. Both
-    the page's ``WebClock`` and a ``kiosk.clock.Clock`` (boot ``boot-1``, NTP-synced unless
+    the page's ``WebClock`` and a ``kiosk.core.clock.Clock`` (boot ``boot-1``, NTP-synced unless
     ``quality`` says otherwise), the base of the door's anchored clock."""
 
     boot_id = "boot-1"

@@ -15,7 +15,7 @@ import time
 import pytest
 from playwright.sync_api import expect, sync_playwright
 
-from kiosk.control import ControlStore, RequestKind, control_path
+from kiosk.data.control import ControlStore, RequestKind, control_path
 from webrig import (
     LAPTOP,
     PHONE,

@@ -18,8 +18,8 @@ import pytest
 
 from fakes import clean_env
 from kiosk.cli import build_parser, main
-from kiosk.owner_password import load_password_hash, verify_password
-from kiosk.store import Store
+from kiosk.data.store import Store
+from kiosk.ops.owner_password import load_password_hash, verify_password
 
 HEAVY = ("numpy", "cv2", "zxingcpp", "fastapi", "pydantic", "httpx")
 
@@ -190,7 +190,7 @@ def _no_check_here(password: str, encoded: str) -> bool:
 
 
 def test_the_password_is_checked_in_a_child_process(monkeypatch):
-    from kiosk.owner_password import ScryptParams, hash_password, verify_password
+    from kiosk.ops.owner_password import ScryptParams, hash_password, verify_password
     from kiosk.web import passcheck
 
     encoded = hash_password("a long enough password", ScryptParams(log2_n=10))
@@ -207,7 +207,7 @@ def test_the_password_is_checked_in_a_child_process(monkeypatch):
 
 def test_the_child_ignores_modules_planted_in_its_folder_or_pythonpath(tmp_path, monkeypatch):
     """``python -I``: neither the current folder nor PYTHONPATH can replace the check."""
-    from kiosk.owner_password import ScryptParams, hash_password
+    from kiosk.ops.owner_password import ScryptParams, hash_password
     from kiosk.web import passcheck
 
     planted = tmp_path / "kiosk"

@@ -22,7 +22,7 @@ from test_web_app import (
     make_site,
 )
 
-from kiosk.owner_password import hash_password, save_password_hash
+from kiosk.ops.owner_password import hash_password, save_password_hash
 from kiosk.web.app import COOKIE, CSP, DEVICE_COOKIE
 from kiosk.web.audit_limits import AuditLimiter
 from kiosk.web.auth import (

@@ -8,7 +8,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from kiosk.model import Reason
+from kiosk.core.model import Reason
 from kiosk.web.diagnostics import REDACTED, config_toml, redact, without_member_ids
 from kiosk.web.metrics import escape_label
 from kiosk.web.words import (

@@ -177,9 +177,9 @@ def start_demo(folder: Path, web_port: int) -> DemoProcess:
 
 def demo_database(path: Path) -> Path:
     """A new door database holding the demo's member replica (as a synced device has)."""
+    from devtools.seed import demo_snapshot
     from kiosk.config import default_config
-    from kiosk.seed import demo_snapshot
-    from kiosk.store import Store
+    from kiosk.data.store import Store
 
     path.parent.mkdir(parents=True, exist_ok=True)
     with Store.open(path) as store:

@@ -2,7 +2,7 @@
 someone refused (DESIGN §9).
 
 Its own process, so a hung page can never stall the door. It reads the door's database read-only
-and writes only ``control.sqlite`` (the owner's requests and the audit log, ``kiosk.control``).
+and writes only ``control.sqlite`` (the owner's requests and the audit log, ``kiosk.data.control``).
 
 Modules, from the pure core out:
 

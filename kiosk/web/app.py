@@ -62,12 +62,12 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from kiosk import __version__
-from kiosk.clock import AnchoredClock, Clock, SystemClock
 from kiosk.config import Config, as_dict
-from kiosk.control import ControlError, HealthReport, RequestKind, control_path
-from kiosk.owner_password import PasswordFileError, load_password_hash
-from kiosk.status import collect_status, disk_info
-from kiosk.store import StoreError, quick_check_file
+from kiosk.core.clock import AnchoredClock, Clock, SystemClock
+from kiosk.data.control import ControlError, HealthReport, RequestKind, control_path
+from kiosk.data.store import StoreError, quick_check_file
+from kiosk.ops.owner_password import PasswordFileError, load_password_hash
+from kiosk.ops.status import collect_status, disk_info
 from kiosk.web import diagnostics, metrics, views
 from kiosk.web.audit_limits import AuditLimiter, AuditRow, LogLimiter, skipped_words
 from kiosk.web.auth import (
@@ -136,7 +136,7 @@ STATIC_CACHE = b"public, max-age=3600"
 
 
 class WebClock(Protocol):
-    """The page's time: ``wall()`` aware UTC (the kernel's clock, as ``kiosk.control`` expects
+    """The page's time: ``wall()`` aware UTC (the kernel's clock, as ``kiosk.data.control`` expects
     of the page), ``monotonic()`` seconds for sessions, throttling and caches."""
 
     def wall(self) -> datetime: ...
@@ -973,7 +973,7 @@ def create_app(
     hostname: str | None = None,
 ) -> Starlette:
     """The owner page as an ASGI app. Tests inject the clock (wall and monotonic), the kernel's
-    clock as a ``kiosk.clock.Clock`` (wall, monotonic, boot id, NTP state: the base of the door's
+    clock as a ``kiosk.core.clock.Clock`` (wall, monotonic, boot id, NTP state: the base of the door's
     anchored clock; default ``SystemClock()``), the system's figures (``read_sys``, e.g.
     ``read_sys_facts`` on a fake root), the password check (by default in a child process,
     ``passcheck``; tests wrap the real one to count scrypt runs), the disk, how journalctl is

@@ -29,7 +29,7 @@ LOG_EVERY_S = 30.0
 
 @dataclass(frozen=True, slots=True)
 class AuditRow:
-    """One audit row to write: ``kiosk.control.ControlStore.audit``'s arguments."""
+    """One audit row to write: ``kiosk.data.control.ControlStore.audit``'s arguments."""
 
     action: str
     outcome: str

@@ -121,7 +121,7 @@ def bind(host: str, port: int) -> socket.socket:
 def ask_new_password(ask: Callable[[str], str], out) -> str | None:
     """Ask twice (hidden input); None after three failed tries. Says why a password is refused
     without quoting it."""
-    from kiosk.owner_password import PasswordError, check_password
+    from kiosk.ops.owner_password import PasswordError, check_password
 
     for _ in range(3):
         first = ask("New owner password: ")
@@ -139,8 +139,8 @@ def ask_new_password(ask: Callable[[str], str], out) -> str | None:
 
 def cmd_set_password(args: argparse.Namespace) -> int:
     """Set the owner page's password: a salted scrypt hash in ``web.password_file`` (0600)."""
-    from kiosk.owner_password import PasswordError, hash_password
-    from kiosk.provision import ProvisionError, read_password_file, write_secret_file
+    from kiosk.ops.owner_password import PasswordError, hash_password
+    from kiosk.ops.provision import ProvisionError, read_password_file, write_secret_file
 
     config = _load_config(args.config)
     if config is None:

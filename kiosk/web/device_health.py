@@ -18,7 +18,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from kiosk.policy import EARLIEST_TRUSTED_TIME
+from kiosk.core.policy import EARLIEST_TRUSTED_TIME
 from kiosk.web.words import age_words, bytes_words, duration_words
 
 
@@ -67,7 +67,7 @@ class SysFacts:
 @dataclass(frozen=True, slots=True)
 class HealthInputs:
     """Everything the grading looks at. ``scanner`` is the scanner's health report data
-    (``kiosk.control``; None when it never published) and ``scanner_updated_at`` when it was
+    (``kiosk.data.control``; None when it never published) and ``scanner_updated_at`` when it was
     published. ``database_problem`` is None when the door's database is readable, else why not.
     ``sync`` is the sync agent's recorded status (empty: it never ran); ``sync_age_s`` how long
     ago the agent last wrote it (its ``updated_at``; None: unknown) and ``sync_silent_after_s``
@@ -585,7 +585,7 @@ def read_sys_facts(
 ) -> SysFacts:
     """The system's figures, read under ``root`` (tests pass a fake folder). Anything missing or
     unreadable is None. ``kernel_synced`` asks the kernel whether the clock is synchronised; by
-    default it is asked only when ``root`` is the real root (``kiosk.clock.kernel_clock_synced``),
+    default it is asked only when ``root`` is the real root (``kiosk.core.clock.kernel_clock_synced``),
     otherwise only systemd-timesyncd's flag file under ``root`` counts."""
     root = Path(root)
     temp = None
@@ -620,7 +620,7 @@ def read_sys_facts(
     elif kernel_synced is not None:
         synced = kernel_synced()
     elif root == Path("/"):
-        from kiosk.clock import kernel_clock_synced
+        from kiosk.core.clock import kernel_clock_synced
 
         synced = kernel_clock_synced()
     else:

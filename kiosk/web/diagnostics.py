@@ -1,6 +1,6 @@
 """The diagnostics bundle the owner downloads for support: one zip of five files.
 
-- ``status.json``: ``kiosk status`` (``kiosk.status.collect_status``) with the member ids taken
+- ``status.json``: ``kiosk status`` (``kiosk.ops.status.collect_status``) with the member ids taken
   out of its recent check-ins, plus the graded health and the sync view;
 - ``logs.txt``: the last 2,000 journal lines of the kiosk's services (or why there are none);
 - ``config.toml``: the effective configuration, anything secret-looking redacted;
@@ -23,7 +23,7 @@ from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from kiosk.logs import journalctl_command
+from kiosk.ops.logs import journalctl_command
 
 LOG_LINES = 2000
 LOG_TIMEOUT_S = 10.0
@@ -92,7 +92,7 @@ def config_toml(tree: Mapping[str, Any]) -> str:
 
 
 def _run(argv: Sequence[str], timeout_s: float) -> tuple[int, str]:
-    # A fixed argv built by kiosk.logs, no shell.
+    # A fixed argv built by kiosk.ops.logs, no shell.
     done = subprocess.run(  # noqa: S603
         list(argv), capture_output=True, text=True, errors="replace", timeout=timeout_s, check=False
     )

@@ -13,7 +13,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from kiosk.model import Reason
+from kiosk.core.model import Reason
 from kiosk.web.device_health import Check, Grade
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"

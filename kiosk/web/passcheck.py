@@ -17,21 +17,21 @@ import logging
 import subprocess
 import sys
 
-from kiosk.owner_password import verify_password
+from kiosk.ops.owner_password import verify_password
 
 log = logging.getLogger(__name__)
 
 TIMEOUT_S = 30.0
 _CHILD = (
     "import json, sys\n"
-    "from kiosk.owner_password import verify_password\n"
+    "from kiosk.ops.owner_password import verify_password\n"
     "given = json.load(sys.stdin)\n"
     "sys.stdout.write('1' if verify_password(given['password'], given['encoded']) else '0')\n"
 )
 
 
 def verify_in_child(password: str, encoded: str, *, timeout_s: float = TIMEOUT_S) -> bool:
-    """``kiosk.owner_password.verify_password`` run in a child Python process: True when
+    """``kiosk.ops.owner_password.verify_password`` run in a child Python process: True when
     ``password`` matches ``encoded``. Never raises; blocks for the check (~0.15 s)."""
     payload = json.dumps({"password": password, "encoded": encoded})
     try:

@@ -23,8 +23,8 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from kiosk.control import ControlError, ControlStore
-from kiosk.store import DecisionRow, JournalPosition, Store, StoreError
+from kiosk.data.control import ControlError, ControlStore
+from kiosk.data.store import DecisionRow, JournalPosition, Store, StoreError
 from sync.protocol import Anchor
 
 log = logging.getLogger(__name__)

@@ -7,9 +7,9 @@ Every time is a dict ``{"at": UTC text, "age_s": seconds, "ago": "2 min ago", "l
 
 Two notions of now meet here. Times the scanner and the sync agent write into the door's database
 (check-ins, the replica's sync time, the agent's status) are on the door's clock, which follows
-the cloud's time until NTP syncs (``kiosk.clock.AnchoredClock``): they are aged against
+the cloud's time until NTP syncs (``kiosk.core.clock.AnchoredClock``): they are aged against
 ``door_now``. Times in the control file (requests, the audit log, the scanner's health report)
-are on the kernel's clock (``kiosk.control.shared_wall``): they are aged against ``now``.
+are on the kernel's clock (``kiosk.data.control.shared_wall``): they are aged against ``now``.
 """
 
 from __future__ import annotations
@@ -18,8 +18,14 @@ from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from kiosk.control import REQUEST_MAX_AGE_S, AuditEntry, HealthReport, OwnerRequest, RequestState
-from kiosk.store import DecisionRow
+from kiosk.data.control import (
+    REQUEST_MAX_AGE_S,
+    AuditEntry,
+    HealthReport,
+    OwnerRequest,
+    RequestState,
+)
+from kiosk.data.store import DecisionRow
 from kiosk.web.device_health import HEARTBEAT_PROBLEM_S, Check, overall, sync_silent
 from kiosk.web.sources import DoorFacts
 from kiosk.web.words import (

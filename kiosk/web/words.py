@@ -8,8 +8,8 @@ import re
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
-from kiosk.model import Reason
-from kiosk.status import human_bytes
+from kiosk.core.model import Reason
+from kiosk.ops.status import human_bytes
 
 # One line per reason the door can give (DESIGN §5), in the owner's words. A test checks that
 # every Reason has its words.

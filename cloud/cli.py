@@ -1,0 +1,280 @@
+"""The ``cloud`` commands: run and administer the reference cloud.
+
+    kiosk cloud serve --db URL [--host 127.0.0.1] [--port 8080]
+    kiosk cloud migrate --db URL
+    kiosk cloud init --db URL --org NAME --gym NAME [--timezone Europe/Berlin] [--json]
+    kiosk cloud admin-token --db URL --org ORG_ID [--json]
+    kiosk cloud enrolment-code --db URL --gym GYM_ID [--ttl-minutes 60] [--json]
+    kiosk cloud purge --db URL [--older-than-days 30]
+
+(``python -m cloud.cli ACTION ...`` works the same.) ``--db`` defaults to
+``$FITFLOW_CLOUD_DB``; prefer the variable for a PostgreSQL URL with a password, which would
+otherwise show in the process list. Secrets (admin tokens, enrolment codes) are printed once, to
+stdout, and never logged.
+
+Exit codes: 0 success; 2 usage or configuration error (bad URL, unknown organisation or gym,
+invalid name or time zone); 3 database error (unreachable, damaged, newer schema).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+EXIT_OK, EXIT_USAGE, EXIT_DATABASE = 0, 2, 3
+DB_ENV = "FITFLOW_CLOUD_DB"
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _fail(message: str, code: int) -> int:
+    print(f"cloud: {message}", file=sys.stderr)
+    return code
+
+
+def _guarded(action: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """Runs an action, turning the cloud's errors into a message and an exit code."""
+
+    def run(args: argparse.Namespace) -> int:
+        from cloud.db import DatabaseError, DatabaseUrlError
+        from cloud.errors import ServiceError
+
+        if not args.db:
+            return _fail(f"no database: pass --db URL or set {DB_ENV}", EXIT_USAGE)
+        try:
+            return action(args)
+        except DatabaseUrlError as exc:
+            return _fail(f"invalid database URL: {exc}", EXIT_USAGE)
+        except ServiceError as exc:
+            return _fail(exc.detail or exc.code, EXIT_USAGE)
+        except DatabaseError as exc:
+            return _fail(f"database error: {exc}", EXIT_DATABASE)
+
+    return run
+
+
+def _open(url: str) -> Any:
+    from cloud.db import Database
+    from cloud.migrations import migrate
+
+    database = Database(url, pool_size=2)
+    try:
+        migrate(database)
+    except BaseException:
+        database.close()
+        raise
+    return database
+
+
+def _print(args: argparse.Namespace, data: dict[str, Any], lines: list[str]) -> None:
+    if getattr(args, "json", False):
+        print(json.dumps(data))
+    else:
+        print("\n".join(lines))
+
+
+@_guarded
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from cloud.app import create_app
+    from sync.protocol import is_loopback
+
+    if not is_loopback(args.host):
+        print(
+            f"cloud: warning: serving plain HTTP on {args.host}: device and admin tokens would "
+            "cross the network in clear text. Put a TLS-terminating reverse proxy in front "
+            "(and bind this service to 127.0.0.1 behind it).",
+            file=sys.stderr,
+        )
+    app = create_app(args.db)
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, proxy_headers=False)
+    return EXIT_OK
+
+
+@_guarded
+def cmd_migrate(args: argparse.Namespace) -> int:
+    from cloud.db import Database
+    from cloud.migrations import migrate, schema_version
+
+    database = Database(args.db, pool_size=1)
+    try:
+        applied = migrate(database)
+        version = schema_version(database)
+    finally:
+        database.close()
+    names = ", ".join(f"{m.version} ({m.name})" for m in applied) or "none"
+    print(f"{database.url.display()}: schema at migration {version}; applied now: {names}")
+    return EXIT_OK
+
+
+@_guarded
+def cmd_init(args: argparse.Namespace) -> int:
+    from cloud.admin import create_organization
+
+    database = _open(args.db)
+    try:
+        made = create_organization(database, args.org, args.gym, args.timezone, _now())
+    finally:
+        database.close()
+    data = {
+        "organization_id": made.organization_id,
+        "gym_id": made.gym_id,
+        "admin_token": made.admin_token,
+    }
+    _print(
+        args,
+        data,
+        [
+            f"organization_id: {made.organization_id}",
+            f"gym_id:          {made.gym_id}",
+            f"admin_token:     {made.admin_token}",
+            "Store the admin token now: it is shown only this once "
+            "(make another with `cloud admin-token`).",
+        ],
+    )
+    return EXIT_OK
+
+
+@_guarded
+def cmd_admin_token(args: argparse.Namespace) -> int:
+    from cloud.admin import create_admin_token
+
+    database = _open(args.db)
+    try:
+        token = database.transact(lambda tx: create_admin_token(tx, args.org, _now()))
+    finally:
+        database.close()
+    _print(
+        args,
+        {"organization_id": args.org, "admin_token": token},
+        [f"admin_token: {token}", "Store it now: it is shown only this once."],
+    )
+    return EXIT_OK
+
+
+@_guarded
+def cmd_enrolment_code(args: argparse.Namespace) -> int:
+    from cloud import db
+    from cloud.admin import create_enrolment_code
+    from cloud.errors import NotFound
+
+    def make(tx: db.Tx) -> dict[str, Any]:
+        gym = db.gym_any_org(tx, args.gym)
+        if gym is None:
+            raise NotFound(f"no gym {args.gym}")
+        return create_enrolment_code(tx, gym["organization_id"], args.gym, args.ttl_minutes, _now())
+
+    database = _open(args.db)
+    try:
+        made = database.transact(make)
+    finally:
+        database.close()
+    _print(
+        args,
+        made,
+        [
+            f"enrolment code: {made['code']}",
+            f"gym: {made['gym_id']}, single use, valid until {made['expires_at']}",
+        ],
+    )
+    return EXIT_OK
+
+
+@_guarded
+def cmd_purge(args: argparse.Namespace) -> int:
+    from cloud.admin import purge
+
+    database = _open(args.db)
+    try:
+        purged = purge(database, args.older_than_days, _now())
+    finally:
+        database.close()
+    if not purged:
+        print(f"no tombstones older than {args.older_than_days} days")
+    for org, version in sorted(purged.items()):
+        print(f"{org}: tombstones purged up to version {version}")
+    return EXIT_OK
+
+
+def _add_actions(sub: Any) -> None:
+    def with_db(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        p.add_argument(
+            "--db",
+            default=os.environ.get(DB_ENV),
+            help=f"sqlite:///PATH, a file path or postgresql://... (default: ${DB_ENV})",
+        )
+        return p
+
+    p = with_db(sub.add_parser("serve", help="run the cloud service (HTTP)"))
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8080, help="port (default 8080)")
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.set_defaults(func=cmd_serve)
+
+    p = with_db(sub.add_parser("migrate", help="apply the database schema migrations"))
+    p.set_defaults(func=cmd_migrate)
+
+    p = with_db(
+        sub.add_parser("init", help="create an organisation, its first gym, an admin token")
+    )
+    p.add_argument("--org", required=True, help="organisation name")
+    p.add_argument("--gym", required=True, help="first gym's name")
+    p.add_argument("--timezone", default="Europe/Berlin", help="the gym's IANA time zone")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cmd_init)
+
+    p = with_db(sub.add_parser("admin-token", help="make another admin token for an organisation"))
+    p.add_argument("--org", required=True, help="organisation id")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cmd_admin_token)
+
+    p = with_db(sub.add_parser("enrolment-code", help="make a single-use device enrolment code"))
+    p.add_argument("--gym", required=True, help="gym id")
+    p.add_argument(
+        "--ttl-minutes", type=int, default=60, help="validity in minutes, 1-1440 (default 60)"
+    )
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cmd_enrolment_code)
+
+    p = with_db(sub.add_parser("purge", help="delete old tombstones (devices behind re-snapshot)"))
+    p.add_argument(
+        "--older-than-days", type=int, default=30, help="tombstone age in days (default 30)"
+    )
+    p.set_defaults(func=cmd_purge)
+
+
+def register(subparsers: Any) -> None:
+    """Add the ``cloud`` command tree to a parser's subparsers (``kiosk cloud ...``)."""
+    parser = subparsers.add_parser(
+        "cloud", help="the reference cloud service: serve, migrate, init, tokens, enrolment codes"
+    )
+    _add_actions(parser.add_subparsers(dest="cloud_command", required=True, metavar="ACTION"))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m cloud.cli", description="The FitFlow reference cloud service."
+    )
+    _add_actions(parser.add_subparsers(dest="cloud_command", required=True, metavar="ACTION"))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m cloud.cli ACTION ...`` (a leading ``cloud`` is accepted too)."""
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    if args_list[:1] == ["cloud"]:
+        args_list = args_list[1:]
+    args = build_parser().parse_args(args_list)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,329 @@
+"""The cloud's schema history, as numbered migrations for SQLite and PostgreSQL.
+
+``schema_migrations`` records each migration applied. ``migrate`` runs every missing one in its
+own transaction together with its record (DDL is transactional in both databases), so a failure
+leaves the schema at the previous migration, never half-applied. Running it again is a no-op, and
+two processes starting at once are safe: SQLite serialises the write transactions, PostgreSQL
+takes an advisory lock first. A database with a migration newer than this code is refused
+(``SchemaTooNew``) rather than used.
+
+Statements are written once with a few dialect words in braces (``{BOOL}``, ``{BIGINT}``, ...).
+Once released, a migration is history and never edited: a change is a new migration.
+
+Conventions: times are fixed-width UTC text (``2026-05-01T17:03:09.120000Z``), dates
+``YYYY-MM-DD`` text; replica tables share ``organization_id, gym_id, id, version, deleted,
+row_hash, updated_at`` (``row_hash`` is the row's sync.protocol hash, a signed 64-bit integer,
+kept up to date by every write so the checkpoint is one aggregate query).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from cloud import db as dbm
+from sync.protocol import utc_text
+
+_WORDS = {
+    dbm.SQLITE: {
+        "BOOL": "INTEGER",
+        "BIGINT": "INTEGER",
+        "REAL": "REAL",
+        "SERIAL_PK": "INTEGER PRIMARY KEY AUTOINCREMENT",
+    },
+    dbm.POSTGRES: {
+        "BOOL": "BOOLEAN",
+        "BIGINT": "BIGINT",
+        "REAL": "DOUBLE PRECISION",
+        "SERIAL_PK": "BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY",
+    },
+}
+# Any constant; PostgreSQL advisory locks are keyed by a 64-bit integer.
+_PG_MIGRATION_LOCK = 7_346_221_901
+
+
+class SchemaTooNew(dbm.DatabaseError):
+    """The database was migrated by a newer version of this service."""
+
+
+@dataclass(frozen=True, slots=True)
+class Migration:
+    version: int
+    name: str
+    statements: tuple[str, ...]
+
+    def sql(self, dialect: str) -> list[str]:
+        return [stmt.format(**_WORDS[dialect]) for stmt in self.statements]
+
+
+def _replica_table(name: str, columns: str, *, per_gym: bool) -> tuple[str, ...]:
+    gym = "gym_id TEXT NOT NULL REFERENCES gyms (id)," if per_gym else "gym_id TEXT,"
+    return (
+        f"""
+        CREATE TABLE {name} (
+            organization_id TEXT NOT NULL REFERENCES organizations (id),
+            {gym}
+            id TEXT NOT NULL,
+            {columns},
+            version {{BIGINT}} NOT NULL,
+            deleted {{BOOL}} NOT NULL DEFAULT FALSE,
+            row_hash {{BIGINT}} NOT NULL,
+            updated_at TEXT NOT NULL,
+            PRIMARY KEY (organization_id, id)
+        )
+        """,
+        # The change feed reads (version, id) ranges; per-gym tables are read per gym.
+        f"CREATE INDEX {name}_by_version ON {name} (organization_id, version, id)",
+        *(
+            (
+                f"CREATE INDEX {name}_by_gym ON {name} (gym_id, id)",
+                f"CREATE INDEX {name}_by_gym_version ON {name} (gym_id, version, id)",
+            )
+            if per_gym
+            else ()
+        ),
+    )
+
+
+_V1 = Migration(
+    1,
+    "organisations, gyms, replica tables, devices, tokens, check-ins, rejections, anchors",
+    (
+        """
+        CREATE TABLE organizations (
+            id TEXT PRIMARY KEY,
+            name TEXT NOT NULL,
+            version {BIGINT} NOT NULL DEFAULT 0,
+            purged_version {BIGINT} NOT NULL DEFAULT 0,
+            code_salt TEXT NOT NULL,
+            created_at TEXT NOT NULL
+        )
+        """,
+        """
+        CREATE TABLE gyms (
+            id TEXT PRIMARY KEY,
+            organization_id TEXT NOT NULL REFERENCES organizations (id),
+            name TEXT NOT NULL,
+            timezone TEXT NOT NULL,
+            created_at TEXT NOT NULL
+        )
+        """,
+        "CREATE INDEX gyms_by_org ON gyms (organization_id, id)",
+        *_replica_table("plans", "name TEXT NOT NULL, windows TEXT NOT NULL", per_gym=False),
+        *_replica_table(
+            "members",
+            """first_name TEXT NOT NULL,
+            last_name TEXT NOT NULL,
+            status TEXT NOT NULL,
+            is_staff {BOOL} NOT NULL,
+            card_code TEXT,
+            code_hash TEXT""",
+            per_gym=False,
+        ),
+        # One live member per card code in an organisation, or the door could not tell them apart.
+        "CREATE UNIQUE INDEX members_by_code ON members (organization_id, code_hash)"
+        " WHERE deleted = FALSE AND code_hash IS NOT NULL",
+        *_replica_table(
+            "memberships",
+            """member_id TEXT NOT NULL,
+            plan_id TEXT,
+            type TEXT NOT NULL,
+            start_date TEXT NOT NULL,
+            end_date TEXT,
+            remaining_classes {BIGINT}""",
+            per_gym=False,
+        ),
+        "CREATE INDEX memberships_by_member ON memberships (organization_id, member_id)",
+        "CREATE INDEX memberships_by_plan ON memberships (organization_id, plan_id)",
+        *_replica_table(
+            "opening_hours",
+            "weekday INTEGER NOT NULL, open_minute INTEGER NOT NULL, close_minute INTEGER NOT NULL",
+            per_gym=True,
+        ),
+        *_replica_table(
+            "closures",
+            "start_date TEXT NOT NULL, end_date TEXT NOT NULL, reason TEXT NOT NULL",
+            per_gym=True,
+        ),
+        """
+        CREATE TABLE devices (
+            id TEXT PRIMARY KEY,
+            organization_id TEXT NOT NULL REFERENCES organizations (id),
+            gym_id TEXT NOT NULL REFERENCES gyms (id),
+            name TEXT NOT NULL,
+            token_hash TEXT NOT NULL UNIQUE,
+            software_version TEXT,
+            enrolled_at TEXT NOT NULL,
+            revoked_at TEXT,
+            last_seen_at TEXT,
+            resnapshot_requested {BOOL} NOT NULL DEFAULT FALSE,
+            hb_at TEXT,
+            hb_boot_id TEXT,
+            hb_device_time TEXT,
+            hb_clock_quality TEXT,
+            hb_backlog {BIGINT},
+            hb_oldest_pending_age_s {REAL},
+            hb_replica_version {BIGINT},
+            hb_replica_checksum TEXT,
+            hb_replica_count {BIGINT},
+            hb_replica_status TEXT,
+            hb_last_seq {BIGINT},
+            hb_synced_through_seq {BIGINT},
+            hb_retained_from_seq {BIGINT},
+            hb_last_error TEXT
+        )
+        """,
+        "CREATE INDEX devices_by_org ON devices (organization_id, gym_id, id)",
+        """
+        CREATE TABLE enrolment_codes (
+            code_hash TEXT PRIMARY KEY,
+            organization_id TEXT NOT NULL REFERENCES organizations (id),
+            gym_id TEXT NOT NULL REFERENCES gyms (id),
+            created_at TEXT NOT NULL,
+            expires_at TEXT NOT NULL,
+            used_at TEXT,
+            device_id TEXT
+        )
+        """,
+        """
+        CREATE TABLE admin_tokens (
+            token_hash TEXT PRIMARY KEY,
+            organization_id TEXT NOT NULL REFERENCES organizations (id),
+            created_at TEXT NOT NULL,
+            revoked_at TEXT
+        )
+        """,
+        """
+        CREATE TABLE checkins (
+            id TEXT PRIMARY KEY,
+            organization_id TEXT NOT NULL,
+            gym_id TEXT NOT NULL,
+            device_id TEXT NOT NULL,
+            seq {BIGINT} NOT NULL,
+            door_id TEXT NOT NULL,
+            decision TEXT NOT NULL,
+            reason TEXT NOT NULL,
+            member_id TEXT,
+            membership_id TEXT,
+            classes_used INTEGER NOT NULL,
+            replica_version {BIGINT} NOT NULL,
+            wall_time TEXT NOT NULL,
+            boot_id TEXT NOT NULL,
+            monotonic_ns {BIGINT} NOT NULL,
+            clock_quality TEXT NOT NULL,
+            occurred_at TEXT NOT NULL,
+            time_source TEXT NOT NULL,
+            received_at TEXT NOT NULL,
+            overdraft {BOOL} NOT NULL DEFAULT FALSE,
+            effect_version {BIGINT}
+        )
+        """,
+        "CREATE INDEX checkins_by_device_seq ON checkins (device_id, seq)",
+        "CREATE INDEX checkins_by_time ON checkins (organization_id, occurred_at, id)",
+        "CREATE INDEX checkins_by_gym_time ON checkins (gym_id, occurred_at, id)",
+        # Only the few check-ins placed without an anchor, waiting for one.
+        "CREATE INDEX checkins_unanchored ON checkins (device_id, boot_id)"
+        " WHERE time_source <> 'anchored'",
+        "CREATE INDEX checkins_overdrafts ON checkins (organization_id, occurred_at, id)"
+        " WHERE overdraft = TRUE",
+        """
+        CREATE TABLE rejections (
+            id {SERIAL_PK},
+            organization_id TEXT NOT NULL,
+            device_id TEXT NOT NULL,
+            item_id TEXT,
+            seq {BIGINT},
+            code TEXT NOT NULL,
+            detail TEXT NOT NULL,
+            received_at TEXT NOT NULL
+        )
+        """,
+        # NULL seqs (an item too broken to have one) never collide.
+        "CREATE UNIQUE INDEX rejections_by_device_seq ON rejections (device_id, seq)",
+        """
+        CREATE TABLE device_anchors (
+            device_id TEXT NOT NULL,
+            boot_id TEXT NOT NULL,
+            monotonic_ns {BIGINT} NOT NULL,
+            server_time TEXT NOT NULL,
+            PRIMARY KEY (device_id, boot_id, monotonic_ns)
+        )
+        """,
+    ),
+)
+
+# A kiosk enrolled again (after a revoke, or ``kiosk enrol --force``) keeps its journal: its seqs
+# continue those it sent as the earlier device. The links let the heartbeat count those rows as
+# held (docs/sync-protocol.md, "Heartbeat").
+_V2 = Migration(
+    2,
+    "device predecessors",
+    (
+        """
+        CREATE TABLE device_predecessors (
+            device_id TEXT NOT NULL REFERENCES devices (id),
+            predecessor_id TEXT NOT NULL REFERENCES devices (id),
+            linked_at TEXT NOT NULL,
+            PRIMARY KEY (device_id, predecessor_id)
+        )
+        """,
+    ),
+)
+
+MIGRATIONS: tuple[Migration, ...] = (_V1, _V2)
+LATEST_VERSION = MIGRATIONS[-1].version
+
+_CREATE_HISTORY = (
+    "CREATE TABLE IF NOT EXISTS schema_migrations ("
+    " version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at TEXT NOT NULL)"
+)
+
+
+def _lock(tx: dbm.Tx) -> None:
+    if tx.dialect == dbm.POSTGRES:
+        tx.value("SELECT pg_advisory_xact_lock(?)", (_PG_MIGRATION_LOCK,))
+
+
+def _applied(tx: dbm.Tx) -> set[int]:
+    return {int(row["version"]) for row in tx.all("SELECT version FROM schema_migrations")}
+
+
+def migrate(
+    database: dbm.Database, *, clock: Callable[[], datetime] | None = None
+) -> list[Migration]:
+    """Apply every missing migration, each in its own transaction; returns those applied now.
+    Raises SchemaTooNew for a database newer than this code, DatabaseError otherwise."""
+    now = clock or (lambda: datetime.now(UTC))
+    with database.write() as tx:
+        _lock(tx)
+        tx.run(_CREATE_HISTORY)
+        newer = sorted(v for v in _applied(tx) if v > LATEST_VERSION)
+    if newer:
+        raise SchemaTooNew(
+            f"{database.url.display()} has schema migration {newer[-1]}, newer than this "
+            f"service knows ({LATEST_VERSION}): upgrade the service, do not downgrade the database"
+        )
+    done = []
+    for migration in MIGRATIONS:
+        with database.write() as tx:
+            _lock(tx)
+            if migration.version in _applied(tx):
+                continue
+            for statement in migration.sql(database.dialect):
+                tx.run(statement)
+            tx.run(
+                "INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)",
+                (migration.version, migration.name, utc_text(now())),
+            )
+        done.append(migration)
+    return done
+
+
+def schema_version(database: dbm.Database) -> int:
+    """The newest migration applied (0 for an empty database)."""
+    with database.read() as tx:
+        try:
+            return int(tx.value("SELECT COALESCE(MAX(version), 0) FROM schema_migrations") or 0)
+        except dbm.DatabaseError:
+            return 0

@@ -1,0 +1,492 @@
+"""What devices send: enrolment, authentication, check-in uploads and heartbeats.
+
+Uploads are idempotent by check-in id: each item is inserted with ``ON CONFLICT DO NOTHING`` and
+only the rows actually inserted have side effects (a class-pack or PT balance goes down, in the
+same transaction, stamped with a fresh organisation version), so a batch sent three times changes
+the balance once. One bad item is rejected alone and recorded; it never fails the batch.
+
+A kiosk enrolled again (a new device id, the same journal) re-sends rows it delivered as the
+earlier device: an item whose id the same organisation and gym already holds under a revoked
+device, or with the same seq, door, boot and monotonic time, is that row and answers
+``duplicate``; the earlier device is then recorded as the new one's predecessor, and the
+heartbeat's re-send check counts the seqs held under predecessors too.
+
+Functions taking a ``Tx`` run inside the caller's transaction and touch nothing else; ``now`` is
+the request's arrival time (the app's injectable clock), the time of the anchor from ``clock``.
+The HTTP layer stamps the answer's ``server_time`` when it answers.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from cloud import db, placement, replica, tokens
+from cloud.errors import EnrolmentRefused, Unauthorized
+from cloud.replica import row_data
+from sync.protocol import (
+    CREATED,
+    DUPLICATE,
+    REJECT_ID_CONFLICT,
+    REJECT_INVALID,
+    REJECTED,
+    Anchor,
+    Enrolment,
+    Heartbeat,
+    HeartbeatReply,
+    ProtocolError,
+    UploadEnvelope,
+    UploadItem,
+    UploadResult,
+    item_id,
+    make_row,
+    need_object,
+    need_text,
+    parse_upload_item,
+    parse_utc,
+    utc_text,
+)
+
+# last_seen_at is written at most this often per device, so an idle poll stays a read.
+LAST_SEEN_EVERY = timedelta(seconds=30)
+_BIG = 2**63 - 1
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceAuth:
+    """The device a token belongs to."""
+
+    id: str
+    organization_id: str
+    gym_id: str
+    resnapshot_requested: bool
+    last_seen_at: str | None
+
+
+# -- enrolment and authentication ------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class EnrolRequest:
+    code: str
+    name: str
+    software_version: str | None
+
+
+def parse_enrol_request(value: object) -> EnrolRequest:
+    """``{"code", "name", "software_version"}``; name and version are optional."""
+    obj = need_object(value, "")
+    extra = sorted(set(obj) - {"code", "name", "software_version"})
+    if extra:
+        raise ProtocolError(extra[0], "unknown field")
+    code = need_text(obj.get("code"), "code", 64)
+    if not code.strip():
+        raise ProtocolError("code", "empty")
+    name = obj.get("name")
+    version = obj.get("software_version")
+    return EnrolRequest(
+        code=code,
+        name="kiosk" if name is None else need_text(name, "name") or "kiosk",
+        software_version=None if version is None else need_text(version, "software_version", 40),
+    )
+
+
+def enrol(tx: db.Tx, request: EnrolRequest, now: datetime) -> Enrolment:
+    """Spend a single-use enrolment code on a new device; EnrolmentRefused for an unknown, used
+    or expired code (one answer for all three)."""
+    device_id = tokens.new_id("dev")
+    token = tokens.new_device_token()
+    stamp = utc_text(now)
+    claimed = db.claim_enrolment_code(
+        tx, tokens.enrolment_code_hash(request.code), stamp, device_id
+    )
+    if claimed is None:
+        raise EnrolmentRefused("unknown, used or expired enrolment code")
+    org_id, gym_id = claimed
+    gym = db.gym(tx, org_id, gym_id)
+    if gym is None:
+        raise EnrolmentRefused("unknown, used or expired enrolment code")
+    db.insert_device(
+        tx,
+        device_id,
+        org_id,
+        gym_id,
+        request.name,
+        tokens.sha256_hex(token),
+        request.software_version,
+        stamp,
+    )
+    return Enrolment(
+        device_id=device_id,
+        token=token,
+        organization_id=org_id,
+        gym_id=gym_id,
+        gym_name=gym["name"],
+        timezone=gym["timezone"],
+        server_time=now,
+    )
+
+
+def authenticate_device(database: db.Database, token: str | None, now: datetime) -> DeviceAuth:
+    """The device holding ``token``; Unauthorized for a missing, unknown or revoked token. Keeps
+    ``last_seen_at`` current to within LAST_SEEN_EVERY."""
+    if not token:
+        raise Unauthorized("missing bearer token")
+    with database.read() as tx:
+        row = db.device_by_token(tx, tokens.sha256_hex(token))
+    if row is None or row["revoked_at"] is not None:
+        raise Unauthorized("unknown or revoked device token: enrol the device again")
+    seen = row["last_seen_at"]
+    if seen is None or seen < utc_text(now - LAST_SEEN_EVERY):
+        with database.write() as tx:
+            db.touch_device(tx, row["id"], utc_text(now))
+    return DeviceAuth(
+        id=row["id"],
+        organization_id=row["organization_id"],
+        gym_id=row["gym_id"],
+        resnapshot_requested=row["resnapshot_requested"],
+        last_seen_at=seen,
+    )
+
+
+# -- anchors and placement -------------------------------------------------------------------------
+
+
+def record_anchors(tx: db.Tx, device_id: str, anchors: Iterable[Anchor]) -> set[str]:
+    """Store anchors (skipping any within ANCHOR_SPACING_NS of a stored one of the same boot);
+    returns the boots that got a new anchor."""
+    fresh: set[str] = set()
+    # A fixed order, so two requests storing the same anchors cannot deadlock each other.
+    for a in sorted(anchors, key=lambda a: (a.boot_id, a.monotonic_ns)):
+        if db.has_anchor_near(
+            tx, device_id, a.boot_id, a.monotonic_ns, placement.ANCHOR_SPACING_NS
+        ):
+            continue
+        db.insert_anchor(tx, device_id, a.boot_id, a.monotonic_ns, utc_text(a.server_time))
+        fresh.add(a.boot_id)
+    return fresh
+
+
+def _anchors(tx: db.Tx, device_id: str, boot_id: str, low: int, high: int) -> list[Anchor]:
+    return [
+        Anchor(boot_id, mono, parse_utc(text, "server_time"))
+        for mono, text in db.anchors_around(tx, device_id, boot_id, low, high)
+    ]
+
+
+def replace_unanchored(tx: db.Tx, device_id: str, boots: Iterable[str]) -> int:
+    """Place again the check-ins of these boots that were placed without an anchor; returns how
+    many were moved."""
+    moved = 0
+    for boot in boots:
+        pending = db.unanchored_checkins(tx, device_id, boot)
+        if not pending:
+            continue
+        monos = [mono for _, mono in pending]
+        anchors = _anchors(tx, device_id, boot, min(monos), max(monos))
+        updates = []
+        for checkin_id, mono in pending:
+            placed = placement.anchored_time(boot, mono, anchors)
+            if placed is not None:
+                updates.append((utc_text(placed), placement.ANCHORED, checkin_id))
+        db.set_placements(tx, updates)
+        moved += len(updates)
+    return moved
+
+
+# -- check-in uploads ------------------------------------------------------------------------------
+
+
+def _raw_seq(raw: object) -> int | None:
+    seq = raw.get("seq") if isinstance(raw, dict) else None
+    if isinstance(seq, int) and not isinstance(seq, bool) and 1 <= seq <= _BIG:
+        return seq
+    return None
+
+
+def receive_checkins(
+    tx: db.Tx, device: DeviceAuth, envelope: UploadEnvelope, now: datetime
+) -> list[UploadResult]:
+    """Store a batch; one result per item, in order (docs/sync-protocol.md, ``POST
+    /v1/checkins``)."""
+    stamp = utc_text(now)
+    org = device.organization_id
+    results: list[UploadResult | None] = [None] * len(envelope.items)
+    rejections: list[tuple[Any, ...]] = []
+    items: dict[str, tuple[int, UploadItem]] = {}  # first occurrence of each id
+    repeats: list[tuple[int, str]] = []  # later occurrences in the same batch
+    for n, raw in enumerate(envelope.items):
+        try:
+            item = parse_upload_item(raw, f"items[{n}]")
+        except ProtocolError as exc:
+            detail = str(exc)[:500]
+            results[n] = UploadResult(item_id(raw), REJECTED, REJECT_INVALID, detail)
+            rejections.append(
+                (org, device.id, item_id(raw), _raw_seq(raw), REJECT_INVALID, detail, stamp)
+            )
+            continue
+        if item.id in items:
+            repeats.append((n, item.id))
+        else:
+            items[item.id] = (n, item)
+
+    # Anchors first, so this batch's items are placed with the anchor of this very request.
+    anchors = list(envelope.anchors)
+    if envelope.clock is not None:
+        anchors.append(Anchor(envelope.clock[0], envelope.clock[1], now))
+    fresh_boots = record_anchors(tx, device.id, anchors)
+
+    by_boot: dict[str, list[UploadItem]] = defaultdict(list)
+    for _, item in items.values():
+        by_boot[item.boot_id].append(item)
+    rows = []
+    for boot, boot_items in by_boot.items():
+        monos = [i.monotonic_ns for i in boot_items]
+        boot_anchors = _anchors(tx, device.id, boot, min(monos), max(monos))
+        for item in boot_items:
+            placed, source = placement.place(
+                item.boot_id, item.monotonic_ns, item.wall_time, item.clock_quality, boot_anchors
+            )
+            rows.append(_checkin_row(item, device, utc_text(placed), source, stamp))
+    rows.sort(key=lambda r: r[0])  # id order: concurrent batches lock rows in the same order
+    created = db.insert_checkins(tx, rows)
+    others = [i for i in items if i not in created]
+    holders = db.checkin_holders(tx, others) if others else {}
+
+    effects = _apply_balances(tx, device, [items[i][1] for i in items if i in created], stamp)
+    earlier: set[str] = set()
+    for checkin_id, (n, item) in items.items():
+        if checkin_id in created:
+            results[n] = UploadResult(checkin_id, CREATED, None, "", effects.get(checkin_id))
+            continue
+        held = holders.get(checkin_id)
+        if held is not None and held["device_id"] == device.id:
+            results[n] = UploadResult(checkin_id, DUPLICATE, None, "", held["effect_version"])
+        elif held is not None and _earlier_enrolment(held, item, device):
+            results[n] = UploadResult(checkin_id, DUPLICATE, None, "", held["effect_version"])
+            earlier.add(held["device_id"])
+        else:
+            detail = "another device's check-in has this id"
+            results[n] = UploadResult(checkin_id, REJECTED, REJECT_ID_CONFLICT, detail)
+            code = REJECT_ID_CONFLICT
+            rejections.append((org, device.id, checkin_id, item.seq, code, detail, stamp))
+    for n, checkin_id in repeats:
+        first = results[items[checkin_id][0]]
+        assert first is not None
+        status = DUPLICATE if first.status == CREATED else first.status
+        results[n] = UploadResult(checkin_id, status, first.code, first.detail, first.version)
+
+    db.insert_rejections(tx, rejections)
+    db.link_predecessors(tx, device.id, earlier, stamp)
+    replace_unanchored(tx, device.id, fresh_boots)
+    return [r for r in results if r is not None]
+
+
+def _earlier_enrolment(held: dict[str, Any], item: UploadItem, device: DeviceAuth) -> bool:
+    """Whether a stored check-in with the item's id is this kiosk's own row, sent when it was
+    enrolled as another device: same organisation and gym, and that device is revoked or the row
+    is the same journal row (seq, door, boot and monotonic time)."""
+    if (held["organization_id"], held["gym_id"]) != (device.organization_id, device.gym_id):
+        return False
+    same_row = (
+        int(held["seq"]) == item.seq
+        and held["door_id"] == item.door_id
+        and held["boot_id"] == item.boot_id
+        and int(held["monotonic_ns"]) == item.monotonic_ns
+    )
+    return bool(held["revoked"]) or same_row
+
+
+def _checkin_row(
+    item: UploadItem, device: DeviceAuth, occurred_at: str, source: str, received_at: str
+) -> tuple[Any, ...]:
+    """A check-in in db.CHECKIN_COLUMNS order."""
+    return (
+        item.id,
+        device.organization_id,
+        device.gym_id,
+        device.id,
+        item.seq,
+        item.door_id,
+        item.decision,
+        item.reason,
+        item.member_id,
+        item.membership_id,
+        item.classes_used,
+        item.replica_version,
+        utc_text(item.wall_time),
+        item.boot_id,
+        item.monotonic_ns,
+        item.clock_quality,
+        occurred_at,
+        source,
+        received_at,
+    )
+
+
+def _apply_balances(
+    tx: db.Tx, device: DeviceAuth, created: Sequence[UploadItem], stamp: str
+) -> dict[str, int]:
+    """Lower class-pack/PT balances for newly created granted check-ins that used classes; one
+    new version for the batch. Returns {check-in id: that version}. A balance below zero is kept
+    and the check-in that took it there is flagged as an overdraft."""
+    spending = [
+        i for i in created if i.decision == "granted" and i.classes_used > 0 and i.membership_id
+    ]
+    if not spending:
+        return {}
+    org = device.organization_id
+    wanted = [i.membership_id or "" for i in spending]
+    # A first, unlocked look, so a batch that spends nothing payable takes no version...
+    if not _payable(spending, db.replica_rows_by_id(tx, "membership", org, wanted)):
+        return {}
+    # ...then the organisation's version lock, held until commit by every writer of replica rows,
+    # and only then the balances: a concurrent upload spending the same pack has committed by now
+    # (READ COMMITTED reads its balance), so no decrement is lost and the row hash is computed
+    # from the row as stored.
+    version = db.bump_version(tx, org)
+    found = db.replica_rows_by_id(tx, "membership", org, wanted)
+    payable = _payable(spending, found)
+    paying = _ids(payable)
+    balances = {mid: int(found[mid]["remaining_classes"]) for mid in paying}
+    effects: dict[str, int] = {}
+    marks = []
+    for item in sorted(payable, key=lambda i: i.seq):
+        mid = item.membership_id or ""
+        balances[mid] -= item.classes_used
+        effects[item.id] = version
+        marks.append((version, balances[mid] < 0, item.id))
+    for mid in sorted(paying):
+        stored = dict(found[mid], remaining_classes=balances[mid])
+        row = make_row("membership", mid, row_data("membership", stored))
+        db.set_membership_balance(
+            tx, org, mid, balances[mid], version=version, row_hash=row.row_hash(), now=stamp
+        )
+    db.mark_checkin_effects(tx, marks)
+    return effects
+
+
+def _ids(items: Iterable[UploadItem]) -> set[str]:
+    return {i.membership_id or "" for i in items}
+
+
+def _payable(spending: Sequence[UploadItem], found: dict[str, dict[str, Any]]) -> list[UploadItem]:
+    """The items whose membership is a live class pack or PT of the item's member."""
+    return [
+        i
+        for i in spending
+        if (m := found.get(i.membership_id or "")) is not None
+        and not m["deleted"]
+        and m["type"] in ("CLASS_PACK", "PT")
+        and m["remaining_classes"] is not None
+        and m["member_id"] == i.member_id
+    ]
+
+
+# -- heartbeats ------------------------------------------------------------------------------------
+
+
+def first_missing_seq(
+    tx: db.Tx, device_ids: str | Sequence[str], retained_from: int, synced_through: int
+) -> int | None:
+    """The first seq in [retained_from, synced_through] the cloud holds neither a check-in nor a
+    rejection for under these devices (a kiosk and its earlier enrolments), or None. One count
+    when nothing is missing; a binary search of counts (about log2 of the range) when something
+    is."""
+    low, high = max(retained_from, 1), synced_through
+    if retained_from == 0 or high < low:
+        return None
+    if db.journal_seqs_held(tx, device_ids, low, high) >= high - low + 1:
+        return None
+    a, b = low, high
+    while a < b:
+        mid = (a + b) // 2
+        if db.journal_seqs_held(tx, device_ids, low, mid) < mid - low + 1:
+            b = mid
+        else:
+            a = mid + 1
+    return a
+
+
+def replica_status(tx: db.Tx, device: DeviceAuth, hb: Heartbeat) -> str:
+    """``match`` / ``mismatch`` when the device is at the cloud's version (its checksum and count
+    compared with the cloud's, read in ``tx``), else ``behind`` / ``ahead``."""
+    version, _ = db.org_versions(tx, device.organization_id)
+    if hb.replica_version < version:
+        return "behind"
+    if hb.replica_version > version:
+        return "ahead"
+    scope = replica.Scope(device.organization_id, device.gym_id)
+    point = replica.checkpoint(tx, scope, version)  # cached per version
+    same = (point.checksum, point.count) == (hb.replica_checksum, hb.replica_count)
+    return "match" if same else "mismatch"
+
+
+def receive_heartbeat(
+    database: db.Database, device: DeviceAuth, hb: Heartbeat, now: datetime
+) -> HeartbeatReply:
+    """Record the device's health and anchors; answer resnapshot / resend_from_seq. The checksum
+    comparison and the journal count run in one read transaction (REPEATABLE READ), the record
+    in a write transaction. Seqs held under the kiosk's earlier enrolments count as held; when
+    some seem missing, other devices of the gym that ran in this very boot (the same machine)
+    are recorded as earlier enrolments first. ``server_time`` is ``now``; the HTTP layer
+    stamps it again when it answers."""
+    retained, synced = hb.retained_from_seq, hb.synced_through_seq
+
+    def inspect(tx: db.Tx) -> tuple[str, list[str], int | None]:
+        held_by = [device.id, *db.predecessors(tx, device.id)]
+        return (
+            replica_status(tx, device, hb),
+            held_by,
+            first_missing_seq(tx, held_by, retained, synced),
+        )
+
+    status, held_by, missing = database.transact(inspect, write=False)
+
+    def record(tx: db.Tx) -> tuple[bool, int | None]:
+        fresh = record_anchors(
+            tx, device.id, [*hb.anchors, Anchor(hb.boot_id, hb.monotonic_ns, now)]
+        )
+        replace_unanchored(tx, device.id, fresh)
+        db.record_heartbeat(
+            tx,
+            device.id,
+            {
+                "hb_at": utc_text(now),
+                "hb_boot_id": hb.boot_id,
+                "hb_device_time": utc_text(hb.device_time),
+                "hb_clock_quality": hb.clock_quality,
+                "hb_backlog": hb.backlog,
+                "hb_oldest_pending_age_s": hb.oldest_pending_age_s,
+                "hb_replica_version": hb.replica_version,
+                "hb_replica_checksum": hb.replica_checksum,
+                "hb_replica_count": hb.replica_count,
+                "hb_replica_status": status,
+                "hb_last_seq": hb.last_seq,
+                "hb_synced_through_seq": hb.synced_through_seq,
+                "hb_retained_from_seq": hb.retained_from_seq,
+                "hb_last_error": hb.last_error,
+                "software_version": hb.software_version,
+            },
+        )
+        resend_from = missing
+        if missing is not None:
+            same_machine = db.devices_sharing_boot(
+                tx, device.organization_id, device.gym_id, device.id, hb.boot_id
+            )
+            fresh = sorted(set(same_machine) - set(held_by))
+            if fresh:
+                db.link_predecessors(tx, device.id, fresh, utc_text(now))
+                resend_from = first_missing_seq(tx, [*held_by, *fresh], retained, synced)
+        row = db.device(tx, device.organization_id, device.id)
+        return bool(row and row["resnapshot_requested"]), resend_from
+
+    requested, resend_from = database.transact(record, write=True)
+    return HeartbeatReply(
+        server_time=now,
+        resnapshot=requested or status == "mismatch",
+        resend_from_seq=resend_from,
+    )

@@ -1,0 +1,337 @@
+"""The store's schema history, as numbered migrations (DESIGN §3: schema changes only this way).
+
+``PRAGMA user_version`` holds the number of the last migration applied. Each migration runs in its
+own ``BEGIN IMMEDIATE`` transaction together with the version bump, so a crash or a full disk in
+the middle leaves the database at the previous version, never half-migrated. Migrations are
+history: once released, one is never edited; a change is a new migration that preserves the
+journal (check-ins are the one thing that cannot be rebuilt; the replica can always be re-pulled).
+
+Only this module and ``kiosk.data.store`` contain SQL.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Migration:
+    version: int
+    summary: str
+    statements: tuple[str, ...]
+
+
+# Shared text of the CHECKs below; dates and times are stored as fixed-width ISO text so that
+# string order is time order (the journal's indexes and the prune rely on that).
+_ISO_DATE = "'[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9]'"
+_ISO_UTC = (
+    "'[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9]T[0-9][0-9]:[0-9][0-9]:[0-9][0-9]"
+    ".[0-9][0-9][0-9][0-9][0-9][0-9]Z'"
+)
+
+_V1_INITIAL = Migration(
+    version=1,
+    summary="replica tables, check-in journal with a gap-free sequence counter",
+    statements=(
+        # -- replica: a copy of the cloud's data, replaced whole by the sync agent --------------
+        """
+        CREATE TABLE plans (
+            id   TEXT PRIMARY KEY,
+            name TEXT NOT NULL
+        )
+        """,
+        """
+        CREATE TABLE plan_windows (
+            plan_id      TEXT NOT NULL REFERENCES plans (id) ON DELETE CASCADE,
+            weekday      INTEGER NOT NULL CHECK (weekday BETWEEN 0 AND 6),
+            start_minute INTEGER NOT NULL CHECK (start_minute BETWEEN 0 AND 1439),
+            end_minute   INTEGER NOT NULL CHECK (end_minute BETWEEN 1 AND 1440),
+            CHECK (start_minute < end_minute)
+        )
+        """,
+        # (weekday, start_minute) in the key lets the door path read a plan's windows in order
+        # straight from the index, without a sort.
+        "CREATE INDEX plan_windows_by_plan ON plan_windows (plan_id, weekday, start_minute)",
+        """
+        CREATE TABLE members (
+            id              TEXT PRIMARY KEY,
+            organization_id TEXT NOT NULL,
+            first_name      TEXT NOT NULL,
+            last_name       TEXT NOT NULL,
+            status          TEXT NOT NULL CHECK (status IN ('ACTIVE', 'EXPIRED', 'PAUSED')),
+            is_staff        INTEGER NOT NULL DEFAULT 0 CHECK (is_staff IN (0, 1)),
+            code_hash       TEXT
+        )
+        """,
+        # The replica holds a keyed hash of the member's QR code, never the code (DESIGN §6).
+        "CREATE UNIQUE INDEX members_by_code_hash ON members (code_hash)",
+        f"""
+        CREATE TABLE memberships (
+            id                TEXT PRIMARY KEY,
+            member_id         TEXT NOT NULL REFERENCES members (id) ON DELETE CASCADE,
+            plan_id           TEXT REFERENCES plans (id) ON DELETE SET NULL,
+            type              TEXT NOT NULL CHECK (type IN ('SUBSCRIPTION', 'CLASS_PACK', 'PT')),
+            start_date        TEXT NOT NULL CHECK (start_date GLOB {_ISO_DATE}),
+            end_date          TEXT CHECK (end_date GLOB {_ISO_DATE}),
+            remaining_classes INTEGER
+        )
+        """,
+        "CREATE INDEX memberships_by_member ON memberships (member_id)",
+        # Foreign-key checks on deleting a plan look memberships up by plan_id; without this
+        # index every plan deleted would scan all memberships.
+        "CREATE INDEX memberships_by_plan ON memberships (plan_id)",
+        """
+        CREATE TABLE opening_hours (
+            weekday      INTEGER NOT NULL CHECK (weekday BETWEEN 0 AND 6),
+            open_minute  INTEGER NOT NULL CHECK (open_minute BETWEEN 0 AND 1439),
+            close_minute INTEGER NOT NULL CHECK (close_minute BETWEEN 1 AND 1440),
+            CHECK (open_minute < close_minute)
+        )
+        """,
+        f"""
+        CREATE TABLE closures (
+            start_date TEXT NOT NULL CHECK (start_date GLOB {_ISO_DATE}),
+            end_date   TEXT NOT NULL CHECK (end_date GLOB {_ISO_DATE}),
+            reason     TEXT NOT NULL DEFAULT '',
+            CHECK (start_date <= end_date)
+        )
+        """,
+        """
+        CREATE TABLE replica_meta (
+            key   TEXT PRIMARY KEY,
+            value TEXT NOT NULL
+        )
+        """,
+        # -- journal: facts recorded at the door; pending rows are never deleted ----------------
+        # The sequence comes from this counter row, updated in the same transaction as the
+        # insert: MAX(seq)+1 would reuse numbers once synced rows are pruned.
+        """
+        CREATE TABLE journal_counter (
+            id       INTEGER PRIMARY KEY CHECK (id = 1),
+            last_seq INTEGER NOT NULL CHECK (last_seq >= 0)
+        )
+        """,
+        "INSERT INTO journal_counter (id, last_seq) VALUES (1, 0)",
+        # reason has no CHECK on purpose: the vocabulary grows, and widening a CHECK in SQLite
+        # means rebuilding the table that holds the journal.
+        f"""
+        CREATE TABLE checkins (
+            id              TEXT PRIMARY KEY,
+            seq             INTEGER NOT NULL UNIQUE,
+            member_id       TEXT,
+            membership_id   TEXT,
+            door_id         TEXT NOT NULL,
+            decision        TEXT NOT NULL CHECK (decision IN ('granted', 'denied')),
+            reason          TEXT NOT NULL,
+            classes_used    INTEGER NOT NULL DEFAULT 0 CHECK (classes_used >= 0),
+            replica_version INTEGER NOT NULL,
+            wall_time       TEXT NOT NULL CHECK (wall_time GLOB {_ISO_UTC}),
+            sync_state      TEXT NOT NULL DEFAULT 'pending'
+                            CHECK (sync_state IN ('pending', 'synced', 'rejected')),
+            synced_at       TEXT CHECK (synced_at GLOB {_ISO_UTC})
+        )
+        """,
+        # Anti-passback: the newest granted entry of a member at a door, straight from the index.
+        "CREATE INDEX checkins_for_passback ON checkins (member_id, door_id, decision, seq)",
+        # Class uses not yet acknowledged by the cloud; partial, so it stays as small as the
+        # upload backlog rather than growing with the whole journal.
+        """
+        CREATE INDEX checkins_pending_by_member ON checkins (member_id, membership_id)
+        WHERE sync_state = 'pending'
+        """,
+        # The upload queue, oldest first.
+        "CREATE INDEX checkins_upload_queue ON checkins (sync_state, seq)",
+    ),
+)
+
+_V2_CLOCK_PROVENANCE = Migration(
+    version=2,
+    summary="clock provenance on check-ins (boot id, monotonic time, clock quality)",
+    statements=(
+        # Rows written before this migration did not record where their wall time came from, so
+        # they honestly say 'unsynced', an empty boot id and no monotonic time.
+        "ALTER TABLE checkins ADD COLUMN boot_id TEXT NOT NULL DEFAULT ''",
+        "ALTER TABLE checkins ADD COLUMN monotonic_ns INTEGER NOT NULL DEFAULT 0",
+        """
+        ALTER TABLE checkins ADD COLUMN clock_quality TEXT NOT NULL DEFAULT 'unsynced'
+            CHECK (clock_quality IN ('ntp_synced', 'server_anchored', 'unsynced'))
+        """,
+        # The clock floor (newest wall time on record) is read from the top of this index.
+        "CREATE INDEX checkins_by_wall_time ON checkins (wall_time)",
+    ),
+)
+
+# The replica tables a row of each protocol kind lives in (plan windows belong to their plan row).
+_REPLICA_TABLES = ("plans", "members", "memberships", "opening_hours", "closures")
+
+_V3_SYNC = Migration(
+    version=3,
+    summary="sync protocol v1: row hashes and ids, shadow replica, staged changes, sync status, "
+    "clock anchors, cloud versions of class uses",
+    statements=(
+        # -- replica rows become protocol rows ----------------------------------------------------
+        # row_hash is computed by the device from the row (sync.protocol.row_hash), never taken from
+        # the wire. Rows written before this migration have none: the replica's checksum is then
+        # unknown and the sync agent takes a fresh snapshot instead of trusting them.
+        *(f"ALTER TABLE {table} ADD COLUMN row_hash INTEGER" for table in _REPLICA_TABLES),
+        # The protocol gives hours and closures ids, so a change or a tombstone can name one.
+        "ALTER TABLE opening_hours ADD COLUMN id TEXT",
+        "ALTER TABLE closures ADD COLUMN id TEXT",
+        "CREATE UNIQUE INDEX opening_hours_by_id ON opening_hours (id)",
+        "CREATE UNIQUE INDEX closures_by_id ON closures (id)",
+        # -- shadow replica: a snapshot is built here page by page, then swapped in at once -------
+        # Same columns as the live tables, no foreign keys and no unique code hash: pages and the
+        # changes applied on top arrive in an order that may be inconsistent until the checkpoint.
+        # The swap into the live tables (which keep every rule) checks the result.
+        "CREATE TABLE shadow_plans (id TEXT PRIMARY KEY, name TEXT NOT NULL, row_hash INTEGER) WITHOUT ROWID",
+        """
+        CREATE TABLE shadow_plan_windows (
+            plan_id      TEXT NOT NULL,
+            weekday      INTEGER NOT NULL,
+            start_minute INTEGER NOT NULL,
+            end_minute   INTEGER NOT NULL
+        )
+        """,
+        "CREATE INDEX shadow_plan_windows_by_plan ON shadow_plan_windows (plan_id)",
+        """
+        CREATE TABLE shadow_members (
+            id              TEXT PRIMARY KEY,
+            organization_id TEXT NOT NULL,
+            first_name      TEXT NOT NULL,
+            last_name       TEXT NOT NULL,
+            status          TEXT NOT NULL,
+            is_staff        INTEGER NOT NULL,
+            code_hash       TEXT,
+            row_hash        INTEGER
+        ) WITHOUT ROWID
+        """,
+        """
+        CREATE TABLE shadow_memberships (
+            id                TEXT PRIMARY KEY,
+            member_id         TEXT NOT NULL,
+            plan_id           TEXT,
+            type              TEXT NOT NULL,
+            start_date        TEXT NOT NULL,
+            end_date          TEXT,
+            remaining_classes INTEGER,
+            row_hash          INTEGER
+        ) WITHOUT ROWID
+        """,
+        """
+        CREATE TABLE shadow_opening_hours (
+            id           TEXT PRIMARY KEY,
+            weekday      INTEGER NOT NULL,
+            open_minute  INTEGER NOT NULL,
+            close_minute INTEGER NOT NULL,
+            row_hash     INTEGER
+        ) WITHOUT ROWID
+        """,
+        """
+        CREATE TABLE shadow_closures (
+            id         TEXT PRIMARY KEY,
+            start_date TEXT NOT NULL,
+            end_date   TEXT NOT NULL,
+            reason     TEXT NOT NULL,
+            row_hash   INTEGER
+        ) WITHOUT ROWID
+        """,
+        # -- change pages waiting for their checkpoint ------------------------------------------
+        # One row per replica row (the latest change wins); applied in kind order at the
+        # checkpoint so parents always come before their children.
+        """
+        CREATE TABLE staged_changes (
+            kind      TEXT NOT NULL,
+            id        TEXT NOT NULL,
+            ord       INTEGER NOT NULL,
+            kind_rank INTEGER NOT NULL,
+            deleted   INTEGER NOT NULL CHECK (deleted IN (0, 1)),
+            data      TEXT,
+            row_hash  INTEGER,
+            PRIMARY KEY (kind, id)
+        )
+        """,
+        # -- class uses between upload and the next pull ------------------------------------------
+        # The cloud version that carries an uploaded check-in's side effect (a class-pack balance);
+        # the door keeps counting the class as used until the replica reaches that version.
+        "ALTER TABLE checkins ADD COLUMN cloud_version INTEGER",
+        # Class uses of a member, pending or awaiting their cloud version. Partial on
+        # classes_used > 0, so it holds only class-spending rows (a few per member), and keyed by
+        # (member_id, membership_id) so the door's GROUP BY reads it in order without a sort.
+        """
+        CREATE INDEX checkins_uses_by_member ON checkins (member_id, membership_id)
+        WHERE classes_used > 0
+        """,
+        # Replaced by the index above; dropping it saves a write on every check-in.
+        "DROP INDEX checkins_pending_by_member",
+        # -- the sync agent's state --------------------------------------------------------------
+        # key -> JSON value: state, online, last pull/push, last error, backlog... (owner page).
+        """
+        CREATE TABLE sync_status (
+            key   TEXT PRIMARY KEY,
+            value TEXT NOT NULL
+        )
+        """,
+        # (boot, monotonic time) <-> server time, newest per boot: lets the scanner tell the time
+        # on a Pi whose clock never got NTP, and the cloud place offline check-ins in time.
+        f"""
+        CREATE TABLE clock_anchors (
+            boot_id      TEXT PRIMARY KEY,
+            monotonic_ns INTEGER NOT NULL,
+            server_time  TEXT NOT NULL CHECK (server_time GLOB {_ISO_UTC}),
+            recorded_at  TEXT NOT NULL CHECK (recorded_at GLOB {_ISO_UTC})
+        )
+        """,
+        "CREATE INDEX clock_anchors_by_server_time ON clock_anchors (server_time)",
+    ),
+)
+
+MIGRATIONS: tuple[Migration, ...] = (_V1_INITIAL, _V2_CLOCK_PROVENANCE, _V3_SYNC)
+LATEST_VERSION = MIGRATIONS[-1].version
+
+
+def schema_version(conn: sqlite3.Connection) -> int:
+    """The number of the last migration applied (0 for an empty database). Raises
+    ``sqlite3.DatabaseError`` if the file is not a database."""
+    (version,) = conn.execute("PRAGMA user_version").fetchone()
+    return int(version)
+
+
+def apply_migrations(conn: sqlite3.Connection, *, target: int = LATEST_VERSION) -> list[int]:
+    """Bring ``conn`` up to schema ``target``, one transaction per migration; returns the
+    versions applied (empty when already there).
+
+    ``conn`` must be in autocommit mode (``isolation_level=None``) with no open transaction.
+    Safe when several processes open the same file at once: the version is re-read under the
+    write lock, so each migration is applied exactly once. A database newer than ``target`` is
+    left alone (the caller decides whether that is an error). Raises ``sqlite3.Error`` on any
+    database failure, after rolling the failed migration back; ``ValueError`` for an unknown
+    ``target``.
+    """
+    if target < 0 or target > LATEST_VERSION:
+        raise ValueError(f"unknown schema version {target}: this code knows 0..{LATEST_VERSION}")
+    applied: list[int] = []
+    if schema_version(conn) >= target:
+        return applied
+    for migration in MIGRATIONS:
+        if migration.version > target:
+            break
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            if schema_version(conn) >= migration.version:
+                conn.execute("COMMIT")
+                continue
+            for statement in migration.statements:
+                conn.execute(statement)
+            # PRAGMA takes no placeholders; the value is an int from the table above.
+            conn.execute(f"PRAGMA user_version = {int(migration.version)}")
+            conn.execute("COMMIT")
+        except BaseException:
+            # The original error is the one worth reporting; a failed rollback adds nothing.
+            if conn.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+            raise
+        applied.append(migration.version)
+    return applied

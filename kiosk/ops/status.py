@@ -1,0 +1,196 @@
+"""``kiosk status``: what the running device is doing, read from its database (read-only).
+
+``collect_status`` opens the database with ``mode=ro`` (it never creates, migrates or writes) and
+gathers: the door id, the replica (version, members, last pull and its age), the journal (check-ins
+per sync state, oldest pending and its age), the sync agent's last recorded status, the newest
+check-ins, clock quality, software version, database size and free disk space. ``render_status``
+turns that into aligned text for a person; ``--json`` prints the dict itself (monitoring).
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TextIO
+
+from kiosk.data.store import Store, StoreError
+from sync.protocol import utc_text
+
+RECENT_CHECKINS = 5
+# The agent's status keys shown, in this order (kiosk.sync.agent writes them; others are ignored).
+SYNC_KEYS = (
+    "state",
+    "online",
+    "last_pull_at",
+    "last_push_at",
+    "last_error",
+    "last_error_at",
+    "backlog",
+    "updated_at",
+)
+
+DiskUsage = Callable[[Path], Any]  # shutil.disk_usage's shape: .total, .used, .free (bytes)
+
+
+def existing_folder(path: Path) -> Path:
+    """``path`` itself or its nearest existing ancestor (disk space of a folder not made yet)."""
+    path = Path(path).absolute()
+    for candidate in (path, *path.parents):
+        if candidate.exists():
+            return candidate
+    return Path("/")
+
+
+def disk_info(folder: Path, disk_usage: DiskUsage = shutil.disk_usage) -> dict[str, Any]:
+    """Free and total bytes of the file system holding ``folder`` (None when unreadable)."""
+    where = existing_folder(folder)
+    try:
+        usage = disk_usage(where)
+    except OSError:
+        return {"path": str(where), "free_bytes": None, "total_bytes": None}
+    return {"path": str(where), "free_bytes": int(usage.free), "total_bytes": int(usage.total)}
+
+
+def _age_s(now: datetime, then: datetime | None) -> float | None:
+    return None if then is None else round(max(0.0, (now - then).total_seconds()), 3)
+
+
+def collect_status(
+    db_path: Path,
+    *,
+    door_id: str,
+    software_version: str,
+    clock_quality: str,
+    now: datetime | None = None,
+    disk_usage: DiskUsage = shutil.disk_usage,
+) -> dict[str, Any]:
+    """The device's status as a JSON-ready dict (see the module docstring for the parts). Times
+    are UTC text, ages seconds, sizes bytes. Raises StoreError when the database cannot be read
+    (missing, damaged, a schema this code does not read)."""
+    now = now or datetime.now(UTC)
+    db_path = Path(db_path)
+    with Store.open(db_path, readonly=True) as store:
+        schema = store.schema_version()
+        replica = store.replica_info()
+        members = store.member_count()
+        counts = store.counts_by_state()
+        position = store.journal_position()
+        sync = store.sync_status()
+        recent = store.recent_checkins(RECENT_CHECKINS)
+    size = sum(
+        p.stat().st_size for p in (db_path, db_path.with_name(db_path.name + "-wal")) if p.exists()
+    )
+    return {
+        "door_id": door_id,
+        "software_version": software_version,
+        "now": utc_text(now),
+        "clock_quality": clock_quality,
+        "database": {"path": str(db_path), "schema_version": schema, "size_bytes": size},
+        "replica": {
+            "version": replica.version,
+            "members": members,
+            "synced_at": None if replica.synced_at is None else utc_text(replica.synced_at),
+            "age_s": _age_s(now, replica.synced_at),
+        },
+        "journal": {
+            **counts,
+            "total": sum(counts.values()),
+            "last_seq": position.last_seq,
+            "oldest_pending_at": (
+                None if position.oldest_pending_at is None else utc_text(position.oldest_pending_at)
+            ),
+            "oldest_pending_age_s": _age_s(now, position.oldest_pending_at),
+        },
+        "sync": {key: sync.get(key) for key in SYNC_KEYS},
+        "recent_checkins": [
+            {
+                "seq": c.seq,
+                "at": utc_text(c.wall_time),
+                "door_id": c.door_id,
+                "decision": c.decision.value,
+                "reason": c.reason.value,
+                "member_id": c.member_id,
+                "sync_state": c.sync_state.value,
+            }
+            for c in recent
+        ],
+        "disk": disk_info(db_path.parent, disk_usage),
+    }
+
+
+def human_age(seconds: float | None) -> str:
+    """``"never"``, ``"42 s"``, ``"5 min"``, ``"3.2 h"`` or ``"4.0 days"``."""
+    if seconds is None:
+        return "never"
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 172800:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.1f} days"
+
+
+def human_bytes(size: int | None) -> str:
+    if size is None:
+        return "unknown"
+    value = float(size)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} GiB"  # unreachable; keeps type checkers calm
+
+
+def render_status(status: dict[str, Any], out: TextIO) -> None:
+    """Write ``status`` (from ``collect_status``) as aligned text."""
+    replica, journal, sync = status["replica"], status["journal"], status["sync"]
+    online = {True: "online", False: "offline", None: "unknown"}[sync.get("online")]
+    rows = [
+        ("door", status["door_id"]),
+        ("software", status["software_version"]),
+        ("clock", status["clock_quality"]),
+        (
+            "replica",
+            f"version {replica['version']}, {replica['members']} members, "
+            f"last pull {human_age(replica['age_s'])}"
+            + (" ago" if replica["age_s"] is not None else ""),
+        ),
+        (
+            "journal",
+            f"{journal['pending']} pending, {journal['synced']} synced, "
+            f"{journal['rejected']} rejected (last seq {journal['last_seq']})",
+        ),
+        (
+            "oldest pending",
+            "none"
+            if journal["oldest_pending_age_s"] is None
+            else f"{human_age(journal['oldest_pending_age_s'])} old",
+        ),
+        ("sync", f"{sync.get('state') or 'never ran'}, {online}"),
+        ("last pull", sync.get("last_pull_at") or "never"),
+        ("last push", sync.get("last_push_at") or "never"),
+        ("last error", sync.get("last_error") or "none"),
+        (
+            "database",
+            f"{status['database']['path']} (schema {status['database']['schema_version']}, "
+            f"{human_bytes(status['database']['size_bytes'])})",
+        ),
+        ("disk free", f"{human_bytes(status['disk']['free_bytes'])} on {status['disk']['path']}"),
+    ]
+    width = max(len(label) for label, _ in rows)
+    for label, value in rows:
+        out.write(f"{label:<{width}}  {value}\n")
+    out.write("recent check-ins:\n")
+    if not status["recent_checkins"]:
+        out.write("  none yet\n")
+    for c in status["recent_checkins"]:
+        out.write(
+            f"  #{c['seq']} {c['at']} {c['door_id']} {c['decision']} ({c['reason']}) "
+            f"[{c['sync_state']}]\n"
+        )
+
+
+__all__ = ["StoreError", "collect_status", "disk_info", "render_status"]

@@ -1,0 +1,761 @@
+"""The sync agent (``kiosk sync``): pushes the journal, pulls the replica, heartbeats (DESIGN §8).
+
+One ``cycle()`` is: **push** the pending check-ins, oldest first, in batches (each item marked by
+its own answer: ``created`` / ``duplicate`` → synced, ``rejected`` → kept as rejected and never
+sent again; a 413 halves the batch); **pull** the changes since the replica's version (a 304 to the
+idle poll changes nothing but the sync time; pages are staged and applied at their checkpoint, in
+one transaction that verifies count and checksum; a mismatch, a 410 or a resnapshot request leads
+to a **snapshot** built in the shadow tables and swapped in the same way); **heartbeat** (journal
+position, replica checksum, clock anchors; the answer may ask for a re-send from a seq or a
+resnapshot, done at once).
+
+``run()`` repeats cycles every ``interval_s``, and sooner when the scanner journals a check-in (a
+cheap poll of the journal's last seq every ``wake_poll_s``). A failed cycle is retried with full
+jitter (tenacity's ``wait_random_exponential``, capped at ``backoff_max_s``), never sooner than a
+``Retry-After`` the cloud sent. A revoked token (401) or a cloud that does not speak the protocol
+(426) stops the agent with the reason recorded; every other failure (no network, 5xx, garbage
+answers, a busy database) is recorded and retried. Nothing in here sleeps or reads the time
+except through the injected ``sleep`` and ``clock``.
+
+The status (``state`` running / offline / stopped, ``online``, ``last_pull_at``,
+``last_push_at``, ``last_error``, ``backlog``, ...) is written to the store after every step, for
+the owner page and ``kiosk status``.
+
+With a ``ControlStore`` (the owner page's control file), a "sync now" request ends the wait
+between cycles, and the backoff wait after a failure, within ``wake_poll_s``; the agent claims it
+and finishes it with the next cycle's outcome in plain words. A failing control file is logged
+(at most every 30 s) and never stops the sync.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+import tenacity
+
+from kiosk import __version__
+from kiosk.core.clock import AnchoredClock, Clock, plausible_server_time
+from kiosk.core.model import Checkin, ClockQuality
+from kiosk.data.control import ControlError, ControlStore, OwnerRequest, RequestKind, shared_wall
+from kiosk.data.store import UNKNOWN_CLOUD_VERSION, Store, StoreError
+from kiosk.sync.client import (
+    BadResponse,
+    BatchTooLarge,
+    CloudClient,
+    CloudError,
+    CursorExpired,
+    NotModified,
+    RetryableError,
+)
+from sync.protocol import (
+    DUPLICATE,
+    MAX_ANCHORS,
+    REJECTED,
+    Anchor,
+    ChangePage,
+    Checkpoint,
+    Heartbeat,
+    UploadItem,
+    utc_text,
+)
+
+log = logging.getLogger(__name__)
+
+# Status states (``sync_status.state``).
+RUNNING, OFFLINE, STOPPED = "running", "offline", "stopped"
+_EMPTY_CHECKSUM = "0" * 16
+_LAST_ERROR_CHARS = 500
+# The heartbeat's replica checksum is recomputed at least this often even when the version has
+# not moved, so a replica damaged on the device is still noticed by the cloud.
+TOTALS_MAX_AGE_S = 600.0
+# A failing control file is logged at most this often (it fails on every poll while broken).
+CONTROL_LOG_EVERY_S = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class SyncSettings:
+    """The agent's knobs (config ``[sync]``); times in seconds."""
+
+    interval_s: float = 30.0
+    batch_size: int = 200
+    page_rows: int = 1000
+    backoff_max_s: float = 300.0
+    wake_poll_s: float = 1.0
+    # Synced check-ins older than this are pruned (config ``store.checkin_retention_days``).
+    retention_days: int = 90
+    prune_every_s: float = 6 * 3600.0
+    software_version: str = __version__
+
+
+def sync_settings(config: Any) -> SyncSettings:
+    """The agent's settings from a ``kiosk.config.Config``."""
+    return SyncSettings(
+        interval_s=config.sync.interval_s,
+        batch_size=config.sync.batch_size,
+        page_rows=config.sync.page_rows,
+        backoff_max_s=config.sync.backoff_max_s,
+        wake_poll_s=config.sync.wake_poll_s,
+        retention_days=config.store.checkin_retention_days,
+    )
+
+
+@dataclass(slots=True)
+class CycleReport:
+    """What one cycle did. ``ok``: every step went. ``fatal``: the agent must stop (401, 426).
+    ``error``: the first failure in plain words. ``retry_after``: seconds the cloud asked to wait.
+    ``pull``: ``"not_modified"``, ``"changes"``, ``"snapshot"`` or None (not reached)."""
+
+    ok: bool = True
+    fatal: bool = False
+    error: str | None = None
+    retry_after: float | None = None
+    pushed: int = 0
+    rejected: int = 0
+    pull: str | None = None
+    requeued: int = 0
+    steps: list[str] = field(default_factory=list)
+
+    def fail(self, error: str, *, retry_after: float | None = None) -> None:
+        if self.ok:
+            self.error = error
+        self.ok = False
+        if retry_after is not None:
+            self.retry_after = max(self.retry_after or 0.0, retry_after)
+
+
+class SnapshotMismatch(Exception):
+    """A snapshot's shadow did not match the cloud's checkpoint (the live replica is unchanged)."""
+
+
+def upload_item(checkin: Checkin) -> UploadItem:
+    """A journal row as the protocol uploads it."""
+    return UploadItem(
+        id=checkin.id,
+        seq=checkin.seq,
+        door_id=checkin.door_id,
+        decision=checkin.decision.value,
+        reason=checkin.reason.value,
+        member_id=checkin.member_id,
+        membership_id=checkin.membership_id,
+        classes_used=checkin.classes_used,
+        replica_version=checkin.replica_version,
+        wall_time=checkin.wall_time,
+        boot_id=checkin.boot_id,
+        monotonic_ns=checkin.monotonic_ns,
+        clock_quality=checkin.clock_quality.value,
+    )
+
+
+class SyncAgent:
+    """Keeps one store in sync with one cloud. See the module docstring.
+
+    ``clock`` gives wall time for the status and the heartbeat (an ``AnchoredClock`` on the
+    device), monotonic time for the schedule and the boot id. ``sleep(seconds)`` waits (the CLI
+    passes ``stop.wait`` so a signal cuts a wait short; tests record). ``wake()`` returns the
+    journal's last seq (default ``store.last_seq``); a change ends the wait between cycles.
+    ``control`` (None: no owner page) supplies "sync now" requests.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        client: CloudClient,
+        settings: SyncSettings,
+        clock: Clock,
+        sleep: Callable[[float], Any],
+        wake: Callable[[], int] | None = None,
+        control: ControlStore | None = None,
+    ) -> None:
+        self.store = store
+        self.control = control
+        # A "sync now" claimed and not finished yet: the next cycle's outcome finishes it.
+        self._sync_now: OwnerRequest | None = None
+        self._control_logged_ns: int | None = None
+        self._control_pruned_ns: int | None = None
+        self.client = client
+        self.settings = settings
+        self.clock = clock
+        self._sleep = sleep
+        self._wake = wake or store.last_seq
+        self._jitter = tenacity.wait_random_exponential(multiplier=1, max=settings.backoff_max_s)
+        # A snapshot the cloud asked for and we still owe; kept in the status across restarts.
+        self._resnapshot = bool(self._status().get("resnapshot_due", False))
+        # Rows acknowledged with an unknown side-effect version may exist (after a restart we
+        # cannot know): settled after the next successful pull.
+        self._unsettled = True
+        self._hashes_checked = False
+        self._last_prune_ns: int | None = None
+        self._online = False
+        self._seq_at_cycle_start: int | None = None
+        # (replica version, monotonic ns when computed, count, checksum): the heartbeat's replica
+        # checksum, recomputed when the version moves or every TOTALS_MAX_AGE_S (a full scan of
+        # the replica costs tens of ms at 100,000 members, every round otherwise).
+        self._totals: tuple[int, int, int, str | None] | None = None
+        # The replica was stamped this cycle while the device knew no time (no NTP, no anchor of
+        # this boot yet): stamped again once the heartbeat's answer gives an anchor.
+        self._stamped_untimed = False
+        if client.on_anchor is None:
+            client.on_anchor = self._record_anchor
+
+    # -- the loop --------------------------------------------------------------------------------
+
+    def run(self, stop: threading.Event) -> CycleReport:
+        """Cycle until ``stop`` is set or the cloud refuses the device for good. Returns the last
+        report: ``fatal`` set means stopped by the cloud (the status says why)."""
+        self._record(state=RUNNING)
+        last = CycleReport()
+
+        def attempt() -> CycleReport:
+            # A signal may arrive while waiting to retry: do not start another round then.
+            return CycleReport(steps=["skipped"]) if stop.is_set() else self.cycle()
+
+        def backoff_sleep(seconds: float) -> None:
+            # Without a control file nothing can cut the wait short: one sleep, as it always was.
+            if self.control is None:
+                self._sleep(seconds)
+            else:
+                self._wait(stop, seconds, wake_on_checkin=False)
+
+        retrying = tenacity.Retrying(
+            retry=tenacity.retry_if_result(lambda r: not r.ok and not r.fatal),
+            wait=self._backoff,
+            stop=lambda _state: stop.is_set(),
+            sleep=backoff_sleep,
+            retry_error_callback=lambda state: state.outcome.result(),
+        )
+        try:
+            while not stop.is_set():
+                last = retrying(attempt)
+                if last.fatal:
+                    return last
+                if stop.is_set():
+                    break
+                self._wait_for_work(stop)
+            self._record(state=STOPPED, online=False)
+            return last
+        finally:
+            # A "sync now" claimed as the agent stops is answered, not left running.
+            self._finish_sync_now(None)
+
+    def _backoff(self, state: tenacity.RetryCallState) -> float:
+        """Full jitter, capped, and never less than a Retry-After the cloud sent."""
+        jitter = self._jitter(state)
+        report = state.outcome.result() if state.outcome is not None else None
+        retry_after = report.retry_after if report is not None else None
+        return max(jitter, retry_after or 0.0)
+
+    def _wait_for_work(self, stop: threading.Event) -> None:
+        """Wait up to ``interval_s``, ending early when a new check-in is journaled or the owner
+        asks for a sync. A check-in journaled during the last round (after its push read the
+        queue) ends it at once: the journal's last seq is compared with what it was when that
+        round began."""
+        self._wait(stop, self.settings.interval_s, wake_on_checkin=True)
+
+    def _wait(self, stop: threading.Event, seconds: float, *, wake_on_checkin: bool) -> None:
+        """Sleep up to ``seconds`` in ``wake_poll_s`` slices; end early on a claimed "sync now"
+        (checked before the first slice too) or, with ``wake_on_checkin``, a new check-in."""
+        seen = self._seq_at_cycle_start
+        poll_ns = int(self.settings.wake_poll_s * 1e9)
+        deadline = self.clock.monotonic_ns() + int(seconds * 1e9)
+        if self.claim_sync_now():
+            return
+        while not stop.is_set():
+            remaining = deadline - self.clock.monotonic_ns()
+            if remaining <= 0:
+                return
+            self._sleep(min(poll_ns, remaining) / 1e9)
+            if wake_on_checkin and self._last_seq() != seen:
+                return
+            if self.claim_sync_now():
+                return
+
+    # -- "sync now" from the owner page ----------------------------------------------------------
+
+    def claim_sync_now(self) -> bool:
+        """Claim a pending "sync now" request, if there is one and none is held already; True
+        when the next ``cycle()`` should run at once (it finishes the request). Never raises."""
+        if self.control is None:
+            return False
+        if self._sync_now is not None:
+            return True
+        try:
+            if not self.control.has_pending(RequestKind.SYNC_NOW):
+                return False
+            self._sync_now = self.control.claim(RequestKind.SYNC_NOW, now=shared_wall(self.clock))
+        except Exception as exc:
+            self._control_failed("look for a sync-now request", exc)
+            return False
+        if self._sync_now is not None:
+            log.info("sync now, as asked on the owner page (request #%d)", self._sync_now.id)
+        return self._sync_now is not None
+
+    def _finish_sync_now(self, report: CycleReport | None) -> None:
+        """Finish the held "sync now" with ``report`` (None: the agent stopped first)."""
+        request, self._sync_now = self._sync_now, None
+        if request is None or self.control is None:
+            return
+        if report is None:
+            ok, result = False, "the sync agent stopped before it could sync"
+        elif report.ok:
+            ok, result = True, self._synced_words(report)
+        else:
+            ok, result = False, f"sync failed: {_plain(report.error) or 'unknown error'}"
+        try:
+            self.control.finish(request.id, ok=ok, result=result, now=shared_wall(self.clock))
+        except Exception as exc:
+            self._control_failed(f"record the end of sync-now request #{request.id}", exc)
+
+    def _synced_words(self, report: CycleReport) -> str:
+        words = f"synced: uploaded {report.pushed}"
+        if report.rejected:
+            words += f", {report.rejected} rejected by the cloud"
+        # The sync went; if only the version cannot be read back, the words go without it.
+        with contextlib.suppress(StoreError):
+            words += f", replica version {self.store.replica_info().version}"
+        return words
+
+    def _maybe_prune_control(self) -> None:
+        """Trim the control file's audit log and old requests every ``prune_every_s``."""
+        if self.control is None:
+            return
+        now_ns = self.clock.monotonic_ns()
+        every_ns = int(self.settings.prune_every_s * 1e9)
+        if self._control_pruned_ns is not None and now_ns - self._control_pruned_ns < every_ns:
+            return
+        self._control_pruned_ns = now_ns
+        try:
+            self.control.prune(now=shared_wall(self.clock))
+        except Exception as exc:
+            self._control_failed("prune the audit log", exc)
+
+    def _control_failed(self, what: str, exc: Exception) -> None:
+        """Log a control-file failure at most every ``CONTROL_LOG_EVERY_S``; the sync goes on."""
+        now_ns = self.clock.monotonic_ns()
+        every_ns = CONTROL_LOG_EVERY_S * 1e9
+        if self._control_logged_ns is not None and now_ns - self._control_logged_ns < every_ns:
+            return
+        self._control_logged_ns = now_ns
+        log.warning(
+            "owner-page control file: could not %s; the sync goes on: %s",
+            what,
+            exc,
+            exc_info=not isinstance(exc, ControlError),
+        )
+
+    def _last_seq(self) -> int | None:
+        try:
+            return self._wake()
+        except StoreError as exc:
+            log.warning("cannot read the journal's last seq: %s", exc)
+            return None
+
+    # -- one cycle -------------------------------------------------------------------------------
+
+    def cycle(self) -> CycleReport:
+        """Push, pull, heartbeat; never raises for the cloud's or the database's failures (they
+        are in the report and the status). After a failure that means "no network", the later
+        steps are skipped: they would only wait for their own timeouts. A claimed "sync now" is
+        finished with the outcome."""
+        try:
+            report = self._cycle()
+        except BaseException:
+            self._finish_sync_now(CycleReport(ok=False, error="unexpected error in the agent"))
+            raise
+        self._finish_sync_now(report)
+        self._maybe_prune_control()
+        return report
+
+    def _cycle(self) -> CycleReport:
+        report = CycleReport()
+        self._seq_at_cycle_start = self._last_seq()
+        steps = (("push", self._push), ("pull", self._pull), ("heartbeat", self._heartbeat))
+        for name, step in steps:
+            try:
+                step(report)
+                report.steps.append(name)
+            except CloudError as exc:
+                self._online = not _unreachable(exc)
+                if not exc.retryable:
+                    report.fatal = True
+                    report.fail(str(exc))
+                    log.error("sync stopped: %s", exc)
+                    self._record(state=STOPPED, online=self._online, **self._error(str(exc)))
+                    return report
+                retry_after = exc.retry_after if isinstance(exc, RetryableError) else None
+                report.fail(f"{name}: {exc}", retry_after=retry_after)
+                log.warning("sync %s failed: %s", name, exc)
+                if _unreachable(exc):
+                    break
+            except (StoreError, SnapshotMismatch) as exc:
+                report.fail(f"{name}: {exc}")
+                log.error("sync %s failed: %s", name, exc)
+                break
+            except Exception as exc:  # a bug must not end the agent: report, back off, go on
+                report.fail(f"{name}: unexpected error ({type(exc).__name__})")
+                log.exception("sync %s failed unexpectedly", name)
+                break
+        if report.ok:
+            self._record(state=RUNNING, online=True, last_error=None)
+        else:
+            self._record(state=OFFLINE, online=self._online, **self._error(report.error))
+        self._record_backlog()
+        return report
+
+    # -- push ------------------------------------------------------------------------------------
+
+    def _push(self, report: CycleReport) -> None:
+        batch = self.settings.batch_size
+        after = 0
+        while True:
+            rows = self.store.pending_checkins(batch, after_seq=after)
+            if not rows:
+                break
+            try:
+                answer = self.client.upload(
+                    [upload_item(c) for c in rows], anchors=self.store.anchors(MAX_ANCHORS)
+                )
+            except BatchTooLarge:
+                if batch == 1:
+                    raise BadResponse(
+                        "the cloud refuses even a single check-in as too large (HTTP 413)"
+                    ) from None
+                batch = max(1, batch // 2)
+                log.info("the cloud found the batch too large; sending %d at a time", batch)
+                continue
+            self._online = True
+            used = {c.id: c.classes_used for c in rows}
+            synced: dict[str, int | None] = {}
+            rejected: list[str] = []
+            for result in answer.results:
+                assert result.id is not None  # parse_upload_results ties each to an item sent
+                if result.status == REJECTED:
+                    rejected.append(result.id)
+                    log.warning(
+                        "the cloud rejected check-in %s (%s): %s",
+                        result.id,
+                        result.code,
+                        result.detail,
+                    )
+                    continue
+                version = result.version
+                if version is None and result.status == DUPLICATE and used[result.id] > 0:
+                    # Its side effect is in some version we were not told: count the class until
+                    # the next pull, which certainly includes it.
+                    version = UNKNOWN_CLOUD_VERSION
+                    self._unsettled = True
+                synced[result.id] = version
+            if synced:
+                self.store.mark_synced(list(synced), at=answer.server_time, cloud_versions=synced)
+            if rejected:
+                self.store.mark_rejected(rejected, at=answer.server_time)
+            report.pushed += len(synced)
+            report.rejected += len(rejected)
+            after = rows[-1].seq
+            self._record(last_push_at=utc_text(self.clock.wall()), online=True)
+            self._record_backlog()
+
+    # -- pull ------------------------------------------------------------------------------------
+
+    def _pull(self, report: CycleReport) -> None:
+        untimed = self.clock.quality() is ClockQuality.UNSYNCED
+        info = self.store.replica_info()
+        reason = None
+        if info.synced_at is None:
+            reason = "no replica yet"
+        elif self._legacy_replica():
+            reason = "the replica predates row checksums"
+        elif self._resnapshot:
+            reason = "the cloud asked for a fresh snapshot"
+        if reason is None:
+            try:
+                outcome = self._pull_changes(info.version)
+            except CursorExpired:
+                reason = "the cloud no longer has the changes since our version (410)"
+            else:
+                if outcome is not None:
+                    report.pull = outcome
+                    self._stamped_untimed = untimed
+                    self._record(last_pull_at=utc_text(self.clock.wall()), **self._replica())
+                    return
+                reason = "the replica did not match the cloud's checkpoint"
+        log.info("taking a fresh snapshot: %s", reason)
+        self._snapshot()
+        report.pull = "snapshot"
+        self._stamped_untimed = untimed
+        self._record(last_pull_at=utc_text(self.clock.wall()), **self._replica())
+
+    def _legacy_replica(self) -> bool:
+        """True when replica rows carry no hash (loaded before schema v3). Checked once per
+        process: every replica written since carries hashes."""
+        if self._hashes_checked:
+            return False
+        legacy = self.store.replica_checksum()[1] is None
+        self._hashes_checked = not legacy
+        return legacy
+
+    def _pull_changes(self, since: int) -> str | None:
+        """Changes since ``since`` applied to the live replica: ``"not_modified"``,
+        ``"changes"``, or None when the checkpoint did not match (rolled back)."""
+        self.store.discard_staged()
+        first = self.client.changes(since, None, self.settings.page_rows, etag=f'"v{since}"')
+        self._online = True
+        if isinstance(first, NotModified):
+            self.store.mark_replica_current(synced_at=self.clock.wall())
+            self._settle(since)
+            return "not_modified"
+        last = self._stage_pages(since, first)
+        assert last.checkpoint is not None  # parse_change_page: the last page carries it
+        result = self.store.apply_checkpoint(
+            last.checkpoint,
+            code_salt=last.code_salt,
+            synced_at=self.clock.wall(),
+            into_shadow=False,
+        )
+        if not result.ok:
+            log.warning(
+                "replica changes since v%d did not match the checkpoint (count %d, checksum %s; "
+                "cloud: %s)",
+                since,
+                result.count,
+                result.checksum,
+                result.checkpoint,
+            )
+            return None
+        self._settle(result.checkpoint.version)
+        self._owe_snapshot(False)
+        return "changes"
+
+    def _stage_pages(self, since: int, page: ChangePage) -> ChangePage:
+        """Stage ``page`` and the pages after it; returns the last (with the checkpoint)."""
+        while True:
+            self.store.stage_changes(page.rows)
+            if page.next is None:
+                return page
+            cursor = page.next
+            following = self.client.changes(since, cursor, self.settings.page_rows)
+            if isinstance(following, NotModified):  # the client refuses a 304 with a cursor
+                raise BadResponse("the cloud answered a page of changes with 304")
+            if following.next == cursor:
+                raise BadResponse("the cloud's change pages do not advance (same cursor twice)")
+            page = following
+
+    def _snapshot(self) -> None:
+        """Pages into the shadow tables, then the changes since the first page's version on top,
+        then checkpoint and swap. Raises SnapshotMismatch when the result does not match."""
+        self.store.begin_snapshot()
+        page = self.client.snapshot_page(None, self.settings.page_rows)
+        self._online = True
+        first_version = page.version
+        while True:
+            self.store.add_snapshot_rows(page.rows)
+            if page.next is None:
+                break
+            cursor = page.next
+            page = self.client.snapshot_page(cursor, self.settings.page_rows)
+            if page.next == cursor:
+                raise BadResponse("the cloud's snapshot pages do not advance (same cursor twice)")
+        checkpoint, salt = self._snapshot_checkpoint(first_version, page.code_salt)
+        result = self.store.apply_checkpoint(
+            checkpoint, code_salt=salt, synced_at=self.clock.wall(), into_shadow=True
+        )
+        if not result.ok:
+            raise SnapshotMismatch(
+                f"the snapshot does not match the cloud's checkpoint (v{checkpoint.version}: "
+                f"{checkpoint.count} rows, checksum {checkpoint.checksum}; here: {result.count} "
+                f"rows, checksum {result.checksum}); the replica in use is unchanged"
+            )
+        log.info(
+            "replica v%d swapped in: %d rows, write lock held %.0f ms (swap %.0f ms)",
+            checkpoint.version,
+            result.count,
+            result.lock_ms,
+            result.swap_ms or 0.0,
+        )
+        self._settle(checkpoint.version)
+        self._owe_snapshot(False)
+
+    def _snapshot_checkpoint(self, first_version: int, salt: bytes) -> tuple[Checkpoint, bytes]:
+        """Stage the changes since the snapshot's first page; returns the checkpoint to verify
+        the shadow against, and the code salt to keep."""
+        answer = self.client.changes(first_version, None, self.settings.page_rows)
+        if isinstance(answer, NotModified):
+            # Asked without If-None-Match, a cloud that follows the protocol answers 200 with the
+            # checkpoint even when nothing changed.
+            raise BadResponse("the cloud answered 304 to a request without If-None-Match")
+        since = first_version
+        last = self._stage_pages(since, answer)
+        assert last.checkpoint is not None
+        return last.checkpoint, last.code_salt
+
+    # -- heartbeat -------------------------------------------------------------------------------
+
+    def _heartbeat(self, report: CycleReport) -> None:
+        position = self.store.journal_position()
+        info = self.store.replica_info()
+        count, checksum = self._replica_totals(info.version)
+        now = self.clock.wall()
+        age = None
+        if position.oldest_pending_at is not None:
+            age = max(0.0, (now - position.oldest_pending_at).total_seconds())
+        beat = Heartbeat(
+            software_version=self.settings.software_version[:40],
+            boot_id=self.clock.boot_id,
+            monotonic_ns=self.clock.monotonic_ns(),
+            device_time=now,
+            clock_quality=self.clock.quality().value,
+            backlog=position.backlog,
+            oldest_pending_age_s=age,
+            replica_version=info.version,
+            replica_checksum=checksum or _EMPTY_CHECKSUM,
+            replica_count=count,
+            last_seq=position.last_seq,
+            synced_through_seq=position.synced_through_seq,
+            retained_from_seq=position.retained_from_seq,
+            # This round's failure so far (a failed push does not stop the heartbeat).
+            last_error=_plain(report.error),
+            anchors=tuple(self.store.anchors(MAX_ANCHORS)),
+        )
+        reply = self.client.heartbeat(beat)
+        self._online = True
+        self._record(last_heartbeat_at=utc_text(self.clock.wall()))
+        if reply.resend_from_seq is not None:
+            report.requeued = self.store.requeue_from(reply.resend_from_seq)
+            log.warning(
+                "the cloud asked for check-ins from seq %d again: %d queued",
+                reply.resend_from_seq,
+                report.requeued,
+            )
+            if report.requeued:
+                self._push(report)
+        if reply.resnapshot:
+            log.warning("the cloud asked for a fresh snapshot")
+            self._owe_snapshot(True)
+            self._snapshot()
+            report.pull = "snapshot"
+            self._record(last_pull_at=utc_text(self.clock.wall()), **self._replica())
+        self._restamp_pull()
+        self._maybe_prune()
+
+    # -- housekeeping ----------------------------------------------------------------------------
+
+    def _replica_totals(self, version: int) -> tuple[int, str | None]:
+        now_ns = self.clock.monotonic_ns()
+        cached = self._totals
+        if (
+            cached is not None
+            and cached[0] == version
+            and now_ns - cached[1] < TOTALS_MAX_AGE_S * 1e9
+        ):
+            return cached[2], cached[3]
+        count, checksum = self.store.replica_checksum()
+        self._totals = (version, now_ns, count, checksum)
+        return count, checksum
+
+    def _maybe_prune(self) -> None:
+        """Delete synced check-ins past their retention, every ``prune_every_s``. Skipped while
+        the clock is not trusted: a clock that jumped ahead must not prune early."""
+        now_ns = self.clock.monotonic_ns()
+        every_ns = int(self.settings.prune_every_s * 1e9)
+        if self._last_prune_ns is not None and now_ns - self._last_prune_ns < every_ns:
+            return
+        if self.clock.quality() is ClockQuality.UNSYNCED:
+            return
+        self._last_prune_ns = now_ns
+        cutoff = self.clock.wall() - timedelta(days=self.settings.retention_days)
+        pruned = self.store.prune_synced(cutoff)
+        if pruned:
+            log.info("pruned %d synced check-ins recorded before %s", pruned, utc_text(cutoff))
+
+    def _restamp_pull(self) -> None:
+        """Stamp the replica again with the time this heartbeat's answer gave, if this cycle's
+        pull was stamped with a wall clock nobody had set (1970, or the last shutdown's time):
+        left as it was, the door would count the replica as stale and its clock floor would drop
+        back to that time."""
+        if self._stamped_untimed and self.clock.quality() is not ClockQuality.UNSYNCED:
+            now = self.clock.wall()
+            self.store.mark_replica_current(synced_at=now)
+            self._record(last_pull_at=utc_text(now))
+        self._stamped_untimed = False
+
+    def _settle(self, version: int) -> None:
+        """After a successful pull at ``version``: class uses acknowledged with an unknown
+        version are in it now. Skipped (no write) when none can exist."""
+        if self._unsettled:
+            self.store.settle_unknown_versions(version)
+            self._unsettled = False
+
+    def _owe_snapshot(self, due: bool) -> None:
+        if due != self._resnapshot:
+            self._resnapshot = due
+            self._record(resnapshot_due=due)
+
+    def _status(self) -> dict[str, Any]:
+        try:
+            return self.store.sync_status()
+        except StoreError as exc:
+            log.warning("cannot read the sync status: %s", exc)
+            return {}
+
+    def _record_anchor(self, anchor: Anchor) -> None:
+        if not plausible_server_time(anchor.server_time):
+            # A broken or hostile answer; kept, it would replace this boot's good anchor.
+            log.warning("ignoring an implausible cloud time %s", anchor.server_time.isoformat())
+            return
+        try:
+            self.store.record_anchor(anchor, recorded_at=self.clock.wall())
+        except StoreError as exc:
+            log.warning("could not keep a clock anchor: %s", exc)
+            return
+        if isinstance(self.clock, AnchoredClock):
+            # Tell the time from this anchor at once rather than at the clock's next periodic
+            # read: the replica's sync time is stamped with it.
+            self.clock.refresh()
+
+    def _replica(self) -> dict[str, Any]:
+        info = self.store.replica_info()
+        return {"replica_version": info.version}
+
+    def _error(self, error: str | None) -> dict[str, Any]:
+        return {"last_error": _plain(error), "last_error_at": utc_text(self.clock.wall())}
+
+    def _record_backlog(self) -> None:
+        try:
+            position = self.store.journal_position()
+        except StoreError as exc:
+            log.warning("cannot read the journal's position: %s", exc)
+            return
+        age = None
+        if position.oldest_pending_at is not None:
+            age = max(0.0, (self.clock.wall() - position.oldest_pending_at).total_seconds())
+        self._record(backlog=position.backlog, oldest_pending_age_s=age)
+
+    def _record(self, **values: Any) -> None:
+        """Merge ``values`` into the stored status; a database failure is logged, not raised
+        (the status is for people, the sync itself goes on)."""
+        values["updated_at"] = utc_text(self.clock.wall())
+        try:
+            self.store.set_sync_status(values)
+        except StoreError as exc:
+            log.warning("cannot record the sync status: %s", exc)
+
+
+def _unreachable(exc: CloudError) -> bool:
+    """True when no answer came back at all (no network, timeout): later steps would only wait."""
+    return (
+        isinstance(exc, RetryableError) and exc.status is None and not isinstance(exc, BadResponse)
+    )
+
+
+def _plain(text: str | None) -> str | None:
+    """One line of at most 500 printable characters (the heartbeat's and the owner page's
+    ``last_error``)."""
+    if text is None:
+        return None
+    flat = "".join(ch if ch.isprintable() else " " for ch in text)
+    return flat[:_LAST_ERROR_CHARS]
