@@ -1,4 +1,4 @@
-"""kiosk.ops.files: the kiosk's own files are replaced atomically, privately, never through a link."""
+"""kiosk.data.files: the kiosk's own files are replaced atomically, privately, never through a link."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import stat
 
 import pytest
 
-from kiosk.ops.files import SymlinkRefused, write_atomically, write_private_file
+from kiosk.data.files import SymlinkRefused, write_atomically, write_private_file
 
 
 def test_a_private_file_is_0600_in_a_new_0750_folder(tmp_path):

@@ -7,7 +7,6 @@
 - ``logs``: the services' logs from journald (``kiosk logs``);
 - ``testcard``: a printable test card (``kiosk testcard``);
 - ``owner_password``: the owner page's password hash;
-- ``files``: the one safe writer for the kiosk's own files (atomic, mode and owner, no links).
 
 May import: anything of ``kiosk`` below the command line, ``hardware`` and ``sync``.
 """

@@ -26,7 +26,7 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
-from kiosk.ops.files import write_private_file
+from kiosk.data.files import write_private_file
 
 # scrypt cost: N = 2**15, r = 8 uses 32 MiB and ~0.1 s on a laptop, a few tenths on a Pi 3: slow
 # enough to make guessing from a stolen file expensive, cheap enough for a login.

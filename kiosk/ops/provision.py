@@ -46,7 +46,7 @@ from kiosk.config import (
     parse_setting,
     render_example,
 )
-from kiosk.ops.files import (
+from kiosk.data.files import (
     SymlinkRefused,
     refuse_symlink,
     write_atomically,
@@ -199,13 +199,13 @@ def write_file_atomically(
     owner: tuple[int, int] | None = None,
     check: Callable[[Path], None] | None = None,
 ) -> None:
-    """``kiosk.ops.files.write_atomically``, with a symbolic link at ``path`` a ProvisionError."""
+    """``kiosk.data.files.write_atomically``, with a symbolic link at ``path`` a ProvisionError."""
     _refuse_symlink(path)
     write_atomically(path, data, mode=mode, owner=owner, check=check)
 
 
 def write_secret_file(path: Path, data: bytes) -> None:
-    """``kiosk.ops.files.write_private_file``, with a symbolic link at ``path`` a ProvisionError."""
+    """``kiosk.data.files.write_private_file``, with a symbolic link at ``path`` a ProvisionError."""
     _refuse_symlink(path)
     write_private_file(path, data)
 

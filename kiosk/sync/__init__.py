@@ -4,6 +4,6 @@
 - ``client``: the device's HTTP client, the only module on the Pi that imports httpx;
 - ``identity``: the credentials file written at enrolment.
 
-May import: ``kiosk.core``, ``kiosk.data``, ``kiosk.ops.files`` and ``sync``. Never the door loop,
-the owner page or the development tools.
+May import: ``kiosk.core``, ``kiosk.data`` and ``sync``. Never the door loop, the owner page or the
+development tools.
 """

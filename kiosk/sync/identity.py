@@ -22,7 +22,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from kiosk.ops.files import write_private_file
+from kiosk.data.files import write_private_file
 from sync.protocol import Enrolment, ProtocolError, parse_utc, utc_text
 
 CREDENTIALS_DIRECTORY_VARIABLE = "CREDENTIALS_DIRECTORY"
