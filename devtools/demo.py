@@ -12,6 +12,13 @@ requests and the scanner's health, so "test the door" and "sync now" work in the
 The owner page (``kiosk.web``) is served by the demo as well, on 127.0.0.1 in a thread of this
 process (``web_port``): the real page on the demo's database opened read-only and on its control
 file, with a random owner password per run, printed at start-up with the page's address.
+
+An output whose reader has gone (``kiosk demo | head``) ends the demo: the first write that finds
+the pipe closed stops the door, the sync and the page, and ``run_demo`` then raises that
+BrokenPipeError, which the ``kiosk`` command turns into a quiet exit with code 141.
+
+The embedded cloud (``devtools.demo_cloud``, FastAPI: the ``cloud`` extra) is imported only when
+the demo runs with it: ``cloud=False`` (``--no-cloud``) needs nothing of the cloud.
 """
 
 from __future__ import annotations
@@ -27,9 +34,8 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
-from devtools.demo_cloud import DemoCloud
 from devtools.seed import (
     AFTER_CLOUD_CHANGE,
     CLOUD_CHANGE,
@@ -61,6 +67,9 @@ from kiosk.door.parts import (
     scanner_settings,
 )
 from kiosk.sync.agent import CycleReport
+
+if TYPE_CHECKING:
+    from devtools.demo_cloud import DemoCloud
 
 log = logging.getLogger(__name__)
 
@@ -164,20 +173,42 @@ def _refuse_real_database(store: Store) -> None:
 
 class _Printer:
     """Prints each decision as it happens, and what the sync agent and the cloud do: a line for
-    people, or one JSON object per line. Thread-safe (the continuous demo syncs in a thread)."""
+    people, or one JSON object per line. Thread-safe (the continuous demo syncs in a thread).
 
-    def __init__(self, out: TextIO, as_json: bool, real_time: bool) -> None:
+    When ``out`` turns out to be a pipe whose reader has gone, ``closed`` keeps that
+    BrokenPipeError, ``on_closed`` is called (the demo stops) and nothing more is written."""
+
+    def __init__(
+        self,
+        out: TextIO,
+        as_json: bool,
+        real_time: bool,
+        on_closed: Callable[[], object] = lambda: None,
+    ) -> None:
         self.out = out
         self.as_json = as_json
         # On the simulated clock no time passes while deciding: a latency figure would be a lie.
         self.real_time = real_time
         self.outcomes: list[Outcome] = []
+        self.closed: BrokenPipeError | None = None
+        self._on_closed = on_closed
         self._lock = threading.Lock()
 
-    def _emit(self, record: dict, text: str) -> None:
+    def write(self, text: str) -> None:
+        """Write ``text`` and flush it; nothing once the output is closed."""
         with self._lock:
-            self.out.write(json.dumps(record) + "\n" if self.as_json else text + "\n")
-            self.out.flush()
+            if self.closed is not None:
+                return
+            try:
+                self.out.write(text)
+                self.out.flush()
+            except BrokenPipeError as exc:
+                # Nobody reads any more (`kiosk demo | head` has what it wanted): the demo ends.
+                self.closed = exc
+                self._on_closed()
+
+    def _emit(self, record: dict, text: str) -> None:
+        self.write(json.dumps(record) + "\n" if self.as_json else text + "\n")
 
     def __call__(self, outcome: Outcome) -> None:
         # Called by the loop only after the journal row is committed.
@@ -407,8 +438,13 @@ def run_demo(
     (0: a free one) for as long as the demo runs, its address and password printed first; None:
     no page. ``on_start`` is called once the store, the control file, the page and the cloud are
     up, before the door starts (its exceptions end the demo). Raises DemoError (DemoWebError
-    when the page cannot start), StoreError, and the embedded cloud's errors."""
+    when the page cannot start), StoreError, and the embedded cloud's errors; BrokenPipeError,
+    once everything is closed, when ``out`` is a pipe whose reader has gone (the demo ends at the
+    first write that finds it so)."""
     from hardware.fakes.synthetic import SyntheticCamera  # needs the 'vision' extra (OpenCV, segno)
+
+    if cloud:
+        from devtools.demo_cloud import DemoCloud  # FastAPI: the 'cloud' extra
 
     clock = clock or (SimClock() if once else SystemClock())
     stop = stop or threading.Event()
@@ -418,7 +454,9 @@ def run_demo(
         with Store.open(db_path) as store:
             _refuse_real_database(store)
             fresh = store.member_count() == 0
-            printer = _Printer(out, as_json, real_time=not isinstance(clock, SimClock))
+            printer = _Printer(
+                out, as_json, real_time=not isinstance(clock, SimClock), on_closed=stop.set
+            )
             control = open_demo_control(db_path)
             demo_cloud = (
                 DemoCloud(db_path, clock, config.site.timezone, control=control) if cloud else None
@@ -441,7 +479,7 @@ def run_demo(
                 elif fresh:
                     store.replace_replica(demo_snapshot(clock.wall(), config.site.timezone))
                 if not as_json:
-                    out.write(
+                    printer.write(
                         f"FitFlow Kiosk demo: door '{config.door.id}', database {db_path}"
                         f" ({'new' if fresh else 'existing'})\n"
                         f"simulated camera and pins;"
@@ -509,13 +547,15 @@ def run_demo(
                 if control is not None:
                     control.close()
             counts = store.counts_by_state()
-            return _summarise(printer, counts, out, as_json, fresh and once, expected)
+            code = _summarise(printer, counts, as_json, fresh and once, expected)
+            if printer.closed is not None:
+                raise printer.closed
+            return code
 
 
 def _summarise(
     printer: _Printer,
     counts: dict[str, int],
-    out: TextIO,
     as_json: bool,
     check: bool,
     expected_scans: list[Scan],
@@ -539,20 +579,19 @@ def _summarise(
         "scenario_ok": not mismatch if check else None,
     }
     if as_json:
-        out.write(json.dumps(summary) + "\n")
+        printer.write(json.dumps(summary) + "\n")
     else:
-        out.write(
+        printer.write(
             f"\n{summary['decisions']} decisions: {summary['granted']} granted,"
             f" {summary['denied']} denied; journal: {summary['pending']} pending upload,"
             f" {summary['synced']} synced\n"
         )
         if mismatch:
-            out.write(
+            printer.write(
                 "scenario mismatch:\n"
                 + "".join(
                     f"  expected {e.value:<20} got {g.value}\n"
                     for e, g in zip(expected, got, strict=False)
                 )
             )
-    out.flush()
     return 1 if mismatch else 0

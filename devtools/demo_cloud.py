@@ -1,7 +1,7 @@
 """The demo's embedded reference cloud: seeded with the demo gym, enrolled, synced for real.
 
 ``kiosk demo`` runs the production sync agent against the production cloud service on 127.0.0.1,
-the way a device and its cloud talk in a gym (DESIGN §2): the replica arrives as a snapshot, the
+the way a device and its cloud talk in a gym: the replica arrives as a snapshot, the
 decisions are uploaded and go from pending to synced, a change made in the cloud reaches the door,
 and with the cloud stopped the door keeps admitting and catches up when it returns.
 
@@ -23,7 +23,8 @@ from devtools.seed import DEMO_SALT, ORG, demo_members, demo_snapshot
 from kiosk import __version__
 from kiosk.core.clock import Clock
 from kiosk.data.control import ControlStore
-from kiosk.data.store import Store, snapshot_rows
+from kiosk.data.replica import snapshot_rows
+from kiosk.data.store import Store
 from kiosk.sync.agent import CycleReport, SyncAgent, SyncSettings
 from kiosk.sync.client import CloudClient
 from kiosk.sync.identity import DeviceIdentity, load_identity, save_identity

@@ -20,7 +20,7 @@ from kiosk.core.model import (
     Plan,
     Reason,
 )
-from kiosk.data.store import ReplicaSnapshot
+from kiosk.data.replica import ReplicaSnapshot
 from sync.credentials import code_hash
 
 ORG = "org-demo"

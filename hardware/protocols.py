@@ -1,4 +1,5 @@
-"""The small interfaces the scanner loop talks to. Each has a real and a fake implementation.
+"""The small interfaces the door loop talks to. Each has real adapters (``hardware.gpio``,
+``hardware.camera``, ``hardware.decode``) and a fake (``hardware.fakes``, or the tests' own).
 
 Frames are 2-D ``numpy.uint8`` arrays (grey, height x width): every camera we support can hand us
 its luminance plane directly and every decoder wants grey, so colour never travels through the loop.
@@ -72,8 +73,9 @@ class Door(Protocol):
 
     def release(self) -> None: ...
 
-    def enforce_deadline(self) -> None:
-        """Release the relay if it is on past its deadline (a backstop for a dead timer)."""
+    def enforce_deadline(self, now_ns: int | None = None) -> bool:
+        """Release the relay if it is on past its deadline (a backstop for a dead timer); returns
+        True if it did. ``now_ns`` is monotonic nanoseconds, default the door's own clock."""
         ...
 
     @property

@@ -659,16 +659,6 @@ def default_config() -> Config:
     return load_config(None)
 
 
-def setting_keys() -> tuple[str, ...]:
-    """Every setting's dotted path (``"gpio.relay_pin"``...), in schema order."""
-    return tuple(_KEYS)
-
-
-def setting_default(dotted: str) -> Any:
-    """The default of the setting ``dotted``. Raises KeyError for an unknown setting."""
-    return _KEYS[dotted].default
-
-
 def check_setting(dotted: str, value: Any) -> Any:
     """``value`` checked against the setting's own rules (type, range, choices, extra rule) and
     normalised (an int becomes a float for a number setting). Cross-field rules are not applied

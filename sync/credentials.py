@@ -1,4 +1,4 @@
-"""Scanned payloads in, typed credentials out (DESIGN §6).
+"""Scanned payloads in, typed credentials out (docs/architecture.md#credentials).
 
 Every payload a camera reads is hostile: anyone can print a QR code. ``parse_payload`` therefore
 never raises, caps the length before looking at the content, accepts printable ASCII only, and
@@ -82,7 +82,7 @@ SchemeParser = Callable[[str], Credential | Malformed]
 
 
 def _signed_pass_not_supported(rest: str) -> Credential | Malformed:
-    """``FFP1`` is reserved for the signed rotating pass (DESIGN §6), which this version cannot
+    """``FFP1`` is reserved for the signed rotating pass, which this version cannot
     verify yet. Replace this entry with the real parser when the pass ships."""
     return Malformed("signed passes are not supported by this version yet")
 
@@ -136,7 +136,7 @@ def parse_payload(raw: bytes | str) -> Credential | Malformed:
 def code_hash(code: str, salt: bytes) -> str:
     """HMAC-SHA256 of ``code`` (UTF-8) keyed with ``salt``, as 64 lowercase hex digits.
 
-    The replica stores this, never the usable code (DESIGN §6); the scanner hashes the code it just
+    The replica stores this, never the usable code; the scanner hashes the code it just
     read and looks the hash up. The key is a per-organisation salt delivered with the replica, so a
     table precomputed over likely codes is useless, and one computed for one organisation does not
     work for another: whoever copies a stolen SD card has to brute-force each organisation's codes

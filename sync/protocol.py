@@ -1,4 +1,4 @@
-"""Sync protocol v1: the message shapes both ends share (DESIGN §8, docs/sync-protocol.md).
+"""Sync protocol v1: the message shapes both ends share (docs/sync-protocol.md).
 
 Pure code: no I/O, no httpx, no SQL. The device's agent and the reference cloud both parse what
 they receive through the functions here, so a message that one side accepts means the same thing
@@ -53,6 +53,8 @@ CODE_HASH_CHARS = 64
 _ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 _CHECKSUM = re.compile(r"[0-9a-f]{16}")
+# Wire and stored times: UTC with microseconds and a Z, fixed width, so text order is time order.
+UTC_TEXT_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
 _UTC_TEXT = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}Z")
 _DATE_TEXT = re.compile(r"\d{4}-\d{2}-\d{2}")
 _MASK64 = (1 << 64) - 1
@@ -84,7 +86,8 @@ class ProtocolError(ValueError):
 
 
 def utc_text(moment: datetime) -> str:
-    """``moment`` as wire text. Raises ValueError for a naive datetime."""
+    """``moment`` as wire text (``UTC_TEXT_FORMAT``, always 27 characters). Raises ValueError for a
+    naive datetime."""
     if moment.tzinfo is None or moment.utcoffset() is None:
         raise ValueError("a wire time must be timezone-aware")
     m = moment.astimezone(UTC)
@@ -96,12 +99,19 @@ def utc_text(moment: datetime) -> str:
     )
 
 
+def utc_from_text(text: str) -> datetime:
+    """Text written by ``utc_text`` back to the aware UTC datetime, for text this program stored
+    itself (a database column). Raises ValueError for text that does not read as that format; a
+    message from the other end goes through ``parse_utc`` instead."""
+    return datetime.strptime(text, UTC_TEXT_FORMAT).replace(tzinfo=UTC)
+
+
 def parse_utc(value: object, where: str) -> datetime:
     """Wire time text to an aware UTC datetime; ProtocolError otherwise."""
     if not isinstance(value, str) or not _UTC_TEXT.fullmatch(value):
         raise ProtocolError(where, "expected UTC time text like 2026-05-01T17:03:09.120000Z")
     try:
-        return datetime.strptime(value, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
+        return utc_from_text(value)
     except ValueError:
         raise ProtocolError(where, "not a real date and time") from None
 

@@ -8,8 +8,8 @@ from gpiozero.pins.mock import MockFactory
 
 from devtools.seed import demo_snapshot
 from fakes import FakeCamera, FakeDecoder, ManualTimer, Scene
+from hardware.fakes.signal import RecordingSignal
 from hardware.gpio.relay import RelayDoor
-from hardware.gpio.signal import RecordingSignal
 from kiosk.core.clock import SimClock
 from kiosk.data.store import Store
 from kiosk.door.loop import DoorLoop, ScannerSettings

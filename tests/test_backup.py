@@ -22,8 +22,10 @@ from test_store import _v1_database_with_journal, granted, record, snapshot
 
 from kiosk.cli import db as dbcli
 from kiosk.core.model import SyncState
+from kiosk.data.database import StoreError
+from kiosk.data.dbfile import exclusive_access, inspect_database
 from kiosk.data.migrations import LATEST_VERSION
-from kiosk.data.store import Store, StoreError, exclusive_access, inspect_database
+from kiosk.data.store import Store
 from kiosk.ops.backup import (
     DbError,
     active_services,

@@ -118,6 +118,19 @@ def test_the_report_names_every_figure_and_target(figures):
     assert json.loads(json.dumps(figures)) == figures  # --json prints exactly this
 
 
+def test_each_check_is_reported_with_its_mark_as_in_kiosk_bench(figures):
+    broken = copy.deepcopy(figures)
+    broken["backends"]["sqlite"]["drain"]["cloud_rows"] = BACKLOG - 1
+    out = io.StringIO()
+    report_sync(broken, out)
+    lines = out.getvalue().splitlines()
+    verdicts = checks(broken)
+    assert any(not ok for _, ok in verdicts) and any(ok for _, ok in verdicts)
+    for words, ok in verdicts:
+        # The same marks, of the same width, as the main bench's report (devtools.bench.run).
+        assert f"[{'ok  ' if ok else 'MISS'}] {words}" in lines
+
+
 def test_checks_miss_what_does_not_add_up(figures):
     broken = copy.deepcopy(figures)
     broken["backends"]["sqlite"]["drain"]["cloud_rows"] = BACKLOG - 1

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from fakes import FakeTime
+from hardware.camera.backends import CameraSettings, open_camera
 from hardware.camera.grabber import FrameGrabber, Pacer
 from hardware.camera.opencv import OpenCVCamera
 from hardware.camera.picamera import Picamera2Camera
@@ -102,6 +103,49 @@ def test_grabber_reports_a_dead_camera_and_releases_it_once():
     assert released == [1]
     with pytest.raises(CameraError, match="after close"):
         grabber.read(timeout_s=0.001)
+
+
+class StuckCapture:
+    """A capture device whose read() blocks until the test lets it return (like a V4L2 read on a
+    wedged driver), recording whether release() ever ran while a read was in progress."""
+
+    def __init__(self) -> None:
+        self.in_read = threading.Event()
+        self.let_return = threading.Event()
+        self.released = threading.Event()
+        self.events: list[str] = []
+        self.released_during_read = False
+
+    def read(self) -> np.ndarray:
+        self.events.append("read")
+        self.in_read.set()
+        self.let_return.wait()
+        self.events.append("returned")
+        self.in_read.clear()
+        return flat(50)
+
+    def release(self) -> None:
+        self.released_during_read |= self.in_read.is_set()
+        self.events.append("release")
+        self.released.set()
+
+
+def test_grabber_never_releases_the_device_while_a_capture_is_stuck(caplog):
+    device = StuckCapture()
+    grabber = FrameGrabber(device.read, name="stuck camera", release=device.release)
+    assert device.in_read.wait(5.0)  # the capture thread is now blocked inside read()
+
+    with caplog.at_level(logging.WARNING, logger="hardware.camera.grabber"):
+        grabber.close(join_timeout_s=0)
+    assert device.events == ["read"]  # close() returned without releasing under the read
+    assert "released by that thread when its current capture returns" in caplog.text
+
+    device.let_return.set()
+    assert device.released.wait(5.0)  # the thread releases once its read has returned
+    assert device.events == ["read", "returned", "release"]
+    assert not device.released_during_read
+    grabber.close()  # idempotent: no second release
+    assert device.events.count("release") == 1
 
 
 # --- ReplayCamera ---------------------------------------------------------------------------
@@ -301,3 +345,33 @@ def test_pi_camera_without_a_detected_camera_says_so(fake_picamera2):
     fake_picamera2.cameras = []
     with pytest.raises(CameraError, match="no camera detected"):
         Picamera2Camera()
+
+
+# --- The backend table ----------------------------------------------------------------------
+
+
+def test_the_table_opens_a_replay_stamped_with_the_given_clock(image_folder):
+    fake = FakeTime(7_000_000_000)
+    settings = CameraSettings(width=64, height=48, fps=30, replay_path=str(image_folder))
+    camera = open_camera("replay", settings, fake.clock)
+    try:
+        assert isinstance(camera, ReplayCamera)
+        assert camera.read(1.0).captured_ns == 7_000_000_000  # the first frame is due at once
+    finally:
+        camera.close()
+
+
+def test_the_table_opens_a_usb_camera_by_its_device():
+    with pytest.raises(CameraError, match=r"/dev/video-none.*cannot open"):
+        open_camera("opencv", CameraSettings(640, 480, 30, device="/dev/video-none"))
+
+
+def test_the_table_opens_the_pi_camera_at_the_configured_size_and_rate(fake_picamera2):
+    camera = open_camera("picamera2", CameraSettings(320, 240, 25))
+    try:
+        assert isinstance(camera, Picamera2Camera)
+        fake = fake_picamera2.instances[0]
+        assert fake.config["main"]["size"] == (320, 240)
+        assert fake.config["controls"]["FrameDurationLimits"] == (40000, 40000)
+    finally:
+        camera.close()

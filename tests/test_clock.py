@@ -2,7 +2,14 @@
 
 from datetime import UTC, datetime, timedelta
 
-from kiosk.core.clock import SimClock, SystemClock
+from kiosk.core import policy
+from kiosk.core.clock import (
+    EARLIEST_TRUSTED_TIME,
+    PLAUSIBLE_SERVER_TIMES,
+    SimClock,
+    SystemClock,
+    plausible_server_time,
+)
 from kiosk.core.ids import boot_id, uuid7
 from kiosk.core.model import ClockQuality
 
@@ -59,3 +66,13 @@ def test_uuid7_ids_are_unique_across_threads():
     for t in threads:
         t.join()
     assert len(set(ids)) == len(ids) == 20_000
+
+
+def test_one_cut_off_for_a_clock_never_set_and_a_cloud_time_too_early():
+    # The policy's "clock never set" and the agent's "implausible cloud time" are the same date.
+    assert datetime(2026, 1, 1, tzinfo=UTC) == EARLIEST_TRUSTED_TIME
+    assert policy.EARLIEST_TRUSTED_TIME is EARLIEST_TRUSTED_TIME
+    assert PLAUSIBLE_SERVER_TIMES[0] is EARLIEST_TRUSTED_TIME
+    assert not plausible_server_time(EARLIEST_TRUSTED_TIME - timedelta(microseconds=1))
+    assert plausible_server_time(EARLIEST_TRUSTED_TIME)
+    assert not plausible_server_time(PLAUSIBLE_SERVER_TIMES[1])

@@ -445,7 +445,7 @@ def test_attendance_by_time_gym_and_page(cloud):
     assert cloud.admin("GET", "/checkins", params={"gym_id": "gym_nope"}).status_code == 404
 
 
-# -- review findings (issue 3) ---------------------------------------------------------------------
+# -- review findings -------------------------------------------------------------------------------
 
 
 def test_a_closure_id_is_never_revived_in_another_gym(cloud):

@@ -463,7 +463,7 @@ def test_a_malformed_heartbeat_is_400_naming_the_field(cloud):
     assert bad.status_code == 400
 
 
-# -- review findings (issue 3) ---------------------------------------------------------------------
+# -- review findings -------------------------------------------------------------------------------
 
 
 def test_concurrent_uploads_from_many_doors_lose_no_class(cloud):

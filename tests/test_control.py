@@ -21,6 +21,7 @@ from kiosk.data.control import (
     SCHEMA_VERSION,
     ControlError,
     ControlStore,
+    OwnerRequest,
     RequestKind,
     RequestState,
     control_path,
@@ -34,6 +35,11 @@ T0 = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
 
 def later(seconds: float) -> datetime:
     return T0 + timedelta(seconds=seconds)
+
+
+def request_by_id(control: ControlStore, request_id: int) -> OwnerRequest | None:
+    """Request ``request_id`` as ``recent_requests`` lists it, or None once it is pruned."""
+    return next((r for r in control.recent_requests(10_000) if r.id == request_id), None)
 
 
 @pytest.fixture
@@ -63,7 +69,7 @@ def test_a_request_goes_pending_running_done_with_audit_rows(control):
     assert control.claim(RequestKind.TEST_DOOR, now=later(1)) is None  # taken once only
 
     control.finish(taken.id, ok=True, result="relay pulsed for 500 ms", now=later(2))
-    done = control.get_request(taken.id)
+    done = request_by_id(control, taken.id)
     assert done is not None and done.state is RequestState.DONE
     assert done.finished_at == later(2) and done.finished_at.tzinfo is not None
     assert done.result == "relay pulsed for 500 ms"
@@ -79,7 +85,7 @@ def test_a_failed_request_says_why(control):
     control.submit("sync_now", now=T0)
     taken = control.claim("sync_now", now=T0)
     control.finish(taken.id, ok=False, result="sync failed: cannot reach the cloud", now=later(3))
-    failed = control.get_request(taken.id)
+    failed = request_by_id(control, taken.id)
     assert failed.state is RequestState.FAILED and "cannot reach" in failed.result
     assert control.recent_audit(1)[0].outcome == "failed"
 
@@ -127,7 +133,7 @@ def test_a_request_not_picked_up_in_time_expires_and_is_never_returned(control):
     old = control.submit(RequestKind.TEST_DOOR, now=T0)
     assert control.has_pending(RequestKind.TEST_DOOR)  # a cheap read; the claim decides
     assert control.claim(RequestKind.TEST_DOOR, now=later(REQUEST_MAX_AGE_S + 1)) is None
-    expired = control.get_request(old.id)
+    expired = request_by_id(control, old.id)
     assert expired.state is RequestState.EXPIRED and expired.finished_at is not None
     row = control.recent_audit(1)[0]
     assert (row.action, row.outcome) == ("test_door", "expired")
@@ -139,7 +145,7 @@ def test_a_stale_request_is_not_reused_by_a_new_click(control):
     old = control.submit(RequestKind.TEST_DOOR, now=T0)
     new = control.submit(RequestKind.TEST_DOOR, now=later(90))
     assert new.id != old.id
-    assert control.get_request(old.id).state is RequestState.EXPIRED
+    assert request_by_id(control, old.id).state is RequestState.EXPIRED
     assert control.claim(RequestKind.TEST_DOOR, now=later(91)).id == new.id
 
 
@@ -147,7 +153,7 @@ def test_a_request_dated_ahead_of_the_clock_is_expired_not_kept_fresh(control):
     """A clock set back after the click must not keep the request fresh for longer."""
     ahead = control.submit(RequestKind.TEST_DOOR, now=later(3600))
     assert control.claim(RequestKind.TEST_DOOR, now=T0) is None
-    assert control.get_request(ahead.id).state is RequestState.EXPIRED
+    assert request_by_id(control, ahead.id).state is RequestState.EXPIRED
 
 
 def test_a_request_its_claimer_abandoned_is_failed_at_the_next_claim(control):
@@ -156,7 +162,7 @@ def test_a_request_its_claimer_abandoned_is_failed_at_the_next_claim(control):
     control.submit(RequestKind.SYNC_NOW, now=later(1000))
     fresh = control.claim(RequestKind.SYNC_NOW, now=later(1000))
     assert fresh.id != lost.id
-    abandoned = control.get_request(lost.id)
+    abandoned = request_by_id(control, lost.id)
     assert abandoned.state is RequestState.FAILED and "abandoned" in abandoned.result
 
 
@@ -167,7 +173,7 @@ def test_finishing_an_unknown_or_expired_request(control):
     taken = control.claim(RequestKind.TEST_DOOR, now=T0)
     control.finish(taken.id, ok=True, result="first", now=T0)
     control.finish(taken.id, ok=False, result="second", now=later(1))  # left as it is
-    assert control.get_request(taken.id).result == "first"
+    assert request_by_id(control, taken.id).result == "first"
 
 
 def test_an_unknown_request_kind_is_refused_in_plain_words(control):
@@ -216,7 +222,7 @@ def test_hostile_strings_are_flattened_and_capped(control):
     assert first.detail.startswith("a b c [31md '; DROP TABLE audit; --xxx")
     assert len(first.detail) == 200 and first.detail.endswith("…")
     assert len(first.action) <= 40 and len(first.client) <= 100
-    result = control.get_request(taken.id).result
+    result = request_by_id(control, taken.id).result
     assert result.isprintable() and len(result) == 200
     assert os.path.getsize(control.path) < 200_000  # the megabyte went nowhere
 
@@ -257,8 +263,8 @@ def test_prune_keeps_the_newest_audit_rows_and_open_requests(control):
     audit = control.recent_audit(100)
     # The newest ten: the three request rows and the last seven logins.
     assert len(audit) == 10 and audit[-1].detail == "attempt 23"
-    assert control.get_request(old.id) is None
-    assert control.get_request(waiting.id).state is RequestState.PENDING
+    assert request_by_id(control, old.id) is None
+    assert request_by_id(control, waiting.id).state is RequestState.PENDING
     assert deleted == (33 - 10) + 1  # audit rows, and the old finished request
     assert control.prune(now=later(40 * 86400 + 2), keep_audit=10) == 0
 

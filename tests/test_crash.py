@@ -25,8 +25,8 @@ from gpiozero.pins.mock import MockFactory
 
 from devtools.seed import SCENARIO, demo_snapshot
 from fakes import FakeCamera, FakeDecoder, Scene, clean_env
+from hardware.fakes.signal import RecordingSignal
 from hardware.gpio.relay import RelayDoor
-from hardware.gpio.signal import RecordingSignal
 from kiosk.core.clock import SystemClock
 from kiosk.data.store import Store
 from kiosk.door.loop import DoorLoop, ScannerSettings

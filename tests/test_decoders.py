@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 
 from fakes import damaged_code_frame
+from hardware.decode.backends import make_decoder
 from hardware.decode.zxing import ZxingDecoder
 from hardware.fakes.synthetic import compose_frame
 from hardware.protocols import Decoder, DecoderUnavailable
-from kiosk.door.reader import make_decoder
 
 PAYLOAD = "3f2b8a4e-1c6d-4e7a-9b2f-5d8c1a0e6f47"
 
@@ -93,6 +93,12 @@ def test_missing_pyzbar_gives_an_install_hint(monkeypatch):
     monkeypatch.setitem(sys.modules, "pyzbar.pyzbar", None)
     with pytest.raises(DecoderUnavailable, match="apt install libzbar0"):
         PyzbarDecoder()
+
+
+def test_missing_zxing_gives_an_install_hint(monkeypatch):
+    monkeypatch.setitem(sys.modules, "zxingcpp", None)
+    with pytest.raises(DecoderUnavailable, match="zxing-cpp"):
+        make_decoder("zxing")
 
 
 def test_missing_opencv_gives_an_install_hint(monkeypatch):

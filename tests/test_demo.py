@@ -21,7 +21,13 @@ from devtools.seed import AFTER_CLOUD_CHANGE, SCENARIO, WHILE_OFFLINE
 from e2e_helpers import wait_until
 from fakes import clean_env
 from kiosk.cli import build_parser
-from kiosk.data.control import ControlStore, RequestKind, RequestState, control_path
+from kiosk.data.control import (
+    ControlStore,
+    OwnerRequest,
+    RequestKind,
+    RequestState,
+    control_path,
+)
 from kiosk.ops.owner_password import load_password_hash, verify_password
 
 # --once plays the scenario, then the sync story: Carol admitted after a change made in the cloud,
@@ -208,6 +214,11 @@ def test_once_leaves_the_scanner_health_in_the_control_file(tmp_path):
     assert health.data["frames"] > 0 and health.data["decode_ms_p50"] is not None
 
 
+def request_by_id(control: ControlStore, request_id: int) -> OwnerRequest | None:
+    """Request ``request_id`` as ``recent_requests`` lists it, or None."""
+    return next((r for r in control.recent_requests(10_000) if r.id == request_id), None)
+
+
 def test_the_running_demo_answers_test_the_door_and_sync_now(tmp_path):
     """What the owner page does in the demo: click "test the door" and "sync now" from another
     connection to the control file, and see both answered."""
@@ -231,7 +242,7 @@ def test_the_running_demo_answers_test_the_door_and_sync_now(tmp_path):
             sync_now = page.submit(RequestKind.SYNC_NOW, now=now, client="127.0.0.1")
 
             def finished():
-                got = [page.get_request(r.id) for r in (door_test, sync_now)]
+                got = [request_by_id(page, r.id) for r in (door_test, sync_now)]
                 return got if all(r.finished_at for r in got) else None
 
             door_done, sync_done = wait_until(finished, 30, "both requests to be answered")
@@ -324,3 +335,20 @@ def test_web_options_parse():
     for wrong in (["--web-port", "0"], ["--web-port", "http"], ["--no-web", "--web-port", "1"]):
         with pytest.raises(SystemExit):
             parse(["demo", *wrong])
+
+
+def test_a_demo_piped_into_head_ends_quietly_when_the_pipe_closes():
+    """`kiosk demo | head -1`: the reader takes one line and goes; the demo (door, sync thread,
+    embedded cloud) ends at its next write, without a traceback, with 141 (128 + SIGPIPE)."""
+    demo = subprocess.Popen([sys.executable, "-m", "kiosk", "demo", "--no-web"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=clean_env())  # fmt: skip
+    try:
+        assert demo.stdout.readline().startswith("cloud:")
+        demo.stdout.close()
+        _, err = demo.communicate(timeout=120)
+        assert demo.returncode == 141
+    finally:
+        demo.kill()
+        demo.wait()
+    assert "Traceback" not in err and "BrokenPipeError" not in err, err

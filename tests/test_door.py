@@ -1,7 +1,7 @@
 """The door relay on gpiozero mock pins, with a manual timer and a fake clock (no real waiting).
 
 Pin timelines are compared exactly (``[s.state for s in pin.states]``): gpiozero's
-``assert_states`` accepts lists of the wrong length (DESIGN §10).
+``assert_states`` accepts lists of the wrong length.
 """
 
 from __future__ import annotations
@@ -163,6 +163,24 @@ def test_second_pulse_extends_without_a_blip(door, factory, timer, clock):
 
     second.fire()
     assert levels(factory) == [False, True, False]
+
+
+def test_pulses_counts_only_pulses_that_opened_or_extended_the_relay(door, timer, clock):
+    door.pulse(1000)  # opens: deadline 1000 ms
+    assert door.pulses == 1
+    clock.advance_ms(100)
+    door.pulse(500)  # would end at 600 ms: neither opens nor extends
+    assert door.pulses == 1
+    assert len(timer.pending) == 1
+    clock.advance_ms(400)
+    door.pulse(500)  # ends at 1000 ms, the same deadline: still not an extension
+    assert door.pulses == 1
+    clock.advance_ms(100)
+    door.pulse(500)  # ends at 1100 ms: extends
+    assert door.pulses == 2
+    timer.pending[0].fire()
+    door.pulse(200)  # opens again
+    assert door.pulses == 3
 
 
 def test_extension_never_reaches_beyond_max_from_now(door, factory, clock):

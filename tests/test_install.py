@@ -9,10 +9,12 @@ idempotence means: same files, same modes, no second user, the owner's config un
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import stat
 import subprocess
 import sys
+import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -271,6 +273,55 @@ def test_pip_installs_the_checkout_and_cannot_replace_apts_numpy_or_add_opencv(r
     pins = [line for line in constraints.read_text().splitlines() if not line.startswith("#")]
     assert f"numpy=={APT_NUMPY}" in pins
     assert {"opencv-python<0", "opencv-python-headless<0"} <= set(pins)
+
+
+def _names(requirements: list[str]) -> set[str]:
+    """The distribution names of requirement strings (``"psycopg[binary]>=3.1"`` -> psycopg)."""
+    return {re.split(r"[\[<>=!~; ]", r, maxsplit=1)[0].lower() for r in requirements}
+
+
+def test_the_installer_gets_the_device_and_none_of_the_cloud():
+    # The installer installs the checkout with no extra (the test above): the core dependencies
+    # are exactly what a Pi gets, so they must hold the door, the sync agent and the owner page,
+    # and nothing of the reference cloud, the tests or the bench.
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    core = _names(project["dependencies"])
+    extras = {name: _names(reqs) for name, reqs in project["optional-dependencies"].items()}
+    assert {"numpy", "zxing-cpp", "gpiozero", "httpx", "starlette", "jinja2", "uvicorn"} <= core
+    assert not core & {"fastapi", "pydantic", "psycopg", "opencv-python-headless", "pyzbar"}
+    assert not core & {"pytest", "hypothesis", "ruff", "playwright", "import-linter"}
+    assert {"fastapi", "pydantic"} <= extras["cloud"]
+    # The PostgreSQL driver is only useful to the cloud, so asking for it brings the cloud.
+    assert "fitflow-kiosk[cloud]" in project["optional-dependencies"]["postgres"]
+    (itself,) = [
+        r for r in project["optional-dependencies"]["dev"] if r.startswith("fitflow-kiosk")
+    ]
+    assert {"vision", "pyzbar", "cloud", "postgres"} <= set(
+        re.findall(r"\w+", itself.split("[")[1])
+    )
+    assert {"pytest", "hypothesis", "ruff", "playwright", "import-linter"} <= extras["dev"]
+    # Every dependency has a lower bound (an older release may lack what the code uses).
+    for reqs in [project["dependencies"], *project["optional-dependencies"].values()]:
+        for req in reqs:
+            assert req.startswith("fitflow-kiosk[") or ">=" in req, req
+
+
+def test_the_device_processes_load_no_cloud_framework():
+    # What the door, the sync agent, the owner page and the command line load, as they start, on
+    # a device without the cloud extra: never FastAPI or pydantic. (The import contracts forbid
+    # the imports in the source; this checks what a real start loads.)
+    probe = (
+        "import sys\n"
+        "import kiosk.door.loop, kiosk.sync.agent, kiosk.web.app, kiosk.ops.selftest\n"
+        "from kiosk.cli import build_parser\n"
+        "build_parser()\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in {'fastapi', 'pydantic'}))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=False, timeout=60
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == "[]"
 
 
 def test_apt_packages_come_from_the_list_and_the_pi_only_ones_only_on_a_pi(rig):

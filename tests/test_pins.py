@@ -11,12 +11,8 @@ import pytest
 from gpiozero import Device
 from gpiozero.pins.mock import MockFactory
 
-from hardware.gpio.pins import (
-    GpioError,
-    is_pi5_family,
-    make_pin_factory,
-    read_board_model,
-)
+from hardware.gpio.backends import make_pin_factory
+from hardware.gpio.pins import GpioError, is_pi5_family, read_board_model
 
 PI4 = b"Raspberry Pi 4 Model B Rev 1.4\x00"
 PI5 = b"Raspberry Pi 5 Model B Rev 1.0\x00"

@@ -14,11 +14,18 @@ from datetime import timedelta
 import pytest
 
 from fakes import FakeDecoder, Scene
+from hardware.fakes.signal import RecordingSignal
 from hardware.gpio.relay import RelayDoor
-from hardware.gpio.signal import RecordingSignal
 from kiosk.core.model import Reason, Verdict
-from kiosk.data.control import ControlError, ControlStore, RequestKind, RequestState
-from kiosk.data.store import Store, StoreError
+from kiosk.data.control import (
+    ControlError,
+    ControlStore,
+    OwnerRequest,
+    RequestKind,
+    RequestState,
+)
+from kiosk.data.database import StoreError
+from kiosk.data.store import Store
 from kiosk.door.loop import DoorLoop, open_control_store, stop_on_signals
 from rig import ALICE, BOB, CAROL, Rig
 from sync.protocol import utc_text
@@ -245,6 +252,11 @@ def with_control(rig: Rig, tmp_path) -> ControlStore:
     return control
 
 
+def request_by_id(control: ControlStore, request_id: int) -> OwnerRequest | None:
+    """Request ``request_id`` as ``recent_requests`` lists it, or None."""
+    return next((r for r in control.recent_requests(10_000) if r.id == request_id), None)
+
+
 class SlowDecoder(FakeDecoder):
     """Takes 1, 2, ... 10 ms per frame in turn, on the simulated clock."""
 
@@ -322,7 +334,7 @@ def test_a_door_test_pulses_the_relay_once_and_is_not_a_checkin(tmp_path):
     rig.loop.step()
     assert rig.relay_states() == [False, True]
     assert rig.signal.shown[-1] == "granted"
-    done = control.get_request(asked.id)
+    done = request_by_id(control, asked.id)
     assert done.state is RequestState.DONE and done.result == "relay pulsed for 500 ms"
     rig.timer.fire_all()
     rig.run()  # a second of frames and polls: no further pulse
@@ -352,7 +364,7 @@ def test_a_door_test_older_than_a_minute_is_expired_not_pulsed(tmp_path):
     late = control.submit(RequestKind.TEST_DOOR, now=rig.clock.wall() - timedelta(seconds=61))
     rig.run()
     assert rig.relay_states() == [False]
-    assert control.get_request(late.id).state is RequestState.EXPIRED
+    assert request_by_id(control, late.id).state is RequestState.EXPIRED
 
 
 def test_a_door_test_on_a_dead_relay_is_failed_with_the_reason(tmp_path):
@@ -361,7 +373,7 @@ def test_a_door_test_on_a_dead_relay_is_failed_with_the_reason(tmp_path):
     rig.door.close()  # the relay driver is gone
     asked = control.submit(RequestKind.TEST_DOOR, now=rig.clock.wall())
     rig.run()
-    failed = control.get_request(asked.id)
+    failed = request_by_id(control, asked.id)
     assert failed.state is RequestState.FAILED
     assert "could not be pulsed" in failed.result and "closed" in failed.result
 

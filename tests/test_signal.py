@@ -11,8 +11,9 @@ import time
 import pytest
 from gpiozero.pins.mock import MockFactory
 
+from hardware.fakes.signal import RecordingSignal
 from hardware.gpio.pins import GpioError
-from hardware.gpio.signal import LedBuzzerSignal, RecordingSignal
+from hardware.gpio.signal import LedBuzzerSignal
 from hardware.protocols import Pattern, Signal
 
 GREEN, RED, BUZZER = 27, 22, 23

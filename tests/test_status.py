@@ -4,14 +4,22 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import select
+import subprocess
+import sys
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from types import SimpleNamespace
 
 from devtools.seed import demo_snapshot
+from fakecloud import TOKEN, FakeCloud
+from fakes import clean_env
 from kiosk.cli import main
 from kiosk.core.model import ClockQuality, Decision, Now, Reason, Verdict
 from kiosk.data.store import Store
-from kiosk.ops.status import collect_status, render_status
+from kiosk.ops.status import agent_running, collect_status, process_exists, render_status
+from kiosk.sync.identity import DeviceIdentity, save_identity
 
 T0 = datetime(2026, 5, 1, 8, 0, tzinfo=UTC)
 
@@ -122,3 +130,129 @@ def test_missing_or_damaged_database_exits_3(tmp_path, capsys):
     db.write_bytes(b"not a database at all" * 100)
     assert main(["status", "--json", "--config", config]) == 3
     assert capsys.readouterr().out == ""
+
+
+# -- is the sync agent running? (it records its process; a finished or killed one is not) -------
+
+TESTS = Path(__file__).resolve().parent
+# A `kiosk` run in a child process against the fake cloud (an httpx.MockTransport of that
+# process), which prints "heartbeat" each time the agent's round reaches its heartbeat.
+AGENT_CHILD = """
+import sys
+import httpx
+from fakecloud import FakeCloud
+from kiosk.cli import main
+
+cloud = FakeCloud()
+cloud.seed_gym()
+
+def handle(request):
+    response = cloud.handle(request)
+    if request.url.path == "/v1/heartbeat":
+        print("heartbeat", flush=True)
+    return response
+
+sys.exit(main(sys.argv[1:], transport=httpx.MockTransport(handle)))
+"""
+
+
+def enrolled_device(tmp_path) -> str:
+    """A config and credentials for the fake cloud; returns the config's path."""
+    save_identity(
+        tmp_path / "device.json",
+        DeviceIdentity(
+            cloud_url="https://cloud.test", device_id="dev_1", token=TOKEN,
+            organization_id="org-1", gym_id="gym-1", gym_name="Main Street Gym", timezone="UTC",
+            enrolled_at=datetime(2026, 5, 1, tzinfo=UTC),
+        ),
+    )  # fmt: skip
+    path = tmp_path / "kiosk.toml"
+    path.write_text(
+        f'[door]\nid = "front"\n[site]\ntimezone = "UTC"\n[store]\npath = "{tmp_path / "kiosk.db"}"\n'
+        f'[sync]\ncredentials_file = "{tmp_path / "device.json"}"\n'
+    )
+    return str(path)
+
+
+def agent_child(*args: str) -> subprocess.Popen:
+    env = {**clean_env(), "PYTHONPATH": str(TESTS)}
+    return subprocess.Popen([sys.executable, "-c", AGENT_CHILD, *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env)  # fmt: skip
+
+
+def status_json(config: str, capsys) -> dict:
+    assert main(["status", "--json", "--config", config]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_sync_once_that_has_exited_is_not_running(tmp_path, capsys):
+    config = enrolled_device(tmp_path)
+    child = agent_child("sync", "--once", "--config", config)
+    out, err = child.communicate(timeout=120)
+    assert child.returncode == 0, err
+    assert "sync ok" in out
+    with Store.open(tmp_path / "kiosk.db") as store:
+        recorded = store.sync_status()
+    # The round went well, so its last word was "running", from the child's process.
+    assert recorded["state"] == "running" and recorded["online"] is True
+    assert recorded["pid"] == child.pid
+
+    sync = status_json(config, capsys)["sync"]
+    assert sync["running"] is False and sync["state"] == "not_running"
+    assert sync["online"] is None and sync["pid"] == child.pid
+    assert sync["last_pull_at"] is not None  # what it did is still shown
+    assert main(["status", "--config", config]) == 0
+    shown = capsys.readouterr().out
+    assert f"not running (its process {child.pid} has ended), online unknown" in shown
+
+
+def test_a_running_agent_reads_as_running_until_it_is_killed(tmp_path, capsys):
+    config = enrolled_device(tmp_path)
+    child = agent_child("sync", "--config", config)
+    try:
+        ready, _, _ = select.select([child.stdout], [], [], 120)
+        assert ready and child.stdout.readline() == "heartbeat\n", "the agent never synced"
+        sync = status_json(config, capsys)["sync"]
+        assert sync["running"] is True and sync["pid"] == child.pid
+        assert sync["state"] == "running"
+    finally:
+        child.kill()  # SIGKILL: the agent writes nothing more
+        child.communicate(timeout=60)
+    sync = status_json(config, capsys)["sync"]
+    assert sync["running"] is False and sync["state"] == "not_running" and sync["online"] is None
+
+
+def test_an_agent_in_this_very_process_is_running(tmp_path, capsys):
+    config = enrolled_device(tmp_path)
+    cloud = FakeCloud()
+    cloud.seed_gym()
+    assert main(["sync", "--once", "--config", config], transport=cloud.transport) == 0
+    capsys.readouterr()
+    sync = status_json(config, capsys)["sync"]
+    assert sync["running"] is True and sync["state"] == "running" and sync["online"] is True
+
+
+def test_agent_running_decides_by_state_process_and_boot():
+    gone = {7}
+
+    def running(sync):
+        return agent_running(sync, this_boot="boot-b", exists=lambda pid: pid not in gone)
+
+    assert running({}) is None  # never ran
+    assert running({"state": "stopped", "pid": 5, "boot_id": "boot-b"}) is False
+    assert running({"state": "running", "pid": 5, "boot_id": "boot-b"}) is True
+    assert running({"state": "offline", "pid": 5, "boot_id": "boot-b"}) is True
+    assert running({"state": "running", "pid": 7, "boot_id": "boot-b"}) is False  # ended, killed
+    assert running({"state": "running", "pid": 5, "boot_id": "boot-a"}) is False  # before a reboot
+    assert running({"state": "running"}) is True  # an agent too old to say its process
+    # Without a kernel boot id (not Linux) the process alone decides.
+    assert agent_running({"state": "running", "pid": 5, "boot_id": "nonlinux-1"},
+                         this_boot="nonlinux-2", exists=lambda pid: True) is True  # fmt: skip
+
+
+def test_process_exists():
+    assert process_exists(os.getpid())
+    assert not process_exists(0) and not process_exists(-1)
+    done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)  # fmt: skip
+    assert not process_exists(int(done.stdout))

@@ -17,6 +17,7 @@ import pytest
 
 from kiosk.core.model import (
     AccessWindow,
+    Checkin,
     ClockQuality,
     Closure,
     Decision,
@@ -33,8 +34,11 @@ from kiosk.core.model import (
     SyncState,
     Verdict,
 )
+from kiosk.data.database import StoreError
+from kiosk.data.door_path import DOOR_PATH_QUERIES
 from kiosk.data.migrations import LATEST_VERSION, MIGRATIONS, apply_migrations
-from kiosk.data.store import DOOR_PATH_QUERIES, ReplicaSnapshot, Store, StoreError
+from kiosk.data.replica import ReplicaSnapshot
+from kiosk.data.store import Store
 
 T0 = datetime(2024, 5, 6, 9, 0, 0, 123456, tzinfo=UTC)
 BOOT = "3f0c2a9e-boot"
@@ -87,6 +91,13 @@ UNKNOWN = Decision(Verdict.DENIED, Reason.UNKNOWN_CODE)
 def record(store: Store, decision: Decision = UNKNOWN, *, door: str = "front", at=T0, mono=1_000):
     return store.append_checkin(
         decision, door_id=door, replica_version=7, now=now_at(at, mono=mono)
+    )
+
+
+def checkin_by_id(store: Store, checkin_id: str) -> Checkin | None:
+    """The journal's row ``checkin_id`` as ``recent_checkins`` reads it back, or None."""
+    return next(
+        (c for c in store.recent_checkins(store.checkin_count()) if c.id == checkin_id), None
     )
 
 
@@ -258,7 +269,7 @@ def test_readonly_reads_but_refuses_every_write(db_path: Path) -> None:
     # The writer is closed: no -wal file is left, and a read-only open still works.
     with Store.open(db_path, readonly=True) as reader:
         assert reader.readonly
-        assert reader.get_checkin(first.id) == first
+        assert checkin_by_id(reader, first.id) == first
         assert reader.member_count() == 3
         attempts = {
             "append": lambda: record(reader),
@@ -317,8 +328,8 @@ def test_append_assigns_gap_free_seq_and_unique_uuid7_ids(store: Store) -> None:
     assert len({c.id for c in made}) == 25
     # UUIDv7 ids sort by creation, like the sequence.
     assert sorted(c.id for c in made) == [c.id for c in made]
-    assert all(store.get_checkin(c.id) == c for c in made)
-    assert store.get_checkin("01900000-0000-7000-8000-00000000dead") is None
+    assert all(checkin_by_id(store, c.id) == c for c in made)
+    assert checkin_by_id(store, "01900000-0000-7000-8000-00000000dead") is None
     assert store.checkin_count() == 25
     assert [c.seq for c in store.recent_checkins(4)] == [25, 24, 23, 22]
     assert [c.seq for c in store.pending_checkins(3)] == [1, 2, 3]
@@ -345,7 +356,7 @@ def test_append_round_trips_every_field_in_utc(store: Store) -> None:
         assert checkin.wall_time.tzinfo is UTC
         assert checkin.wall_time.microsecond == 654321
         assert checkin.clock_quality is quality
-        stored = store.get_checkin(checkin.id)
+        stored = checkin_by_id(store, checkin.id)
         assert stored == checkin
         assert (stored.decision, stored.reason) == (Verdict.GRANTED, Reason.CLASS_PACK)
         assert (stored.door_id, stored.replica_version) == ("side", 42)
@@ -366,7 +377,7 @@ def test_mark_synced_and_rejected_only_move_pending_rows(store: Store) -> None:
     assert store.mark_synced([a.id], at=T0) == 0  # a repeated acknowledgement changes nothing
     assert store.mark_rejected([b.id, c.id], at=T0) == 1
     assert store.counts_by_state() == {"pending": 0, "synced": 2, "rejected": 1}
-    assert store.get_checkin(c.id).sync_state is SyncState.REJECTED
+    assert checkin_by_id(store, c.id).sync_state is SyncState.REJECTED
     assert store.pending_checkins() == []
 
 
@@ -581,7 +592,7 @@ def test_disk_full_refuses_the_checkin_and_keeps_earlier_rows(store: Store) -> N
     assert message.startswith("disk full: check-in NOT recorded")
     assert str(store.path) in message
     assert caught.value.code == "SQLITE_FULL"
-    assert [store.get_checkin(c.id) for c in earlier] == earlier
+    assert [checkin_by_id(store, c.id) for c in earlier] == earlier
     assert store.checkin_count() == 5 + written
     conn.execute("PRAGMA max_page_count = 1073741823")
     # The failed append did not advance the sequence.

@@ -14,7 +14,7 @@ import pytest
 
 from fakecloud import START, TOKEN, FakeCloud, Fault
 from kiosk.core.clock import SimClock
-from kiosk.core.model import ClockQuality, Decision, Now, Reason
+from kiosk.core.model import Checkin, ClockQuality, Decision, Now, Reason
 from kiosk.data.control import ControlStore, OwnerRequest, RequestKind, RequestState
 from kiosk.data.store import Store
 from kiosk.sync.agent import OFFLINE, RUNNING, STOPPED, SyncAgent, SyncSettings
@@ -22,6 +22,18 @@ from kiosk.sync.client import CloudClient
 from sync.protocol import Anchor
 
 BOOT = "boot-1"
+
+
+def checkin_by_id(store: Store, checkin_id: str) -> Checkin | None:
+    """The journal's row ``checkin_id`` as ``recent_checkins`` reads it back, or None."""
+    return next(
+        (c for c in store.recent_checkins(store.checkin_count()) if c.id == checkin_id), None
+    )
+
+
+def request_by_id(control: ControlStore, request_id: int) -> OwnerRequest | None:
+    """Request ``request_id`` as ``recent_requests`` lists it, or None."""
+    return next((r for r in control.recent_requests(10_000) if r.id == request_id), None)
 
 
 class Sleeper:
@@ -91,8 +103,8 @@ def test_push_marks_each_row_by_its_own_answer(device):
     report = device.agent.cycle()
     assert report.ok and (report.pushed, report.rejected) == (4, 1)
     assert device.states() == {"pending": 0, "synced": 4, "rejected": 1}
-    assert device.store.get_checkin(bad.id).sync_state.value == "rejected"
-    assert device.store.get_checkin(after_bad.id).sync_state.value == "synced"  # not blocked
+    assert checkin_by_id(device.store, bad.id).sync_state.value == "rejected"
+    assert checkin_by_id(device.store, after_bad.id).sync_state.value == "synced"  # not blocked
     # A rejected row is kept and never sent again.
     device.agent.cycle()
     sent = [i["id"] for body in device.cloud.uploads for i in body["items"]]
@@ -106,7 +118,7 @@ def test_push_drains_oldest_first_in_batches(tmp_path):
     assert dev.agent.cycle().pushed == 10
     batches = [[i["seq"] for i in body["items"]] for body in dev.cloud.uploads]
     assert batches == [[1, 2, 3, 4], [5, 6, 7, 8], [9, 10]]
-    assert all(dev.store.get_checkin(r.id).sync_state.value == "synced" for r in rows)
+    assert all(checkin_by_id(dev.store, r.id).sync_state.value == "synced" for r in rows)
 
 
 def test_a_batch_too_large_is_halved_down_to_what_the_cloud_takes(tmp_path):
@@ -207,7 +219,7 @@ def test_bad_answers_are_survived_with_the_queue_intact(device, body):
     # The pull and heartbeat still ran: a broken upload does not starve the replica.
     assert device.store.replica_info().version == device.cloud.version
     assert device.agent.cycle().ok
-    assert [device.store.get_checkin(r.id).sync_state.value for r in rows] == ["synced"] * 3
+    assert [checkin_by_id(device.store, r.id).sync_state.value for r in rows] == ["synced"] * 3
     assert device.store.sync_status()["last_error"] is None
 
 
@@ -495,10 +507,10 @@ def test_old_synced_rows_are_pruned_once_the_clock_is_trusted(tmp_path):
     dev.cloud.tick(8 * 86400)
     dev.clock.fixed_quality = ClockQuality.UNSYNCED
     synced(dev)
-    assert dev.store.get_checkin(old.id) is not None  # an untrusted clock never prunes
+    assert checkin_by_id(dev.store, old.id) is not None  # an untrusted clock never prunes
     dev.clock.fixed_quality = ClockQuality.NTP_SYNCED
     synced(dev)
-    assert dev.store.get_checkin(old.id) is None
+    assert checkin_by_id(dev.store, old.id) is None
     dev.store.close()
 
 
@@ -622,7 +634,7 @@ def test_sync_now_ends_the_idle_wait_and_is_finished_done(tmp_path):
     # round ran at once; nothing slept for real (the simulated clock moved).
     assert dev.sleeper.waits[:3] == [1.0, 1.0, 1.0]
     assert dev.cloud.count("/v1/heartbeat") == 2
-    done = page.control.get_request(page.clicked.id)
+    done = request_by_id(page.control, page.clicked.id)
     assert done.state is RequestState.DONE
     assert done.result == f"synced: uploaded 0, replica version {dev.cloud.version}"
     assert [a.outcome for a in page.control.recent_audit()] == ["done", "requested"]
@@ -644,7 +656,7 @@ def test_sync_now_cuts_the_backoff_short_and_is_finished_failed_with_the_error(t
     # Three one-second slices of the 120 s backoff, then the click started the next attempt.
     assert dev.sleeper.waits[:3] == [1.0, 1.0, 1.0]
     assert dev.cloud.count("/v1/checkins") == 2
-    failed = page.control.get_request(page.clicked.id)
+    failed = request_by_id(page.control, page.clicked.id)
     assert failed.state is RequestState.FAILED
     assert failed.result.startswith("sync failed: push:") and "503" in failed.result
     assert dev.states()["pending"] == 1
@@ -671,7 +683,7 @@ def test_sync_now_during_a_round_is_served_by_the_next_round(tmp_path):
     # The click came during round 1, which did not answer it; round 2 started without a wait
     # and did.
     assert waits_at_heartbeat == [0, 0]
-    answered = page.control.get_request(clicked[0].id)
+    answered = request_by_id(page.control, clicked[0].id)
     assert answered.state is RequestState.DONE and answered.result.startswith("synced:")
     page.control.close()
     dev.store.close()

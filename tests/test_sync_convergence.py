@@ -1,5 +1,5 @@
 """Convergence, end to end: whatever an admin does while a kiosk is offline, the kiosk's replica
-equals the cloud's once it syncs again (DESIGN §8, §12), on SQLite and on PostgreSQL.
+equals the cloud's once it syncs again (docs/sync-protocol.md), on SQLite and on PostgreSQL.
 
 A real ``SyncAgent`` (in-process, one ``cycle()`` at a time, nothing sleeps) talks real HTTP to
 the reference cloud through a ``FaultyProxy``: at a drop rate of 1.0 the kiosk is offline and its

@@ -1,5 +1,5 @@
 """End to end: the real sync agent (``kiosk sync`` as a process, or ``SyncAgent`` in-process over
-real HTTP) against the reference cloud on loopback (DESIGN §12).
+real HTTP) against the reference cloud on loopback (docs/architecture.md#reliability-promises).
 
 - every pending check-in reaches the cloud exactly once through drops, 5xx, stalls, lost
   acknowledgements, truncated and garbage answers, and SIGKILLs of the agent;

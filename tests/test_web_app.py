@@ -31,7 +31,9 @@ from starlette.testclient import TestClient
 from kiosk.config import load_config
 from kiosk.core.model import ClockQuality, Decision, Member, MemberStatus, Now, Reason, Verdict
 from kiosk.data.control import ControlStore, RequestKind, RequestState, control_path
-from kiosk.data.store import ReplicaSnapshot, Store, quick_check_file
+from kiosk.data.dbfile import quick_check_file
+from kiosk.data.replica import ReplicaSnapshot
+from kiosk.data.store import Store
 from kiosk.ops.owner_password import (
     ScryptParams,
     hash_password,

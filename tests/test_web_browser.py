@@ -1,4 +1,4 @@
-"""The owner page in a real browser (issue 4): Playwright driving Debian's Chromium against
+"""The owner page in a real browser: Playwright driving Debian's Chromium against
 ``kiosk web`` and ``kiosk demo`` running as real processes on loopback.
 
 Each test asserts what the owner sees. One browser for the module, a fresh context (cookies,

@@ -153,7 +153,7 @@ def test_kiosk_web_serves_on_loopback_and_says_where(tmp_path: Path):
         assert setup.status_code == 503 and "set-password" in setup.text
         for _ in range(20):
             httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5)
-        # DESIGN §11: the web process stays under 60 MB.
+        # The web process stays under 60 MB (docs/performance.md).
         assert rss_kib(process.pid) < 60 * 1024
     finally:
         process.terminate()

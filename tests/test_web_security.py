@@ -1,4 +1,4 @@
-"""The owner page keeps strangers out (DESIGN §12), over HTTP: login, sessions (fixation, idle and
+"""The owner page keeps strangers out, over HTTP: login, sessions (fixation, idle and
 absolute timeouts, password change), CSRF and origin checks, body limits, login throttling with
 its flood figure, security headers, and nothing personal in logs. The browser proof is separate.
 """

@@ -1,4 +1,4 @@
-"""The decode benchmark behind ``kiosk bench`` (DESIGN §11): every available decoder and the
+"""The decode benchmark of ``kiosk bench`` (docs/performance.md): every available decoder and the
 production pipeline on the same synthetic frames, in the same run, interleaved per frame so that
 machine noise hits them alike. Figures are medians and ratios, reported with the machine.
 """
@@ -17,7 +17,7 @@ import numpy as np
 from hardware.protocols import Decoder
 
 # Credentials of the lengths the door will see: a short static code, a UUID-style static code
-# and a signed rotating pass (DESIGN §6); shorter ones read markedly better.
+# and a signed rotating pass (docs/architecture.md#credentials); shorter ones read markedly better.
 BENCH_PAYLOADS = (
     "M-000123-7F3A9C2E",
     "3f2b8a4e-1c6d-4e7a-9b2f-5d8c1a0e6f47",
@@ -213,7 +213,7 @@ def run_decode_bench(
     seed: int = 0,
     progress: Callable[[str], None] | None = None,
 ) -> dict:
-    """Run the decode benchmark and return a JSON-able report (see DESIGN §11 for the targets).
+    """Run the decode benchmark and return a JSON-able report (targets: docs/performance.md).
 
     For every size, ``frames_per_size`` synthetic frames (one in five empty; codes 12-45% of the
     frame height under rotation, tilt, blur, noise, low contrast) are decoded by each available

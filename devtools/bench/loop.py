@@ -39,7 +39,7 @@ def _members_snapshot(now: datetime, count: int):
     import hashlib
 
     from kiosk.core.model import Member, Membership, MembershipType, MemberStatus
-    from kiosk.data.store import ReplicaSnapshot
+    from kiosk.data.replica import ReplicaSnapshot
     from sync.credentials import code_hash
 
     salt = hashlib.sha256(b"bench").digest()
@@ -91,13 +91,14 @@ def _run(workdir: Path) -> dict:
     from gpiozero.pins.mock import MockFactory
 
     from hardware.camera.replay import ReplayCamera
+    from hardware.decode.backends import make_decoder
+    from hardware.fakes.signal import RecordingSignal
     from hardware.gpio.relay import RelayDoor
-    from hardware.gpio.signal import RecordingSignal
     from kiosk.core.clock import SystemClock
     from kiosk.core.model import PolicySettings, Verdict
     from kiosk.data.store import Store
     from kiosk.door.loop import DoorLoop, Outcome, ScannerSettings
-    from kiosk.door.reader import QrReader, make_decoder
+    from kiosk.door.reader import QrReader
 
     pins = MockFactory()
     door = RelayDoor(17, active_high=True, max_pulse_ms=3000, pin_factory=pins)

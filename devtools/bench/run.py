@@ -2,7 +2,7 @@
 
 Decoders are compared on the same generated frames in the same process (``devtools.bench.decode``);
 the door loop runs in a child process (``devtools.bench.loop``) so its latency, CPU share and peak memory
-are the scanner's own. The targets (DESIGN §11) are checked and shown next to each figure.
+are the scanner's own. The targets are checked and shown next to each figure.
 """
 
 from __future__ import annotations
@@ -80,7 +80,9 @@ def collect(frames_per_size: int, progress=None) -> dict:
     }
 
 
-def _verdict(ok: bool) -> str:
+def verdict(ok: bool) -> str:
+    """A check's mark in a report, ``[ok  ]`` or ``[MISS]`` once bracketed: same width, so the
+    checks' words line up. Shared by every bench report."""
     return "ok  " if ok else "MISS"
 
 
@@ -117,7 +119,7 @@ def report(r: dict, out: TextIO) -> None:
          r["rss_mb"] < TARGET_RSS_MB),
     ]  # fmt: skip
     for text, ok in checks:
-        w(f"[{_verdict(ok)}] {text}\n")
+        w(f"[{verdict(ok)}] {text}\n")
 
 
 def run_bench(*, as_json: bool, frames_per_size: int, out: TextIO) -> int:

@@ -1,4 +1,4 @@
-"""``kiosk bench --sync``: the sync figures (DESIGN §11), on loopback against the reference cloud.
+"""``kiosk bench --sync``: the sync figures, on loopback against the reference cloud.
 
 For each cloud backend (SQLite in a temporary directory; PostgreSQL when a URL is given) the bench
 runs ``EmbeddedCloud`` in this process and the device's real sync agent (``SyncAgent`` over
@@ -47,6 +47,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TextIO
 
+from devtools.bench.run import verdict
 from kiosk.core.model import ClockQuality, Decision, Now, Reason, Verdict
 
 TARGET_DRAIN_S = 10.0  # a week of check-ins at a busy door (10,000) drains in under 10 s
@@ -600,10 +601,6 @@ def collect_sync(
     return results
 
 
-def _verdict(ok: bool) -> str:
-    return "ok  " if ok else "MISS"
-
-
 def _num(value: float | None, digits: int = 1) -> str:
     return "-" if value is None else f"{value:,.{digits}f}"
 
@@ -707,7 +704,7 @@ def report_sync(r: dict[str, Any], out: TextIO) -> None:
         w("\ndoor with a stalled cloud: not measured in this run\n")
     w("\n")
     for text, ok in checks(r):
-        w(f"[{_verdict(ok)}] {text}\n")
+        w(f"[{verdict(ok)}] {text}\n")
 
 
 def run_sync_bench(

@@ -31,7 +31,8 @@ from typing import Any
 import httpx
 
 from devtools.bench.loop import peak_rss_mb
-from kiosk.data.store import ApplyResult, Store
+from kiosk.data.replica import ApplyResult
+from kiosk.data.store import Store
 
 
 @dataclass(frozen=True, slots=True)

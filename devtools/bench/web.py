@@ -6,7 +6,7 @@ process is started on 127.0.0.1, the bench logs in the way a browser does (login
 token, session cookie) and then asks, one request after another on one keep-alive connection, for
 the status JSON (``/api/overview``), the fragment the open page polls (``/live``) and ``/healthz``.
 Reported: medians and 95th percentiles per route, the ratio of the full journal to the empty one,
-and the page process's resident memory (now and peak, from ``/proc``). Targets (issue 4): status
+and the page process's resident memory (now and peak, from ``/proc``). Targets: status
 JSON under 20 ms with 100,000 check-ins; page process RSS under 60 MB.
 
 Standard library HTTP only (``http.client``): the figures are the server's, not a client

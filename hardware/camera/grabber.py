@@ -69,7 +69,12 @@ class FrameGrabber:
     show the drops). ``capture`` returns a grey ``uint8`` array that it will not modify afterwards,
     or None for a transient miss; an exception counts as a miss too. After ``max_failures``
     consecutive misses the camera is declared failed and ``read`` raises ``CameraError`` naming
-    ``name`` and the last problem. ``release`` is called once by ``close`` after the thread stopped.
+    ``name`` and the last problem.
+
+    ``release`` is called exactly once after ``close``, and never while ``capture`` runs (OpenCV's
+    ``VideoCapture.release`` is not safe during a ``read``): by ``close`` itself once the thread
+    has stopped, or, when the thread is still stuck in ``capture`` after ``close``'s join timeout,
+    by the thread as that ``capture`` finally returns.
     """
 
     def __init__(
@@ -96,11 +101,34 @@ class FrameGrabber:
         self._handed = 0
         self._error: str | None = None
         self._closed = False
+        # Who releases the device is decided under self._cond: close() if the capture loop has
+        # ended (_capture_done), else the thread when it ends (_release_owed).
+        self._capture_done = False
+        self._release_owed = False
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"grabber:{name}", daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
+        try:
+            self._capture_loop()
+        finally:
+            with self._cond:
+                self._capture_done = True
+                release_now = self._release_owed
+            if release_now:
+                try:
+                    self._release_device()
+                except Exception:  # nobody to raise to on this thread: say it in the log
+                    log.exception(
+                        "%s: releasing the camera after the capture thread stopped", self._name
+                    )
+                else:
+                    log.info(
+                        "%s: camera released by its capture thread after it stopped", self._name
+                    )
+
+    def _capture_loop(self) -> None:
         failures = 0
         while not self._stop.is_set():
             problem = "the device returned no frame"
@@ -151,7 +179,13 @@ class FrameGrabber:
             return None
 
     def close(self, join_timeout_s: float = 2.0) -> None:
-        """Stop the capture thread, then release the device. Safe to call more than once."""
+        """Stop the capture thread (waiting at most ``join_timeout_s`` seconds), then release the
+        device. Safe to call more than once.
+
+        If the thread is still inside ``capture`` after the wait (a driver stuck in a read), the
+        device is not released here: the thread releases it when that capture returns, and the log
+        says so. Errors from ``release`` propagate when it runs here.
+        """
         with self._cond:
             if self._closed:
                 return
@@ -159,7 +193,19 @@ class FrameGrabber:
             self._cond.notify_all()
         self._stop.set()
         self._thread.join(timeout=join_timeout_s)
-        if self._thread.is_alive():
-            log.warning("%s: capture thread did not stop within %.1f s", self._name, join_timeout_s)
+        with self._cond:
+            release_now = self._capture_done
+            self._release_owed = not release_now
+        if release_now:
+            self._release_device()
+        else:
+            log.warning(
+                "%s: capture thread did not stop within %.1f s; the camera will be released by "
+                "that thread when its current capture returns",
+                self._name,
+                join_timeout_s,
+            )
+
+    def _release_device(self) -> None:
         if self._release is not None:
             self._release()

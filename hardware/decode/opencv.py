@@ -1,5 +1,6 @@
-"""QR decoding with OpenCV's ``QRCodeDetector``: for the decode bench's comparison only (slower and
-less robust than zxing-cpp on our frames, DESIGN §11). OpenCV is imported in the constructor."""
+"""QR decoding with OpenCV's ``QRCodeDetector``: for the decode bench's comparison and
+``kiosk decode`` only (slower and less robust than zxing-cpp on our frames; ``kiosk bench`` shows
+it). OpenCV is imported in the constructor."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""QR decoding with pyzbar (the zbar library): the alternative named by the design card and the
+"""QR decoding with pyzbar (the zbar library): the configurable alternative decoder and the
 decode bench's baseline ("all symbologies" is what most Raspberry Pi projects run).
 
 pyzbar and its native library libzbar0 are optional; both are imported in the constructor so this

@@ -1,7 +1,8 @@
-"""QR decoding with zxing-cpp: the project's default decoder (DESIGN §11: about 10x faster and
-20 points more robust than pyzbar on our frames).
+"""QR decoding with zxing-cpp: the project's default decoder (on the bench's 640x480 frames, 20x
+faster than pyzbar with all symbologies and 35 points more robust; see docs/performance.md).
 
-zxing-cpp is a core dependency, so it is imported at the top of this, its only adapter module.
+zxing-cpp is a core dependency, but like every vendor library it is imported when a decoder is
+built, not when this module is: the decoder table (``hardware.decode.backends``) imports anywhere.
 """
 
 from __future__ import annotations
@@ -9,23 +10,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import zxingcpp
 
-from hardware.protocols import Decoded
+from hardware.protocols import Decoded, DecoderUnavailable
 
 # A located symbol's corners in image pixels: top-left, top-right, bottom-right, bottom-left.
 Quad = tuple[tuple[int, int], tuple[int, int], tuple[int, int], tuple[int, int]]
 
-# Plain (Model 2) QR codes only: zxing-cpp 3 widened ``QRCode`` to a family that includes Micro QR
-# and rMQR, whose readers mistake a lone finder pattern for a tiny symbol (false "located" hints)
-# and cost time. zxing-cpp 2.x has no separate Model 2 format; its ``QRCode`` is the plain kind.
-QR_FORMAT = getattr(zxingcpp.BarcodeFormat, "QRCodeModel2", zxingcpp.BarcodeFormat.QRCode)
-
-_BINARIZERS = {
-    "local": zxingcpp.Binarizer.LocalAverage,
-    "histogram": zxingcpp.Binarizer.GlobalHistogram,
-    "fixed": zxingcpp.Binarizer.FixedThreshold,
-}
+# ``look``'s binarizers by name -> zxing-cpp's ``Binarizer`` member.
+_BINARIZERS = {"local": "LocalAverage", "histogram": "GlobalHistogram", "fixed": "FixedThreshold"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,20 +45,37 @@ class ZxingDecoder:
     printed and displayed dark-on-light and the extra search nearly doubles the cost of a frame
     without a code. Rotation search is off: it only matters for 1-D barcodes.
 
-    Raises ``ValueError`` for a frame that is not a 2-D ``uint8`` array (a programming error, not
-    image content); never raises because of what the image shows.
+    Raises ``DecoderUnavailable`` when zxing-cpp is not installed, and ``ValueError`` for a frame
+    that is not a 2-D ``uint8`` array (a programming error, not image content); never raises
+    because of what the image shows.
     """
 
     name = "zxing"
 
     def __init__(self, *, try_downscale: bool = True, try_invert: bool = False) -> None:
+        try:
+            import zxingcpp
+        except ImportError as exc:
+            raise DecoderUnavailable(
+                f"zxing decoder unavailable: install the zxing-cpp package ({exc})"
+            ) from exc
+        self._zxing = zxingcpp
+        # Plain (Model 2) QR codes only: zxing-cpp 3 widened ``QRCode`` to a family that includes
+        # Micro QR and rMQR, whose readers mistake a lone finder pattern for a tiny symbol (false
+        # "located" hints) and cost time. zxing-cpp 2.x has no separate Model 2 format; its
+        # ``QRCode`` is the plain kind.
+        formats = zxingcpp.BarcodeFormat
+        self._format = getattr(formats, "QRCodeModel2", formats.QRCode)
+        self._binarizers = {
+            name: getattr(zxingcpp.Binarizer, member) for name, member in _BINARIZERS.items()
+        }
         self.try_downscale = try_downscale
         self.try_invert = try_invert
 
     def options(self) -> dict[str, object]:
         """The settings in effect, for the bench report and the owner page."""
         return {
-            "formats": str(QR_FORMAT),
+            "formats": str(self._format),
             "try_downscale": self.try_downscale,
             "try_invert": self.try_invert,
         }
@@ -74,9 +83,9 @@ class ZxingDecoder:
     def decode(self, pixels: np.ndarray) -> list[Decoded]:
         """All QR payloads readable in ``pixels`` (grey, height x width); [] when none."""
         _check_pixels(pixels)
-        found = zxingcpp.read_barcodes(
+        found = self._zxing.read_barcodes(
             pixels,
-            formats=QR_FORMAT,
+            formats=self._format,
             try_rotate=False,
             try_downscale=self.try_downscale,
             try_invert=self.try_invert,
@@ -92,15 +101,15 @@ class ZxingDecoder:
         Raises ``ValueError`` for an unknown binarizer or a frame that is not 2-D ``uint8``."""
         _check_pixels(pixels)
         try:
-            mode = _BINARIZERS[binarizer]
+            mode = self._binarizers[binarizer]
         except KeyError:
             known = ", ".join(_BINARIZERS)
             raise ValueError(
                 f"zxing decoder: unknown binarizer {binarizer!r} (known: {known})"
             ) from None
-        found = zxingcpp.read_barcodes(
+        found = self._zxing.read_barcodes(
             pixels,
-            formats=QR_FORMAT,
+            formats=self._format,
             try_rotate=False,
             try_downscale=False,
             try_invert=self.try_invert,

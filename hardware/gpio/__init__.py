@@ -1,6 +1,9 @@
 """GPIO outputs through gpiozero: the turnstile relay, the LEDs and the buzzer.
 
-- ``pins``: choosing a pin factory (real pins on a Pi, ``MockFactory`` elsewhere) and pin names;
+- ``backends``: the pin backends by their ``gpio.pin_factory`` names, and choosing one
+  (``make_pin_factory``);
+- ``pins``: each pin backend (lgpio, RPi.GPIO, mock), the board facts that decide which can work,
+  and ``GpioError``;
 - ``relay``: the relay that releases the turnstile (pulses, never held open by a crash);
 - ``signal``: the LEDs and buzzer patterns members see and hear.
 """

@@ -1,19 +1,19 @@
-"""Choosing the gpiozero pin backend (the "pin factory") for the relay, LEDs and buzzer.
+"""The gpiozero pin backends ("pin factories") this project can drive, and the board facts that
+decide which of them can work.
 
-One config key, ``gpio.pin_factory`` (env ``KIOSK_GPIO_PIN_FACTORY``, read by the config module),
-names the backend: ``auto`` | ``lgpio`` | ``rpigpio`` | ``mock``. The factory built here is passed
-explicitly to every device, so gpiozero's own ``GPIOZERO_PIN_FACTORY`` variable and its global
-``Device.pin_factory`` play no part: one setting decides, and the logs say which backend won.
+Each backend is a function ``(model) -> Factory`` taking the board model read from the device tree
+(None when unknown); ``hardware.gpio.backends`` names them and chooses between them. The factory
+built here is passed explicitly to every device, so gpiozero's own ``GPIOZERO_PIN_FACTORY``
+variable and its global ``Device.pin_factory`` play no part.
 
-Platform facts (DESIGN §10): lgpio works on every Pi under Bookworm, including the Pi 5; RPi.GPIO
-does not work on a Pi 5 (its GPIO lives on the RP1 chip), so it is refused there. The backend
-modules are imported only in their branch, so this module imports on any laptop.
+Platform facts: lgpio works on every Pi under Bookworm, including the Pi 5; RPi.GPIO does not work
+on a Pi 5 (its GPIO lives on the RP1 chip), so it is refused there. Each backend's module (and the
+C library behind it) is imported inside its function, so this module imports on any laptop.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -21,7 +21,6 @@ if TYPE_CHECKING:
     from gpiozero import Factory
 
 MODEL_PATH = Path("/proc/device-tree/model")
-PIN_FACTORY_NAMES = ("auto", "lgpio", "rpigpio", "mock")
 
 # Pi 5 family boards: "Raspberry Pi 5 Model B", "Raspberry Pi Compute Module 5", "Raspberry Pi 500".
 _PI5_FAMILY = re.compile(r"^Raspberry Pi (?:Compute Module )?5\d{0,2}\b")
@@ -31,24 +30,6 @@ _MAX_MODEL_CHARS = 80
 
 class GpioError(RuntimeError):
     """A GPIO backend or device could not be set up or used; the message says which and why."""
-
-
-@dataclass(frozen=True, slots=True)
-class PinFactoryChoice:
-    """The pin factory to hand to gpiozero devices, and how it was chosen (for logs and selftest).
-
-    ``backend`` is ``"lgpio"``, ``"rpigpio"`` or ``"mock"``; ``model`` is the board model read from
-    the device tree, or None when it was not read or not available.
-    """
-
-    factory: Factory
-    backend: str
-    requested: str
-    model: str | None
-
-    def describe(self) -> str:
-        board = self.model or "unknown board"
-        return f"{self.backend} on {board} (gpio.pin_factory = {self.requested!r})"
 
 
 def read_board_model(model_path: Path = MODEL_PATH) -> str | None:
@@ -73,49 +54,20 @@ def is_pi5_family(model: str | None) -> bool:
     return model is not None and _PI5_FAMILY.match(model) is not None
 
 
-def make_pin_factory(name: str, *, model_path: Path = MODEL_PATH) -> PinFactoryChoice:
-    """Build the gpiozero pin factory named by ``gpio.pin_factory``.
+def mock_factory(model: str | None) -> Factory:
+    """A fresh ``MockFactory`` (never the global ``Device.pin_factory``): simulated pins for tests,
+    the demo and headless runs, on any board (``model`` is not consulted)."""
+    from gpiozero.pins.mock import MockFactory
 
-    - ``"mock"``: a fresh ``MockFactory`` (never the global ``Device.pin_factory``), for tests, the
-      demo and headless runs.
-    - ``"auto"``: lgpio on a Raspberry Pi (read from ``model_path``); anything else is refused.
-    - ``"lgpio"`` / ``"rpigpio"``: that backend; ``rpigpio`` is refused on a Pi 5.
+    return MockFactory()
 
-    Raises ``ValueError`` for a name outside ``PIN_FACTORY_NAMES`` and ``GpioError`` when the board
-    is not a Pi (auto), the backend cannot work on this board, its Python module is missing (the
-    message names the apt package), or it cannot open the GPIO chip (permissions, busy).
+
+def lgpio_factory(model: str | None) -> Factory:
+    """gpiozero's lgpio backend, which works on every Raspberry Pi (``model`` is not consulted).
+
+    Raises ``GpioError`` naming the apt package when lgpio is not installed, and explaining the
+    permissions when it cannot open the GPIO chip.
     """
-    requested = name.strip().lower()
-    if requested not in PIN_FACTORY_NAMES:
-        raise ValueError(
-            f"gpio.pin_factory: unknown pin factory {name!r}; "
-            f"expected one of {', '.join(PIN_FACTORY_NAMES)}"
-        )
-    if requested == "mock":
-        from gpiozero.pins.mock import MockFactory
-
-        return PinFactoryChoice(MockFactory(), "mock", requested, None)
-
-    model = read_board_model(model_path)
-    if requested == "auto":
-        if not is_raspberry_pi(model):
-            shown = model if model is not None else f"unknown, {model_path} not readable"
-            raise GpioError(
-                f"this is not a Raspberry Pi (model: {shown}); "
-                'set gpio.pin_factory = "mock" to run with simulated pins'
-            )
-        return PinFactoryChoice(_lgpio_factory(), "lgpio", requested, model)
-    if requested == "lgpio":
-        return PinFactoryChoice(_lgpio_factory(), "lgpio", requested, model)
-    if is_pi5_family(model):
-        raise GpioError(
-            "RPi.GPIO does not work on a Raspberry Pi 5; use lgpio "
-            f'(gpio.pin_factory = "lgpio" or "auto"; model: {model})'
-        )
-    return PinFactoryChoice(_rpigpio_factory(), "rpigpio", requested, model)
-
-
-def _lgpio_factory() -> Factory:
     try:
         from gpiozero.pins.lgpio import LGPIOFactory
     except ImportError as exc:
@@ -133,7 +85,18 @@ def _lgpio_factory() -> Factory:
         ) from exc
 
 
-def _rpigpio_factory() -> Factory:
+def rpigpio_factory(model: str | None) -> Factory:
+    """gpiozero's RPi.GPIO backend, for a Pi 4 or older.
+
+    Raises ``GpioError`` on a Pi 5 family ``model`` (checked before RPi.GPIO is even imported),
+    naming the apt package when RPi.GPIO is not usable, and explaining the permissions when it
+    cannot open the GPIO.
+    """
+    if is_pi5_family(model):
+        raise GpioError(
+            "RPi.GPIO does not work on a Raspberry Pi 5; use lgpio "
+            f'(gpio.pin_factory = "lgpio" or "auto"; model: {model})'
+        )
     try:
         from gpiozero.pins.rpigpio import RPiGPIOFactory
     except (ImportError, RuntimeError) as exc:

@@ -1,4 +1,4 @@
-"""The turnstile relay, driven through gpiozero (DESIGN §4, Safety).
+"""The turnstile relay, driven through gpiozero.
 
 Safety rules this module enforces:
 
@@ -135,10 +135,10 @@ class RelayDoor:
                 now_ns = self.last_on_ns
             else:
                 now_ns = self._clock_ns()
-            self.pulses += 1
             deadline_ns = now_ns + used * _NS_PER_MS
             if self._deadline_ns is not None and self._deadline_ns >= deadline_ns:
-                return used
+                return used  # neither opened nor extended: the running pulse outlasts this one
+            self.pulses += 1
             self._deadline_ns = deadline_ns
             try:
                 self._arm((deadline_ns - now_ns) / 1e9)

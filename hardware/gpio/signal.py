@@ -1,7 +1,8 @@
 """Member-facing feedback: a green LED, a red LED and a buzzer playing named patterns.
 
-``LedBuzzerSignal`` drives the real parts through gpiozero; ``RecordingSignal`` is the stand-in for
-tests and for headless runs without LEDs. Both implement ``hardware.protocols.Signal``.
+``LedBuzzerSignal`` drives the real parts through gpiozero and implements
+``hardware.protocols.Signal``; its stand-in for tests and the bench is
+``hardware.fakes.signal.RecordingSignal``, which checks patterns with the same rules (below).
 
 Patterns come from the config (``[feedback.granted]`` etc.). ``idle`` (everything off) is always
 available, so the scanner can silence the door without the config having to define it.
@@ -59,7 +60,8 @@ def check_patterns(patterns: Mapping[str, Pattern]) -> dict[str, Pattern]:
     return checked
 
 
-def _unknown(name: str, known: Mapping[str, Pattern]) -> ValueError:
+def unknown_pattern(name: str, known: Mapping[str, Pattern]) -> ValueError:
+    """The error for showing a pattern name that is not among ``known``."""
     return ValueError(f"unknown feedback pattern {name!r}; known: {', '.join(sorted(known))}")
 
 
@@ -119,7 +121,7 @@ class LedBuzzerSignal:
         """Start playing the named pattern, interrupting the previous one (non-blocking)."""
         chosen = self._patterns.get(pattern)
         if chosen is None:
-            raise _unknown(pattern, self._patterns)
+            raise unknown_pattern(pattern, self._patterns)
         with self._lock:
             if self._closed:
                 raise GpioError(f"the feedback LEDs and buzzer are closed; cannot show {pattern!r}")
@@ -160,35 +162,3 @@ def _play(device: DigitalOutputDevice, times: int, on_ms: int, off_ms: int) -> N
         device.blink(on_time=on_ms / 1000, off_time=off_ms / 1000, n=times, background=True)
     else:
         device.off()
-
-
-class RecordingSignal:
-    """A ``Signal`` that only records what was shown: for tests and headless runs without LEDs.
-
-    With ``patterns`` it accepts exactly those names (plus ``idle``), like ``LedBuzzerSignal``;
-    without, the standard names. ``shown`` lists the names in order.
-    """
-
-    def __init__(self, patterns: Mapping[str, Pattern] | None = None) -> None:
-        if patterns is None:
-            patterns = {name: Pattern() for name in STANDARD_PATTERN_NAMES}
-        self._patterns = check_patterns(patterns)
-        self._lock = threading.Lock()
-        self.shown: list[str] = []
-        self.closed = False
-
-    @property
-    def last(self) -> str | None:
-        with self._lock:
-            return self.shown[-1] if self.shown else None
-
-    def show(self, pattern: str) -> None:
-        if pattern not in self._patterns:
-            raise _unknown(pattern, self._patterns)
-        with self._lock:
-            if self.closed:
-                raise GpioError(f"the recording signal is closed; cannot show {pattern!r}")
-            self.shown.append(pattern)
-
-    def close(self) -> None:
-        self.closed = True

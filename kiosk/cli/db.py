@@ -5,7 +5,8 @@
     kiosk db check   [--db PATH] [--config PATH]
     kiosk logs [-f] [--unit scanner|sync|web|backup|all] [-n N] [--since WHEN]
 
-(``python -m kiosk.cli.db ...`` works the same.) The database is ``store.path`` from the
+(``python -m kiosk.cli.db ...`` works the same, and takes the tests' stand-ins for the outside
+world.) The database is ``store.path`` from the
 configuration (``$KIOSK_CONFIG`` or /etc/fitflow-kiosk/kiosk.toml, ``KIOSK_STORE_PATH`` overrides)
 unless ``--db`` names it. Backups go to ``<database folder>/backups`` unless ``--dir`` says
 otherwise. The work is in ``kiosk.ops.backup`` and ``kiosk.ops.logs``; this module only parses and prints.
@@ -18,13 +19,15 @@ cannot be used (missing, damaged, foreign, newer schema, disk full).
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
-EXIT_RUNTIME, EXIT_USAGE, EXIT_DATABASE = 1, 2, 3
+from kiosk.cli import COMMANDS
+from kiosk.cli.common import EXIT_CONFIG, EXIT_DATABASE, add_config_option, load_config
+
+EXIT_USAGE = EXIT_CONFIG  # usage or configuration
 
 
 def _fail(message: str, code: int) -> int:
@@ -37,15 +40,8 @@ def _database(args: argparse.Namespace) -> Path | None:
     errors."""
     if args.db:
         return Path(args.db)
-    from kiosk.config import ConfigError, config_path_from, load_config
-
-    path = Path(args.config) if args.config else config_path_from(os.environ)
-    try:
-        config = load_config(path, os.environ)
-    except ConfigError as exc:
-        print(f"invalid configuration ({path}):\n{exc}", file=sys.stderr)
-        return None
-    return Path(config.store.path)
+    config = load_config(args.config)
+    return None if config is None else Path(config.store.path)
 
 
 def _now(args: argparse.Namespace) -> datetime:
@@ -175,17 +171,13 @@ def _count(low: int) -> Callable[[str], int]:
 
 def _where(p: argparse.ArgumentParser) -> None:
     p.add_argument("--db", metavar="PATH", help="the database file (default: store.path)")
-    p.add_argument(
-        "--config", help="config file (default: $KIOSK_CONFIG or /etc/fitflow-kiosk/kiosk.toml)"
-    )
+    add_config_option(p)
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    """Add the ``db`` command tree and ``logs`` to the ``kiosk`` subcommands ``sub``."""
+def _db(db: argparse.ArgumentParser) -> None:
+    # The default of --keep is part of the help: kiosk.ops.backup loads when `db` is built.
     from kiosk.ops.backup import DEFAULT_KEEP
-    from kiosk.ops.logs import DEFAULT_LINES, UNITS
 
-    db = sub.add_parser("db", help="back up, restore or check the local database")
     db_sub = db.add_subparsers(dest="db_command", required=True, metavar="ACTION")
 
     p = db_sub.add_parser(
@@ -224,7 +216,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     _where(p)
     p.set_defaults(func=cmd_check)
 
-    p = sub.add_parser("logs", help="the kiosk services' logs from journald")
+
+def _logs(p: argparse.ArgumentParser) -> None:
+    from kiosk.ops.logs import DEFAULT_LINES, UNITS
+
     p.add_argument("-f", "--follow", action="store_true", help="keep printing new entries")
     p.add_argument("--unit", choices=list(UNITS), default="all", help="which service (default all)")
     p.add_argument(
@@ -237,6 +232,22 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--since", metavar="WHEN", help='e.g. "1 hour ago", "today", "2024-05-06 09:00"')
     p.set_defaults(func=cmd_logs)
+
+
+_COMMANDS = {"db": _db, "logs": _logs}
+
+
+def add(sub: argparse._SubParsersAction, name: str, help: str) -> None:
+    """Add the command ``name`` of this group (db, logs) to the ``kiosk`` subcommands ``sub``,
+    listed with ``help``."""
+    _COMMANDS[name](sub.add_parser(name, help=help))
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add the ``db`` command tree and ``logs`` to the subcommands ``sub`` (this module's own
+    command line), listed with the registry's help."""
+    for name in _COMMANDS:
+        add(sub, name, COMMANDS[name].help)
 
 
 def main(

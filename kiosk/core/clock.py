@@ -133,10 +133,15 @@ class SimClock:
         self._elapsed_ns += max(0, int(seconds * 1e9))
 
 
+# A wall clock earlier than this was never set (no NTP yet, no battery clock): the project did not
+# exist before, so no real check-in can happen earlier. The access policy refuses to decide by such
+# a clock, and no cloud can really be this far behind.
+EARLIEST_TRUSTED_TIME = datetime(2026, 1, 1, tzinfo=UTC)
+
 # A cloud time outside these bounds is a broken or hostile answer, not a time to run a door by
 # (the upper bound keeps every later computation far from datetime's year 9999 limit).
 PLAUSIBLE_SERVER_TIMES = (
-    datetime(2026, 1, 1, tzinfo=UTC),
+    EARLIEST_TRUSTED_TIME,
     datetime(2200, 1, 1, tzinfo=UTC),
 )
 

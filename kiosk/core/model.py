@@ -18,7 +18,7 @@ class Verdict(StrEnum):
 
 
 class Reason(StrEnum):
-    """The fixed reason vocabulary (DESIGN §5): shown on the owner page and sent to the cloud."""
+    """The fixed reason vocabulary: shown on the owner page and sent to the cloud."""
 
     # granted
     SUBSCRIPTION = "subscription"
@@ -64,7 +64,7 @@ class MembershipType(StrEnum):
 
 
 class ClockQuality(StrEnum):
-    """How far the wall time on a check-in can be trusted (DESIGN §7)."""
+    """How far the wall time on a check-in can be trusted (docs/architecture.md#the-door-loop)."""
 
     NTP_SYNCED = "ntp_synced"
     SERVER_ANCHORED = "server_anchored"
@@ -78,7 +78,7 @@ class SyncState(StrEnum):
 
 
 class StalePolicy(StrEnum):
-    """What the door does once the replica is older than the grace period (DESIGN §5)."""
+    """What the door does once the replica is older than the grace period."""
 
     # Keep admitting members whose membership has a definite end date still in the future.
     PAID_THROUGH = "paid_through"
@@ -219,7 +219,7 @@ class Decision:
 
 @dataclass(frozen=True, slots=True)
 class Checkin:
-    """One journal row as written by the scanner (DESIGN §7)."""
+    """One journal row as written by the scanner (docs/architecture.md#the-check-in-journal)."""
 
     id: str
     seq: int

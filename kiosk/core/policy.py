@@ -1,4 +1,4 @@
-"""The access policy (DESIGN §5): who may enter, now, and why.
+"""The access policy: who may enter, now, and why.
 
 ``decide`` is a pure function of the member's facts, the site's rules, the replica's age, the
 scanner's view of time and the owner's settings. It reads no clock, touches no file or network and
@@ -9,10 +9,11 @@ Rules, applied in this order; the first that applies gives the one reason of the
 a. no member for the code -> ``unknown_code``. Nothing else can be judged without a member.
 b. the effective time. An unsynced clock (neither NTP nor anchored to the cloud's time) that
    reads earlier than the latest time the device knows has happened (``Now.clock_floor``) has
-   stepped backwards; the floor is used
-   instead, so a stepped clock can never revive an expired membership, while the member is still
-   served. A time before 2026-01-01 UTC with no floor is a clock that was never set (a Pi without a
-   battery clock boots in 1970) -> ``clock_untrusted``: every later rule needs today's date.
+   stepped backwards; the floor is used instead, so a stepped clock can never revive an expired
+   membership, while the member is still served. A time before 2026-01-01 UTC
+   (``kiosk.core.clock.EARLIEST_TRUSTED_TIME``) with no floor is a clock that was never set (a Pi
+   without a battery clock boots in 1970) -> ``clock_untrusted``: every later rule needs today's
+   date.
    The member check comes first so that an unknown card is still reported as unknown.
 c. member status: ``PAUSED`` -> ``member_paused``, ``EXPIRED`` -> ``member_expired``. The account
    comes before staff rights: a staff member who left is expired like anyone else.
@@ -48,6 +49,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from kiosk.core.clock import EARLIEST_TRUSTED_TIME
 from kiosk.core.model import (
     AccessWindow,
     ClockQuality,
@@ -64,10 +66,6 @@ from kiosk.core.model import (
     SiteFacts,
     StalePolicy,
 )
-
-# A wall clock earlier than this was never set (no NTP yet, no battery clock): the project did not
-# exist before, so no real check-in can happen earlier.
-EARLIEST_TRUSTED_TIME = datetime(2026, 1, 1, tzinfo=UTC)
 
 _WEEKDAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
 

@@ -1,8 +1,21 @@
 """The device's data: its databases (the only SQL on the Pi) and its own files.
 
-- ``store``: the door's database (``kiosk.db``): the check-in journal, the member replica and the
-  sync state;
-- ``migrations``: its numbered schema migrations;
+The door's database (``kiosk.db``, see docs/architecture.md, "The data model"):
+
+- ``store``: ``Store``, the one object the processes open, composed of the parts below;
+- ``database``: opening the file (WAL, pragmas, migrations), the guarded read and write
+  transactions, ``StoreError`` and its plain words, times as text;
+- ``journal``: the check-ins (append, the upload queue, settling, pruning, the owner page's
+  decisions);
+- ``replica``: the cloud's members, plans, hours and closures (the door's reads, snapshots,
+  staged changes, checkpoints, checksums), ``ReplicaSnapshot`` and ``snapshot_rows``;
+- ``sync_state``: the sync agent's clock anchors, its status and the journal's seq floor;
+- ``door_path``: the statements the door runs between a scan and the relay pulse;
+- ``dbfile``: whole files without a ``Store``: inspection, online backup, exclusive access;
+- ``migrations``: its numbered schema migrations.
+
+Beside it:
+
 - ``control``: ``control.sqlite``, the owner's requests, the audit log and the door's live health;
 - ``files``: the one safe writer for the kiosk's own files (atomic, mode and owner, no links).
 

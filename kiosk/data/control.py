@@ -30,14 +30,15 @@ import sqlite3
 import threading
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from enum import StrEnum
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
 from kiosk.core.clock import AnchoredClock, Clock
-from sync.protocol import utc_text
+from sync.protocol import utc_from_text, utc_text
+from sync.text import one_line
 
 log = logging.getLogger(__name__)
 
@@ -132,15 +133,6 @@ class HealthReport:
     data: dict[str, Any]
 
 
-def one_line(text: object, limit: int = DETAIL_CHARS) -> str:
-    """``text`` as one printable line of at most ``limit`` characters: control characters (NUL,
-    newlines, escapes, bidi overrides) become spaces, runs of spaces collapse, and an overlong value
-    is cut with an ellipsis. Bounded work even for a megabyte of input."""
-    raw = str(text)[: limit * 4]
-    flat = " ".join("".join(ch if ch.isprintable() else " " for ch in raw).split())
-    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
-
-
 # -- schema ----------------------------------------------------------------------------------------
 
 # Numbered migrations; ``PRAGMA user_version`` holds the last one applied. History: never edit a
@@ -225,14 +217,8 @@ def _explain(err: sqlite3.Error, path: Path, action: str, busy_timeout_ms: int) 
     )
 
 
-def _text(moment: datetime) -> str:
-    return utc_text(moment)
-
-
 def _moment(text: str | None) -> datetime | None:
-    if text is None:
-        return None
-    return datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
+    return None if text is None else utc_from_text(text)
 
 
 def _kind(kind: RequestKind | str) -> RequestKind:
@@ -422,7 +408,7 @@ class ControlStore:
         conn.execute(
             "INSERT INTO audit (at, action, outcome, detail, client) VALUES (?, ?, ?, ?, ?)",
             (
-                _text(at),
+                utc_text(at),
                 one_line(action, _NAME_CHARS),
                 one_line(outcome, _NAME_CHARS),
                 one_line(detail, DETAIL_CHARS),
@@ -436,15 +422,15 @@ class ControlStore:
         """PENDING requests outside ``max_age_s`` of ``now`` (either side: a clock set back must
         not keep a request fresh for longer) → EXPIRED; RUNNING ones older than
         ``RUNNING_MAX_AGE_S`` → FAILED (abandoned). One audit row each."""
-        oldest = _text(now - timedelta(seconds=max_age_s))
-        newest = _text(now + timedelta(seconds=max_age_s))
+        oldest = utc_text(now - timedelta(seconds=max_age_s))
+        newest = utc_text(now + timedelta(seconds=max_age_s))
         stale = conn.execute(
             "SELECT id FROM requests WHERE kind = ? AND state = 'pending'"
             " AND (requested_at < ? OR requested_at > ?) ORDER BY id",
             (kind.value, oldest, newest),
         ).fetchall()
         self._close(conn, kind, stale, now, RequestState.EXPIRED, "expired", _EXPIRED_DETAIL)
-        abandoned_before = _text(now - timedelta(seconds=RUNNING_MAX_AGE_S))
+        abandoned_before = utc_text(now - timedelta(seconds=RUNNING_MAX_AGE_S))
         dead = conn.execute(
             "SELECT id FROM requests WHERE kind = ? AND state = 'running' AND claimed_at < ?"
             " ORDER BY id",
@@ -467,7 +453,7 @@ class ControlStore:
         for (rid,) in rows:
             conn.execute(
                 "UPDATE requests SET state = ?, finished_at = ?, result = ? WHERE id = ?",
-                (state.value, _text(now), detail, rid),
+                (state.value, utc_text(now), detail, rid),
             )
             self._insert_audit(conn, at=now, action=kind.value, outcome=outcome, detail=detail)
 
@@ -491,9 +477,9 @@ class ControlStore:
             else:
                 cur = conn.execute(
                     "INSERT INTO requests (kind, state, requested_at) VALUES (?, 'pending', ?)",
-                    (kind.value, _text(now)),
+                    (kind.value, utc_text(now)),
                 )
-                row = (cur.lastrowid, kind.value, "pending", _text(now), None, None)
+                row = (cur.lastrowid, kind.value, "pending", utc_text(now), None, None)
                 detail = f"request #{row[0]}"
             self._insert_audit(
                 conn, at=now, action=kind.value, outcome="requested", detail=detail, client=client
@@ -534,7 +520,7 @@ class ControlStore:
                 return None
             conn.execute(
                 "UPDATE requests SET state = 'running', claimed_at = ? WHERE id = ?",
-                (_text(now), row[0]),
+                (utc_text(now), row[0]),
             )
         return self._request((row[0], row[1], "running", row[3], None, None))
 
@@ -562,17 +548,9 @@ class ControlStore:
             outcome = RequestState.DONE if ok else RequestState.FAILED
             conn.execute(
                 "UPDATE requests SET state = ?, finished_at = ?, result = ? WHERE id = ?",
-                (outcome.value, _text(now), text, int(request_id)),
+                (outcome.value, utc_text(now), text, int(request_id)),
             )
             self._insert_audit(conn, at=now, action=kind, outcome=outcome.value, detail=text)
-
-    def get_request(self, request_id: int) -> OwnerRequest | None:
-        with self._guard(f"read request #{int(request_id)}") as conn:
-            row = conn.execute(
-                f"SELECT {_REQUEST_COLUMNS} FROM requests WHERE id = ?",  # noqa: S608
-                (int(request_id),),
-            ).fetchone()
-        return None if row is None else self._request(row)
 
     def recent_requests(self, limit: int = 20) -> list[OwnerRequest]:
         """The newest ``limit`` requests, newest first."""
@@ -645,7 +623,7 @@ class ControlStore:
                 "INSERT INTO health (process, pid, updated_at, data) VALUES (?, ?, ?, ?)"
                 " ON CONFLICT (process) DO UPDATE SET pid = excluded.pid,"
                 " updated_at = excluded.updated_at, data = excluded.data",
-                (name, int(pid or 0), _text(now), text),
+                (name, int(pid or 0), utc_text(now), text),
             )
 
     def health(self, process: str) -> HealthReport | None:
@@ -680,7 +658,7 @@ class ControlStore:
         requests are kept. Returns the number of rows deleted."""
         if keep_audit < 0 or keep_requests_days < 0:
             raise ValueError("prune: keep_audit and keep_requests_days must be >= 0")
-        cutoff = _text(now - timedelta(days=keep_requests_days))
+        cutoff = utc_text(now - timedelta(days=keep_requests_days))
         with self._write("prune the audit log and old requests") as conn:
             audit = conn.execute(
                 "DELETE FROM audit WHERE id <= (SELECT id FROM audit ORDER BY id DESC"

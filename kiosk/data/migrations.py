@@ -1,4 +1,4 @@
-"""The store's schema history, as numbered migrations (DESIGN §3: schema changes only this way).
+"""The store's schema history, as numbered migrations (the schema changes only this way).
 
 ``PRAGMA user_version`` holds the number of the last migration applied. Each migration runs in its
 own ``BEGIN IMMEDIATE`` transaction together with the version bump, so a crash or a full disk in
@@ -6,7 +6,9 @@ the middle leaves the database at the previous version, never half-migrated. Mig
 history: once released, one is never edited; a change is a new migration that preserves the
 journal (check-ins are the one thing that cannot be rebuilt; the replica can always be re-pulled).
 
-Only this module and ``kiosk.data.store`` contain SQL.
+The door database's other SQL lives in ``kiosk.data.database`` (opening), ``journal``,
+``replica``, ``sync_state``, ``door_path`` and ``dbfile`` (whole files); ``kiosk.data.store``
+composes ``Store`` from them.
 """
 
 from __future__ import annotations
@@ -65,7 +67,7 @@ _V1_INITIAL = Migration(
             code_hash       TEXT
         )
         """,
-        # The replica holds a keyed hash of the member's QR code, never the code (DESIGN §6).
+        # The replica holds a keyed hash of the member's QR code, never the code (docs/architecture.md).
         "CREATE UNIQUE INDEX members_by_code_hash ON members (code_hash)",
         f"""
         CREATE TABLE memberships (

@@ -48,7 +48,8 @@ from kiosk.core.model import (
 )
 from kiosk.core.policy import decide
 from kiosk.data.control import ControlError, ControlStore, RequestKind, shared_wall
-from kiosk.data.store import Store, StoreError
+from kiosk.data.database import StoreError
+from kiosk.data.store import Store
 from kiosk.door.systemd import Notifier
 from sync.credentials import Malformed, StaticCode, code_hash, parse_payload
 from sync.protocol import utc_text

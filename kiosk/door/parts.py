@@ -1,17 +1,21 @@
-"""Builds the door's hardware from the configuration: the one place that maps config keys to
-adapters. Vendor modules are imported only for the backend actually chosen."""
+"""Builds the door's hardware from the configuration: the one place that maps config sections to
+adapters. Which adapter a backend name means is decided by the backend tables in
+``hardware.gpio.backends``, ``hardware.camera.backends`` and ``hardware.decode.backends``; vendor
+libraries are imported only when the chosen adapter is built."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from hardware.gpio.pins import GpioError, PinFactoryChoice, make_pin_factory
+from hardware.camera.backends import CameraSettings, open_camera
+from hardware.decode.backends import make_decoder
+from hardware.gpio.backends import PinFactoryChoice, make_pin_factory
+from hardware.gpio.pins import GpioError
 from hardware.gpio.relay import RelayDoor, force_off
 from hardware.gpio.signal import LedBuzzerSignal
 from hardware.protocols import Decoder, FrameSource
 from kiosk.config import Config, policy_settings
 from kiosk.core.clock import Clock
 from kiosk.door.loop import ScannerSettings
+from kiosk.door.reader import QrReader
 
 __all__ = [
     "GpioError",
@@ -58,9 +62,8 @@ def build_signal(gpio, feedback, pin_factory) -> LedBuzzerSignal:
 
 
 def build_reader(decoder) -> Decoder:
-    """The production decode pipeline around the configured decoder backend."""
-    from kiosk.door.reader import QrReader, make_decoder
-
+    """The production decode pipeline around the configured decoder backend. Raises
+    ``hardware.protocols.DecoderUnavailable`` with an install hint when its library is missing."""
     return QrReader(
         make_decoder(decoder.backend),
         motion_gate=decoder.motion_gate,
@@ -69,21 +72,16 @@ def build_reader(decoder) -> Decoder:
 
 
 def build_camera(camera, clock: Clock) -> FrameSource:
-    """The configured frame source. Raises ``hardware.protocols.CameraError`` with a hint when the
-    camera cannot be opened."""
-    if camera.backend == "picamera2":
-        from hardware.camera.picamera import Picamera2Camera
-
-        return Picamera2Camera(camera.width, camera.height, camera.fps)
-    if camera.backend == "opencv":
-        from hardware.camera.opencv import OpenCVCamera
-
-        return OpenCVCamera(camera.device, camera.width, camera.height, camera.fps)
-    if camera.backend == "replay":
-        from hardware.camera.replay import ReplayCamera
-
-        return ReplayCamera(Path(camera.replay_path), fps=camera.fps, clock=clock.monotonic_ns)
-    raise ValueError(f"unknown camera backend {camera.backend!r}")  # config validation prevents it
+    """The configured frame source, stamping frames with ``clock``. Raises
+    ``hardware.protocols.CameraError`` with a hint when the camera cannot be opened."""
+    settings = CameraSettings(
+        width=camera.width,
+        height=camera.height,
+        fps=camera.fps,
+        device=camera.device,
+        replay_path=camera.replay_path,
+    )
+    return open_camera(camera.backend, settings, clock.monotonic_ns)
 
 
 def force_relay_off(gpio) -> PinFactoryChoice:

@@ -1,4 +1,4 @@
-"""The production QR pipeline between a grey frame and decoded payloads (DESIGN §11).
+"""The production QR pipeline between a grey frame and decoded payloads.
 
 ``QrReader`` wraps a decoder with two cost controls and one robustness lever:
 
@@ -42,30 +42,8 @@ class LocatingDecoder(Decoder, Protocol):
     def look(self, pixels: np.ndarray, *, binarizer: str = "local") -> Look: ...
 
 
-DECODER_NAMES = ("zxing", "pyzbar", "opencv")
-
 # The smallest QR code is 21 modules wide; a frame narrower than that in pixels cannot hold one.
 MIN_SIDE_PX = 21
-
-
-def make_decoder(name: str) -> Decoder:
-    """A plain decoder by name: ``"zxing"`` (default, fast, robust), ``"pyzbar"`` (needs libzbar0)
-    or ``"opencv"`` (bench comparison only). Raises ``ValueError`` for an unknown name; the
-    decoder's own constructor raises ``RuntimeError`` with an install hint when its library is
-    missing."""
-    if name == "zxing":
-        from hardware.decode.zxing import ZxingDecoder
-
-        return ZxingDecoder()
-    if name == "pyzbar":
-        from hardware.decode.zbar import PyzbarDecoder
-
-        return PyzbarDecoder()
-    if name == "opencv":
-        from hardware.decode.opencv import OpenCVDecoder
-
-        return OpenCVDecoder()
-    raise ValueError(f"unknown decoder {name!r}; choose one of: {', '.join(DECODER_NAMES)}")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -37,16 +37,16 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from kiosk.core.model import SyncState
-from kiosk.data.migrations import LATEST_VERSION
-from kiosk.data.store import (
+from kiosk.data.database import StoreError
+from kiosk.data.dbfile import (
     DatabaseReport,
-    Store,
-    StoreError,
     backup_database,
     checkin_ids,
     exclusive_access,
     inspect_database,
 )
+from kiosk.data.migrations import LATEST_VERSION
+from kiosk.data.store import Store
 
 EXIT_RUNTIME, EXIT_USAGE, EXIT_DATABASE = 1, 2, 3
 DEFAULT_KEEP = 7

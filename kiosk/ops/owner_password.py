@@ -8,7 +8,7 @@ cost parameters travel with the hash, so raising them later does not break exist
 There is no default password: without the file there is no login, and the page must say so. The
 password itself is never written, logged or part of an error message.
 
-For ``kiosk web`` (issue 4)::
+How ``kiosk web`` uses it::
 
     encoded = load_password_hash(Path(config.web.password_file))   # PasswordFileError if unusable
     if verify_password(candidate, encoded): ...

@@ -110,8 +110,9 @@ def _problem(name: str, summary: str, hint: str, **details: Any) -> CheckResult:
 
 
 def check_database(config: Config) -> CheckResult:
+    from kiosk.data.database import StoreError
     from kiosk.data.migrations import LATEST_VERSION
-    from kiosk.data.store import Store, StoreError
+    from kiosk.data.store import Store
 
     path = Path(config.store.path)
     if not path.exists():
@@ -188,7 +189,8 @@ def check_clock(env: SelftestEnv) -> CheckResult:
 
 def check_cloud(config: Config, env: SelftestEnv) -> CheckResult:
     from kiosk import __version__
-    from kiosk.data.store import Store, StoreError
+    from kiosk.data.database import StoreError
+    from kiosk.data.store import Store
     from kiosk.sync.client import (
         CloudClient,
         CloudError,
@@ -529,7 +531,8 @@ def check_signal(config: Config, pins: Any, env: SelftestEnv) -> list[CheckResul
 
 
 def check_gpio(config: Config, env: SelftestEnv) -> list[CheckResult]:
-    from hardware.gpio.pins import GpioError, make_pin_factory
+    from hardware.gpio.backends import make_pin_factory
+    from hardware.gpio.pins import GpioError
 
     try:
         pins = make_pin_factory(config.gpio.pin_factory)

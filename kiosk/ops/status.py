@@ -2,20 +2,29 @@
 
 ``collect_status`` opens the database with ``mode=ro`` (it never creates, migrates or writes) and
 gathers: the door id, the replica (version, members, last pull and its age), the journal (check-ins
-per sync state, oldest pending and its age), the sync agent's last recorded status, the newest
-check-ins, clock quality, software version, database size and free disk space. ``render_status``
-turns that into aligned text for a person; ``--json`` prints the dict itself (monitoring).
+per sync state, oldest pending and its age), the sync agent's last recorded status and whether it
+still runs, the newest check-ins, clock quality, software version, database size and free disk
+space. ``render_status`` turns that into aligned text for a person; ``--json`` prints the dict
+itself (monitoring).
+
+Whether the agent runs is not taken from its last word alone: ``kiosk sync --once`` ends with a
+status that says ``running`` (its round went well), and a killed agent says nothing at all. Every
+status the agent writes names its process (``pid`` on kernel boot ``boot_id``); a status whose
+process is gone (ended, killed, or of an earlier boot) reads as ``not_running``, online unknown.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
-from kiosk.data.store import Store, StoreError
+from kiosk.core.ids import boot_id
+from kiosk.data.database import StoreError
+from kiosk.data.store import Store
 from sync.protocol import utc_text
 
 RECENT_CHECKINS = 5
@@ -32,6 +41,68 @@ SYNC_KEYS = (
 )
 
 DiskUsage = Callable[[Path], Any]  # shutil.disk_usage's shape: .total, .used, .free (bytes)
+# The states of an agent that, by its own word, is at work (kiosk.sync.agent's RUNNING, OFFLINE).
+AT_WORK = ("running", "offline")
+# kiosk.core.ids.boot_id's answer where the kernel gives no boot id (not Linux): one per process,
+# so it says nothing about whether two processes share a boot.
+_NO_BOOT_ID = "nonlinux-"
+
+
+def process_exists(pid: int) -> bool:
+    """True when process ``pid`` exists on this machine (another user's counts: the agent runs
+    as the kiosk's service user). Sends no signal (signal 0 only checks)."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def agent_running(
+    sync: dict[str, Any], *, this_boot: str, exists: Callable[[int], bool] = process_exists
+) -> bool | None:
+    """Whether the sync agent whose last status is ``sync`` (``Store.sync_status``) still runs.
+    None: it never ran. False: it said it stopped, or the process that wrote the status
+    (``pid`` on ``boot_id``) is gone or of another boot than ``this_boot``. True otherwise,
+    including a status without a process (an agent older than this check), taken at its word.
+
+    Limit: a pid the kernel has handed to another process since the agent died reads as running
+    (pids come back only after the kernel has gone through its whole range)."""
+    state = sync.get("state")
+    if state is None:
+        return None
+    if state not in AT_WORK:
+        return False
+    pid, boot = sync.get("pid"), sync.get("boot_id")
+    if not isinstance(pid, int) or isinstance(pid, bool):
+        return True
+    comparable = isinstance(boot, str) and not (
+        boot.startswith(_NO_BOOT_ID) or this_boot.startswith(_NO_BOOT_ID)
+    )
+    if comparable and boot != this_boot:
+        return False
+    return exists(pid)
+
+
+def sync_view(
+    sync: dict[str, Any], *, this_boot: str, exists: Callable[[int], bool] = process_exists
+) -> dict[str, Any]:
+    """The ``sync`` part of the status: the agent's recorded keys (``SYNC_KEYS``), ``running``
+    (``agent_running``) and its ``pid``. An agent that is gone while its last status said it was
+    at work shows ``state`` ``not_running`` and ``online`` None (nobody is talking to the cloud)."""
+    view: dict[str, Any] = {key: sync.get(key) for key in SYNC_KEYS}
+    running = agent_running(sync, this_boot=this_boot, exists=exists)
+    pid = sync.get("pid")
+    view["running"] = running
+    view["pid"] = pid if isinstance(pid, int) and not isinstance(pid, bool) else None
+    if running is False and view["state"] in AT_WORK:
+        view["state"] = "not_running"
+        view["online"] = None
+    return view
 
 
 def existing_folder(path: Path) -> Path:
@@ -65,10 +136,14 @@ def collect_status(
     clock_quality: str,
     now: datetime | None = None,
     disk_usage: DiskUsage = shutil.disk_usage,
+    this_boot: str | None = None,
+    exists: Callable[[int], bool] = process_exists,
 ) -> dict[str, Any]:
     """The device's status as a JSON-ready dict (see the module docstring for the parts). Times
-    are UTC text, ages seconds, sizes bytes. Raises StoreError when the database cannot be read
-    (missing, damaged, a schema this code does not read)."""
+    are UTC text, ages seconds, sizes bytes. ``this_boot`` (default: the kernel's boot id) and
+    ``exists`` (default: ``process_exists``) decide whether the sync agent still runs. Raises
+    StoreError when the database cannot be read (missing, damaged, a schema this code does not
+    read)."""
     now = now or datetime.now(UTC)
     db_path = Path(db_path)
     with Store.open(db_path, readonly=True) as store:
@@ -103,7 +178,9 @@ def collect_status(
             ),
             "oldest_pending_age_s": _age_s(now, position.oldest_pending_at),
         },
-        "sync": {key: sync.get(key) for key in SYNC_KEYS},
+        "sync": sync_view(
+            sync, this_boot=this_boot if this_boot is not None else boot_id(), exists=exists
+        ),
         "recent_checkins": [
             {
                 "seq": c.seq,
@@ -148,6 +225,10 @@ def render_status(status: dict[str, Any], out: TextIO) -> None:
     """Write ``status`` (from ``collect_status``) as aligned text."""
     replica, journal, sync = status["replica"], status["journal"], status["sync"]
     online = {True: "online", False: "offline", None: "unknown"}[sync.get("online")]
+    if sync.get("state") == "not_running":
+        agent = f"not running (its process {sync.get('pid')} has ended), online unknown"
+    else:
+        agent = f"{sync.get('state') or 'never ran'}, {online}"
     rows = [
         ("door", status["door_id"]),
         ("software", status["software_version"]),
@@ -169,7 +250,7 @@ def render_status(status: dict[str, Any], out: TextIO) -> None:
             if journal["oldest_pending_age_s"] is None
             else f"{human_age(journal['oldest_pending_age_s'])} old",
         ),
-        ("sync", f"{sync.get('state') or 'never ran'}, {online}"),
+        ("sync", agent),
         ("last pull", sync.get("last_pull_at") or "never"),
         ("last push", sync.get("last_push_at") or "never"),
         ("last error", sync.get("last_error") or "none"),
@@ -193,4 +274,11 @@ def render_status(status: dict[str, Any], out: TextIO) -> None:
         )
 
 
-__all__ = ["StoreError", "collect_status", "disk_info", "render_status"]
+__all__ = [
+    "StoreError",
+    "agent_running",
+    "collect_status",
+    "disk_info",
+    "process_exists",
+    "render_status",
+]

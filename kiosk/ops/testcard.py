@@ -15,7 +15,7 @@ from pathlib import Path
 
 from sync.credentials import StaticCode, parse_payload
 
-# Documented in the README: never issue this code to a member. It is a valid static code, so the
+# In docs/install-pi.md: never issue this code to a member. It is a valid static code, so the
 # scanner decides it like any card (unknown_code) instead of calling it malformed.
 TEST_CODE = "FITFLOW-TESTCARD"
 

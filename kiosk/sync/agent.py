@@ -1,4 +1,4 @@
-"""The sync agent (``kiosk sync``): pushes the journal, pulls the replica, heartbeats (DESIGN §8).
+"""The sync agent (``kiosk sync``): pushes the journal, pulls the replica, heartbeats.
 
 One ``cycle()`` is: **push** the pending check-ins, oldest first, in batches (each item marked by
 its own answer: ``created`` / ``duplicate`` → synced, ``rejected`` → kept as rejected and never
@@ -19,7 +19,10 @@ except through the injected ``sleep`` and ``clock``.
 
 The status (``state`` running / offline / stopped, ``online``, ``last_pull_at``,
 ``last_push_at``, ``last_error``, ``backlog``, ...) is written to the store after every step, for
-the owner page and ``kiosk status``.
+the owner page and ``kiosk status``. Every write also names the process that made it (``pid`` on
+kernel boot ``boot_id``), so that ``kiosk status`` can tell a running agent from one that has
+ended without a word: ``kiosk sync --once`` after its round, or an agent that crashed or was
+killed (SIGKILL) while its last status still said ``running``.
 
 With a ``ControlStore`` (the owner page's control file), a "sync now" request ends the wait
 between cycles, and the backoff wait after a failure, within ``wake_poll_s``; the agent claims it
@@ -31,6 +34,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -41,9 +45,12 @@ import tenacity
 
 from kiosk import __version__
 from kiosk.core.clock import AnchoredClock, Clock, plausible_server_time
+from kiosk.core.ids import boot_id
 from kiosk.core.model import Checkin, ClockQuality
 from kiosk.data.control import ControlError, ControlStore, OwnerRequest, RequestKind, shared_wall
-from kiosk.data.store import UNKNOWN_CLOUD_VERSION, Store, StoreError
+from kiosk.data.database import StoreError
+from kiosk.data.journal import UNKNOWN_CLOUD_VERSION
+from kiosk.data.store import Store
 from kiosk.sync.client import (
     BadResponse,
     BatchTooLarge,
@@ -202,6 +209,8 @@ class SyncAgent:
         self._stamped_untimed = False
         if client.on_anchor is None:
             client.on_anchor = self._record_anchor
+        # Who writes the status (``kiosk status`` checks that this process still exists).
+        self._writer = {"pid": os.getpid(), "boot_id": boot_id()}
 
     # -- the loop --------------------------------------------------------------------------------
 
@@ -739,6 +748,7 @@ class SyncAgent:
         """Merge ``values`` into the stored status; a database failure is logged, not raised
         (the status is for people, the sync itself goes on)."""
         values["updated_at"] = utc_text(self.clock.wall())
+        values.update(self._writer)
         try:
             self.store.set_sync_status(values)
         except StoreError as exc:

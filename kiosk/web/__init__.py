@@ -1,5 +1,5 @@
 """The owner's local page (``kiosk web``): is the door working, is it synced, who came in, why was
-someone refused (DESIGN §9).
+someone refused (docs/operations.md#the-owners-page).
 
 Its own process, so a hung page can never stall the door. It reads the door's database read-only
 and writes only ``control.sqlite`` (the owner's requests and the audit log, ``kiosk.data.control``).
@@ -12,12 +12,17 @@ Modules, from the pure core out:
   on an injected monotonic clock).
 - ``audit_limits``: how many audit rows and log lines refusals may cause (pure).
 - ``views``: the data each part of the page shows, as plain dicts (pure).
-- ``sources``: reading those figures from the two databases, the system and the disk.
+- ``sources``: the page's handles on the two databases (the door's read-only, reopened when it
+  fails or is replaced; the control file) and the door's facts read through them, cached until
+  another process commits.
+- ``page_data``: what each part of the page shows (``PageData``): the door's facts, the scanner's
+  report, the audit log and requests, the graded checks, the metrics and the diagnostics bundle,
+  gathered from ``sources``, the system and the disk; and the page's writes to the control file.
 - ``metrics``: the Prometheus text; ``diagnostics``: the downloadable bundle.
 - ``passcheck``: the owner password checked in a short-lived child process (scrypt's 32 MiB
   never counts against the page's memory).
-- ``app``: the Starlette routes (``create_app``); ``commands``: ``kiosk web`` and
-  ``kiosk web set-password``.
+- ``app``: the HTTP side: the Starlette routes and handlers, sessions and security checks, and
+  the app's assembly (``create_app``); ``commands``: ``kiosk web`` and ``kiosk web set-password``.
 
 Importing this package imports nothing: ``kiosk`` builds its command line from ``commands``.
 """

@@ -20,10 +20,10 @@ Refusals cannot fill the disk: a refused POST without a signed-in session writes
 the others and wrong passwords are collapsed to about one row per kind per minute, and their
 warnings to one log line per 30 s (``audit_limits``).
 
-Times: the control file (requests, audit log, the scanner's report) is dated by the kernel's clock
-(``WebClock.wall``); the door's database (check-ins, the replica, the sync agent's status) by the
-door's clock, which follows the cloud's time until NTP syncs, so its times are aged against
-``AnchoredClock(kernel clock, the door's newest anchor)``.
+What each part of the page shows (and the page's writes to the control file) is gathered by
+``page_data.PageData``; this module turns it into responses, and owns the handles it reads
+through (the door's database, the control file), opening them here and closing them in
+``OwnerPage.close``.
 
 Blocking work (SQLite, scrypt, journalctl, the zip) runs in Starlette's thread pool; sessions, the
 login throttle and the audit limits are only touched on the event loop, so they need no lock.
@@ -42,8 +42,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Protocol
-from zoneinfo import ZoneInfo
+from typing import Any
 
 import jinja2
 from starlette.applications import Starlette
@@ -62,14 +61,13 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from kiosk import __version__
-from kiosk.config import Config, as_dict
-from kiosk.core.clock import AnchoredClock, Clock, SystemClock
-from kiosk.data.control import ControlError, HealthReport, RequestKind, control_path
-from kiosk.data.store import StoreError, quick_check_file
+from kiosk.config import Config
+from kiosk.core.clock import Clock, SystemClock
+from kiosk.data.control import RequestKind, control_path
+from kiosk.data.dbfile import quick_check_file
 from kiosk.ops.owner_password import PasswordFileError, load_password_hash
-from kiosk.ops.status import collect_status, disk_info
-from kiosk.web import diagnostics, metrics, views
-from kiosk.web.audit_limits import AuditLimiter, AuditRow, LogLimiter, skipped_words
+from kiosk.web import diagnostics, metrics
+from kiosk.web.audit_limits import AuditLimiter, LogLimiter, skipped_words
 from kiosk.web.auth import (
     DEVICE_LIFETIME_S,
     KnownDevices,
@@ -82,28 +80,10 @@ from kiosk.web.auth import (
     same_origin,
     tokens_match,
 )
-from kiosk.web.device_health import (
-    HEARTBEAT_PROBLEM_S,
-    Grade,
-    HealthInputs,
-    SysFacts,
-    grade_checks,
-    read_sys_facts,
-    sync_silent,
-    sync_silent_after,
-)
+from kiosk.web.device_health import SysFacts, read_sys_facts
+from kiosk.web.page_data import PageData, WebClock
 from kiosk.web.passcheck import verify_in_child
-from kiosk.web.sources import (
-    ControlAccess,
-    DoorDatabase,
-    DoorFacts,
-    DoorFactsCache,
-    MemberCountCache,
-    ReadDoor,
-    door_anchor,
-    read_door,
-)
-from sync.protocol import utc_text
+from kiosk.web.sources import ControlAccess, DoorDatabase, ReadDoor, read_door
 
 log = logging.getLogger("kiosk.web")
 
@@ -111,7 +91,6 @@ COOKIE = "fitflow_session"
 DEVICE_COOKIE = "fitflow_device"  # a browser the owner signed in from (``KnownDevices``)
 MAX_BODY_BYTES = 8 * 1024
 FORM_TYPE = "application/x-www-form-urlencoded"
-AUDIT_ROWS = 20
 MAX_CONCURRENT_CHECKS = 1  # scrypt takes 32 MiB and ~0.1 s: one login check at a time
 # (plus one at a time for known devices, so a flood's checks never make the owner wait)
 BODY_CACHE_S = 1.0  # /healthz and /metrics answer from a body this fresh (monotonic s)
@@ -133,15 +112,6 @@ _SECURITY_HEADERS = [
 ]
 _OURS = {name for name, _ in _SECURITY_HEADERS} | {b"cache-control"}
 STATIC_CACHE = b"public, max-age=3600"
-
-
-class WebClock(Protocol):
-    """The page's time: ``wall()`` aware UTC (the kernel's clock, as ``kiosk.data.control`` expects
-    of the page), ``monotonic()`` seconds for sessions, throttling and caches."""
-
-    def wall(self) -> datetime: ...
-
-    def monotonic(self) -> float: ...
 
 
 class SystemWebClock:
@@ -263,7 +233,8 @@ def _own_origin(request: Request) -> str:
 
 
 class OwnerPage:
-    """The page's state (sessions, throttles, caches, database handles) and its request handlers."""
+    """The page's HTTP state (sessions, throttles, audit limits, cached bodies, the password) and
+    its request handlers; what it shows comes from ``data`` (``PageData``)."""
 
     def __init__(
         self,
@@ -282,24 +253,25 @@ class OwnerPage:
     ) -> None:
         self.config = config
         self.clock = clock
-        self.read_sys = read_sys
         self.verify = verify
-        self.disk_usage = disk_usage
-        self.run_logs = run_logs
-        self.which = which
         self.version = version
-        self.quick_check = quick_check
-        self.zone = ZoneInfo(config.site.timezone)
-        self.store_path = Path(config.store.path)
-        self.door = DoorDatabase(self.store_path)
-        # The door's notion of now, for times read from its database (see the module's doc).
-        self.door_clock = AnchoredClock(kernel_clock, door_anchor(self.door))
-        self.facts = DoorFactsCache(read_door)
-        self.sync_silent_after_s = sync_silent_after(
-            config.sync.interval_s, config.sync.backoff_max_s
+        store_path = Path(config.store.path)
+        self.door = DoorDatabase(store_path)
+        self.control = ControlAccess(control_path(store_path), clock.wall)
+        self.data = PageData(
+            config,
+            door=self.door,
+            control=self.control,
+            clock=clock,
+            kernel_clock=kernel_clock,
+            read_sys=read_sys,
+            disk_usage=disk_usage,
+            run_logs=run_logs,
+            which=which,
+            version=version,
+            read_door=read_door,
+            quick_check=quick_check,
         )
-        self.control = ControlAccess(control_path(self.store_path), clock.wall)
-        self.members = MemberCountCache()
         self.sessions = Sessions(idle_s=config.web.session_idle_minutes * 60.0)
         self.throttle = LoginThrottle()
         # Known devices: their own counter per device (same doubling), no global cap.
@@ -398,254 +370,6 @@ class OwnerPage:
             secure=request.url.scheme == "https",
         )
 
-    # -- gathering the figures (blocking: call in the thread pool) -------------------------------
-
-    def _day_start(self, now: datetime) -> datetime:
-        local = now.astimezone(self.zone)
-        midnight = datetime(local.year, local.month, local.day, tzinfo=self.zone)
-        return midnight.astimezone(UTC)
-
-    def door_state(self) -> tuple[DoorFacts, datetime]:
-        """The door database's facts (cached until another process commits) and the door's
-        notion of now to age them with."""
-        door_now = self.door_clock.wall()
-        facts = self.facts.get(
-            self.door,
-            recent=self.config.web.recent,
-            day_start=self._day_start(door_now),
-            members=self.members,
-            monotonic=self.clock.monotonic(),
-        )
-        return facts, door_now
-
-    def scanner_report(self) -> tuple[HealthReport | None, str | None]:
-        try:
-            return self.control.store().health("scanner"), None
-        except ControlError as exc:
-            self.control.failed()
-            return None, str(exc)
-
-    def sync_age_s(self, facts: DoorFacts, door_now: datetime) -> float | None:
-        """Seconds since the sync agent last wrote its status (None: unknown)."""
-        updated = views.parse_utc(facts.sync.get("updated_at"))
-        return None if updated is None else (door_now - updated).total_seconds()
-
-    def checks(
-        self, now: datetime, door_now: datetime, facts: DoorFacts, report: HealthReport | None
-    ) -> list:
-        disk = disk_info(self.store_path.parent, self.disk_usage)
-        position = facts.position
-        return grade_checks(
-            HealthInputs(
-                now=now,
-                version=self.version,
-                expected_fps=float(self.config.camera.fps),
-                stale_after_s=self.config.camera.stale_after_s,
-                stale_after_hours=self.config.policy.stale_after_hours,
-                scanner=None if report is None else report.data,
-                scanner_updated_at=None if report is None else report.updated_at,
-                database_problem=facts.problem,
-                disk_free_bytes=disk["free_bytes"],
-                disk_total_bytes=disk["total_bytes"],
-                sys=self.read_sys(),
-                sync=facts.sync,
-                sync_age_s=self.sync_age_s(facts, door_now),
-                sync_silent_after_s=self.sync_silent_after_s,
-                replica_age_s=None
-                if facts.replica_synced_at is None
-                else (door_now - facts.replica_synced_at).total_seconds(),
-                oldest_pending_age_s=None
-                if position is None or position.oldest_pending_at is None
-                else (door_now - position.oldest_pending_at).total_seconds(),
-            )
-        )
-
-    def audit_rows(self, now: datetime, limit: int = AUDIT_ROWS) -> tuple[list, list, str | None]:
-        try:
-            store = self.control.store()
-            audit = views.audit_view(store.recent_audit(limit), now=now, zone=self.zone)
-            requests = views.requests_view(store.recent_requests(5), now=now, zone=self.zone)
-            return audit, requests, None
-        except ControlError as exc:
-            self.control.failed()
-            return [], [], str(exc)
-
-    def sync_view(self, facts: DoorFacts, door_now: datetime) -> dict[str, Any]:
-        return views.sync_view(
-            facts, now=door_now, zone=self.zone, silent_after_s=self.sync_silent_after_s
-        )
-
-    def page_data(self) -> dict[str, Any]:
-        """Everything the dashboard shows (and ``/api/overview`` returns). ``now`` in it is the
-        door's notion of now; every time also carries its age."""
-        now = self.clock.wall()
-        facts, door_now = self.door_state()
-        report, report_problem = self.scanner_report()
-        audit, requests, audit_problem = self.audit_rows(now)
-        checks = self.checks(now, door_now, facts, report)
-        newest = facts.decisions[0] if facts.decisions else None
-        return {
-            "now": utc_text(door_now),
-            "database_problem": facts.problem,
-            "control_problem": report_problem or audit_problem,
-            "door": views.door_view(
-                report,
-                newest,
-                door_id=self.config.door.id,
-                now=now,
-                zone=self.zone,
-                door_now=door_now,
-            ),
-            "today": views.today_view(facts.today),
-            "decisions": views.decisions_view(
-                facts.decisions, names=self.config.web.names, now=door_now, zone=self.zone
-            ),
-            "sync": self.sync_view(facts, door_now),
-            "health": views.health_view(checks),
-            "audit": audit,
-            "requests": requests,
-        }
-
-    def health_data(self) -> tuple[list, DoorFacts, HealthReport | None, datetime, datetime]:
-        """(checks, facts, the scanner's report, the kernel's now, the door's now)."""
-        now = self.clock.wall()
-        facts, door_now = self.door_state()
-        report, _ = self.scanner_report()
-        return self.checks(now, door_now, facts, report), facts, report, now, door_now
-
-    def healthz_body(self) -> tuple[int, bytes]:
-        checks, *_ = self.health_data()
-        ok = all(c.grade != Grade.PROBLEM for c in checks)
-        answer = JSONResponse({"ok": ok, "checks": {c.name: c.grade.value for c in checks}})
-        return (200 if ok else 503), bytes(answer.body)
-
-    def metrics_text(self) -> str:
-        checks, facts, report, now, door_now = self.health_data()
-        data = report.data if report is not None else {}
-        fresh = (
-            report is not None and (now - report.updated_at).total_seconds() <= HEARTBEAT_PROBLEM_S
-        )
-
-        def number(key: str) -> float | None:
-            value = data.get(key)
-            if isinstance(value, bool) or not isinstance(value, int | float):
-                return None
-            return float(value)
-
-        # Up to now, not to the report: a hung scanner's frame age keeps growing.
-        frame_age = None
-        last_frame = views.parse_utc(data.get("last_frame_at"))
-        if report is not None and last_frame is not None:
-            frame_age = max(0.0, (now - last_frame).total_seconds())
-        position = facts.position
-        oldest = None
-        if position is not None:
-            oldest = (
-                0.0
-                if position.oldest_pending_at is None
-                else max(0.0, (door_now - position.oldest_pending_at).total_seconds())
-            )
-        online = facts.sync.get("online")
-        if sync_silent(self.sync_age_s(facts, door_now), self.sync_silent_after_s):
-            online = False  # a dead agent's last "online" is no longer true
-        decisions = data.get("decisions")
-        disk = disk_info(self.store_path.parent, self.disk_usage)
-        return metrics.render_metrics(
-            metrics.MetricFacts(
-                decisions=decisions if isinstance(decisions, dict) else {},
-                scanner_up=fresh and data.get("state") != "stopped",
-                backlog=None if position is None else position.backlog,
-                oldest_pending_age_s=oldest,
-                online=online if isinstance(online, bool) else None,
-                decode_ms_p50=number("decode_ms_p50"),
-                decode_ms_p95=number("decode_ms_p95"),
-                frame_age_s=frame_age,
-                fps=number("fps"),
-                replica_version=None if facts.problem else facts.replica_version,
-                replica_members=facts.members,
-                disk_free_bytes=disk["free_bytes"],
-                checks=checks,
-            )
-        )
-
-    def audit(self, action: str, outcome: str, *, detail: str = "", client: str = "") -> None:
-        """Write an audit row; a control file that cannot be written is logged, not fatal."""
-        try:
-            self.control.store().audit(
-                action, outcome, now=self.clock.wall(), detail=detail, client=client
-            )
-        except ControlError as exc:
-            self.control.failed()
-            log.warning("could not write the audit log: %s", exc)
-
-    def write_audit(self, rows: list[AuditRow]) -> None:
-        for row in rows:
-            self.audit(row.action, row.outcome, detail=row.detail, client=row.client)
-
-    def submit(self, kind: RequestKind, client: str) -> str | None:
-        """Submit an owner request; the problem in words, or None."""
-        try:
-            self.control.store().submit(kind, now=self.clock.wall(), client=client)
-        except ControlError as exc:
-            self.control.failed()
-            log.warning("could not submit %s: %s", kind.value, exc)
-            return str(exc)
-        return None
-
-    def bundle(self) -> bytes:
-        now = self.clock.wall()
-        checks, facts, _report, _, door_now = self.health_data()
-        try:
-            status = diagnostics.without_member_ids(
-                collect_status(
-                    self.store_path,
-                    door_id=self.config.door.id,
-                    software_version=self.version,
-                    clock_quality=self.door_clock.quality().value,
-                    now=door_now,
-                    disk_usage=self.disk_usage,
-                )
-            )
-        except StoreError as exc:
-            status = {"error": str(exc)}
-        status = {
-            "status": status,
-            "health": views.health_view(checks),
-            "sync": self.sync_view(facts, door_now),
-        }
-        # On a connection of its own: the check reads the whole file (seconds on a large one),
-        # and the page's shared connection must keep answering meanwhile.
-        try:
-            findings = self.quick_check(self.store_path)
-            integrity = "PRAGMA quick_check: " + ("ok" if findings == ["ok"] else "PROBLEMS") + "\n"
-            integrity += "".join(f"{line}\n" for line in findings if findings != ["ok"])
-        except StoreError as exc:
-            integrity = f"The door's database could not be checked: {exc}\n"
-        try:
-            entries = self.control.store().recent_audit(500)
-            audit = [
-                {
-                    "at": utc_text(e.at),
-                    "action": e.action,
-                    "outcome": e.outcome,
-                    "detail": e.detail,
-                    "client": e.client,
-                }
-                for e in entries
-            ]
-        except ControlError as exc:
-            self.control.failed()
-            audit = [{"error": str(exc)}]
-        logs = diagnostics.collect_logs(self.run_logs, self.which)
-        return diagnostics.build_bundle(
-            status=status,
-            logs=logs,
-            config=as_dict(self.config),
-            integrity=integrity,
-            audit=audit,
-            now=now,
-        )
-
     # -- access ----------------------------------------------------------------------------------
 
     def session(self, request: Request, state: PasswordState, *, touch: bool) -> Session | None:
@@ -663,13 +387,13 @@ class OwnerPage:
         """A refusal or failed sign-in for the audit log, through its limits."""
         rows = self.audit_limits.offer(kind, self.clock.monotonic(), **row)
         if rows:
-            await run_in_threadpool(self.write_audit, rows)
+            await run_in_threadpool(self.data.write_audit, rows)
 
     async def flush_audit(self) -> None:
         """Write the summaries of refusal bursts that are over (called on signed-in views)."""
         rows = self.audit_limits.due(self.clock.monotonic())
         if rows:
-            await run_in_threadpool(self.write_audit, rows)
+            await run_in_threadpool(self.data.write_audit, rows)
 
     async def signed_in_view(
         self, request: Request, kind: str, *, touch: bool
@@ -745,7 +469,7 @@ class OwnerPage:
         session = await self.signed_in_view(request, "html", touch=True)
         if isinstance(session, Response):
             return session
-        data = await run_in_threadpool(self.page_data)
+        data = await run_in_threadpool(self.data.overview)
         notice, session.notice = session.notice, None
         return self.render("dashboard.html", page=data, csrf=session.csrf, notice=notice)
 
@@ -753,7 +477,7 @@ class OwnerPage:
         session = await self.signed_in_view(request, "fragment", touch=False)
         if isinstance(session, Response):
             return session
-        data = await run_in_threadpool(self.page_data)
+        data = await run_in_threadpool(self.data.overview)
         return self.render("live.html", page=data)
 
     def api(self, part: str) -> Callable[[Request], Awaitable[Response]]:
@@ -761,7 +485,7 @@ class OwnerPage:
             session = await self.signed_in_view(request, "json", touch=False)
             if isinstance(session, Response):
                 return session
-            data = await run_in_threadpool(self.page_data)
+            data = await run_in_threadpool(self.data.overview)
             if part in ("overview", "decisions", "sync") and data["database_problem"]:
                 return JSONResponse(
                     {"error": "database_unavailable", "message": data["database_problem"]},
@@ -800,12 +524,19 @@ class OwnerPage:
         _at, status, body, media_type = cached
         return Response(body, status_code=status, media_type=media_type)
 
+    def healthz_body(self) -> tuple[int, bytes]:
+        """``/healthz``: 200 when no check is a PROBLEM, else 503, and each check's grade (blocking:
+        call in the thread pool)."""
+        ok, grades = self.data.health_grades()
+        answer = JSONResponse({"ok": ok, "checks": grades})
+        return (200 if ok else 503), bytes(answer.body)
+
     async def healthz(self, _request: Request) -> Response:
         return await self.cached_body("/healthz", "application/json", self.healthz_body)
 
     async def metrics(self, _request: Request) -> Response:
         def make() -> tuple[int, bytes]:
-            return 200, self.metrics_text().encode("utf-8")
+            return 200, self.data.metrics_text().encode("utf-8")
 
         return await self.cached_body("/metrics", metrics.CONTENT_TYPE, make)
 
@@ -861,7 +592,7 @@ class OwnerPage:
             signed_in = self.sessions.sign_in(session.id, now, state.stamp)
             known = self.devices.issue(request.cookies.get(DEVICE_COOKIE), now, state.stamp)
             log.info("the owner signed in")
-            await run_in_threadpool(self.audit, "login", "ok", client=client)
+            await run_in_threadpool(self.data.audit, "login", "ok", client=client)
             response = RedirectResponse("/", status_code=303)
             self.set_cookie(response, request, signed_in)
             self.set_device_cookie(response, request, known)
@@ -915,7 +646,7 @@ class OwnerPage:
         assert session is not None
         if session.signed_in:
             log.info("the owner signed out")
-            await run_in_threadpool(self.audit, "logout", "ok", client=_client(request))
+            await run_in_threadpool(self.data.audit, "logout", "ok", client=_client(request))
         self.sessions.end(session.id)
         response = RedirectResponse("/login", status_code=303)
         response.delete_cookie(COOKIE, path="/", httponly=True, samesite="lax")
@@ -931,7 +662,7 @@ class OwnerPage:
             _form, session, _state = checked
             if session is None or not session.signed_in:
                 return RedirectResponse("/login", status_code=303)
-            problem = await run_in_threadpool(self.submit, kind, _client(request))
+            problem = await run_in_threadpool(self.data.submit, kind, _client(request))
             log.info("owner request: %s", kind.value)
             session.notice = notice if problem is None else f"Not requested: {problem}"
             return RedirectResponse("/", status_code=303)
@@ -945,8 +676,10 @@ class OwnerPage:
         _form, session, _state = checked
         if session is None or not session.signed_in:
             return RedirectResponse("/login", status_code=303)
-        data = await run_in_threadpool(self.bundle)
-        await run_in_threadpool(self.audit, "diagnostics", "downloaded", client=_client(request))
+        data = await run_in_threadpool(self.data.bundle)
+        await run_in_threadpool(
+            self.data.audit, "diagnostics", "downloaded", client=_client(request)
+        )
         log.info("diagnostics bundle downloaded")
         stamp = self.clock.wall().strftime("%Y%m%dT%H%M%SZ")
         name = f"fitflow-diagnostics-{self.config.door.id}-{stamp}.zip"
@@ -978,7 +711,7 @@ def create_app(
     ``read_sys_facts`` on a fake root), the password check (by default in a child process,
     ``passcheck``; tests wrap the real one to count scrypt runs), the disk, how journalctl is
     found and run, how the door database's facts are read (``sources.read_door``; tests count
-    the reads), the integrity check (``store.quick_check_file``) and the machine's host name
+    the reads), the integrity check (``kiosk.data.dbfile.quick_check_file``) and the machine's host name
     (default ``socket.gethostname()``). ``app.state.page`` is the ``OwnerPage``."""
     page = OwnerPage(
         config,

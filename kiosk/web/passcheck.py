@@ -1,7 +1,7 @@
 """The owner password checked in a short-lived child process.
 
 scrypt at the owner password's cost takes 32 MiB for a tenth of a second. Done inside the page's
-process, that memory would stay counted in its peak (DESIGN §11: the page stays under 60 MB);
+process, that memory would stay counted in its peak (the page stays under 60 MB);
 in a child, the page's own memory does not move. The password travels on the child's standard
 input, never on its command line (visible to every local user in /proc). The child runs isolated
 (``python -I``: no current folder on its import path, no ``PYTHON*`` variables, no user site), so

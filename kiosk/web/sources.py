@@ -24,7 +24,9 @@ from pathlib import Path
 from typing import Any
 
 from kiosk.data.control import ControlError, ControlStore
-from kiosk.data.store import DecisionRow, JournalPosition, Store, StoreError
+from kiosk.data.database import StoreError
+from kiosk.data.journal import DecisionRow, JournalPosition
+from kiosk.data.store import Store
 from sync.protocol import Anchor
 
 log = logging.getLogger(__name__)

@@ -25,7 +25,7 @@ from kiosk.data.control import (
     OwnerRequest,
     RequestState,
 )
-from kiosk.data.store import DecisionRow
+from kiosk.data.journal import DecisionRow
 from kiosk.web.device_health import HEARTBEAT_PROBLEM_S, Check, overall, sync_silent
 from kiosk.web.sources import DoorFacts
 from kiosk.web.words import (

@@ -10,8 +10,9 @@ from zoneinfo import ZoneInfo
 
 from kiosk.core.model import Reason
 from kiosk.ops.status import human_bytes
+from sync.text import one_line
 
-# One line per reason the door can give (DESIGN §5), in the owner's words. A test checks that
+# One line per reason (docs/architecture.md#reasons), in the owner's words. A test checks that
 # every Reason has its words.
 REASON_WORDS: dict[Reason, str] = {
     Reason.SUBSCRIPTION: "Subscription covers today",
@@ -115,13 +116,6 @@ def decision_name(has_member: bool, first: str | None, last: str | None, mode: s
 
 
 _URL_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/\s@]+@")
-
-
-def one_line(text: object, limit: int = 200) -> str:
-    """``text`` as one printable line of at most ``limit`` characters (an ellipsis marks a cut)."""
-    raw = str(text)[: limit * 4]
-    flat = " ".join("".join(ch if ch.isprintable() else " " for ch in raw).split())
-    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
 
 
 def error_words(text: str | None) -> str | None:

@@ -1,0 +1,207 @@
+"""The development tools' commands: ``kiosk demo`` (the door on simulated hardware, with an
+embedded cloud and the owner page), ``kiosk decode`` (QR codes in image files) and ``kiosk bench``
+(the figures). The work is in ``devtools``.
+
+Imports only argparse-level code at module level: ``devtools``, the cloud (FastAPI, the ``cloud``
+extra) and OpenCV load when a command runs, so that ``kiosk --help`` and the device's own
+commands never pay for them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from kiosk.cli.common import EXIT_CONFIG, EXIT_DATABASE, EXIT_RUNTIME, at_least, setup_logging
+from kiosk.web.commands import port_number  # light: argparse only
+
+BENCH_MEMBERS, BENCH_BACKLOG = 100_000, 10_000
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from devtools.demo import DemoError, DemoWebError, run_demo
+    from kiosk.data.database import StoreError
+    from kiosk.sync.client import CloudError
+
+    cloud_errors: tuple[type[Exception], ...] = (CloudError,)
+    if not args.no_cloud:
+        # The embedded cloud needs the `cloud` extra (FastAPI); --no-cloud runs without it.
+        from cloud.embedded import EmbeddedCloudError
+
+        cloud_errors = (EmbeddedCloudError, CloudError)
+    # Decisions go to stdout; logs to stderr, quiet unless something is wrong.
+    setup_logging("WARNING")
+    try:
+        return run_demo(
+            db=Path(args.db) if args.db else None,
+            as_json=args.json,
+            once=args.once,
+            out=sys.stdout,
+            cloud=not args.no_cloud,
+            # 0: the system picks a free port (the page's address is printed first).
+            web_port=None if args.no_web else (args.web_port or 0),
+        )
+    except cloud_errors as exc:
+        print(
+            f"demo: the embedded cloud failed: {exc} (--no-cloud runs the door alone)",
+            file=sys.stderr,
+        )
+        return EXIT_RUNTIME
+    except StoreError as exc:
+        print(f"demo: {exc}", file=sys.stderr)
+        return EXIT_DATABASE
+    except DemoWebError as exc:  # before DemoError, its parent: a taken port is not bad input
+        print(f"demo: {exc}", file=sys.stderr)
+        return EXIT_RUNTIME
+    except DemoError as exc:
+        print(f"demo: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except KeyboardInterrupt:
+        return 0
+
+
+def cmd_decode(args: argparse.Namespace) -> int:
+    from devtools.decodefiles import decode_files
+    from hardware.decode.backends import make_decoder
+    from kiosk.door.reader import QrReader
+
+    reader = QrReader(make_decoder(args.decoder), motion_gate=False, retry_on_miss=True)
+    return decode_files(args.images, reader, sys.stdout, sys.stderr)
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    setup_logging("WARNING")
+    if args.sync and args.web:
+        print("bench: choose one of --sync and --web", file=sys.stderr)
+        return EXIT_CONFIG
+    if args.checkins is not None and not args.web:
+        print("bench: --checkins only applies with --web", file=sys.stderr)
+        return EXIT_CONFIG
+    if args.web:
+        from devtools.bench.web import BENCH_CHECKINS, BENCH_REQUESTS, WebBenchError, run_web_bench
+
+        try:
+            return run_web_bench(
+                as_json=args.json,
+                checkins=args.checkins if args.checkins is not None else BENCH_CHECKINS,
+                requests=BENCH_REQUESTS,
+                out=sys.stdout,
+            )
+        except WebBenchError as exc:
+            print(f"bench: {exc}", file=sys.stderr)
+            return EXIT_RUNTIME
+    if not args.sync:
+        given = [f"--{name}" for name in ("postgres", "members", "backlog")
+                 if getattr(args, name) is not None]  # fmt: skip
+        if given:
+            print(f"bench: {', '.join(given)} only apply with --sync", file=sys.stderr)
+            return EXIT_CONFIG
+        from devtools.bench.run import run_bench
+
+        return run_bench(as_json=args.json, frames_per_size=args.frames, out=sys.stdout)
+    # The reference cloud (the `cloud` extra) loads when the bench reaches it.
+    from devtools.bench.sync import BenchError, run_sync_bench
+
+    try:
+        return run_sync_bench(
+            as_json=args.json,
+            members=args.members if args.members is not None else BENCH_MEMBERS,
+            backlog=args.backlog if args.backlog is not None else BENCH_BACKLOG,
+            postgres_url=args.postgres,
+            out=sys.stdout,
+        )
+    except BenchError as exc:
+        print(f"bench: {exc}", file=sys.stderr)
+        return EXIT_RUNTIME
+
+
+def _demo(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--db",
+        help="use this database (the cloud's and the device's files go beside it); "
+        "default: a temporary one",
+    )
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="one JSON object per line: each decision (after its commit), sync and cloud event",
+    )
+    p.add_argument(
+        "--once",
+        action="store_true",
+        help="play the scenario and the sync story once (simulated clock) and exit",
+    )
+    p.add_argument(
+        "--no-cloud",
+        action="store_true",
+        help="the door alone: a locally seeded replica, no cloud, no network",
+    )
+    web = p.add_mutually_exclusive_group()
+    web.add_argument(
+        "--web-port",
+        type=port_number,
+        metavar="N",
+        help="serve the owner page on 127.0.0.1 at port N (default: a free port; the address "
+        "and a password for this run are printed first)",
+    )
+    web.add_argument("--no-web", action="store_true", help="do not serve the owner page")
+    p.set_defaults(func=cmd_demo)
+
+
+def _decode(p: argparse.ArgumentParser) -> None:
+    p.add_argument("images", nargs="+", metavar="IMAGE")
+    p.add_argument("--decoder", default="zxing", choices=["zxing", "pyzbar", "opencv"])
+    p.set_defaults(func=cmd_decode)
+
+
+def _bench(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true", help="print one JSON object with all figures")
+    p.add_argument(
+        "--frames", type=int, default=168, help="generated frames per resolution (default 168)"
+    )
+    p.add_argument(
+        "--sync",
+        action="store_true",
+        help="measure sync instead: backlog drain, snapshot, idle poll, door with a stalled cloud",
+    )
+    p.add_argument(
+        "--postgres",
+        metavar="URL",
+        help="with --sync: also measure on this PostgreSQL server (postgresql://user@host:port/db;"
+        " a scratch database is created there and dropped)",
+    )
+    p.add_argument(
+        "--members",
+        type=at_least(10),
+        metavar="N",
+        help=f"with --sync: members in the snapshot (default {BENCH_MEMBERS:,})",
+    )
+    p.add_argument(
+        "--backlog",
+        type=at_least(1),
+        metavar="N",
+        help=f"with --sync: check-ins in the backlog to drain (default {BENCH_BACKLOG:,})",
+    )
+    p.add_argument(
+        "--web",
+        action="store_true",
+        help="measure the owner page instead: status JSON and live-update latency on loopback "
+        "with a full journal against an empty one, and the page process's memory",
+    )
+    p.add_argument(
+        "--checkins",
+        type=at_least(1),
+        metavar="N",
+        help="with --web: check-ins in the full journal (default 100,000)",
+    )
+    p.set_defaults(func=cmd_bench)
+
+
+_COMMANDS = {"demo": _demo, "decode": _decode, "bench": _bench}
+
+
+def add(sub: argparse._SubParsersAction, name: str, help: str) -> None:
+    """Add the command ``name`` of this group (demo, decode, bench) to the ``kiosk`` subcommands
+    ``sub``, listed with ``help``."""
+    _COMMANDS[name](sub.add_parser(name, help=help))
