@@ -116,14 +116,17 @@ def _database(db: Path | None) -> Iterator[Path]:
 
 
 @contextmanager
-def _quiet(logger_name: str) -> Iterator[None]:
-    logger = logging.getLogger(logger_name)
-    level = logger.level
-    logger.setLevel(logging.ERROR)
+def _quiet(*logger_names: str) -> Iterator[None]:
+    """Only errors from these loggers (and their children) while the demo runs."""
+    loggers = [logging.getLogger(name) for name in logger_names]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
     try:
         yield
     finally:
-        logger.setLevel(level)
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
 
 
 class DemoError(Exception):
@@ -448,8 +451,9 @@ def run_demo(
 
     clock = clock or (SimClock() if once else SystemClock())
     stop = stop or threading.Event()
-    # The demo prints the agent's failures itself; its log warnings would say the same twice.
-    with _database(db) as db_path, _quiet("sync"):
+    # The demo prints the agent's and the cloud's failures itself; their log warnings would say
+    # the same twice.
+    with _database(db) as db_path, _quiet("kiosk.sync", "cloud"):
         config = demo_config(db_path)
         with Store.open(db_path) as store:
             _refuse_real_database(store)

@@ -173,6 +173,8 @@ def test_cli_demo_once_json_exits_zero():
     assert lines[-1]["type"] == "summary" and lines[-1]["pending"] == 0
     assert lines[-1]["synced"] == len(PLAYED) and lines[-1]["scenario_ok"] is True
     assert {line["type"] for line in lines[1:-1]} == {"decision", "sync", "cloud"}
+    # The outage is told once, by the demo's own sync line: no log warning repeats it.
+    assert "WARNING" not in result.stderr, result.stderr
 
 
 def test_the_door_loop_never_touches_the_network(monkeypatch):
