@@ -328,7 +328,7 @@ class DemoWeb:
 
         from kiosk.ops.owner_password import PasswordFileError, hash_password, save_password_hash
         from kiosk.web.app import create_app
-        from kiosk.web.commands import bind, listen_url, server_config
+        from kiosk.web.serve import bind, listen_url, server_config
 
         password = secrets.token_urlsafe(12)  # 16 characters, 96 bits
         password_file = db_path.with_name(f"{db_path.stem}-owner-password")

@@ -27,7 +27,7 @@ HEAVY = ("numpy", "cv2", "zxingcpp", "fastapi", "pydantic", "httpx")
 def test_the_page_imports_nothing_heavy():
     code = (
         "import json, sys\n"
-        "import kiosk.web.app, kiosk.web.commands, kiosk.cli\n"
+        "import kiosk.web.app, kiosk.cli.web, kiosk.cli\n"
         "kiosk.cli.build_parser()\n"
         f"print(json.dumps(sorted(m for m in {HEAVY!r} if m in sys.modules)))\n"
     )
@@ -223,7 +223,7 @@ def test_the_child_ignores_modules_planted_in_its_folder_or_pythonpath(tmp_path,
 
 
 def test_the_server_is_bounded_and_quiet():
-    from kiosk.web.commands import server_config
+    from kiosk.web.serve import server_config
 
     config = server_config(object())
     assert (config.limit_concurrency, config.timeout_keep_alive) == (64, 5)

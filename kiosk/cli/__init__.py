@@ -3,7 +3,7 @@ module, which is imported only when one of its commands runs.
 
 Groups: ``door`` (run, relay-off, config), ``sync`` (enrol, sync), ``setup`` (provision, selftest,
 testcard, status), ``db`` (db, logs), ``dev`` (demo, decode, bench), ``web`` (the owner page's,
-from ``kiosk.web.commands``) and ``cloud`` (the reference cloud's, from ``cloud.cli``). So
+in ``kiosk.cli.web``) and ``cloud`` (the reference cloud's, from ``cloud.cli``). So
 ``kiosk --help`` imports none of them, and ``kiosk run`` only the door's: never the owner page,
 the cloud (FastAPI) or the development tools. A group module has ``add(sub, name, help)``, which
 adds its command ``name`` to the subcommands ``sub``, handler included (``func``). Each command is

@@ -26,10 +26,17 @@ EXIT_PIPE = 141
 CONFIG_HELP = "config file (default: $KIOSK_CONFIG or /etc/fitflow-kiosk/kiosk.toml)"
 
 
-def add_config_option(parser: argparse.ArgumentParser, help: str = CONFIG_HELP) -> None:
+def add_config_option(
+    parser: argparse.ArgumentParser, help: str = CONFIG_HELP, *, keep_outer: bool = False
+) -> None:
     """Declare ``--config`` (the configuration file's path; None: the default) on ``parser``: the
-    only declaration of it in kiosk/cli. ``help`` says what the file is used for there."""
-    parser.add_argument("--config", help=help)
+    only declaration of it in kiosk/cli. ``help`` says what the file is used for there.
+    ``keep_outer``: ``parser`` is a sub-action's, and a ``--config`` given before the action
+    (``kiosk web --config F set-password``) must not be reset by this one's default."""
+    if keep_outer:
+        parser.add_argument("--config", default=argparse.SUPPRESS, help=help)
+    else:
+        parser.add_argument("--config", help=help)
 
 
 def setup_logging(level: str = "INFO") -> None:
@@ -79,6 +86,17 @@ def at_least(low: int) -> Callable[[str], int]:
         return value
 
     return parse
+
+
+def port_number(text: str) -> int:
+    """An argparse type: a TCP port, 1..65535."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a port number, got {text!r}") from None
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"a port is 1..65535, not {value}")
+    return value
 
 
 def base_clock(args: argparse.Namespace):

@@ -13,8 +13,14 @@ import argparse
 import sys
 from pathlib import Path
 
-from kiosk.cli.common import EXIT_CONFIG, EXIT_DATABASE, EXIT_RUNTIME, at_least, setup_logging
-from kiosk.web.commands import port_number  # light: argparse only
+from kiosk.cli.common import (
+    EXIT_CONFIG,
+    EXIT_DATABASE,
+    EXIT_RUNTIME,
+    at_least,
+    port_number,
+    setup_logging,
+)
 
 BENCH_MEMBERS, BENCH_BACKLOG = 100_000, 10_000
 

@@ -113,7 +113,7 @@ def render(parser: argparse.ArgumentParser, doc: str | None = None) -> str:
         "# The `kiosk` command line",
         "",
         f"<!-- Generated from the parser by `{REGENERATE}`; edit the help texts in kiosk/cli/"
-        " (or kiosk/web/commands.py, cloud/cli.py), not this file. -->",
+        " (or cloud/cli.py), not this file. -->",
         "",
         _text(parser.description or ""),
         "",

@@ -22,7 +22,10 @@ Modules, from the pure core out:
 - ``passcheck``: the owner password checked in a short-lived child process (scrypt's 32 MiB
   never counts against the page's memory).
 - ``app``: the HTTP side: the Starlette routes and handlers, sessions and security checks, and
-  the app's assembly (``create_app``); ``commands``: ``kiosk web`` and ``kiosk web set-password``.
+  the app's assembly (``create_app``).
+- ``serve``: the listening socket and uvicorn's bounded, quiet settings (``kiosk web`` and the
+  demo serve the page with them).
 
-Importing this package imports nothing: ``kiosk`` builds its command line from ``commands``.
+Importing this package imports nothing. The commands ``kiosk web`` and ``kiosk web set-password``
+are the command line's (``kiosk.cli.web``).
 """
