@@ -19,8 +19,9 @@ Modules, from the bottom up:
   devices, attendance) and the tombstone purge;
 - ``importer``: members from CSV;
 - ``errors``: what service functions raise, and the HTTP status each becomes;
-- ``app`` (with ``api_device`` and ``api_admin``): the HTTP surface; ``embedded``: the app in a
-  background thread on a loopback port; ``cli``: the ``cloud`` commands.
+- ``app`` (with ``api_device`` and ``api_admin``): the HTTP surface; ``serve``: serving it, in one
+  process or several worker processes on one port; ``embedded``: the app in a background thread on
+  a loopback port; ``cli``: the ``cloud`` commands.
 
 Entry points for other code: ``app.create_app(database_url, clock=None)``,
 ``embedded.EmbeddedCloud(database_url).start()``, ``cli.register(subparsers)`` and the service

@@ -189,10 +189,8 @@ def changes(
     size = replica.parse_limit(limit)
     scope = replica.Scope(device.organization_id, device.gym_id)
     if after is None:
-        # The idle poll: one read of the version counter.
-        version, purged = cloud.database.transact(
-            lambda tx: db.org_versions(tx, device.organization_id), write=False
-        )
+        # The idle poll: the version counter was read with the device's token, by one statement.
+        version, purged = device.org_version, device.org_purged_version
         replica.check_since(version_since, version, purged)
         # Only a poll that says which version it holds gets a 304: the catch-up after a
         # snapshot asks without If-None-Match and needs the checkpoint even when nothing changed.

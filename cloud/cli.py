@@ -1,6 +1,6 @@
 """The ``cloud`` commands: run and administer the reference cloud.
 
-    kiosk cloud serve --db URL [--host 127.0.0.1] [--port 8080]
+    kiosk cloud serve --db URL [--host 127.0.0.1] [--port 8080] [--workers N]
     kiosk cloud migrate --db URL
     kiosk cloud init --db URL --org NAME --gym NAME [--timezone Europe/Berlin] [--json]
     kiosk cloud admin-token --db URL --org ORG_ID [--json]
@@ -12,8 +12,12 @@
 otherwise show in the process list. Secrets (admin tokens, enrolment codes) are printed once, to
 stdout, and never logged.
 
+``serve --workers N`` runs N worker processes on one port (``cloud.serve``); more than one needs
+PostgreSQL.
+
 Exit codes: 0 success; 2 usage or configuration error (bad URL, unknown organisation or gym,
-invalid name or time zone); 3 database error (unreachable, damaged, newer schema).
+invalid name or time zone, ``--workers`` above 1 on SQLite, a port that cannot be bound); 3
+database error (unreachable, damaged, newer schema, a worker that could not start).
 """
 
 from __future__ import annotations
@@ -82,9 +86,7 @@ def _print(args: argparse.Namespace, data: dict[str, Any], lines: list[str]) -> 
 
 @_guarded
 def cmd_serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
-    from cloud.app import create_app
+    from cloud.serve import ServeError, serve
     from sync.protocol import is_loopback
 
     if not is_loopback(args.host):
@@ -94,9 +96,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
             "(and bind this service to 127.0.0.1 behind it).",
             file=sys.stderr,
         )
-    app = create_app(args.db)
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, proxy_headers=False)
-    return EXIT_OK
+    try:
+        return serve(
+            args.db,
+            host=args.host,
+            port=args.port,
+            workers=args.workers,
+            log_level=args.log_level,
+        )
+    except ServeError as exc:
+        return _fail(str(exc), EXIT_USAGE)
 
 
 @_guarded
@@ -215,7 +224,16 @@ def _add_actions(sub: Any) -> None:
 
     p = with_db(sub.add_parser("serve", help="run the cloud service (HTTP)"))
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
-    p.add_argument("--port", type=int, default=8080, help="port (default 8080)")
+    p.add_argument(
+        "--port", type=int, default=8080, help="port (default 8080; 0 picks a free one, printed)"
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="worker processes sharing the port (default 1; more than 1 needs PostgreSQL)",
+    )
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.set_defaults(func=cmd_serve)
 

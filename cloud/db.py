@@ -267,9 +267,10 @@ class BoundedCache:
             return len(self._items)
 
 
-# Replica totals per (organisation, gym, version): a few hundred gyms' current and previous
-# versions fit, and each entry is a couple of integers.
-TOTALS_CACHE_SIZE = 1024
+# Replica totals per (organisation, gym, version): a few thousand gyms' current and previous
+# versions fit (each entry is a key and two integers, a few hundred bytes), so a fleet of that
+# many gyms does not evict the entries its heartbeats are about to ask for.
+TOTALS_CACHE_SIZE = 16384
 
 
 class Tx:
@@ -455,6 +456,22 @@ class Database:
         if self.dialect == SQLITE:
             return conn.in_transaction
         return bool(conn.closed or conn.broken)
+
+    @contextlib.contextmanager
+    def single(self) -> Iterator[Tx]:
+        """A connection without an explicit transaction: each statement is its own (autocommit),
+        so a lone read costs one round trip instead of three (BEGIN, the statement, COMMIT).
+        Only for work that is one statement; anything that must see one consistent state across
+        statements takes ``read()``."""
+        conn = self._pool.acquire()
+        broken = False
+        try:
+            yield Tx(conn, self.dialect, self.cache)
+        except BaseException:
+            broken = self._conn_is_broken(conn)
+            raise
+        finally:
+            self._pool.release(conn, broken=broken)
 
     def write(self) -> contextlib.AbstractContextManager[Tx]:
         """A write transaction: SQLite BEGIN IMMEDIATE, PostgreSQL READ COMMITTED."""
@@ -960,9 +977,15 @@ def insert_device(
 
 
 def device_by_token(tx: Tx, token_hash: str) -> dict[str, Any] | None:
+    """The device holding this token hash, with its organisation's replica ``org_version`` and
+    ``org_purged_version`` read by the same statement (one consistent state: the idle poll
+    needs nothing else)."""
+    columns = ", ".join(f"d.{c.strip()}" for c in _DEVICE_COLUMNS.split(","))
     return _device(
         tx.one(
-            f"SELECT {_DEVICE_COLUMNS} FROM devices WHERE token_hash = ?",  # noqa: S608
+            f"SELECT {columns}, o.version AS org_version, o.purged_version AS org_purged_version"  # noqa: S608
+            " FROM devices d JOIN organizations o ON o.id = d.organization_id"
+            " WHERE d.token_hash = ?",
             (token_hash,),
         )
     )
@@ -1018,14 +1041,19 @@ def set_resnapshot(tx: Tx, org_id: str, device_id: str, wanted: bool) -> bool:
     )
 
 
-def record_heartbeat(tx: Tx, device_id: str, fields: dict[str, Any]) -> None:
+def record_heartbeat(tx: Tx, device_id: str, fields: dict[str, Any]) -> bool | None:
+    """Store a heartbeat's ``fields`` (exactly HEARTBEAT_COLUMNS) on the device, and its time
+    ``hb_at`` as the device's ``last_seen_at``. Returns whether an admin asked the device for a
+    fresh snapshot (read by the same statement), or None when there is no such device."""
     if set(fields) != set(HEARTBEAT_COLUMNS):
         raise ValueError(f"heartbeat fields must be exactly {HEARTBEAT_COLUMNS}")
     sets = ", ".join(f"{name} = ?" for name in HEARTBEAT_COLUMNS)
-    tx.run(
-        f"UPDATE devices SET {sets} WHERE id = ?",  # noqa: S608
-        (*(fields[name] for name in HEARTBEAT_COLUMNS), device_id),
+    row = tx.one(
+        f"UPDATE devices SET {sets}, last_seen_at = ? WHERE id = ?"  # noqa: S608
+        " RETURNING resnapshot_requested",
+        (*(fields[name] for name in HEARTBEAT_COLUMNS), fields["hb_at"], device_id),
     )
+    return None if row is None else bool(row["resnapshot_requested"])
 
 
 # -- clock anchors ---------------------------------------------------------------------------------
@@ -1142,6 +1170,23 @@ def checkin_holders(tx: Tx, ids: Sequence[str]) -> dict[str, dict[str, Any]]:
         for row in tx.all(f"{sql}({marks})", chunk):
             row["revoked"] = row.pop("revoked_at") is not None
             out[row["id"]] = row
+    return out
+
+
+def checkin_counts(tx: Tx, device_ids: Sequence[str]) -> dict[str, int]:
+    """{device id: check-ins stored under it} for these devices (those holding none are left
+    out): the fleet bench counts what the cloud holds against what its doors made."""
+    out: dict[str, int] = {}
+    unique = sorted(set(device_ids))
+    for start in range(0, len(unique), 500):
+        chunk = unique[start : start + 500]
+        marks = ", ".join("?" * len(chunk))
+        rows = tx.all(
+            "SELECT device_id, COUNT(*) AS n FROM checkins"  # noqa: S608
+            f" WHERE device_id IN ({marks}) GROUP BY device_id",
+            chunk,
+        )
+        out.update({row["device_id"]: int(row["n"]) for row in rows})
     return out
 
 

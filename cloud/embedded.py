@@ -19,6 +19,7 @@ import time
 from typing import Any
 
 from cloud.app import Clock, create_app
+from cloud.serve import ServeError, listen
 
 START_TIMEOUT_S = 15.0
 STOP_TIMEOUT_S = 10.0
@@ -59,17 +60,13 @@ class EmbeddedCloud:
         if self._thread is not None:
             raise EmbeddedCloudError("already started")
         self.app = create_app(self.database_url, clock=self.clock)
-        # IPPROTO_TCP named explicitly: asyncio turns Nagle off (TCP_NODELAY) only on connections
-        # of sockets that say so, and with Nagle on every small answer waits ~40 ms for the
-        # client's delayed ACK (uvicorn writes headers and body separately).
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+        # cloud.serve.listen names IPPROTO_TCP, so asyncio turns Nagle off on every connection
+        # (with it on, each small answer waits ~40 ms for the client's delayed ACK).
         try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind((self.host, self.port))
-        except OSError as exc:
-            sock.close()
+            sock = listen(self.host, self.port)
+        except ServeError as exc:
             self.app.state.cloud.database.close()
-            raise EmbeddedCloudError(f"cannot listen on {self.host}:{self.port}: {exc}") from exc
+            raise EmbeddedCloudError(str(exc)) from exc
         self.port = sock.getsockname()[1]
         config = uvicorn.Config(
             self.app,

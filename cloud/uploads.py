@@ -50,20 +50,26 @@ from sync.protocol import (
     utc_text,
 )
 
-# last_seen_at is written at most this often per device, so an idle poll stays a read.
-LAST_SEEN_EVERY = timedelta(seconds=30)
+# A request rewrites the device's last_seen_at only when it is older than this, so an idle poll
+# stays a read. Every heartbeat writes it anyway (the heartbeat is a write), once a round, so a
+# healthy device at the default 30 s interval never pays for it; this bounds how stale it gets for
+# a device whose heartbeats fail, or whose rounds are further apart.
+LAST_SEEN_EVERY = timedelta(seconds=120)
 _BIG = 2**63 - 1
 
 
 @dataclass(frozen=True, slots=True)
 class DeviceAuth:
-    """The device a token belongs to."""
+    """The device a token belongs to, and its organisation's replica version and purged
+    version as they were when it was authenticated (one statement read both)."""
 
     id: str
     organization_id: str
     gym_id: str
     resnapshot_requested: bool
     last_seen_at: str | None
+    org_version: int = 0
+    org_purged_version: int = 0
 
 
 # -- enrolment and authentication ------------------------------------------------------------------
@@ -131,11 +137,12 @@ def enrol(tx: db.Tx, request: EnrolRequest, now: datetime) -> Enrolment:
 
 
 def authenticate_device(database: db.Database, token: str | None, now: datetime) -> DeviceAuth:
-    """The device holding ``token``; Unauthorized for a missing, unknown or revoked token. Keeps
+    """The device holding ``token``; Unauthorized for a missing, unknown or revoked token. One
+    statement (no transaction around it), which also reads the organisation's version. Keeps
     ``last_seen_at`` current to within LAST_SEEN_EVERY."""
     if not token:
         raise Unauthorized("missing bearer token")
-    with database.read() as tx:
+    with database.single() as tx:
         row = db.device_by_token(tx, tokens.sha256_hex(token))
     if row is None or row["revoked_at"] is not None:
         raise Unauthorized("unknown or revoked device token: enrol the device again")
@@ -149,6 +156,8 @@ def authenticate_device(database: db.Database, token: str | None, now: datetime)
         gym_id=row["gym_id"],
         resnapshot_requested=row["resnapshot_requested"],
         last_seen_at=seen,
+        org_version=int(row["org_version"]),
+        org_purged_version=int(row["org_purged_version"]),
     )
 
 
@@ -451,7 +460,7 @@ def receive_heartbeat(
             tx, device.id, [*hb.anchors, Anchor(hb.boot_id, hb.monotonic_ns, now)]
         )
         replace_unanchored(tx, device.id, fresh)
-        db.record_heartbeat(
+        requested = db.record_heartbeat(
             tx,
             device.id,
             {
@@ -481,8 +490,7 @@ def receive_heartbeat(
             if fresh:
                 db.link_predecessors(tx, device.id, fresh, utc_text(now))
                 resend_from = first_missing_seq(tx, [*held_by, *fresh], retained, synced)
-        row = db.device(tx, device.organization_id, device.id)
-        return bool(row and row["resnapshot_requested"]), resend_from
+        return bool(requested), resend_from
 
     requested, resend_from = database.transact(record, write=True)
     return HeartbeatReply(

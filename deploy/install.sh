@@ -1,15 +1,17 @@
 #!/usr/bin/env bash
-# FitFlow Kiosk installer for Raspberry Pi OS (or Debian) 12 "bookworm", Pi 3, 4 and 5.
+# FitFlow Kiosk installer for 64-bit Raspberry Pi OS 12 "bookworm" (Pi 3, 4 and 5), or Debian 12.
 #
 #   sudo deploy/install.sh                         install, update or repair (asks once on a terminal)
 #   sudo deploy/install.sh --unattended [--config FILE]
 #                                                  no questions; FILE seeds /etc/fitflow-kiosk/kiosk.toml
+#   sudo deploy/install.sh --with-opencv           also install OpenCV, whatever camera the config names
 #   sudo deploy/install.sh --uninstall [--purge]   remove; the data and the config stay unless --purge
 #
 # Every run converges the device to the same state, so install = update = repair: apt packages
-# (deploy/apt-packages.txt), the system user `fitflow` in the gpio and video groups, the venv in
-# /opt/fitflow-kiosk/venv with this checkout installed, the data directory, the systemd units.
-# The owner's config is written only when there is none: it is never overwritten.
+# (deploy/apt-packages.txt; OpenCV only for a USB camera or replayed files), the system user
+# `fitflow` in the gpio and video groups, the venv in /opt/fitflow-kiosk/venv with this checkout
+# installed, the data directory, the systemd units. The owner's config is written only when there
+# is none: it is never overwritten. The door starts only once `kiosk provision` has set the relay.
 # Everything is logged to /var/log/fitflow-kiosk-install.log.
 #
 # For tests: FITFLOW_ROOT (default /) prefixes every file the script touches,
@@ -22,6 +24,9 @@ readonly OPT_DIR=/opt/fitflow-kiosk
 readonly VENV=$OPT_DIR/venv
 readonly CONF_DIR=/etc/fitflow-kiosk
 readonly CONFIG=$CONF_DIR/kiosk.toml
+# Written by `kiosk provision` once the relay's polarity is set (kiosk.ops.provision): the
+# scanner's unit starts only when it exists (ConditionPathExists= in fitflow-scanner.service).
+readonly PROVISIONED=$CONFIG.provisioned
 readonly DATA_DIR=/var/lib/fitflow-kiosk
 readonly BACKUP_DIR=$DATA_DIR/backups
 readonly UNIT_DIR=/etc/systemd/system
@@ -41,7 +46,9 @@ ROOT=${FITFLOW_ROOT:-/}
 readonly ROOT=${ROOT%/}  # "" for the real root, so "$ROOT$path" is always the path itself
 
 unattended=false
+with_opencv=false
 enabled_services=()
+restart_problems=()  # services that did not come back after the update
 build_tree=""  # a temporary copy of the source, removed on every exit path
 
 cleanup() { if [ -n "$build_tree" ]; then rm -rf "$build_tree"; fi; }
@@ -50,7 +57,7 @@ seed_config=""
 action=install
 purge=false
 
-usage() { sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; }
 die() { echo "install.sh: $*" >&2; exit 1; }
 at() { printf '%s%s' "$ROOT" "$1"; }  # where a system path is under FITFLOW_ROOT
 
@@ -79,6 +86,7 @@ parse_args() {
         shift
         ;;
       --config=*) seed_config=${1#--config=} ;;
+      --with-opencv) with_opencv=true ;;
       --uninstall) action=uninstall ;;
       --purge) purge=true ;;
       -h | --help) usage; exit 0 ;;
@@ -120,6 +128,32 @@ require_supported_os() {
     die "refusing to run on ${name:-an unknown OS}: FitFlow Kiosk installs on Raspberry Pi OS" \
       "(or Debian) 12 bookworm only"
   fi
+  require_64_bit "${name:-this system}"
+}
+
+# 64-bit only. On 32-bit ARM the QR decoder has no usable package: PyPI has no armv7 wheel of
+# zxing-cpp (2.2 or newer), so pip would compile it on the Pi (a C++ toolchain and CMake, most of
+# an hour on a Pi 3), and Debian's python3-zxing-cpp is 1.4, too old for the decoder adapter.
+# Every supported Pi (3, 4, 5) runs the 64-bit system. The userland decides, not the kernel:
+# 32-bit Raspberry Pi OS boots a 64-bit kernel on a Pi 4 and 5 (uname says aarch64).
+require_64_bit() {  # require_64_bit OS_NAME
+  local arch
+  arch=$(dpkg --print-architecture 2>/dev/null) ||
+    die "refusing to run: dpkg cannot tell this system's architecture"
+  case "$arch" in
+    arm64 | amd64) ;;
+    armhf | armel)
+      die "refusing to run on 32-bit $1 ($arch): FitFlow Kiosk needs the 64-bit (arm64) system," \
+        "which every supported Pi (3, 4, 5) runs. Its QR decoder, zxing-cpp 2.2 or newer, has no" \
+        "32-bit ARM build (pip would compile it for most of an hour; Debian's python3-zxing-cpp" \
+        "is 1.4, too old). Flash Raspberry Pi OS Lite (64-bit) and run the installer again." \
+        "Nothing was changed."
+      ;;
+    *)
+      die "refusing to run on $1 for $arch: FitFlow Kiosk installs on arm64 (a Raspberry Pi) or" \
+        "amd64 only. Nothing was changed."
+      ;;
+  esac
 }
 
 is_raspberry_pi() {
@@ -145,24 +179,53 @@ confirm() {
   esac
 }
 
-# Package names from deploy/apt-packages.txt; the ones marked `pi` only on a Raspberry Pi.
+# Package names from deploy/apt-packages.txt: the untagged ones, plus those tagged with one of the
+# arguments (`pi`: only on a Raspberry Pi). `apt_packages only TAG` lists just those tagged TAG.
 apt_packages() {
-  local on_pi=$1 name tag _rest
+  local name tag _rest only=false wanted
+  if [ "${1:-}" = only ]; then
+    only=true
+    shift
+  fi
+  wanted=" $* "
   while read -r name tag _rest; do
     case "$name" in "" | \#*) continue ;; esac
-    if [ "$tag" = pi ] && ! $on_pi; then continue; fi
+    if [ -z "$tag" ] && $only; then continue; fi
+    if [ -n "$tag" ] && [[ "$wanted" != *" $tag "* ]]; then continue; fi
     echo "$name"
   done <"$SCRIPT_DIR/apt-packages.txt"
 }
 
-install_packages() {
-  local on_pi=false packages
-  if is_raspberry_pi; then on_pi=true; fi
-  mapfile -t packages < <(apt_packages "$on_pi")
-  if ! $on_pi; then
-    say "  not a Raspberry Pi: skipping the Pi camera and GPIO packages (use a USB camera)"
+has_candidate() {  # has_candidate PACKAGE: apt has a version of it to install (or installed)
+  local candidate
+  candidate=$(LC_ALL=C apt-cache policy "$1" 2>/dev/null |
+    awk '$1 == "Candidate:" { print $2; exit }') || true
+  [ -n "$candidate" ] && [ "$candidate" != "(none)" ]
+}
+
+# Before anything is installed, every package must be available. On a Raspberry Pi the camera and
+# GPIO packages come from the Raspberry Pi OS archive, which plain Debian does not have.
+require_candidates() {  # require_candidates ON_PI PACKAGE...
+  local on_pi=$1 package missing=()
+  shift
+  for package in "$@"; do
+    if ! has_candidate "$package"; then missing+=("$package"); fi
+  done
+  if [ ${#missing[@]} -eq 0 ]; then return 0; fi
+  echo "+ apt has no candidate for: ${missing[*]}" >>"$log_path"
+  if $on_pi && [[ " ${missing[*]} " == *" python3-picamera2 "* ||
+    " ${missing[*]} " == *" python3-lgpio "* ]]; then
+    die "refusing to install: this Raspberry Pi's apt sources have no ${missing[*]}. They come" \
+      "from the Raspberry Pi OS archive, so this looks like plain Debian on a Pi, where the" \
+      "Camera Module and the GPIO pins would not work. Flash Raspberry Pi OS Lite (64-bit) and" \
+      "run the installer again (or add the Raspberry Pi OS apt archive and its signing key to" \
+      "/etc/apt/sources.list.d, then run it again). Nothing was installed."
   fi
-  say "- apt packages: ${packages[*]}"
+  die "refusing to install: apt has no package ${missing[*]} (check /etc/apt/sources.list*" \
+    "and run apt-get update). Nothing was installed."
+}
+
+update_package_lists() {
   export DEBIAN_FRONTEND=noninteractive
   # Offline, the package lists already on the device still do for a repair.
   # Wait (up to 5 minutes) for the dpkg lock instead of failing: a fresh Pi runs its own
@@ -170,7 +233,57 @@ install_packages() {
   echo "+ apt-get -o $APT_LOCK_WAIT update -q" >>"$log_path"
   apt-get -o "$APT_LOCK_WAIT" update -q >>"$log_path" 2>&1 ||
     say "  WARNING: apt-get update failed (offline?): using the package lists already here"
+}
+
+install_packages() {
+  local on_pi=false packages
+  if is_raspberry_pi; then on_pi=true; fi
+  if $on_pi; then
+    mapfile -t packages < <(apt_packages pi)
+  else
+    mapfile -t packages < <(apt_packages)
+    say "  not a Raspberry Pi: skipping the Pi camera and GPIO packages (use a USB camera:" \
+      "camera.backend = \"opencv\")"
+  fi
+  say "- apt packages: ${packages[*]}"
+  update_package_lists
+  require_candidates "$on_pi" "${packages[@]}"
   # No recommends: python3-picamera2 would pull a desktop GUI toolkit onto a headless kiosk.
+  run apt-get -o "$APT_LOCK_WAIT" install -y -q --no-install-recommends "${packages[@]}"
+}
+
+# OpenCV (python3-opencv: about 290 more packages and 710 MB, with Qt, VTK, GDAL and ffmpeg) only
+# where frames come through it: a USB camera (camera.backend = "opencv") or replayed files
+# ("replay"), or when --with-opencv asks. The Camera Module (picamera2) needs numpy and zxing-cpp.
+# A package installed by an earlier run is never removed: something else may use it.
+camera_backend() {  # camera_backend CONFIG: its camera.backend, read by the kiosk's own loader
+  "$(at "$VENV")/bin/python" - "$1" 2>>"$log_path" <<'PYTHON'
+import sys
+
+from kiosk.config import load_config
+
+# The file alone, as the services read it: they have no KIOSK_* environment.
+print(load_config(sys.argv[1], None).camera.backend)
+PYTHON
+}
+
+install_camera_packages() {
+  local backend packages
+  mapfile -t packages < <(apt_packages only opencv)
+  if $with_opencv; then
+    say "- OpenCV (--with-opencv): ${packages[*]}"
+  elif ! backend=$(camera_backend "$(at "$CONFIG")"); then
+    say "  WARNING: cannot tell camera.backend from $CONFIG (details in $LOG_FILE): OpenCV is" \
+      "not installed; fix the config and run the installer again"
+    return 0
+  elif [ "$backend" = opencv ] || [ "$backend" = replay ]; then
+    say "- OpenCV for camera.backend = \"$backend\": ${packages[*]}"
+  else
+    say "- no OpenCV: camera.backend = \"$backend\" does not need it (a USB camera or replayed" \
+      "files do: set camera.backend and run the installer again, or add --with-opencv)"
+    return 0
+  fi
+  require_candidates false "${packages[@]}"
   run apt-get -o "$APT_LOCK_WAIT" install -y -q --no-install-recommends "${packages[@]}"
 }
 
@@ -277,8 +390,9 @@ ensure_dirs() {
   say "- data $DATA_DIR, backups $BACKUP_DIR, config $CONF_DIR"
   make_dir "$DATA_DIR" 0750 "$SERVICE_USER:$SERVICE_USER"
   make_dir "$BACKUP_DIR" 0750 "$SERVICE_USER:$SERVICE_USER"
-  # The service reads its config but cannot change it.
-  make_dir "$CONF_DIR" 0750 "root:$SERVICE_USER"
+  # Root's; everyone may read it (`kiosk config check` without sudo): the config holds no secrets,
+  # which live in $DATA_DIR with mode 0600. The services read it and cannot change it.
+  make_dir "$CONF_DIR" 0755 root:root
 }
 
 check_config() {  # check_config FILE: true when the kiosk accepts it (errors go to the log)
@@ -300,11 +414,16 @@ ensure_config() {
       die "$seed is not a valid configuration (details in $LOG_FILE; check it with: kiosk config check $seed)"
     say "- writing $CONFIG from $seed"
     cp "$seed" "$config.new"
-    chmod 0640 "$config.new"
+    chmod 0644 "$config.new"
     mv "$config.new" "$config"
+    # A marker left from an earlier config vouches for that config's relay wiring, not this one's.
+    if [ -e "$(at "$PROVISIONED")" ] || [ -L "$(at "$PROVISIONED")" ]; then
+      rm -f "$(at "$PROVISIONED")"
+      say "  removed $PROVISIONED: it was for the previous config; run kiosk provision again"
+    fi
   fi
-  chmod 0640 "$config"
-  run chown "root:$SERVICE_USER" "$config"
+  chmod 0644 "$config"
+  run chown root:root "$config"
   if ! check_config "$config"; then
     say "  WARNING: $CONFIG is not valid: the door will not start. Run: kiosk config check"
   fi
@@ -325,24 +444,88 @@ install_units() {
     chmod 0644 "$target"
   done
   run systemctl daemon-reload
+  # Enabled, so they start at boot; the scanner only once `kiosk provision` has set the relay's
+  # polarity (ConditionPathExists= on $PROVISIONED): until then the example's guess of it could
+  # hold an active-low relay closed, the turnstile released.
   run systemctl enable "${SERVICES[@]}"
   enabled_services=("${SERVICES[@]}")
   run systemctl enable --now fitflow-backup.timer
-  # An update takes effect at once in the services already running; none is started here,
-  # so a fresh device does not drive its relay before it is provisioned.
-  run systemctl try-restart "${SERVICES[@]}"
+  restart_running
+}
+
+# An update takes effect at once in the services already running; none is started here. One that
+# does not come back (a scanner crash-looping on a camera fault) is reported, not fatal: the
+# installation itself is complete, and the service keeps retrying on its own. The state decides,
+# not only try-restart's exit code: try-restart does nothing to a unit caught between two attempts
+# (deactivating while its ExecStopPost releases the relay) and then succeeds.
+restart_running() {
+  local unit before after
+  for unit in "${SERVICES[@]}"; do
+    # A door started before provisioning wrote its marker (by hand, or by an installer older than
+    # the marker) would be stopped for good by a restart: it keeps running the version it has.
+    if [ "$unit" = fitflow-scanner.service ] && [ ! -e "$(at "$PROVISIONED")" ] &&
+      systemctl is-active --quiet "$unit" 2>/dev/null; then
+      say "  WARNING: $unit runs but the relay's polarity was never set by kiosk provision" \
+        "($PROVISIONED is missing): not restarted, so it keeps the previous version. Run" \
+        "sudo kiosk provision, then: sudo systemctl restart $unit"
+      restart_problems+=("$unit")
+      continue
+    fi
+    before=$(systemctl is-active "$unit" 2>/dev/null) || true
+    echo "+ systemctl try-restart $unit (was ${before:-unknown})" >>"$log_path"
+    if systemctl try-restart "$unit" >>"$log_path" 2>&1; then
+      after=$(systemctl is-active "$unit" 2>/dev/null) || true
+      # Not running before (not provisioned or enrolled yet, or stopped): nothing to restart.
+      case "$before" in "" | inactive) continue ;; esac
+      if [ "$after" = active ]; then continue; fi
+    fi
+    report_unit "$unit"
+    restart_problems+=("$unit")
+  done
+}
+
+unit_property() {  # unit_property UNIT NAME: one property's value ("?" when systemctl cannot say)
+  systemctl show --property="$2" --value "$1" 2>/dev/null || echo "?"
+}
+
+# Says what state UNIT is in and the last line that tells why: the kiosk's last ERROR of this boot
+# (its log lines read "<time> ERROR <logger>: <message>"), else the last line of its main process,
+# else its last line (the unit's ExecStopPost may have the last word: "relay ... forced off").
+report_unit() {
+  local unit=$1 pid last=""
+  last=$(journalctl --no-pager --output=cat --boot --lines=1 --unit="$unit" \
+    --grep=' (ERROR|CRITICAL) ' 2>/dev/null) || last=""
+  pid=$(unit_property "$unit" ExecMainPID)
+  if [ -z "$last" ] && [ -n "$pid" ] && [ "$pid" != 0 ] && [ "$pid" != "?" ]; then
+    last=$(journalctl --no-pager --output=cat --boot --lines=1 "_SYSTEMD_UNIT=$unit" \
+      "_PID=$pid" 2>/dev/null) || last=""
+  fi
+  if [ -z "$last" ]; then
+    last=$(journalctl --no-pager --output=cat --boot --lines=1 --unit="$unit" 2>/dev/null) ||
+      last=""
+  fi
+  # Only the state and the result: the exit status and the restart count are reset by the restart
+  # just tried (a unit waiting to start again shows status 0); the log line tells the reason.
+  say "  WARNING: $unit is not running after the update: $(unit_property "$unit" ActiveState)" \
+    "($(unit_property "$unit" SubState)), result $(unit_property "$unit" Result)"
+  say "    its last log line: ${last:-(none)}"
 }
 
 next_steps() {
+  local unit
   cat <<EOF | tee -a "$log_path"
 
 FitFlow Kiosk is installed. Next:
   1. sudo kiosk provision     # cloud enrolment, owner password, door and relay settings
   2. sudo kiosk selftest      # camera, relay, LED, buzzer, clock, cloud, disk, database
   3. sudo systemctl restart ${enabled_services[*]}
+The door (fitflow-scanner) starts only once step 1 has set the relay's polarity.
 Config: $CONFIG   Data: $DATA_DIR   Log of this run: $LOG_FILE
 Run this script again at any time to update or repair the installation.
 EOF
+  for unit in "${restart_problems[@]}"; do
+    say "NOTE: $unit needs a look (see above): journalctl -u $unit; kiosk selftest"
+  done
 }
 
 do_install() {
@@ -356,6 +539,7 @@ do_install() {
   install_package
   ensure_dirs
   ensure_config
+  install_camera_packages
   install_units
   next_steps
 }

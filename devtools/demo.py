@@ -323,12 +323,13 @@ class DemoWeb:
         """Set a fresh random owner password (its salted hash in ``<name>-owner-password`` beside
         the demo database, mode 0600), then serve the page on ``WEB_HOST``:``port`` (0: a free
         port) and return once it accepts connections. Raises DemoWebError when the port cannot
-        be used or the page does not come up within ``WEB_START_TIMEOUT_S``."""
+        be used, the installed uvicorn cannot carry the page's connection guard, or the page
+        does not come up within ``WEB_START_TIMEOUT_S``."""
         import uvicorn
 
         from kiosk.ops.owner_password import PasswordFileError, hash_password, save_password_hash
         from kiosk.web.app import create_app
-        from kiosk.web.serve import bind, listen_url, server_config
+        from kiosk.web.serve import UvicornMismatch, bind, listen_url, server_config
 
         password = secrets.token_urlsafe(12)  # 16 characters, 96 bits
         password_file = db_path.with_name(f"{db_path.stem}-owner-password")
@@ -349,7 +350,12 @@ class DemoWeb:
             web=replace(config.web, host=WEB_HOST, port=port, password_file=str(password_file)),
         )
         app = create_app(web_config)
-        settings = server_config(app)  # the same bounds and quiet as ``kiosk web``
+        try:
+            settings = server_config(app)  # the same bounds, guard and quiet as ``kiosk web``
+        except UvicornMismatch as exc:
+            sock.close()
+            app.state.page.close()
+            raise DemoWebError(f"the owner page: {exc}") from None
         # A browser's open connection must not hold up the demo's exit for long.
         settings.timeout_graceful_shutdown = 1
         server = uvicorn.Server(settings)
@@ -375,14 +381,22 @@ class DemoWeb:
         self._app.state.page.close()
 
 
-def _report_door_tests(control: ControlStore, printer: _Printer, stop: threading.Event) -> None:
-    """Print each "test the door" the door loop answers while the demo runs (requests older than
-    the demo are not news); one last look once ``stop`` is set, so none answered is left out."""
+def _newest_request_id(control: ControlStore) -> int | None:
+    """The id of the newest owner request in the control file (0: none yet; None: unreadable)."""
     try:
         newest = control.recent_requests(1)
     except ControlError:
-        return
-    after = newest[0].id if newest else 0
+        return None
+    return newest[0].id if newest else 0
+
+
+def _report_door_tests(
+    control: ControlStore, printer: _Printer, stop: threading.Event, after: int
+) -> None:
+    """Print each "test the door" the door loop answers while the demo runs: those newer than
+    ``after``, the newest request when the demo started (read before anyone is told the demo
+    runs, so a request made at once is news however late this thread starts); one last look once
+    ``stop`` is set, so none answered is left out."""
     printed: set[int] = set()
     stopping = False
     while not stopping:
@@ -519,6 +533,7 @@ def run_demo(
 
                 if threading.current_thread() is threading.main_thread() and not once:
                     stop_on_signals(stop)
+                news_after = _newest_request_id(control) if control is not None else None
                 if on_start is not None:
                     on_start(DemoRuntime(config, store, control, stop))
                 if demo_cloud is not None and not once:
@@ -526,9 +541,11 @@ def run_demo(
                         target=_sync_in_background, args=(demo_cloud, printer, stop), daemon=True
                     )
                     syncer.start()
-                if control is not None and not once:
+                if control is not None and news_after is not None and not once:
                     door_tests = threading.Thread(
-                        target=_report_door_tests, args=(control, printer, stop), daemon=True
+                        target=_report_door_tests,
+                        args=(control, printer, stop, news_after),
+                        daemon=True,
                     )
                     door_tests.start()
                 play(SCENARIO)

@@ -377,8 +377,9 @@ def start_agent(kiosk: Kiosk, log: Path, *, once: bool = False) -> subprocess.Po
         )
 
 
-def run_once(kiosk: Kiosk, timeout_s: float = 60.0) -> subprocess.CompletedProcess:
-    """One ``kiosk sync --once`` round; returns the finished process with its output."""
+def run_once(kiosk: Kiosk, timeout_s: float = 300.0) -> subprocess.CompletedProcess:
+    """One ``kiosk sync --once`` round; returns the finished process with its output.
+    ``timeout_s`` only bounds a hang (a round on a loaded machine may take tens of seconds)."""
     return subprocess.run(
         agent_command(kiosk, once=True),
         capture_output=True,

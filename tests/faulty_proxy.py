@@ -10,8 +10,11 @@ one of the things real networks and servers do:
 - ``truncate``: forward, then pass on only half of the answer's body;
 - ``garbage``: answer 200 with bytes that are not JSON, without forwarding.
 
-Faults are drawn from a seeded ``random.Random``, so a failing run can be replayed. The proxy counts
-what it did per fault in ``stats`` (thread-safe).
+Faults are drawn from a seeded ``random.Random``, one draw per request and nothing else from that
+generator (the status of an ``error`` comes from a second one), so the first N requests get the
+same N faults whatever their timing or order: a test that asserts on ``stats`` after N requests
+cannot flake, and a failing run can be replayed. The proxy counts what it did per fault in
+``stats`` (thread-safe).
 """
 
 from __future__ import annotations
@@ -58,6 +61,7 @@ class FaultyProxy:
         self.stall_limit_s = stall_limit_s
         self.stats: Counter[str] = Counter()
         self._random = random.Random(seed)
+        self._status_random = random.Random(seed + 1)
         self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -75,6 +79,12 @@ class FaultyProxy:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+
+            def end_headers(self) -> None:
+                # Every connection is closed after its answer (close_connection): say so, or a
+                # quick client sends its next request on it before it sees the close, and fails.
+                self.send_header("Connection", "close")
+                super().end_headers()
 
             def log_message(self, *args: object) -> None:  # quiet: the test reads stats instead
                 pass
@@ -157,7 +167,7 @@ class FaultyProxy:
 
     def _random_status(self) -> int:
         with self._lock:
-            return self._random.choice((500, 502, 503))
+            return self._status_random.choice((500, 502, 503))
 
     def _forward(
         self, req: BaseHTTPRequestHandler, body: bytes

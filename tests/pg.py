@@ -1,19 +1,23 @@
 """A private PostgreSQL server for the cloud tests, and the ``cloud_db_url`` fixture that runs a
 test once on SQLite and once on PostgreSQL.
 
-The server is started once per test session: ``initdb`` into a temporary directory (as the
-``postgres`` system user when the tests run as root, as in CI), listening on 127.0.0.1 at a free
-port with its unix socket in that directory, ``fsync=off`` for speed, stopped at the end of the
-session. Each test gets a fresh database copied from a migrated template (``CREATE DATABASE ...
-TEMPLATE``: a file copy, a few tens of milliseconds).
+The server is started once per test process, when a test first needs it: ``initdb`` into a
+temporary directory (as the ``postgres`` system user when the tests run as root, as in CI),
+listening on 127.0.0.1 at a free port with its unix socket in that directory, ``fsync=off`` for
+speed, stopped at the end of the session. Under pytest-xdist (``./dev test`` runs the suite on
+parallel workers) each worker is its own process with its own server, so workers share nothing.
+Each test gets a fresh database copied from a migrated template (``CREATE DATABASE ... TEMPLATE``:
+a file copy, a few tens of milliseconds).
 
 ``FITFLOW_TEST_PG_URL=postgresql://user@host:port/dbname`` uses that server instead (the user
-needs CREATEDB). Without either, the PostgreSQL tests **fail** with the reason: they are never
-skipped. ``./dev test`` installs PostgreSQL when it is missing.
+needs CREATEDB), shared by every worker and by any other test run pointed at it: the template and
+every test database carry the test process's id in their names, so none of them collide. Without
+either, the PostgreSQL tests **fail** with the reason: they are never skipped. ``./dev test``
+installs PostgreSQL when it is missing.
 
 Import the fixtures into a test module with ``from pg import cloud_db_url_fixture, cloud_fixture,
 pg_server_fixture  # noqa: F401`` (pytest registers them as ``cloud_db_url``, ``cloud`` and
-``pg_server``); the server is shared by every module that does (one cluster per session). The
+``pg_server``); the server is shared by every module that does (one cluster per process). The
 second half of this module is the cloud tests' harness: an in-process cloud (``Harness``, fixture
 ``cloud``) with an organisation, an admin token and helpers to enrol devices, upload check-ins,
 heartbeat and follow the replica like a device.
@@ -45,7 +49,9 @@ with warnings.catch_warnings():
 
 PG_URL_ENV = "FITFLOW_TEST_PG_URL"
 BACKENDS = ("sqlite", "postgres")
-_TEMPLATE = "fitflow_template"
+# Per process: parallel workers, or two test runs on one FITFLOW_TEST_PG_URL server, each build and
+# drop their own template.
+_TEMPLATE = f"fitflow_template_{os.getpid()}"
 
 
 class PostgresUnavailable(RuntimeError):
@@ -199,7 +205,7 @@ def start_private_server() -> PgServer:
     raise PostgresUnavailable(f"PostgreSQL did not start: {last_error}")
 
 
-# -- one server per session, shared by every module that imports the fixtures ----------------------
+# -- one server per test process, shared by every module that imports the fixtures ----------------
 
 _lock = threading.Lock()
 _server: PgServer | None = None

@@ -336,6 +336,27 @@ def test_a_restored_file_belongs_to_the_owner_of_the_data_folder(tmp_path: Path,
     assert sorted(p.name for p in folder.iterdir()) == ["kiosk.db"]  # no root-owned leftovers
 
 
+def test_a_backup_holds_the_journal_and_a_restore_keeps_the_replica_beside(
+    tmp_path: Path, live: Path, capsys
+) -> None:
+    backup = backup_of(live, live.parent / "backups")
+    report = inspect_database(backup)
+    assert report.members is None and report.replica_file is None  # the journal only
+    assert run("db", "check", "--db", str(backup)) == 0
+    assert "replica: none beside this file" in capsys.readouterr().out
+    with Store.open(live) as store:
+        replica, version = store.replica_file, store.replica_info().version
+    assert replica is not None
+    assert run("db", "restore", str(backup), "--db", str(live), "--yes") == 0
+    assert f"member replica in use: version {version}, 3 members" in capsys.readouterr().out
+    with Store.open(live) as store:  # the door goes on with the replica it had, offline too
+        assert store.replica_file == replica and store.member_count() == 3
+    # On a new SD card there is none: the sync agent pulls one at its next round.
+    fresh = tmp_path / "new-card" / "kiosk.db"
+    assert run("db", "restore", str(backup), "--db", str(fresh), "--yes") == 0
+    assert "no member replica beside it yet" in capsys.readouterr().out
+
+
 def test_restore_into_an_empty_place(tmp_path: Path, live: Path) -> None:
     backup = backup_of(live, tmp_path / "usb")
     fresh = tmp_path / "new-card" / "kiosk.db"

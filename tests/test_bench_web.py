@@ -7,19 +7,28 @@ import json
 
 from devtools.bench.web import collect_web, report_web, web_checks
 from kiosk.cli import main
+from kiosk.web.serve import PER_CLIENT_CONNECTIONS
 
 
 def test_a_small_web_bench_logs_in_and_times_every_route():
-    result = collect_web(checkins=30, requests=5, progress=lambda _words: None)
+    result = collect_web(checkins=30, requests=5, progress=lambda _words: None, idle=40)
     for journal in ("empty", "full"):
         figures = result[journal]
         for route in ("/api/overview", "/live", "/healthz"):
             assert 0 < figures[route]["p50_ms"] <= figures[route]["p95_ms"]
         assert 10 < figures["rss_mb"] <= figures["peak_rss_mb"]
     assert result["overview_ratio"] > 0
+    # The status JSON again while a stranger opened 40 idle connections: the page kept at most
+    # its per-address allowance of them and still answered every request.
+    idle = result["full"]["idle"]
+    assert idle["connections"] == 40 and idle["held"] <= PER_CLIENT_CONNECTIONS
+    assert 0 < idle["p50_ms"] <= idle["p95_ms"] and result["idle_ratio"] > 0
+    assert "idle" not in result["empty"]
     out = io.StringIO()
     report_web(result, out)
     assert "status JSON with 30 check-ins" in out.getvalue()
+    assert "while a stranger opened 40 idle connections from 127.0.0.2" in out.getvalue()
+    assert len(web_checks(result)) == 3
 
 
 def _figures(status_ms: float, rss_mb: float) -> dict:

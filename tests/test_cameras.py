@@ -22,6 +22,10 @@ from hardware.camera.picamera import Picamera2Camera
 from hardware.camera.replay import ReplayCamera
 from hardware.protocols import CameraError, FrameSource
 
+# Bounds a wait for a capture thread's frame or event: it returns as soon as that happens, and the
+# bound only ends a hang (a busy machine may run the thread late; that is not a failure).
+WAIT_S = 60.0
+
 
 def flat(level: int, shape=(48, 64)) -> np.ndarray:
     return np.full(shape, level, np.uint8)
@@ -75,8 +79,8 @@ def test_grabber_hands_out_only_the_newest_frame():
 
     grabber = FrameGrabber(capture, name="fake", max_failures=10**9, retry_delay_s=0.001)
     try:
-        assert exhausted.wait(2.0)
-        frame = grabber.read(timeout_s=1.0)
+        assert exhausted.wait(WAIT_S)
+        frame = grabber.read(timeout_s=WAIT_S)
         assert frame.pixels[0, 0] == 30 and frame.index == 3  # frames 1 and 2 were dropped
         assert grabber.read(timeout_s=0.005) is None  # nothing new yet
     finally:
@@ -97,7 +101,7 @@ def test_grabber_reports_a_dead_camera_and_releases_it_once():
         sleep=lambda _s: None,
     )
     with pytest.raises(CameraError, match=r"fake camera: stopped .* 3 failed .*cable unplugged"):
-        grabber.read(timeout_s=2.0)
+        grabber.read(timeout_s=WAIT_S)
     grabber.close()
     grabber.close()
     assert released == [1]
@@ -133,7 +137,7 @@ class StuckCapture:
 def test_grabber_never_releases_the_device_while_a_capture_is_stuck(caplog):
     device = StuckCapture()
     grabber = FrameGrabber(device.read, name="stuck camera", release=device.release)
-    assert device.in_read.wait(5.0)  # the capture thread is now blocked inside read()
+    assert device.in_read.wait(WAIT_S)  # the capture thread is now blocked inside read()
 
     with caplog.at_level(logging.WARNING, logger="hardware.camera.grabber"):
         grabber.close(join_timeout_s=0)
@@ -141,7 +145,7 @@ def test_grabber_never_releases_the_device_while_a_capture_is_stuck(caplog):
     assert "released by that thread when its current capture returns" in caplog.text
 
     device.let_return.set()
-    assert device.released.wait(5.0)  # the thread releases once its read has returned
+    assert device.released.wait(WAIT_S)  # the thread releases once its read has returned
     assert device.events == ["read", "returned", "release"]
     assert not device.released_during_read
     grabber.close()  # idempotent: no second release
@@ -259,7 +263,7 @@ def test_usb_camera_delivers_grey_frames_from_a_capture_source(tmp_path):
     write_video(video, [90] * 30)
     camera = OpenCVCamera(str(video), api=cv2.CAP_ANY)
     try:
-        frame = camera.read(timeout_s=2.0)
+        frame = camera.read(timeout_s=WAIT_S)
         assert frame is not None and frame.pixels.ndim == 2
         assert abs(int(frame.pixels.mean()) - 90) <= 3
     finally:
@@ -332,7 +336,7 @@ def test_pi_camera_hands_out_the_cropped_luminance_plane(fake_picamera2):
         fake = fake_picamera2.instances[0]
         assert fake.config["main"]["format"] == "YUV420"
         assert fake.config["controls"]["FrameDurationLimits"] == (40000, 40000)
-        frame = camera.read(timeout_s=2.0)
+        frame = camera.read(timeout_s=WAIT_S)
         assert frame.pixels.shape == (240, 320)
         assert frame.pixels.flags["C_CONTIGUOUS"]
         assert (frame.pixels[:, 5] == 5).all() and frame.pixels.max() < 200  # no padding, no chroma

@@ -5,15 +5,17 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import httpx
 import pytest
 
-from cloud import cli, migrations
+from cloud import cli, migrations, serve
 from cloud.db import Database
 from cloud.embedded import EmbeddedCloud
 from pg import (
@@ -143,13 +145,12 @@ def test_an_unreachable_database_exits_3(capsys, tmp_path):
 
 
 def test_serve_warns_when_bound_beyond_loopback(tmp_path, capsys, monkeypatch):
-    import uvicorn
-
     served = []
-    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: served.append(kw))
+    monkeypatch.setattr(serve, "serve", lambda url, **kw: served.append(kw) or 0)
     url = f"sqlite:///{tmp_path / 'c.db'}"
     assert run(capsys, "serve", "--db", url)[0] == 0
     assert served[-1]["host"] == "127.0.0.1" and served[-1]["port"] == 8080
+    assert served[-1]["workers"] == 1
     assert "warning" not in capsys.readouterr().err
     code = cli.main(["serve", "--db", url, "--host", "0.0.0.0", "--port", "9000"])  # noqa: S104
     assert code == 0
@@ -205,3 +206,121 @@ def test_embedded_cloud_refuses_a_second_start_and_stops_twice(tmp_path):
     finally:
         cloud.stop()
     cloud.stop()
+
+
+# -- serving with several workers ------------------------------------------------------------------
+
+
+def test_serve_refuses_several_workers_on_sqlite_and_says_why(tmp_path, capsys):
+    url = f"sqlite:///{tmp_path / 'c.db'}"
+    code, _, err = run(capsys, "serve", "--db", url, "--workers", "2")
+    assert code == 2
+    assert "--workers 2 needs PostgreSQL" in err and "one writer at a time" in err
+    code, _, err = run(capsys, "serve", "--db", url, "--workers", "0")
+    assert code == 2 and "at least 1" in err
+    assert not (tmp_path / "c.db").exists()  # refused before anything was touched
+
+
+def test_a_port_that_is_taken_is_a_clear_error(tmp_path, capsys):
+    taken = serve.listen("127.0.0.1", 0)
+    try:
+        port = taken.getsockname()[1]
+        url = f"sqlite:///{tmp_path / 'c.db'}"
+        code, _, err = run(capsys, "serve", "--db", url, "--port", str(port))
+    finally:
+        taken.close()
+    assert code == 2 and f"cannot listen on 127.0.0.1:{port}" in err
+
+
+def test_the_listening_socket_names_tcp_so_connections_turn_nagle_off():
+    """asyncio sets TCP_NODELAY only on connections of a socket made with IPPROTO_TCP; uvicorn's
+    own --workers socket is made without it and every small answer waits ~40 ms for the client's
+    delayed ACK. The embedded cloud's connections (tests/test_sync_e2e.py) and every worker's
+    share this socket."""
+    sock = serve.listen("127.0.0.1", 0)
+    try:
+        assert sock.proto == socket.IPPROTO_TCP and sock.get_inheritable()
+    finally:
+        sock.close()
+
+
+def _children(pid: int) -> dict[int, str]:
+    """{pid: command line} of a process's children (Linux /proc)."""
+    found = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        for child in (task / "children").read_text().split():
+            cmdline = Path(f"/proc/{child}/cmdline").read_bytes().replace(b"\0", b" ")
+            found[int(child)] = cmdline.decode(errors="replace")
+    return found
+
+
+def _workers(pid: int) -> set[int]:
+    """The worker processes of a `serve --workers N` parent (multiprocessing's resource tracker
+    is its child too, and is not a worker)."""
+    return {
+        child
+        for child, cmdline in _children(pid).items()
+        if "spawn_main" in cmdline and "resource_tracker" not in cmdline
+    }
+
+
+def _until(condition, what: str, timeout_s: float = 60.0):
+    deadline = time.monotonic() + timeout_s
+    while not (value := condition()):
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)
+    return value
+
+
+def test_several_workers_serve_one_postgresql_database_and_are_kept_running(pg_server, tmp_path):
+    from pg import drop_pg_database, fresh_pg_database
+
+    url = fresh_pg_database(pg_server)
+    env = {**os.environ, cli.DB_ENV: url}
+    service = subprocess.Popen(
+        [sys.executable, "-m", "cloud.cli", "serve", "--port", "0", "--workers", "2",
+         "--log-level", "warning"],
+        cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert service.stderr is not None
+        line = service.stderr.readline()
+        assert "serving on http://127.0.0.1:" in line and "2 worker processes" in line, line
+        base = line.split()[3]
+        first = _until(lambda: len(w := _workers(service.pid)) == 2 and w, "two workers")
+        with httpx.Client(base_url=base, timeout=10) as http:
+            _until(lambda: http.get("/healthz").status_code == 200, "an answer")
+            # A worker that dies is replaced; the service goes on answering meanwhile.
+            victim = sorted(first)[0]
+            os.kill(victim, signal.SIGKILL)
+            again = _until(
+                lambda: len(w := _workers(service.pid)) == 2 and victim not in w and w,
+                "a new worker in place of the one killed",
+            )
+            assert len(again & first) == 1
+            for _ in range(20):
+                assert http.get("/healthz").json() == {"ok": True}
+        service.send_signal(signal.SIGTERM)
+        assert service.wait(60) == 0
+        # The workers ended with it (pids are handed out in sequence: not yet reused).
+        assert not [w for w in again if Path(f"/proc/{w}").exists()]
+    finally:
+        if service.poll() is None:
+            service.kill()
+            service.wait(10)
+        drop_pg_database(pg_server, url)
+
+
+def test_workers_that_cannot_reach_the_database_stop_the_service(capsys):
+    unreachable = "postgresql://nobody@127.0.0.1:1/none"
+    # The parent migrates first: an unreachable database ends it before any worker starts...
+    code, _, err = run(capsys, "serve", "--db", unreachable, "--workers", "2", "--port", "0")
+    assert code == 3 and "database error" in err
+    # ...and a worker that cannot start (the database went away meanwhile) stops the service
+    # rather than being started again and again.
+    sock = serve.listen("127.0.0.1", 0)
+    try:
+        assert serve.Supervisor(sock, unreachable, 2, "warning").run() == serve.EXIT_DATABASE
+    finally:
+        sock.close()

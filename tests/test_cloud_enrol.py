@@ -109,12 +109,17 @@ def test_last_seen_is_kept_without_a_write_per_request(cloud):
     device = cloud.enrol()
     seen = lambda: cloud.ok("GET", f"/devices/{device.id}")["last_seen_at"]  # noqa: E731
     assert seen() == "2026-05-01T12:00:00.000000Z"
-    cloud.clock.advance(10)
+    cloud.clock.advance(100)
     cloud.get(device, "/v1/replica/changes", since=0)
-    assert seen() == "2026-05-01T12:00:00.000000Z"  # within 30 s: not rewritten
-    cloud.clock.advance(31)
+    assert seen() == "2026-05-01T12:00:00.000000Z"  # within 120 s: not rewritten
+    cloud.clock.advance(21)
     cloud.get(device, "/v1/replica/changes", since=0)
-    assert seen() == "2026-05-01T12:00:41.000000Z"
+    assert seen() == "2026-05-01T12:02:01.000000Z"
+    # A heartbeat, a write anyway, keeps it current every round: the idle poll of the next
+    # round (30 s later) then finds it fresh and stays a read.
+    cloud.clock.advance(5)
+    cloud.heartbeat(device)
+    assert seen() == "2026-05-01T12:02:06.000000Z"
 
 
 def test_health_and_openapi(cloud):

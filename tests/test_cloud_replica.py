@@ -292,3 +292,61 @@ def test_versions_follow_commit_order_under_concurrent_writers(cloud):
     _version, truth = cloud.pull_all(device)
     assert rows == truth
     assert cloud.ok("GET", "/organization")["version"] == len(members) + writers * edits
+
+
+def test_a_worker_never_answers_with_totals_another_worker_has_moved_past(cloud):
+    """Each worker process of `kiosk cloud serve --workers N` keeps its own cache of replica
+    totals. Keyed by (organisation, gym, version) with the version read in the same transaction,
+    an entry can be missing but never stale: a write through another worker moves the version,
+    and the next answer looks up the new one."""
+    seed(cloud)
+    other = Harness(cloud.url, clock=cloud.clock)  # a second worker: its own app, pool, cache
+    try:
+        device = cloud.enrol()
+        since, rows = cloud.pull_all(device)
+        assert cloud.follow(device, since, rows)["version"] == since
+        old_checksum, old_count = replica_checksum(rows)
+        beat = {"replica_version": since, "replica_checksum": old_checksum}
+        assert cloud.heartbeat(device, **beat, replica_count=old_count)["resnapshot"] is False
+        assert len(cloud.database.cache) > 0  # this worker holds the totals at `since` now
+
+        member = {"id": "late", "first_name": "Late", "last_name": "L"}
+        other.ok("POST", "/members", token=cloud.admin_token, json=member)
+
+        checkpoint = cloud.follow(device, since, rows)
+        assert checkpoint["version"] == since + 1
+        checksum, count = replica_checksum(rows)
+        assert (checkpoint["checksum"], checkpoint["count"]) == (checksum, count)
+        assert count == old_count + 1
+        moved = {"replica_version": since + 1, "replica_count": count}
+        for worker in (cloud, other):
+            answer = worker.heartbeat(device, **moved, replica_checksum=checksum)
+            assert answer["resnapshot"] is False
+        # The old totals at the new version are a mismatch on the worker that cached them.
+        stale = cloud.heartbeat(device, **moved | {"replica_count": old_count},
+                                replica_checksum=old_checksum)  # fmt: skip
+        assert stale["resnapshot"] is True
+    finally:
+        other.close()
+
+
+def test_the_idle_poll_costs_the_database_one_statement(cloud, monkeypatch):
+    """The device's token and its organisation's version are read by one statement outside any
+    explicit transaction: no BEGIN and COMMIT round trips, no write (last_seen_at is fresh)."""
+    from cloud import db
+
+    device = cloud.enrol()
+    cloud.ok("POST", "/plans", json={"name": "Any"})
+    version = cloud.ok("GET", "/organization")["version"]
+    statements: list[str] = []
+    real = db.Tx._execute
+
+    def counted(self, sql, params):
+        statements.append(sql.split()[0].upper())
+        return real(self, sql, params)
+
+    monkeypatch.setattr(db.Tx, "_execute", counted)
+    headers = {**device.headers, "If-None-Match": f'"v{version}"'}
+    idle = cloud.client.get("/v1/replica/changes", params={"since": version}, headers=headers)
+    assert idle.status_code == 304
+    assert statements == ["SELECT"]

@@ -122,7 +122,7 @@ def test_two_concurrent_claimers_never_both_win(tmp_path):
             for t in threads:
                 t.start()
             for t in threads:
-                t.join(10)
+                t.join(120)  # bounds a hang only
             assert sum(w is not None for w in won) == 1, round_
     finally:
         for store in (page, *claimers):
@@ -327,7 +327,7 @@ def test_processes_starting_together_migrate_once(tmp_path):
     for t in threads:
         t.start()
     for t in threads:
-        t.join(10)
+        t.join(120)  # bounds a hang only
     try:
         assert errors == [] and len(opened) == 4
         opened[0].audit("login", "ok", now=T0)

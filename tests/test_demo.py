@@ -247,7 +247,7 @@ def test_the_running_demo_answers_test_the_door_and_sync_now(tmp_path):
                 got = [request_by_id(page, r.id) for r in (door_test, sync_now)]
                 return got if all(r.finished_at for r in got) else None
 
-            door_done, sync_done = wait_until(finished, 30, "both requests to be answered")
+            door_done, sync_done = wait_until(finished, 120, "both requests to be answered")
             assert door_done.state is RequestState.DONE
             assert door_done.result.startswith("relay pulsed for")
             assert sync_done.state is RequestState.DONE
@@ -255,7 +255,7 @@ def test_the_running_demo_answers_test_the_door_and_sync_now(tmp_path):
             assert page.health("scanner").data["state"] in ("scanning", "camera_stale")
     finally:
         stop.set()
-        demo.join(30)
+        demo.join(120)
     assert not demo.is_alive()
     records = [json.loads(line) for line in out.getvalue().splitlines()]
     syncs = [r for r in records if r["type"] == "sync"]

@@ -42,8 +42,11 @@ def upstream():
     server.server_close()
 
 
-def _post(url: str) -> httpx.Response:
-    return httpx.post(url + "/v1/x", content=b"hello", timeout=0.3)
+def _post(url: str, *, read_timeout_s: float = 60.0) -> httpx.Response:
+    """POST through the proxy. The default timeout only bounds a hang: an answer on a busy
+    machine may take a while, and that is not a fault."""
+    timeout = httpx.Timeout(60.0, read=read_timeout_s)
+    return httpx.post(url + "/v1/x", content=b"hello", timeout=timeout)
 
 
 def test_pass_forwards_request_and_answer(upstream):
@@ -61,9 +64,11 @@ def test_pass_forwards_request_and_answer(upstream):
 )
 def test_transport_faults_fail_the_client(upstream, fault, reaches_upstream):
     url, served = upstream
-    proxy = FaultyProxy(url, fault_rate=1.0, faults=(fault,), stall_limit_s=2.0)
+    # A stall holds the connection far longer than the client waits: the client's timeout is
+    # what ends it, however late the proxy's thread runs.
+    proxy = FaultyProxy(url, fault_rate=1.0, faults=(fault,), stall_limit_s=300.0)
     with proxy as base, pytest.raises(httpx.TransportError):
-        _post(base)
+        _post(base, read_timeout_s=0.3 if fault == "stall" else 60.0)
     assert len(served) == (1 if reaches_upstream else 0)
     assert proxy.stats[fault] == 1
 

@@ -1,15 +1,19 @@
 """deploy/install.sh end to end in a temporary root, with the system tools stubbed on PATH.
 
-The stubs (apt-get, systemctl, useradd, usermod, groupadd, userdel, getent, id, chown, python3 and
-the venv's python and kiosk) log every call and keep just enough state (users, groups, enabled
-units) for the installer to see the effect of its own earlier calls, so a second run shows what
-idempotence means: same files, same modes, no second user, the owner's config untouched.
+The stubs (apt-get, apt-cache, dpkg, systemctl, journalctl, useradd, usermod, groupadd, userdel,
+getent, id, chown, python3 and the venv's python and kiosk) log every call and keep just enough
+state (users, groups, enabled units) for the installer to see the effect of its own earlier calls,
+so a second run shows what idempotence means: same files, same modes, no second user, the owner's
+config untouched. The venv's python runs the real interpreter for a script on stdin (the
+installer reads camera.backend through kiosk.config) and the venv's `kiosk config` and
+`kiosk provision` are the real ones.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import shlex
 import shutil
 import stat
 import subprocess
@@ -19,11 +23,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from test_units import parse_unit
 
 REPO = Path(__file__).resolve().parent.parent
 INSTALL = REPO / "deploy" / "install.sh"
 UNINSTALL = REPO / "deploy" / "uninstall.sh"
+SYSTEMD_CHECK = REPO / "deploy" / "check-on-systemd.sh"
 EXAMPLE = REPO / "deploy" / "kiosk.example.toml"
+CONFIG = "/etc/fitflow-kiosk/kiosk.toml"
 UNIT_FILES = sorted(p.name for p in (REPO / "systemd").iterdir())
 REAL_KIOSK = Path(sys.executable).parent / "kiosk"
 APT_NUMPY = "1.24.2"
@@ -35,6 +42,18 @@ _LOG = 'echo "$(basename "$0") $*" >>"$STUB_LOG"\n'
 
 STUBS = {
     "apt-get": _LOG + 'exit "${STUB_APT_EXIT:-0}"\n',
+    # `apt-cache policy PKG`: a candidate, unless PKG is in $STUB_APT_MISSING (plain Debian on a Pi
+    # has no python3-picamera2 or python3-lgpio).
+    "apt-cache": _LOG
+    + """[ "$1" = policy ] || exit 0
+case " ${STUB_APT_MISSING:-} " in
+  *" $2 "*) printf '%s:\\n  Installed: (none)\\n  Candidate: (none)\\n' "$2" ;;
+  *) printf '%s:\\n  Installed: (none)\\n  Candidate: 1.0-1\\n' "$2" ;;
+esac
+""",
+    "dpkg": _LOG + '[ "$1" = --print-architecture ] && echo "${STUB_ARCH:-arm64}"\n',
+    # The last line a unit's main process logged (only asked for a unit that failed to restart).
+    "journalctl": _LOG + 'echo "${STUB_LAST_LOG:-}"\n',
     "chown": _LOG,
     "usermod": _LOG,
     "id": _LOG + '[ "${1:-}" = -u ] && echo "${STUB_UID:-0}"\n',
@@ -43,16 +62,35 @@ STUBS = {
     "userdel": _LOG + 'grep -vx "$1" "$STUB_STATE/passwd" >"$STUB_STATE/p.new" || true\n'
     'mv "$STUB_STATE/p.new" "$STUB_STATE/passwd"\n',
     "getent": _LOG + 'grep -qx "$2" "$STUB_STATE/$1" 2>/dev/null && echo "$2:x:999:"\n',
-    # Enabled units are a set in $STUB_STATE/enabled.
+    # Enabled units are a set in $STUB_STATE/enabled. `is-active` says "active" for the units in
+    # $STUB_ACTIVE, what $STUB_UNIT_STATES says ("unit=state ...") for others, else "inactive".
+    # `try-restart` fails for the units in $STUB_RESTART_FAILS (a crash-looping scanner); `show`
+    # tells a failing state.
     "systemctl": _LOG
     + """cmd=$1; shift
 touch "$STUB_STATE/enabled"
+if [ "$cmd" = show ]; then
+  case "$1" in
+    --property=ActiveState) echo activating ;;
+    --property=SubState) echo auto-restart ;;
+    --property=Result) echo exit-code ;;
+    --property=ExecMainPID) echo 4242 ;;
+  esac
+  exit 0
+fi
 for u; do
   case "$u" in --*) continue ;; esac
   case "$cmd" in
     enable) grep -qx "$u" "$STUB_STATE/enabled" || echo "$u" >>"$STUB_STATE/enabled" ;;
     disable) grep -vx "$u" "$STUB_STATE/enabled" >"$STUB_STATE/e.new" || true
              mv "$STUB_STATE/e.new" "$STUB_STATE/enabled" ;;
+    try-restart) case " ${STUB_RESTART_FAILS:-} " in *" $u "*) exit 1 ;; esac ;;
+    is-active)
+      state=inactive
+      case " ${STUB_ACTIVE:-} " in *" $u "*) state=active ;; esac
+      for pair in ${STUB_UNIT_STATES:-}; do [ "${pair%%=*}" = "$u" ] && state=${pair#*=}; done
+      echo "$state"
+      [ "$state" = active ] || exit 3 ;;
   esac
 done
 """,
@@ -69,7 +107,8 @@ esac
 """,
     # The venv's python: apt's numpy is importable; `-m pip install` installs a stub kiosk.
     "venv-python.template": 'echo "venv-python $*" >>"$STUB_LOG"\n'
-    + """if [ "$1" = -c ]; then
+    + """if [ "$1" = - ]; then exec "$STUB_REAL_PYTHON" "$@"; fi
+if [ "$1" = -c ]; then
   case "$2" in *numpy*) echo "${STUB_NUMPY:-1.24.2}" ;; esac
   exit 0
 fi
@@ -82,10 +121,10 @@ if [ "$1 $2 $3" = "-m pip install" ]; then
   chmod +x "$(dirname "$0")/kiosk"
 fi
 """,
-    # The installed kiosk: `config check` is the real one.
+    # The installed kiosk: `config` and `provision` are the real ones.
     "kiosk.template": 'echo "kiosk $*" >>"$STUB_LOG"\n'
     + """case "$1" in
-  config) exec "$STUB_REAL_KIOSK" "$@" ;;
+  config | provision) exec "$STUB_REAL_KIOSK" "$@" ;;
   *) exit 0 ;;
 esac
 """,
@@ -112,6 +151,7 @@ class Rig:
             "STUB_STATE": str(self.state),
             "STUB_BIN": str(self.bin),
             "STUB_REAL_KIOSK": str(REAL_KIOSK),
+            "STUB_REAL_PYTHON": sys.executable,
             "FITFLOW_PYTHON": str(self.bin / "python3"),
             **env,
         }
@@ -136,6 +176,21 @@ class Rig:
 
     def path(self, system_path: str) -> Path:
         return self.root / system_path.lstrip("/")
+
+    def make_pi(self) -> None:
+        """Make the root look like a Raspberry Pi's (the installer reads the device tree)."""
+        model = self.path("/proc/device-tree/model")
+        model.parent.mkdir(parents=True, exist_ok=True)
+        model.write_bytes(b"Raspberry Pi 5 Model B Rev 1.0\0")  # the file ends in a NUL byte
+
+    def venv_kiosk(self, *args: str) -> subprocess.CompletedProcess:
+        """The installed ``kiosk`` (the stub venv's; provision and config are the real ones)."""
+        return subprocess.run(
+            [str(self.path("/opt/fitflow-kiosk/venv/bin/kiosk")), *args],
+            env={"PATH": "/usr/bin:/bin", "HOME": str(self.tmp), "LANG": "C.UTF-8",
+                 "STUB_LOG": str(self.log), "STUB_REAL_KIOSK": str(REAL_KIOSK)},
+            capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=60, check=False,
+        )  # fmt: skip
 
     def enabled(self) -> set[str]:
         path = self.state / "enabled"
@@ -173,7 +228,8 @@ def mode(path: Path) -> int:
 def test_the_scripts_are_shellcheck_clean():
     shellcheck = shutil.which("shellcheck")
     assert shellcheck, "shellcheck is missing: ./dev test installs it (apt-get install shellcheck)"
-    scripts = [INSTALL, UNINSTALL, REPO / "dev", REPO / ".ci" / "run"]
+    scripts = [*sorted((REPO / "deploy").glob("*.sh")), REPO / "dev", REPO / ".ci" / "run"]
+    assert {INSTALL, UNINSTALL, SYSTEMD_CHECK} <= set(scripts)
     result = subprocess.run(
         [shellcheck, "--external-sources", *map(str, scripts)],
         capture_output=True,
@@ -194,13 +250,14 @@ def test_install_twice_converges_and_keeps_the_owners_config(rig):
 
     config = rig.path("/etc/fitflow-kiosk/kiosk.toml")
     assert config.read_text() == EXAMPLE.read_text()
-    assert mode(config) == 0o640
-    assert mode(rig.path("/etc/fitflow-kiosk")) == 0o750
+    # Readable by everyone (`kiosk config check` without sudo): the config holds no secrets.
+    assert mode(config) == 0o644
+    assert mode(rig.path("/etc/fitflow-kiosk")) == 0o755
     assert mode(rig.path("/var/lib/fitflow-kiosk")) == 0o750
     assert mode(rig.path("/var/lib/fitflow-kiosk/backups")) == 0o750
     ownership = {
-        ("root:fitflow", "/etc/fitflow-kiosk/kiosk.toml"),
-        ("-h root:fitflow", "/etc/fitflow-kiosk"),
+        ("root:root", "/etc/fitflow-kiosk/kiosk.toml"),
+        ("-h root:root", "/etc/fitflow-kiosk"),
         ("-h fitflow:fitflow", "/var/lib/fitflow-kiosk"),
         ("-h fitflow:fitflow", "/var/lib/fitflow-kiosk/backups"),
     }
@@ -238,7 +295,7 @@ def test_install_twice_converges_and_keeps_the_owners_config(rig):
     rig.install()
 
     assert config.read_text() == owner_config
-    assert mode(config) == 0o640
+    assert mode(config) == 0o644
     assert rig.chowns() == ownership
     for name in UNIT_FILES:
         assert (units / name).read_text() == (REPO / "systemd" / name).read_text()
@@ -335,13 +392,198 @@ def test_apt_packages_come_from_the_list_and_the_pi_only_ones_only_on_a_pi(rig):
     for call in (install, update):
         assert call.startswith("apt-get -o DPkg::Lock::Timeout=300 "), call
 
-    model = rig.path("/proc/device-tree/model")
-    model.parent.mkdir(parents=True)
-    model.write_bytes(b"Raspberry Pi 5 Model B Rev 1.0\0")
+    rig.make_pi()
     rig.log.unlink()
     rig.install()
     (install,) = [c for c in rig.calls("apt-get") if " install " in c]
-    assert {"python3-picamera2", "python3-lgpio", "python3-opencv"} <= set(install.split())
+    assert {"python3-picamera2", "python3-lgpio"} <= set(install.split())
+    # Every package is known to apt before any is installed.
+    asked = {c.split()[-1] for c in rig.calls("apt-cache")}
+    assert set(install.split()[install.split().index("--no-install-recommends") + 1 :]) <= asked
+
+
+def opencv_installs(rig: Rig) -> list[str]:
+    return [c for c in rig.calls("apt-get") if " install " in c and "python3-opencv" in c.split()]
+
+
+def test_opencv_only_for_a_usb_camera_or_replayed_files(rig, tmp_path):
+    # The Camera Module (the example's picamera2) needs numpy and zxing-cpp, not OpenCV's 300
+    # packages.
+    rig.make_pi()
+    result = rig.install()
+    assert opencv_installs(rig) == []
+    assert 'no OpenCV: camera.backend = "picamera2"' in result.stdout
+
+    # The owner switches to a USB camera: the next run (the update) brings OpenCV.
+    config = rig.path("/etc/fitflow-kiosk/kiosk.toml")
+    config.write_text(config.read_text().replace('backend = "picamera2"', 'backend = "opencv"'))
+    rig.log.unlink()
+    result = rig.install()
+    (install,) = opencv_installs(rig)
+    assert install.startswith("apt-get -o DPkg::Lock::Timeout=300 install -y -q --no-install-rec")
+    assert 'OpenCV for camera.backend = "opencv"' in result.stdout
+    # It comes after the config is in place (it decides) and before the units are restarted.
+    calls = rig.calls()
+    assert calls.index(install) < calls.index("systemctl daemon-reload")
+
+
+@pytest.mark.parametrize(
+    ("seed", "flags"),
+    [
+        ('[camera]\nbackend = "replay"\nreplay_path = "/srv/frames"\n', []),
+        ("", ["--with-opencv"]),
+    ],
+)
+def test_opencv_for_replayed_files_or_when_asked(rig, tmp_path, seed, flags):
+    seed_file = tmp_path / "seed.toml"
+    seed_file.write_text(seed or EXAMPLE.read_text())
+    rig.install("--config", str(seed_file), *flags)
+    assert len(opencv_installs(rig)) == 1
+
+
+def test_the_door_does_not_start_before_provisioning_sets_the_relay(rig):
+    """Enabled at install, so a reboot would start the scanner on the example's guess of the relay
+    polarity. It does not: its unit waits for the marker only `kiosk provision` writes, and with
+    the condition unmet systemd runs neither ExecStart (kiosk run) nor ExecStopPost (relay-off)."""
+    rig.install()
+    assert "fitflow-scanner.service" in rig.enabled()
+    units = rig.path("/etc/systemd/system")
+    drives_pins = {"run", "relay-off"}
+    conditions = {}
+    for unit in units.iterdir():
+        sections = parse_unit(unit)
+        commands = [
+            shlex.split(value)[1]
+            for key in ("ExecStart", "ExecStopPost", "ExecStartPre")
+            for value in sections.get("Service", {}).get(key, [])
+        ]
+        if drives_pins & set(commands):
+            conditions[unit.name] = sections["Unit"]["ConditionPathExists"]
+    assert conditions == {"fitflow-scanner.service": [f"{CONFIG}.provisioned"]}
+    marker = rig.path(f"{CONFIG}.provisioned")
+
+    def door_would_start() -> bool:  # systemd's ConditionPathExists=, judged in the rig's root
+        return marker.exists()
+
+    assert not door_would_start()
+
+    # Provisioning without the polarity (no flag, not asked) leaves the door off and says so.
+    config = str(rig.path(CONFIG))
+    provision = rig.venv_kiosk("provision", "--config", config, "--non-interactive", "--door-id",
+                               "front")  # fmt: skip
+    assert provision.returncode == 0, provision.stderr
+    assert "set the relay's polarity, or the door does not start" in provision.stdout
+    assert not door_would_start()
+
+    # Setting it lets the door start.
+    provision = rig.venv_kiosk("provision", "--config", config, "--non-interactive",
+                               "--relay-active-low")  # fmt: skip
+    assert provision.returncode == 0, provision.stderr
+    assert "relay set active-low: the door may start" in provision.stdout
+    assert door_would_start()
+    assert "gpio.relay_active_high = false" in marker.read_text()
+
+    # An update keeps it; a config seeded afresh (the old one removed) drops it: the marker
+    # vouched for the old file's wiring.
+    rig.install()
+    assert door_would_start()
+    rig.path(CONFIG).unlink()
+    result = rig.install()
+    assert not door_would_start()
+    assert "run kiosk provision again" in result.stdout
+
+
+def test_a_crash_looping_scanner_is_reported_and_the_update_still_succeeds(rig):
+    rig.install()
+    rig.log.unlink()
+    rig.path(f"{CONFIG}.provisioned").write_text("gpio.relay_active_high = false\n")
+    result = rig.run(
+        "--unattended",
+        STUB_UNIT_STATES="fitflow-scanner.service=activating",
+        STUB_RESTART_FAILS="fitflow-scanner.service",
+        STUB_LAST_LOG="2026-01-01 ERROR kiosk: replay camera: /srv/frames does not exist",
+    )
+    assert result.returncode == 0, result.stderr
+    assert (
+        "WARNING: fitflow-scanner.service is not running after the update: activating "
+        "(auto-restart), result exit-code\n" in result.stdout
+    )
+    assert (
+        "its last log line: 2026-01-01 ERROR kiosk: replay camera: /srv/frames does not exist"
+        in result.stdout
+    )
+    assert "NOTE: fitflow-scanner.service needs a look" in result.stdout
+    # The kiosk's last ERROR line of this boot, not the last line (its ExecStopPost's).
+    assert rig.calls("journalctl") == [
+        "journalctl --no-pager --output=cat --boot --lines=1 --unit=fitflow-scanner.service "
+        "--grep= (ERROR|CRITICAL) "
+    ]
+    # The other services were restarted all the same, one at a time.
+    restarts = [c for c in rig.calls("systemctl") if c.startswith("systemctl try-restart")]
+    assert restarts == [
+        f"systemctl try-restart {unit}"
+        for unit in ("fitflow-scanner.service", "fitflow-sync.service", "fitflow-web.service")
+    ]
+    assert "FitFlow Kiosk is installed" in result.stdout
+
+
+def test_a_scanner_caught_between_two_attempts_is_reported_too(rig):
+    # Crash-looping, it spends seconds deactivating (its ExecStopPost releases the relay): then
+    # try-restart does nothing and succeeds. The state after it tells.
+    rig.install()
+    rig.path(f"{CONFIG}.provisioned").write_text("gpio.relay_active_high = false\n")
+    result = rig.run(
+        "--unattended",
+        STUB_UNIT_STATES="fitflow-scanner.service=deactivating",
+        STUB_LAST_LOG="2026-01-01 ERROR kiosk: no frame from the camera",
+    )
+    assert result.returncode == 0, result.stderr
+    assert "WARNING: fitflow-scanner.service is not running after the update" in result.stdout
+    assert "its last log line: 2026-01-01 ERROR kiosk: no frame from the camera" in result.stdout
+
+    # Units that were not running (not provisioned, not enrolled) are not restarted nor reported;
+    # running ones that come back are not reported either.
+    result = rig.run("--unattended", STUB_ACTIVE="fitflow-web.service")
+    assert result.returncode == 0 and "WARNING" not in result.stdout
+
+
+def test_a_door_started_before_its_marker_existed_is_not_stopped_by_an_update(rig):
+    # Started by hand, or provisioned before provisioning wrote the marker: a restart would stop it
+    # for good (its start condition is unmet), locking the gym out. It keeps running, and the
+    # installer says what to do.
+    rig.install()
+    rig.log.unlink()
+    result = rig.run("--unattended", STUB_ACTIVE="fitflow-scanner.service")
+    assert result.returncode == 0, result.stderr
+    assert "systemctl try-restart fitflow-scanner.service" not in rig.calls("systemctl")
+    assert "systemctl try-restart fitflow-web.service" in rig.calls("systemctl")
+    assert "polarity was never set by kiosk provision" in result.stdout
+    assert "Run sudo kiosk provision, then: sudo systemctl restart" in result.stdout
+
+    rig.path(f"{CONFIG}.provisioned").write_text("gpio.relay_active_high = false\n")
+    rig.log.unlink()
+    result = rig.run("--unattended", STUB_ACTIVE="fitflow-scanner.service")
+    assert "systemctl try-restart fitflow-scanner.service" in rig.calls("systemctl")
+    assert "WARNING" not in result.stdout
+
+
+def test_plain_debian_on_a_pi_is_refused_before_anything_is_installed(rig):
+    rig.make_pi()
+    result = rig.run("--unattended", STUB_APT_MISSING="python3-picamera2 python3-lgpio")
+    assert result.returncode == 1
+    assert "have no python3-picamera2 python3-lgpio" in result.stderr
+    assert "Raspberry Pi OS Lite (64-bit)" in result.stderr
+    assert "Nothing was installed" in result.stderr
+    assert [c for c in rig.calls("apt-get") if " install " in c] == []
+    assert rig.calls("useradd") == [] and rig.calls("python3") == []
+    assert not rig.path("/opt/fitflow-kiosk").exists()
+
+
+def test_a_package_apt_does_not_have_is_refused_before_anything_is_installed(rig):
+    result = rig.run("--unattended", STUB_APT_MISSING="libzbar0")
+    assert result.returncode == 1
+    assert "apt has no package libzbar0" in result.stderr
+    assert [c for c in rig.calls("apt-get") if " install " in c] == []
 
 
 def test_an_apt_failure_stops_the_install_and_says_where_the_log_is(rig):
@@ -412,12 +654,25 @@ def test_refuses_an_unsupported_os(rig, os_release):
     assert rig.calls("apt-get") == []
 
 
-def test_accepts_32_bit_raspberry_pi_os(rig):
+@pytest.mark.parametrize("arch", ["armhf", "armel"])
+def test_refuses_32_bit_raspberry_pi_os_before_changing_anything(rig, arch):
+    # zxing-cpp (2.2 or newer) has no 32-bit ARM wheel and Debian's is 1.4: refused, clearly.
     release = (
         'PRETTY_NAME="Raspbian GNU/Linux 12 (bookworm)"\nID=raspbian\nVERSION_CODENAME=bookworm\n'
     )
     rig.path("/etc/os-release").write_text(release)
-    rig.install()
+    result = rig.run("--unattended", STUB_ARCH=arch)
+    assert result.returncode == 1
+    assert f"refusing to run on 32-bit Raspbian GNU/Linux 12 (bookworm) ({arch})" in result.stderr
+    assert "Raspberry Pi OS Lite (64-bit)" in result.stderr and "zxing-cpp" in result.stderr
+    assert rig.calls("apt-get") == [] and not rig.path("/var/log").exists()
+
+
+def test_accepts_64_bit_pi_os_and_amd64_refuses_other_architectures(rig):
+    rig.install(STUB_ARCH="arm64")
+    rig.install(STUB_ARCH="amd64")
+    result = rig.run("--unattended", STUB_ARCH="riscv64")
+    assert result.returncode == 1 and "arm64 (a Raspberry Pi) or amd64 only" in result.stderr
 
 
 @pytest.mark.parametrize(
@@ -480,7 +735,7 @@ def test_uninstall_refuses_when_not_root(rig):
 
 
 def test_the_installer_is_executable():
-    for script in (INSTALL, UNINSTALL):
+    for script in (INSTALL, UNINSTALL, SYSTEMD_CHECK):
         assert os.access(script, os.X_OK), f"{script} must be executable (chmod +x)"
 
 
@@ -516,3 +771,57 @@ def test_a_planted_symlink_is_refused_and_its_target_left_alone(rig, tmp_path, p
     assert (target.stat().st_uid, target.stat().st_gid) == (12345, 12345)
     assert not [c for c in rig.calls("chown") if str(target) in c or c.endswith(planted)]
     assert os.path.islink(link)  # left as found, for the admin to look at
+
+
+# -- deploy/check-on-systemd.sh (run before a release; here only what needs no root) -------------
+
+
+def check_script(*args: str, sources: Path | None = None) -> subprocess.CompletedProcess:
+    env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"}
+    if sources is not None:
+        env["FITFLOW_APT_SOURCES"] = str(sources)
+    return subprocess.run(
+        ["bash", str(SYSTEMD_CHECK), *args], env=env, capture_output=True, text=True,
+        stdin=subprocess.DEVNULL, timeout=60, check=False,
+    )  # fmt: skip
+
+
+def test_the_systemd_check_takes_debians_mirror_from_this_hosts_apt_sources(tmp_path):
+    # Only a mirror this host already uses, never a built-in one: deb822 and one-line files, the
+    # first entry that serves "bookworm main" (not -security, -updates, or another archive).
+    (tmp_path / "sources.list.d").mkdir()
+    (tmp_path / "sources.list.d" / "debian.sources").write_text(
+        "Types: deb\nURIs: http://mirror.example/debian-security\nSuites: bookworm-security\n"
+        "Components: main\n\n"
+        "Types: deb\n# a comment\nURIs: http://mirror.example/debian\n"
+        "Suites: bookworm bookworm-updates\nComponents: main contrib\n"
+    )
+    (tmp_path / "sources.list.d" / "other.list").write_text(
+        "deb https://packages.example/apt cloud-sdk-bookworm main\n"
+    )
+    result = check_script("--print-mirror", sources=tmp_path)
+    assert (result.returncode, result.stdout) == (0, "http://mirror.example/debian\n"), (
+        result.stderr
+    )
+
+    (tmp_path / "sources.list").write_text(
+        "deb [signed-by=/usr/share/keyrings/x.gpg] http://old.example/debian bookworm main\n"
+    )
+    result = check_script("--print-mirror", sources=tmp_path)
+    assert result.stdout == "http://old.example/debian\n"
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    result = check_script("--print-mirror", sources=empty)
+    assert result.returncode == 1 and "pass --mirror" in result.stderr
+    result = check_script(
+        "--print-mirror", "--mirror", "http://given.example/debian", sources=empty
+    )
+    assert result.stdout == "http://given.example/debian\n"
+
+
+def test_the_systemd_check_explains_itself():
+    result = check_script("--help")
+    assert result.returncode == 0
+    for text in ("--workdir DIR", "--mirror URL", "--keep", "PASS/FAIL", "before each release"):
+        assert text in result.stdout

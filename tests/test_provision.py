@@ -13,14 +13,14 @@ import pytest
 from cloud import admin
 from e2e_helpers import running_site
 from kiosk.cli import main
-from kiosk.config import load_config
+from kiosk.config import load_config, render_example
 from kiosk.ops.owner_password import (
     PasswordFileError,
     hash_password,
     load_password_hash,
     verify_password,
 )
-from kiosk.ops.provision import Plan, ProvisionError, edit_toml, provision
+from kiosk.ops.provision import Plan, ProvisionError, edit_toml, provision, provisioned_marker
 from kiosk.sync.identity import load_identity
 
 PASSWORD = "correct horse battery"  # noqa: S105 (a test password)
@@ -331,3 +331,75 @@ def test_without_root_it_says_run_it_with_sudo(capsys):
             err = capsys.readouterr().err
             assert code == 2 and "run it with sudo" in err and str(closed) in err, err
             assert "Traceback" not in err
+
+
+# -- the door starts only once provisioning has set the relay -------------------------------------
+
+
+def test_setting_the_polarity_writes_the_marker_the_scanner_waits_for(kiosk, tmp_path, site):
+    marker = provisioned_marker(kiosk)
+    assert marker == kiosk.with_name("kiosk.toml.provisioned")
+    assert not marker.exists()
+    # args(): --relay-pin 6 --relay-active-low
+    assert main(args(kiosk, tmp_path, site, new_code(site))) == 0
+    assert marker.read_text().splitlines()[-2:] == [
+        "gpio.relay_pin = 6",
+        "gpio.relay_active_high = false",
+    ]
+    assert stat.S_IMODE(marker.stat().st_mode) == stat.S_IMODE(kiosk.stat().st_mode) & 0o644
+
+    # Re-running with the same answers leaves it as it is; a new pin (polarity not asked again)
+    # is recorded in it.
+    before = marker.read_bytes()
+    out = io.StringIO()
+    assert provision(kiosk, Plan(settings={"door.id": "lobby"}), interactive=False, out=out) == 0
+    assert marker.read_bytes() == before and "door may start" not in out.getvalue()
+    out = io.StringIO()
+    assert provision(kiosk, Plan(settings={"gpio.relay_pin": 24}), interactive=False, out=out) == 0
+    assert "gpio.relay_pin = 24" in marker.read_text()
+    assert "updated to the config's relay wiring" in out.getvalue()
+
+
+def test_without_the_polarity_the_door_stays_off_and_it_says_so(kiosk):
+    out = io.StringIO()
+    assert provision(kiosk, Plan(settings={"door.id": "side"}), interactive=False, out=out) == 0
+    assert not provisioned_marker(kiosk).exists()
+    assert "set the relay's polarity, or the door does not start" in out.getvalue()
+
+
+def test_the_examples_polarity_is_a_guess_until_provisioning_sets_it(tmp_path):
+    # The installed config is the example, which says relay_active_high = true: a blank answer
+    # must not take that guess for the owner's word.
+    kiosk = tmp_path / "kiosk.toml"
+    kiosk.write_text(
+        render_example()
+        .replace("/var/lib/fitflow-kiosk/device.json", str(tmp_path / "device.json"))
+        .replace("/var/lib/fitflow-kiosk/owner-password", str(tmp_path / "owner-password"))
+    )
+    assert load_config(kiosk, {}).gpio.relay_active_high is True
+    # No cloud; door, zone, pin kept; the polarity: blank (asked again), then y; pulse kept.
+    shown = interactive_run(kiosk, ["", "", "", "", "", "y", ""], [""])
+    assert "please answer y or n" in shown and "the door may start" in shown
+    assert provisioned_marker(kiosk).exists()
+    # Now it is the owner's answer, offered as the default.
+    shown = interactive_run(kiosk, ["", "", "", "", "", ""], [""])
+    assert "please answer" not in shown and load_config(kiosk, {}).gpio.relay_active_high is True
+
+
+@as_root
+def test_config_check_on_an_unreadable_config_says_to_use_sudo(tmp_path, capsys):
+    config = tmp_path / "kiosk.toml"
+    config.write_text(render_example())
+    config.chmod(0o600)  # root's only, as older installers left it (0640 root:fitflow)
+    tmp_path.chmod(0o755)
+    os.setegid(OTHER)
+    os.seteuid(OTHER)
+    try:
+        code = main(["config", "check", str(config)])
+    finally:
+        os.seteuid(0)
+        os.setegid(0)
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "permission denied" in err and "sudo kiosk config check" in err
+    assert "run the installer again" in err

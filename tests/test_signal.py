@@ -17,7 +17,9 @@ from hardware.gpio.signal import LedBuzzerSignal
 from hardware.protocols import Pattern, Signal
 
 GREEN, RED, BUZZER = 27, 22, 23
-LONG = 10_000  # ms: longer than any test, so a pattern is still playing when it is interrupted
+# ms: longer than any test on any machine, however loaded, so a pattern is still playing when it
+# is interrupted (close() and a new pattern end it at once).
+LONG = 3_600_000
 
 PATTERNS = {
     "granted": Pattern(led="green", led_blinks=1, led_on_ms=LONG, beeps=1, beep_on_ms=LONG),
@@ -31,8 +33,9 @@ def levels(factory, pin) -> list[bool]:
     return [s.state for s in factory.pin(pin).states]
 
 
-def wait_until(condition, timeout_s: float = 2.0) -> None:
-    """Poll in 1 ms steps for a gpiozero background thread to act; fails after ``timeout_s``."""
+def wait_until(condition, timeout_s: float = 60.0) -> None:
+    """Poll in 1 ms steps for a gpiozero background thread to act; fails after ``timeout_s``, a
+    bound on a hang only (a busy machine may run the thread late)."""
     deadline = time.monotonic() + timeout_s
     while not condition():
         if time.monotonic() > deadline:

@@ -1,6 +1,8 @@
-"""The store's sync side (schema v3): protocol rows with hashes, staged changes applied at a
-checkpoint, snapshots built in shadow tables and swapped in, class uses between upload and pull,
-the journal's position, clock anchors and the sync status.
+"""The store's sync side: protocol rows with hashes, staged changes applied at a checkpoint
+(verified from the replica's own record, not a full read), snapshots built in a replica file of
+their own and switched in, class uses between upload and pull, the journal's position, clock
+anchors and the sync status. (Kills at every phase of a build and a switch, and the door during
+one: test_replica_switch.py.)
 
 Real SQLite files throughout; checksums are compared with ``sync.protocol.checksum`` computed
 independently from the rows.
@@ -10,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import random
+import re
 import sqlite3
 from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta
@@ -109,7 +112,7 @@ def load(store: Store, rows: list[ReplicaRow], version: int = 10) -> None:
     store.begin_snapshot()
     store.add_snapshot_rows(rows)
     result = store.apply_checkpoint(
-        checkpoint_of(version, rows), code_salt=SALT, synced_at=T0, into_shadow=True
+        checkpoint_of(version, rows), code_salt=SALT, synced_at=T0, into_snapshot=True
     )
     assert result.ok, result
 
@@ -149,19 +152,32 @@ def checkin_by_id(store: Store, checkin_id: str) -> Checkin | None:
     )
 
 
-# The tables a snapshot is built in, one per replica kind (migration v3).
-_SHADOW_ROWS = (
-    "SELECT (SELECT COUNT(*) FROM shadow_plans) + (SELECT COUNT(*) FROM shadow_members)"
-    " + (SELECT COUNT(*) FROM shadow_memberships) + (SELECT COUNT(*) FROM shadow_opening_hours)"
-    " + (SELECT COUNT(*) FROM shadow_closures)"
+_ROWS = (
+    "SELECT (SELECT COUNT(*) FROM plans) + (SELECT COUNT(*) FROM members)"
+    " + (SELECT COUNT(*) FROM memberships) + (SELECT COUNT(*) FROM opening_hours)"
+    " + (SELECT COUNT(*) FROM closures)"
 )
 
 
-def shadow_rows(store: Store) -> int:
-    """How many rows the shadow tables hold, read with plain SQL beside the store's connection."""
-    with contextlib.closing(sqlite3.connect(store.path)) as conn:
-        (count,) = conn.execute(_SHADOW_ROWS).fetchone()
-    return int(count)
+def replica_files(store: Store) -> list[Path]:
+    """The replica files beside the store's database (in use, being built, or left behind)."""
+    return sorted(
+        p
+        for p in store.path.parent.iterdir()
+        if re.fullmatch(r"kiosk\.db-replica-[0-9a-f]{32}", p.name)
+    )
+
+
+def building_rows(store: Store) -> int:
+    """How many rows the replica files not in use hold (a snapshot being built, or what a killed
+    build left), read with plain SQL beside the store's connection; 0 when there are none."""
+    total = 0
+    for path in replica_files(store):
+        if path == store.replica_file:
+            continue
+        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as conn:
+            total += int(conn.execute(_ROWS).fetchone()[0])
+    return total
 
 
 # -- migration v3 ----------------------------------------------------------------------------------
@@ -202,7 +218,9 @@ def test_upgrade_from_v2_keeps_the_journal_and_marks_the_replica_unverified(tmp_
     path = tmp_path / "v2.db"
     _v2_database(path)
     with Store.open(path) as store:
-        assert store.schema_version() == LATEST_VERSION == 3
+        assert store.schema_version() == LATEST_VERSION == 4
+        # The replica was carried over into a file of its own (kiosk.data.database).
+        assert store.replica_file is not None and store.replica_info().version == 7
         assert store.counts_by_state() == {"pending": 2, "synced": 1, "rejected": 0}
         assert [c.seq for c in store.pending_checkins()] == [1, 3]
         assert checkin_by_id(store, "01900000-0000-7000-8000-000000000003").monotonic_ns == 300
@@ -232,12 +250,13 @@ def test_checksum_in_sql_equals_the_protocols_for_any_hashes(store):
     rng = random.Random(7)
     extremes = [-(2**63), 2**63 - 1, -1, 0, 1, 2**32, -(2**32), 2**31 - 1]
     values = extremes + [rng.randrange(-(2**63), 2**63) for _ in range(2000)]
-    conn = store._conn
-    conn.executemany(
-        "INSERT INTO closures (id, start_date, end_date, reason, row_hash) VALUES"
-        " (?, '2026-01-01', '2026-01-01', '', ?)",
-        ((f"c{n}", v) for n, v in enumerate(values)),
-    )
+    load(store, [])
+    with contextlib.closing(sqlite3.connect(store.replica_file)) as conn, conn:
+        conn.executemany(
+            "INSERT INTO closures (id, start_date, end_date, reason, row_hash) VALUES"
+            " (?, '2026-01-01', '2026-01-01', '', ?)",
+            ((f"c{n}", v) for n, v in enumerate(values)),
+        )
     assert store.replica_checksum() == (len(values), checksum(values))
 
 
@@ -262,7 +281,7 @@ def test_replace_replica_fills_ids_and_hashes_matching_the_protocol(store):
     store.stage_changes([tombstone("hours", "hours-0-360-1320-2")])
     rest = [r for r in rows if r.id != "hours-0-360-1320-2"]
     result = store.apply_checkpoint(
-        checkpoint_of(5, rest), code_salt=SALT, synced_at=T0, into_shadow=False
+        checkpoint_of(5, rest), code_salt=SALT, synced_at=T0, into_snapshot=False
     )
     assert result.ok and store.replica_info().version == 5
 
@@ -283,9 +302,10 @@ def test_staged_changes_apply_at_a_matching_checkpoint(store):
         new_ms,
     ]
     result = store.apply_checkpoint(
-        checkpoint_of(12, after), code_salt=SALT, synced_at=T0 + timedelta(1), into_shadow=False
+        checkpoint_of(12, after), code_salt=SALT, synced_at=T0 + timedelta(1), into_snapshot=False
     )
-    assert result.ok and result.applied == 5 and result.swap_ms is None  # m3 staged twice
+    assert result.ok and result.applied == 5 and result.switch_ms is None  # m3 staged twice
+    assert store.stored_replica_totals() == store.replica_checksum()  # kept without a full read
     assert store.replica_info().version == 12
     assert store.replica_info().synced_at == T0 + timedelta(1)
     assert store.member_facts("m1", "front").member.status is MemberStatus.PAUSED
@@ -296,7 +316,7 @@ def test_staged_changes_apply_at_a_matching_checkpoint(store):
     assert store.replica_checksum() == (len(after), checkpoint_of(0, after).checksum)
     # Staged changes are consumed: applying again finds nothing to do.
     again = store.apply_checkpoint(
-        checkpoint_of(12, after), code_salt=SALT, synced_at=T0, into_shadow=False
+        checkpoint_of(12, after), code_salt=SALT, synced_at=T0, into_snapshot=False
     )
     assert again.ok and again.applied == 0
 
@@ -306,7 +326,9 @@ def test_a_mismatching_checkpoint_rolls_everything_back(store):
     before = facts_view(store)
     store.stage_changes([member(1, status="EXPIRED"), tombstone("membership", "ms2")])
     wrong = Checkpoint(11, "0123456789abcdef", len(BASE) - 1)
-    result = store.apply_checkpoint(wrong, code_salt=b"\x09" * 32, synced_at=T0, into_shadow=False)
+    result = store.apply_checkpoint(
+        wrong, code_salt=b"\x09" * 32, synced_at=T0, into_snapshot=False
+    )
     assert not result.ok
     assert result.count == len(BASE) - 1 and result.checksum != wrong.checksum
     assert facts_view(store) == before
@@ -320,7 +342,7 @@ def test_a_code_may_move_between_members_within_one_checkpoint(store):
     store.stage_changes(moved)
     after = [r for r in BASE if r.id not in ("m1", "m2")] + moved
     assert store.apply_checkpoint(
-        checkpoint_of(11, after), code_salt=SALT, synced_at=T0, into_shadow=False
+        checkpoint_of(11, after), code_salt=SALT, synced_at=T0, into_snapshot=False
     ).ok
     assert store.find_member_id(f"{1:064x}") == "m2"
     assert store.find_member_id(f"{99:064x}") == "m1"
@@ -333,15 +355,15 @@ def test_an_end_state_that_breaks_the_schema_is_refused_and_rolled_back(store):
     store.stage_changes([orphan])
     with pytest.raises(StoreError, match="replica NOT changed"):
         store.apply_checkpoint(
-            checkpoint_of(11, [*BASE, orphan]), code_salt=SALT, synced_at=T0, into_shadow=False
+            checkpoint_of(11, [*BASE, orphan]), code_salt=SALT, synced_at=T0, into_snapshot=False
         )
     assert facts_view(store) == before
 
 
-# -- snapshots in the shadow -----------------------------------------------------------------------
+# -- snapshots in a file of their own ----------------------------------------------------------------
 
 
-def test_a_snapshot_is_built_in_the_shadow_and_swapped_in_whole(store):
+def test_a_snapshot_is_built_in_a_file_of_its_own_and_switched_in_whole(store):
     load(store, BASE)
     store.begin_snapshot()
     fresh = [
@@ -352,14 +374,17 @@ def test_a_snapshot_is_built_in_the_shadow_and_swapped_in_whole(store):
         membership(4, 4, plan="p1"),
         hours("h1", weekday=3),
     ]
+    old_file = store.replica_file
     store.add_snapshot_rows(fresh[:2])
     store.add_snapshot_rows(fresh[2:])
-    # Until the swap, the door reads the old replica.
+    # Until the switch, the door reads the old replica; the new one is in a file of its own.
     assert store.member_facts("m2", "front") is not None
+    assert building_rows(store) == len(fresh)
     result = store.apply_checkpoint(
-        checkpoint_of(20, fresh), code_salt=b"\x02" * 32, synced_at=T0, into_shadow=True
+        checkpoint_of(20, fresh), code_salt=b"\x02" * 32, synced_at=T0, into_snapshot=True
     )
-    assert result.ok and result.swap_ms is not None and result.lock_ms >= result.swap_ms
+    assert result.ok and result.switch_ms is not None and result.write_ms >= result.switch_ms
+    assert store.replica_file != old_file and not old_file.exists()
     assert store.replica_info().version == 20 and store.code_salt() == b"\x02" * 32
     assert store.member_facts("m2", "front") is None
     one = store.member_facts("m1", "front")
@@ -368,20 +393,23 @@ def test_a_snapshot_is_built_in_the_shadow_and_swapped_in_whole(store):
     assert store.site_facts().opening_hours == (AccessWindow(3, 360, 1320),)
     assert store.site_facts().closures == ()
     assert store.replica_checksum() == (len(fresh), checkpoint_of(0, fresh).checksum)
-    assert shadow_rows(store) == 0  # the shadow's space is given back
+    assert replica_files(store) == [store.replica_file]  # the old file's space is given back
+    assert store.stored_replica_totals() == store.replica_checksum()
     assert store.integrity_check() == ["ok"]
 
 
-def test_changes_since_the_first_page_apply_to_the_shadow_before_the_swap(store):
+def test_changes_since_the_first_page_apply_to_the_snapshot_before_the_switch(store):
     load(store, BASE)
     store.begin_snapshot()
     # Page 1 was read at v30; m2 was deleted and m5 added before page 2 was read.
     store.add_snapshot_rows([plan("p1", "Full", [(0, 360, 960)]), member(1), member(2)])
     store.add_snapshot_rows([member(5), membership(1, 1, plan="p1")])
-    store.stage_changes([tombstone("member", "m2"), member(5), tombstone("membership", "ms2")])
+    store.stage_changes(
+        [tombstone("member", "m2"), member(5), tombstone("membership", "ms2")], into_snapshot=True
+    )
     final = [plan("p1", "Full", [(0, 360, 960)]), member(1), member(5), membership(1, 1, plan="p1")]
     assert store.apply_checkpoint(
-        checkpoint_of(32, final), code_salt=SALT, synced_at=T0, into_shadow=True
+        checkpoint_of(32, final), code_salt=SALT, synced_at=T0, into_snapshot=True
     ).ok
     assert store.member_count() == 2 and store.member_facts("m5", "front") is not None
 
@@ -392,10 +420,11 @@ def test_a_snapshot_that_does_not_match_leaves_the_live_replica_alone(store):
     store.begin_snapshot()
     store.add_snapshot_rows([member(1)])
     result = store.apply_checkpoint(
-        checkpoint_of(20, [member(1), member(2)]), code_salt=SALT, synced_at=T0, into_shadow=True
+        checkpoint_of(20, [member(1), member(2)]), code_salt=SALT, synced_at=T0, into_snapshot=True
     )
     assert not result.ok and result.count == 1
     assert facts_view(store) == before
+    assert replica_files(store) == [store.replica_file]  # the snapshot's file is deleted
 
 
 def test_an_interrupted_snapshot_leaves_the_live_replica_usable(tmp_path):
@@ -407,12 +436,13 @@ def test_an_interrupted_snapshot_leaves_the_live_replica_usable(tmp_path):
         store.add_snapshot_rows([member(7), member(8)])
         with pytest.raises(ValueError, match="tombstone"):
             store.add_snapshot_rows([member(9), tombstone("member", "m1")])
-    # The process died mid-snapshot; a new one reads the old replica as before.
+        assert building_rows(store) == 2  # the failed page added nothing
+        store.abandon_snapshot()
+        assert building_rows(store) == 0 and len(replica_files(store)) == 1
+    # A new process reads the old replica as before. (A writer killed mid-build leaves its file
+    # behind instead: test_replica_switch.py.)
     with Store.open(path) as store:
         assert facts_view(store) == before
-        assert shadow_rows(store) == 2  # the failed page added nothing
-        store.begin_snapshot()
-        assert shadow_rows(store) == 0
 
 
 def test_snapshot_rows_repeating_an_id_are_refused(store):
@@ -420,7 +450,7 @@ def test_snapshot_rows_repeating_an_id_are_refused(store):
     store.add_snapshot_rows([member(1)])
     with pytest.raises(StoreError, match="page was not added"):
         store.add_snapshot_rows([member(2), member(1)])
-    assert shadow_rows(store) == 1
+    assert building_rows(store) == 1
 
 
 # -- class uses between upload and pull ------------------------------------------------------------
@@ -438,7 +468,7 @@ def test_class_uses_count_until_the_replica_reaches_their_cloud_version(store):
     store.stage_changes([membership(2, 2, left=4)])
     after = [r for r in BASE if r.id != "ms2"] + [membership(2, 2, left=4)]
     assert store.apply_checkpoint(
-        checkpoint_of(11, after), code_salt=SALT, synced_at=T0, into_shadow=False
+        checkpoint_of(11, after), code_salt=SALT, synced_at=T0, into_snapshot=False
     ).ok
     facts = store.member_facts("m2", "front")
     assert facts.pending_uses == {"ms2": 1}

@@ -8,6 +8,7 @@ import json
 import logging
 import sqlite3
 import threading
+from datetime import timedelta
 
 import httpx
 import pytest
@@ -19,7 +20,7 @@ from kiosk.data.control import ControlStore, OwnerRequest, RequestKind, RequestS
 from kiosk.data.store import Store
 from kiosk.sync.agent import OFFLINE, RUNNING, STOPPED, SyncAgent, SyncSettings
 from kiosk.sync.client import CloudClient
-from sync.protocol import Anchor
+from sync.protocol import Anchor, utc_text
 
 BOOT = "boot-1"
 
@@ -280,10 +281,10 @@ def test_change_pages_are_staged_and_applied_at_the_checkpoint(tmp_path):
 
 def test_a_checksum_mismatch_leads_to_a_fresh_snapshot(device):
     synced(device)
-    # The local replica drifted (a bug, a restored file): the next checkpoint cannot match.
-    raw = sqlite3.connect(device.store.path)
-    raw.execute("DELETE FROM closures")
-    raw.commit()
+    # The replica's record of its own checksum is wrong (a bug, a damaged file): the next
+    # checkpoint, verified against it, cannot match.
+    with sqlite3.connect(device.store.replica_file) as raw:
+        raw.execute("UPDATE replica_meta SET value = '0123456789abcdef' WHERE key = 'checksum'")
     raw.close()
     device.cloud.put("hours", "h-wed", {"weekday": 2, "open_minute": 0, "close_minute": 60})
     report = device.agent.cycle()
@@ -292,6 +293,27 @@ def test_a_checksum_mismatch_leads_to_a_fresh_snapshot(device):
         device.cloud.checkpoint().count,
         device.cloud.checkpoint().checksum,
     )
+    assert device.store.stored_replica_totals() == device.store.replica_checksum()
+
+
+def test_rows_that_drifted_from_the_replicas_record_lead_to_a_fresh_snapshot(device):
+    synced(device)
+    # Rows changed behind the agent's back (a bug, an edited file). A change set is verified
+    # against the replica's record, not a full read, so it still applies; the full checksum the
+    # heartbeat computes for the new version shows the drift, and the next round re-pulls.
+    with sqlite3.connect(device.store.replica_file) as raw:
+        raw.execute("DELETE FROM closures")
+    raw.close()
+    device.cloud.put("hours", "h-wed", {"weekday": 2, "open_minute": 0, "close_minute": 60})
+    assert device.agent.cycle().pull == "changes"
+    assert device.store.sync_status()["resnapshot_due"] is True
+    report = device.agent.cycle()
+    assert report.ok and report.pull == "snapshot"
+    assert device.store.replica_checksum() == (
+        device.cloud.checkpoint().count,
+        device.cloud.checkpoint().checksum,
+    )
+    assert device.store.sync_status()["resnapshot_due"] is False
 
 
 def test_an_expired_cursor_leads_to_a_fresh_snapshot(device):
@@ -723,3 +745,104 @@ def test_a_broken_control_file_never_stops_the_sync(tmp_path, caplog):
     assert len(warnings) == 1  # failing on every poll, logged at most every 30 s
     page.control.close()
     dev.store.close()
+
+
+# -- the idle round's writes -----------------------------------------------------------------------
+
+
+def watch_writes(device: Device, monkeypatch) -> list[tuple[str, bool]]:
+    """Record each write the agent makes to the status, the anchors and the staging area, with
+    whether it asked for it to be durable (synced to the storage)."""
+    writes: list[tuple[str, bool]] = []
+
+    def spy(name: str, *, takes_durable: bool) -> None:
+        real = getattr(device.store, name)
+
+        def call(*args, durable=True, **kwargs):
+            writes.append((name, durable))
+            if takes_durable:
+                kwargs["durable"] = durable
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(device.store, name, call)
+
+    for name in ("set_sync_status", "record_anchor"):
+        spy(name, takes_durable=True)
+    for name in ("discard_staged", "mark_replica_current"):
+        spy(name, takes_durable=False)
+    return writes
+
+
+def synchronous_mode(store: Store) -> int:
+    """The store connection's ``PRAGMA synchronous`` (2 = FULL): a per-connection setting, so it
+    can only be read through the store's own connection."""
+    return store._live().execute("PRAGMA synchronous").fetchone()[0]
+
+
+def test_an_idle_round_writes_its_times_at_most_every_minute_and_never_syncs_them(
+    device, monkeypatch
+):
+    synced(device)
+    writes = watch_writes(device, monkeypatch)
+    device.clock.advance(30)
+    assert device.agent.cycle().pull == "not_modified"
+    # Its only news is its times: no status write; the anchor is kept without a sync; a 304 has
+    # no staged changes to drop. The replica's sync time is the one durable write left.
+    assert writes == [("mark_replica_current", True), ("record_anchor", False)]
+    stale = device.store.sync_status()["last_pull_at"]
+    assert stale != utc_text(device.clock.wall())
+    device.clock.advance(30)
+    writes.clear()
+    assert device.agent.cycle().ok
+    # A minute after the last write, the times are written, once, without a sync.
+    assert [w for w in writes if w[0] == "set_sync_status"] == [("set_sync_status", False)]
+    status = device.store.sync_status()
+    for key in ("last_pull_at", "last_heartbeat_at", "updated_at"):
+        assert status[key] == utc_text(device.clock.wall()), key
+    # Every other write of this store is still synced to the storage.
+    assert synchronous_mode(device.store) == 2
+
+
+def test_news_in_the_status_is_written_at_once_with_the_times(device):
+    synced(device)
+    device.clock.advance(5)
+    device.cloud.fail_next("/v1/heartbeat", 503)
+    assert not device.agent.cycle().ok
+    status = device.store.sync_status()
+    assert status["state"] == OFFLINE and "503" in status["last_error"]
+    assert status["last_pull_at"] == utc_text(device.clock.wall())  # the times ride along
+    device.clock.advance(5)
+    device.checkin()
+    synced(device)
+    status = device.store.sync_status()
+    assert status["state"] == RUNNING and status["last_error"] is None
+    assert status["backlog"] == 0 and status["last_push_at"] == utc_text(device.clock.wall())
+
+
+def test_a_round_that_serves_sync_now_writes_its_times(tmp_path):
+    dev = Device(tmp_path)
+    dev.cloud.seed_gym()
+    page = OwnerPage(dev, tmp_path)
+    agent = page.agent()
+    assert agent.cycle().ok
+    dev.clock.advance(10)
+    assert agent.cycle().ok  # an idle round: its times wait
+    assert dev.store.sync_status()["last_pull_at"] != utc_text(dev.clock.wall())
+    dev.clock.advance(10)
+    page.control.submit(RequestKind.SYNC_NOW, now=dev.clock.wall())
+    assert agent.claim_sync_now()
+    assert agent.cycle().ok
+    # The owner asked and is looking: the status shows this very round.
+    assert dev.store.sync_status()["last_pull_at"] == utc_text(dev.clock.wall())
+    page.control.close()
+    dev.store.close()
+
+
+def test_an_agent_that_stops_writes_its_last_word(device):
+    synced(device)
+    device.clock.advance(10)
+    device.sleeper.limit = 1
+    device.agent.run(device.stop)
+    status = device.store.sync_status()
+    assert status["state"] == STOPPED and status["online"] is False
+    assert status["last_pull_at"] == utc_text(START + timedelta(seconds=10))

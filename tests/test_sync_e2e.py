@@ -8,8 +8,11 @@ real HTTP) against the reference cloud on loopback (docs/architecture.md#reliabi
   does not revive an expired membership;
 - an agent fed only broken answers keeps running, keeps its queue and says why, then recovers.
 
-Real time is used only where a process or a socket needs it; every wait is bounded and fails
-saying what it waited for. The replica's convergence under random admin edits is in
+Real time is used only where a process or a socket needs it, and no verdict depends on it: agents
+are killed at points chosen by their progress (requests the proxy has seen, rows acknowledged in
+the journal), the proxy's faults are a function of the request count, clocks are injected where a
+time is asserted, and every wait is for an event, bounded only against a hang (``HANG_S``) and
+failing saying what it waited for. The replica's convergence under random admin edits is in
 test_sync_convergence.py.
 """
 
@@ -18,10 +21,10 @@ from __future__ import annotations
 import contextlib
 import itertools
 import random
+import re
 import signal
 import socket
 import sqlite3
-import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -51,6 +54,7 @@ from fakes import Scene
 from faulty_proxy import FAULTS, FaultyProxy
 from kiosk.core.clock import AnchoredClock, SimClock
 from kiosk.core.model import ClockQuality, Decision, Now, Reason
+from kiosk.data.database import ReplicaFiles
 from kiosk.data.store import Store
 from kiosk.sync.agent import SyncAgent, SyncSettings
 from kiosk.sync.client import CloudClient
@@ -69,12 +73,20 @@ FAULTY_SYNC = {
     "wake_poll_s": 0.1,
 }
 FAULT_RATE = 0.4
-# With this seed the proxy's draws give every fault kind within the first 12 requests and a
-# fault share of at least 0.40 from the 20th on (the draws are sequential: one agent at a time,
-# one request at a time), so the assertions on the proxy's statistics cannot flake as long as
-# the faulty phase lasts this many requests.
-PROXY_SEED = 25
+# The proxy draws one fault per request from its own seeded generator, so its statistics are a
+# function of the request count alone, whatever the timing or the machine's load. With this seed
+# the first 12 requests get every fault kind and, from the 20th request on (checked up to the
+# 5,000th), at least 41% of all requests so far faulted: the assertions on the proxy's statistics
+# cannot flake once the faulty phase has seen MIN_FAULT_REQUESTS requests.
+PROXY_SEED = 2311
 MIN_FAULT_REQUESTS = 30
+# An agent's life ends at a point chosen by progress, never by time: once the proxy has seen up
+# to this many requests from it, or once it has marked rows acknowledged in the journal.
+MAX_REQUESTS_PER_LIFE = 4
+# Bounds every wait in this file, and only ever a hang (an agent that stopped talking, a cloud
+# that stopped answering, a killed process stuck in a disk write): on a loaded machine each step
+# takes seconds, and no verdict depends on this figure.
+HANG_S = 300.0
 
 
 @contextlib.contextmanager
@@ -89,12 +101,6 @@ def cloud_database(request: pytest.FixtureRequest, tmp_path, backend: str) -> It
         yield url
     finally:
         drop_pg_database(server, url)
-
-
-def pause_until(moment: float) -> None:
-    remaining = moment - time.monotonic()
-    if remaining > 0:
-        time.sleep(remaining)
 
 
 def pending(kiosk: Kiosk) -> int:
@@ -157,31 +163,73 @@ def test_every_checkin_reaches_the_cloud_exactly_once_through_faults_and_kills(
 
 def _write_while_killing(kiosk, journal, proxy, rng, *, total: int, kills: int) -> None:
     """A quarter of the journal before the first agent starts; the rest written while agents run
-    and are SIGKILLed after random delays; two corrupt rows slipped in between two lives. Lives
-    go on (without new rows) until the proxy has seen enough requests."""
+    and are SIGKILLed at points chosen by their progress (``_one_life``); two corrupt rows slipped
+    in between two lives. Lives go on (without new rows) until the proxy has seen enough
+    requests; every life makes at least one, so this ends."""
     log = kiosk.root / "agent.log"
     journal.write(total // 4)
     proxy.fault_rate = FAULT_RATE
     during = total - total // 4 - 2
     life = 0
     while life < kills or requests_seen(proxy) < MIN_FAULT_REQUESTS:
-        assert life < 4 * kills, f"only {requests_seen(proxy)} requests in {life} agent lives"
-        agent = start_agent(kiosk, log)
         share = during * (life + 1) // kills - during * life // kills if life < kills else 0
-        delay = rng.uniform(0.1, 1.5)
-        started = time.monotonic()
-        for n in range(share):
-            journal.write()
-            pause_until(started + delay * (n + 1) / (share + 1))
-        pause_until(started + delay)
-        alive = agent.poll() is None
-        agent.send_signal(signal.SIGKILL)
-        agent.wait(timeout=10)
-        assert alive, f"the agent exited by itself ({agent.returncode}):\n{tail(log)}"
+        _one_life(kiosk, journal, proxy, rng, log, share=share, life=life)
         if life == kills // 3:
             journal.corrupt = journal.write(2)
             corrupt_door_ids(kiosk, journal.corrupt)
         life += 1
+
+
+def _one_life(kiosk, journal, proxy, rng, log, *, share: int, life: int) -> None:
+    """Start ``kiosk sync``, write ``share`` rows while it runs, SIGKILL it at a point chosen by
+    its progress, and wait for it to be gone.
+
+    The kill point, drawn from ``rng``: as the n-th request of this life (1 to
+    ``MAX_REQUESTS_PER_LIFE``) reaches the proxy (the agent is then waiting for an answer the
+    cloud may commit without it), or, when rows are pending, as soon as the agent has marked some
+    acknowledged (it is then between a commit of its journal and its next request). The rows are
+    written a portion at the start and a portion after each request the proxy sees, so the agent
+    finds new rows while it works (its wake-up on new check-ins). Waiting is by events only;
+    ``HANG_S`` bounds a hang and fails saying what never happened."""
+    agent = start_agent(kiosk, log)
+    try:
+        seen = requests_seen(proxy)
+        requests = rng.randint(1, MAX_REQUESTS_PER_LIFE)
+        portions = [share * (k + 1) // requests - share * k // requests for k in range(requests)]
+        by_ack = share > 0 and rng.random() < 0.3
+
+        def gone_or(condition: Callable[[], bool]) -> Callable[[], bool]:
+            return lambda: agent.poll() is not None or condition()
+
+        if by_ack:
+            acked = _acknowledged(kiosk)  # before writing: the new rows keep some pending
+            journal.write(share)
+            wait_until(
+                gone_or(lambda: _acknowledged(kiosk) > acked),
+                HANG_S,
+                f"agent life {life} to mark rows acknowledged ({requests_seen(proxy) - seen}"
+                f" requests so far)",
+                poll_s=0.002,
+            )
+        else:
+            for n, portion in enumerate(portions, start=1):
+                journal.write(portion)
+                wait_until(
+                    gone_or(lambda n=n: requests_seen(proxy) >= seen + n),
+                    HANG_S,
+                    f"request {n} of agent life {life} at the proxy",
+                    poll_s=0.002,
+                )
+        alive = agent.poll() is None
+    finally:
+        agent.send_signal(signal.SIGKILL)
+        agent.wait(timeout=HANG_S)
+    assert alive, f"the agent exited by itself ({agent.returncode}):\n{tail(log)}"
+
+
+def _acknowledged(kiosk: Kiosk) -> int:
+    """Journal rows the agent has marked as settled by the cloud (synced or rejected)."""
+    return kiosk.query("SELECT COUNT(*) FROM checkins WHERE sync_state != 'pending'")[0][0]
 
 
 def _assert_exactly_once(site: Site, kiosk: Kiosk, journal: Journal, members: Members) -> None:
@@ -244,13 +292,15 @@ def test_a_kill_during_a_snapshot_leaves_the_old_replica_intact_and_usable(tmp_p
             try:
                 wait_until(
                     lambda p=agent, at=kill_at: p.poll() is not None or _shadow_rows(kiosk) >= at,
-                    60,
+                    HANG_S,
                     f"{kill_at} rows in the snapshot's shadow tables",
                     poll_s=0.002,
                 )
                 agent.send_signal(signal.SIGKILL)
             finally:
-                agent.wait(timeout=10)
+                # A SIGKILLed process waiting on its disk (an fsync on a busy machine) ends
+                # only once the write returns: seconds, on a loaded disk.
+                agent.wait(timeout=HANG_S)
             assert kiosk.query("PRAGMA integrity_check") == [("ok",)]
             now_in_use = _replica(kiosk)
             if n == 0:
@@ -296,11 +346,23 @@ def _cloud_replica(site: Site) -> tuple[int, str, int]:
 
 
 def _shadow_rows(kiosk: Kiosk) -> int:
-    """Rows in the shadow tables the snapshot is being built in (read by another connection)."""
-    counts = kiosk.query(
-        "SELECT (SELECT COUNT(*) FROM shadow_members) + (SELECT COUNT(*) FROM shadow_memberships)"
-    )
-    return counts[0][0]
+    """Rows in the replica files being built beside the one in use (read by another connection):
+    a snapshot is built in a new file and switched in by the pointer when complete."""
+    files = ReplicaFiles(kiosk.db)
+    total = 0
+    for path in files.leftovers(keep=files.current()):
+        if not re.fullmatch(r".*-replica-[0-9a-f]{32}", path.name):
+            continue
+        with (
+            contextlib.suppress(sqlite3.Error),
+            contextlib.closing(
+                sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5.0)
+            ) as conn,
+        ):
+            total += conn.execute(
+                "SELECT (SELECT COUNT(*) FROM members) + (SELECT COUNT(*) FROM memberships)"
+            ).fetchone()[0]
+    return total
 
 
 # -- 4. clocks -------------------------------------------------------------------------------------
@@ -309,18 +371,25 @@ MONOTONIC_BASE_NS = 10**15  # this simulated boot's monotonic clock: far from ze
 
 
 class WrongWallClock:
-    """A device clock whose monotonic time is right (this machine's, as a boot of its own) and
-    whose wall time is whatever ``wall_of(true time)`` says; never NTP-synced."""
+    """A device clock on the test's timeline (the cloud's injected clock, the true time): its
+    monotonic time is right (``MONOTONIC_BASE_NS`` plus the time since the timeline began) and its
+    wall time is whatever ``wall_of(true time)`` says; never NTP-synced. Both clocks stand still
+    while a request travels, so the placement is exact whatever the machine's load."""
 
-    def __init__(self, boot: str, wall_of: Callable[[datetime], datetime]) -> None:
+    def __init__(
+        self, boot: str, timeline: FakeClock, wall_of: Callable[[datetime], datetime]
+    ) -> None:
         self.boot_id = boot
+        self._timeline = timeline
+        self._origin = timeline.now
         self._wall_of = wall_of
 
     def wall(self) -> datetime:
-        return self._wall_of(datetime.now(UTC))
+        return self._wall_of(self._timeline.now)
 
     def monotonic_ns(self) -> int:
-        return MONOTONIC_BASE_NS + time.monotonic_ns()
+        since = self._timeline.now - self._origin
+        return MONOTONIC_BASE_NS + since // timedelta(microseconds=1) * 1000
 
     def quality(self) -> ClockQuality:
         return ClockQuality.UNSYNCED
@@ -329,14 +398,13 @@ class WrongWallClock:
         raise AssertionError("a single cycle never sleeps")
 
 
-def wrong_walls() -> dict[str, Callable[[datetime], datetime]]:
+def wrong_walls(timeline: FakeClock) -> dict[str, Callable[[datetime], datetime]]:
     """Wall clocks a Pi without a battery clock shows, by the true time: counting up from 1970
     since boot, a year ahead, and stepping back an hour at every reading."""
     readings = itertools.count()
+    booted = timeline.now
     return {
-        "1970": lambda _true: (
-            datetime(1970, 1, 1, tzinfo=UTC) + timedelta(seconds=time.monotonic())
-        ),
+        "1970": lambda true: datetime(1970, 1, 1, tzinfo=UTC) + (true - booted),
         "a-year-ahead": lambda true: true + timedelta(days=365),
         "stepping-back": lambda true: true - timedelta(hours=next(readings)),
     }
@@ -345,15 +413,18 @@ def wrong_walls() -> dict[str, Callable[[datetime], datetime]]:
 def test_the_cloud_places_checkins_by_monotonic_time_whatever_the_wall_clock_said(tmp_path):
     """Three boots of one device, each with a wrong wall clock; events from up to two minutes
     before each sync are placed within a second of when they really happened."""
-    with running_site(f"sqlite:///{tmp_path / 'cloud.db'}") as site:
+    timeline = FakeClock(datetime(2026, 5, 1, 12, 0, tzinfo=UTC))
+    with running_site(f"sqlite:///{tmp_path / 'cloud.db'}", clock=timeline) as site:
         members = seed_members(site, packs=2, subscriptions=2, balance=100)
         kiosk = make_kiosk(tmp_path / "kiosk", site)
         expected: dict[str, datetime] = {}
         with kiosk.open_store() as store:
-            for boot, wall_of in wrong_walls().items():
-                clock = WrongWallClock(f"boot-{boot}", wall_of)
+            for boot, wall_of in wrong_walls(timeline).items():
+                timeline.advance(600)  # a reboot, ten minutes after the previous sync
+                clock = WrongWallClock(f"boot-{boot}", timeline, wall_of)
+                timeline.advance(300)  # the door's first check-in is two minutes before the sync
                 for ago_s in (120, 90, 60, 30, 5, 0):
-                    true_time = datetime.now(UTC) - timedelta(seconds=ago_s)
+                    true_time = timeline.now - timedelta(seconds=ago_s)
                     monotonic = clock.monotonic_ns() - ago_s * 10**9
                     wall = clock.wall() - timedelta(seconds=ago_s)
                     member, membership = members.subscriptions[0]
@@ -363,7 +434,8 @@ def test_the_cloud_places_checkins_by_monotonic_time_whatever_the_wall_clock_sai
                     now = Now(wall, monotonic, clock.boot_id, ClockQuality.UNSYNCED)
                     row = store.append_checkin(decision, door_id=DOOR, replica_version=0, now=now)
                     expected[row.id] = true_time
-                client = CloudClient(site.url, kiosk.identity.token, clock=clock, timeout_s=5)
+                # The timeout only bounds a hang: both clocks stand still meanwhile.
+                client = CloudClient(site.url, kiosk.identity.token, clock=clock, timeout_s=60)
                 with client:
                     agent = SyncAgent(store, client, SyncSettings(), clock, sleep=clock.sleep)
                     report = agent.cycle()
@@ -372,7 +444,7 @@ def test_the_cloud_places_checkins_by_monotonic_time_whatever_the_wall_clock_sai
             walls = [c.wall_time for c in store.recent_checkins(100)]
         placed = {row["id"]: row for row in site.checkins(kiosk.device_id)}
     assert set(placed) == set(expected)
-    assert min(walls).year <= 1970 and max(walls) > datetime.now(UTC) + timedelta(days=300)
+    assert min(walls).year <= 1970 and max(walls) > timeline.now + timedelta(days=300)
     for checkin_id, true_time in expected.items():
         row = placed[checkin_id]
         assert row["time_source"] == "anchored"
@@ -440,7 +512,7 @@ def test_after_a_reboot_with_the_clock_stepped_back_the_first_sync_ends_an_expir
 def _sync_like_kiosk_sync(store: Store, site: Site, kiosk: Kiosk, base: SimClock) -> None:
     """One agent cycle wired as ``kiosk sync`` wires it: an AnchoredClock over the base clock."""
     clock = AnchoredClock(base, store.latest_anchor)
-    with CloudClient(site.url, kiosk.identity.token, clock=clock, timeout_s=5) as client:
+    with CloudClient(site.url, kiosk.identity.token, clock=clock, timeout_s=60) as client:
         agent = SyncAgent(store, client, SyncSettings(), clock, sleep=base.sleep)
         report = agent.cycle()
     assert report.ok, report.error
@@ -482,7 +554,7 @@ def test_an_agent_fed_only_broken_answers_keeps_running_and_its_queue_then_recov
                 seen = requests_seen(proxy)
                 wait_until(
                     lambda: agent.poll() is not None or requests_seen(proxy) >= seen + 8,
-                    30,
+                    HANG_S,
                     "eight more broken answers",
                 )
                 assert agent.poll() is None, f"the agent gave up:\n{tail(log)}"
@@ -493,16 +565,16 @@ def test_an_agent_fed_only_broken_answers_keeps_running_and_its_queue_then_recov
                 assert pending(kiosk) == 30
 
                 proxy.fault_rate = 0.0
-                wait_until(lambda: pending(kiosk) == 0, 30, "the queue to drain")
+                wait_until(lambda: pending(kiosk) == 0, HANG_S, "the queue to drain")
                 wait_until(
                     lambda: _status(kiosk).get("last_error", "x") is None,
-                    30,
+                    HANG_S,
                     "a clean round",
                 )
                 assert agent.poll() is None
             finally:
                 agent.send_signal(signal.SIGTERM)
-                agent.wait(timeout=10)
+                agent.wait(timeout=HANG_S)
             assert agent.returncode == 0, tail(log)
         finally:
             proxy.stop()

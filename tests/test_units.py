@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from kiosk.cli import build_parser
-from kiosk.config import SCHEMA
+from kiosk.config import DEFAULT_CONFIG_PATH, SCHEMA
+from kiosk.ops.provision import provisioned_marker
 
 REPO = Path(__file__).resolve().parent.parent
 UNIT_DIR = REPO / "systemd"
@@ -158,6 +159,30 @@ def test_the_scanner_is_watched_restarted_and_releases_the_relay():
     assert one(options, "SupplementaryGroups").split() == ["gpio", "video"]
     unit = parse_unit(UNIT_DIR / "fitflow-scanner.service")["Unit"]
     assert one(unit, "StartLimitIntervalSec") == "0"  # never gives up
+
+
+def test_the_scanner_starts_only_once_provisioning_has_set_the_relay():
+    # Enabled at install: without this a reboot before `kiosk provision` would drive the relay on
+    # the example's guess of its polarity. The file is the one provisioning writes for the
+    # default config.
+    unit = parse_unit(UNIT_DIR / "fitflow-scanner.service")["Unit"]
+    assert one(unit, "ConditionPathExists") == str(provisioned_marker(DEFAULT_CONFIG_PATH))
+    assert one(unit, "ConditionPathExists") == "/etc/fitflow-kiosk/kiosk.toml.provisioned"
+
+
+def test_only_the_scanner_drives_the_pins():
+    # `kiosk run` and `kiosk relay-off` are the commands that drive GPIO: only the scanner's unit,
+    # which waits for provisioning, may run them.
+    for name in ALL_UNITS:
+        sections = parse_unit(UNIT_DIR / name)
+        commands = {
+            shlex.split(value)[1]
+            for key, values in sections.get("Service", {}).items()
+            if key.startswith("Exec")
+            for value in values
+        }
+        if commands & {"run", "relay-off"}:
+            assert name == "fitflow-scanner.service", name
 
 
 def test_the_scanner_never_touches_the_network_and_sees_only_its_devices():

@@ -706,8 +706,12 @@ def _readonly_site(folder: Path) -> Site:
     site = make_site(folder)
     site.publish()
     data = site.db.parent
-    # The scanner stopped: its last close checkpointed the log and removed -wal and -shm.
-    assert sorted(p.name for p in data.iterdir()) == ["control.sqlite", "kiosk.db"]
+    # The scanner stopped: its last close checkpointed the logs and removed -wal and -shm (of the
+    # database and of the replica file beside it, with its pointer and writers' lock).
+    names = sorted(p.name for p in data.iterdir())
+    replica = [n for n in names if re.fullmatch(r"kiosk\.db-replica-[0-9a-f]{32}", n)]
+    expected = ["control.sqlite", "kiosk.db", "kiosk.db-replica", "kiosk.db-replica.lock"]
+    assert len(replica) == 1 and names == sorted([*expected, *replica])
     site.db.chmod(0o444)
     if os.geteuid() == 0:
         os.chown(site.password_file, 65534, 65534)  # the page's user reads its password file
@@ -832,7 +836,7 @@ def test_diagnostics_integrity_check_does_not_hold_up_the_page(tmp_path: Path):
 
     def slow_quick_check(path: Path) -> list[str]:
         started.set()
-        release.wait(20)
+        release.wait(600)  # set by the test once /healthz answered; bounds a hang only
         return quick_check_file(path)
 
     site = make_site(tmp_path, quick_check=slow_quick_check)
@@ -844,7 +848,7 @@ def test_diagnostics_integrity_check_does_not_hold_up_the_page(tmp_path: Path):
     )
     download.start()
     try:
-        assert started.wait(20), "the integrity check never started"
+        assert started.wait(120), "the integrity check never started"
         # A commit meanwhile: /healthz must read the door's database, not a cached answer.
         with Store.open(site.db) as store:
             append(store, Decision(Verdict.DENIED, Reason.UNKNOWN_CODE), site.clock.wall())
@@ -852,12 +856,12 @@ def test_diagnostics_integrity_check_does_not_hold_up_the_page(tmp_path: Path):
         monitor = TestClient(site.app)
         probe = threading.Thread(target=lambda: answers.update(healthz=monitor.get("/healthz")))
         probe.start()
-        probe.join(10)
+        probe.join(120)  # the check is held meanwhile: waiting longer proves nothing else
         assert "healthz" in answers, "/healthz waited for the integrity check"
         assert answers["healthz"].status_code == 200
     finally:
         release.set()
-        download.join(20)
+        download.join(120)
     bundle = zipfile.ZipFile(io.BytesIO(answers["zip"].content))
     assert bundle.read("integrity.txt").decode() == "PRAGMA quick_check: ok\n"
 

@@ -138,7 +138,7 @@ def test_kiosk_web_serves_on_loopback_and_says_where(tmp_path: Path):
         assert process.stdout is not None
         line = process.stdout.readline()
         assert line == f"kiosk web: the owner page listens on http://127.0.0.1:{port}/\n"
-        deadline = time.monotonic() + 20
+        deadline = time.monotonic() + 120  # bounds a hang only
         while True:
             try:
                 answer = httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2)
@@ -149,15 +149,15 @@ def test_kiosk_web_serves_on_loopback_and_says_where(tmp_path: Path):
         assert set(answer.json()) == {"ok", "checks"}
         assert answer.headers["x-frame-options"] == "DENY"
         assert "server" not in answer.headers
-        setup = httpx.get(f"http://127.0.0.1:{port}/", timeout=5)
+        setup = httpx.get(f"http://127.0.0.1:{port}/", timeout=60)
         assert setup.status_code == 503 and "set-password" in setup.text
         for _ in range(20):
-            httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5)
+            httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=60)
         # The web process stays under 60 MB (docs/performance.md).
         assert rss_kib(process.pid) < 60 * 1024
     finally:
         process.terminate()
-        out, err = process.communicate(timeout=20)
+        out, err = process.communicate(timeout=120)
     # uvicorn re-raises the SIGTERM it handled once shut down: systemd counts that as a clean stop.
     assert process.returncode in (0, -signal.SIGTERM), err
     assert out == "" and "/healthz" not in err  # one line at start, no access log
@@ -226,6 +226,8 @@ def test_the_server_is_bounded_and_quiet():
     from kiosk.web.serve import server_config
 
     config = server_config(object())
-    assert (config.limit_concurrency, config.timeout_keep_alive) == (64, 5)
+    # Connections are bounded per address and in all by the page's guard (test_web_connections);
+    # uvicorn's own limit sits above it.
+    assert (config.limit_concurrency, config.timeout_keep_alive) == (257, 5)
     assert config.access_log is False and config.server_header is False
     assert config.proxy_headers is False

@@ -8,6 +8,10 @@
 - ``WebProcess`` / ``start_web``: ``kiosk web --config FILE`` as a subprocess on a database holding
   the demo's replica, with or without an owner password.
 - ``HostileSite``: another web server on loopback serving one attacker's page.
+- ``ThreadedPage``: an ASGI app served in a thread by the page's own server settings
+  (``kiosk.web.serve.server_config``) with injected limits; ``connect``, ``http_get``,
+  ``read_response`` and ``read_until_closed`` talk to it over raw sockets from any loopback
+  address.
 - ``log_in``, ``screenshot_folder``.
 
 Nothing here sleeps blindly: every wait is for a condition, with a deadline.
@@ -48,6 +52,9 @@ CHROMIUM_ARGS = [
 ]
 START_TIMEOUT_S = 60.0  # a demo's first start builds the cloud and the replica
 STOP_TIMEOUT_S = 20.0
+# How long a raw-socket read may block before the test fails: a deadline for an event that comes
+# much sooner (a response, the server's close), never a delay the test relies on.
+SOCKET_WAIT_S = 30.0
 PHONE = {"width": 390, "height": 844}
 LAPTOP = {"width": 1280, "height": 900}
 WEB_LINE = re.compile(r"^owner page: (http://127\.0\.0\.1:(\d+)/)  \(password: (\S+)\)$")
@@ -275,6 +282,111 @@ class HostileSite:
         self._server.shutdown()
         self._server.server_close()
         self._thread.join(STOP_TIMEOUT_S)
+
+
+class ThreadedPage:
+    """``app`` served in a daemon thread on 127.0.0.1 and a free ``port`` with the page's server
+    settings (``server_config(app, limits)``: the same protocol, guard and timeouts as
+    ``kiosk web``); ``guard`` is its connection guard. A context manager: ready on entry,
+    stopped on exit."""
+
+    def __init__(self, app, limits) -> None:
+        import uvicorn
+
+        from kiosk.web.serve import bind, connection_guard, server_config
+
+        self.app = app
+        self._sock = bind("127.0.0.1", 0)
+        self.port: int = self._sock.getsockname()[1]
+        config = server_config(app, limits)
+        config.timeout_graceful_shutdown = 1  # a held connection must not hold up the teardown
+        self.guard = connection_guard(config)
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(
+            target=self._server.run, kwargs={"sockets": [self._sock]}, daemon=True
+        )
+
+    def __enter__(self) -> ThreadedPage:
+        self._thread.start()
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while not self._server.started:
+            assert self._thread.is_alive(), "the server thread ended before it started"
+            assert time.monotonic() < deadline, "the server did not start"
+            time.sleep(0.01)
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._server.should_exit = True
+        self._thread.join(STOP_TIMEOUT_S)
+        self._sock.close()
+
+    def wait_for_open(self, expected: dict[str, int]) -> None:
+        """Wait until the guard counts exactly ``expected`` open connections per client key
+        (it counts on the server's thread: a close is seen there a moment after the client's)."""
+        deadline = time.monotonic() + SOCKET_WAIT_S
+        while (counts := self.guard.connections.counts()) != expected:
+            assert time.monotonic() < deadline, f"the guard counts {counts}, not {expected}"
+            time.sleep(0.01)
+
+
+def connect(port: int, source: str = "127.0.0.1") -> socket.socket:
+    """A TCP connection to 127.0.0.1:``port`` from the loopback address ``source`` (Linux routes
+    all of 127.0.0.0/8 to the loopback interface, so 127.0.0.2 is another client)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.settimeout(SOCKET_WAIT_S)
+    try:
+        sock.bind((source, 0))
+        sock.connect(("127.0.0.1", port))
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def read_until_closed(sock: socket.socket) -> bytes:
+    """Everything the server sends until it closes the connection (end of file, or a reset);
+    fails the test when it has not closed it within ``SOCKET_WAIT_S``."""
+    received = b""
+    while True:
+        try:
+            chunk = sock.recv(65536)
+        except ConnectionResetError:
+            return received
+        except TimeoutError:
+            raise AssertionError(
+                f"the server kept the connection open for {SOCKET_WAIT_S:.0f} s"
+            ) from None
+        if not chunk:
+            return received
+        received += chunk
+
+
+def read_response(sock: socket.socket) -> tuple[int, bytes]:
+    """One HTTP/1.1 response from ``sock``: its status and body (by Content-Length)."""
+    received = b""
+    while b"\r\n\r\n" not in received:
+        chunk = sock.recv(65536)
+        assert chunk, f"the server closed the connection before answering: {received!r}"
+        received += chunk
+    head, _, body = received.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    status = int(lines[0].split()[1])
+    length = next(
+        int(line.split(":", 1)[1])
+        for line in lines[1:]
+        if line.lower().startswith("content-length:")
+    )
+    while len(body) < length:
+        chunk = sock.recv(65536)
+        assert chunk, "the server closed the connection in the middle of a body"
+        body += chunk
+    return status, body
+
+
+def http_get(sock: socket.socket, path: str = "/") -> tuple[int, bytes]:
+    """One keep-alive ``GET path`` on ``sock``: the status and the body."""
+    sock.sendall(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
+    return read_response(sock)
 
 
 def auto_post_page(action: str, fields: dict[str, str]) -> str:

@@ -10,6 +10,12 @@ never shows in a process list, and prints one JSON object on stdout:
 - ``{"mode": "agent", "db", "url", "token", ...}``: run the agent (``SyncAgent.run``, as ``kiosk
   sync`` does) until SIGTERM or SIGINT, then report the requests it made. The bench points it at a
   stalled cloud while the door loop runs on the same database.
+- ``{"mode": "door", "db", "frames"}``: the real door loop (``DoorLoop``: replay camera looping
+  over the folder ``frames`` at 30 frames/s, the production reader, the real store with durable
+  commits, a relay on gpiozero mock pins) until SIGTERM or SIGINT; prints ``ready`` on stderr once
+  the first frame is decided on, then reports every decision (when its frame was captured, when
+  the door acted, the verdict) and every fault pattern shown, on the monotonic clock all processes
+  share, so the bench can pick those that fell while the agent was applying a snapshot.
 
 The instrumentation (``CountingTransport``, ``TimedStore``) only records: requests and writes go
 through the real httpx transport and the real store. Optional job keys: ``timeout_s`` (default
@@ -193,8 +199,9 @@ def run_cycles(job: dict[str, Any]) -> dict[str, Any]:
 def _one_cycle(agent: Any, store: TimedStore, transport: CountingTransport) -> dict[str, Any]:
     """One ``agent.cycle()``: what it reported, every request (method, path, status, ms), and
     when it applies: ``drained_s`` (from the round's start until the last upload was marked
-    synced) and ``snapshot`` (from the first snapshot page asked for until the swap committed,
-    rows, pages, the swap's write-lock time)."""
+    synced) and ``snapshot`` (from the first snapshot page asked for until the switch: rows,
+    pages, the time from the checkpoint to the switch and of the switch itself, and the window
+    ``[start_ns, end_ns]`` on the monotonic clock, to match the door's decisions against)."""
     mark, applied_mark, synced_mark = (
         len(transport.exchanges),
         len(store.applied),
@@ -217,18 +224,20 @@ def _one_cycle(agent: Any, store: TimedStore, transport: CountingTransport) -> d
     if synced:
         out["drained_s"] = synced[-1] - started
     pages = [e for e in exchanges if e.path.endswith("/replica/snapshot")]
-    swaps = [(at, r) for at, r in store.applied[applied_mark:] if r.swap_ms is not None]
-    if pages and swaps:
-        swapped_at, result = swaps[-1]
+    switches = [(at, r) for at, r in store.applied[applied_mark:] if r.switch_ms is not None]
+    if pages and switches:
+        switched_at, result = switches[-1]
         out["snapshot"] = {
             "rows": result.count,
             "version": result.checkpoint.version,
-            "seconds": swapped_at - pages[0].started,
+            "seconds": switched_at - pages[0].started,
             "pages": len(pages),
-            # Time spent waiting for the pages; the rest is the device's parsing and writing.
+            # The page requests' time; the next page is asked for while one is written, so this
+            # overlaps the device's parsing and writing.
             "fetch_s": sum(e.ms for e in pages) / 1e3,
-            "lock_ms": round(result.lock_ms, 1),
-            "swap_ms": round(result.swap_ms or 0.0, 1),
+            "apply_ms": round(result.write_ms, 1),
+            "switch_ms": round(result.switch_ms or 0.0, 2),
+            "window_ns": [int(pages[0].started * 1e9), int(switched_at * 1e9)],
         }
     return out
 
@@ -255,6 +264,56 @@ def run_agent(job: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def run_door(job: dict[str, Any]) -> dict[str, Any]:
+    """The door loop over the replayed frames until SIGTERM/SIGINT; every decision and fault."""
+    from gpiozero.pins.mock import MockFactory
+
+    from hardware.camera.replay import ReplayCamera
+    from hardware.decode.backends import make_decoder
+    from hardware.fakes.signal import RecordingSignal
+    from hardware.gpio.relay import RelayDoor
+    from kiosk.core.clock import SystemClock
+    from kiosk.core.model import PolicySettings
+    from kiosk.door.loop import DoorLoop, Outcome, ScannerSettings, stop_on_signals
+    from kiosk.door.reader import QrReader
+
+    stop = threading.Event()
+    stop_on_signals(stop)
+    door = RelayDoor(17, active_high=True, max_pulse_ms=3000, pin_factory=MockFactory())
+    decisions: list[list[Any]] = []
+    faults: list[int] = []
+
+    class TimedSignal(RecordingSignal):
+        def show(self, pattern: str) -> None:
+            if pattern == "fault":
+                faults.append(time.monotonic_ns())
+            super().show(pattern)
+
+    def record(outcome: Outcome) -> None:
+        if not decisions:
+            print("ready", file=sys.stderr, flush=True)
+        decisions.append([outcome.captured_ns, outcome.acted_ns, outcome.decision.verdict.value])
+        door.release()  # frames come faster than pulses end: a fresh edge for the next grant
+
+    # Passback off and a short debounce: the same members come round every few seconds.
+    settings = ScannerSettings(
+        door_id="bench", pulse_ms=50, debounce_s=1.0, policy=PolicySettings(passback_minutes=0)
+    )
+    with Store.open(Path(job["db"])) as store:
+        loop = DoorLoop(source=ReplayCamera(job["frames"], fps=30, loop=True),
+                        reader=QrReader(make_decoder("zxing")), store=store, door=door,
+                        signal=TimedSignal(), clock=SystemClock(), settings=settings,
+                        on_outcome=record)  # fmt: skip
+        loop.run(stop)
+    door.close()
+    return {
+        "decisions": decisions,
+        "faults": faults,
+        "frames": loop.frames,
+        "rss_peak_mb": round(peak_rss_mb(), 1),
+    }
+
+
 def main() -> int:
     import logging
 
@@ -264,7 +323,7 @@ def main() -> int:
     job.setdefault("timeout_s", 10.0)
     for key in ("page_rows", "interval_s", "backoff_max_s", "wake_poll_s"):
         job.setdefault(key, None)
-    modes = {"cycles": run_cycles, "agent": run_agent}
+    modes = {"cycles": run_cycles, "agent": run_agent, "door": run_door}
     if job.get("mode") not in modes:
         print(f"unknown mode {job.get('mode')!r}; expected one of {sorted(modes)}", file=sys.stderr)
         return 2

@@ -9,7 +9,10 @@
 world.) The database is ``store.path`` from the
 configuration (``$KIOSK_CONFIG`` or /etc/fitflow-kiosk/kiosk.toml, ``KIOSK_STORE_PATH`` overrides)
 unless ``--db`` names it. Backups go to ``<database folder>/backups`` unless ``--dir`` says
-otherwise. The work is in ``kiosk.ops.backup`` and ``kiosk.ops.logs``; this module only parses and prints.
+otherwise. A backup holds the journal database; the member replica (a file of its own beside it)
+is not in it: it is the cloud's data, pulled again, and a restore leaves the one beside the
+database in use (``kiosk.ops.backup`` says why). The work is in ``kiosk.ops.backup`` and
+``kiosk.ops.logs``; this module only parses and prints.
 
 Exit codes: 0 success; 1 refused for now (a kiosk service runs or the database is open elsewhere,
 the restore was not confirmed, journalctl missing); 2 usage or configuration; 3 the database
@@ -75,7 +78,8 @@ def cmd_backup(args: argparse.Namespace) -> int:
     pending = (made.report.checkins or {}).get("pending", 0)
     print(
         f"backup {made.path} ({made.size_bytes:,} bytes, integrity ok, schema "
-        f"{made.report.schema_version}, last seq {made.report.last_seq}, {pending} pending)"
+        f"{made.report.schema_version}, last seq {made.report.last_seq}, {pending} pending; the "
+        f"journal only: the replica is pulled again from the cloud)"
     )
     for old in made.deleted:
         print(f"deleted old backup {old}")
@@ -115,6 +119,10 @@ def cmd_restore(args: argparse.Namespace) -> int:
     )
     if done.kept_as is not None:
         print(f"the previous database was kept as {done.kept_as}")
+    if done.replica is None:
+        print("no member replica beside it yet: the sync agent pulls one at its next round")
+    else:
+        print(f"member replica in use: version {done.replica[0]}, {done.replica[1]} members")
     for warning in done.warnings:
         print(f"warning: {warning}", file=sys.stderr)
     print("start the kiosk again: sudo systemctl start fitflow-scanner fitflow-sync fitflow-web")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import threading
 from datetime import timedelta
@@ -174,6 +175,19 @@ def cmd_relay_off(args: argparse.Namespace) -> int:
 def cmd_config_check(args: argparse.Namespace) -> int:
     config = load_config(args.path)
     if config is None:
+        where = config_path(args.path)
+        try:
+            unreadable = where.exists() and not os.access(where, os.R_OK)
+        except OSError:  # a folder this user may not enter
+            unreadable = True
+        if unreadable:
+            # The installer makes the config readable by everyone (it holds no secrets); a file
+            # that is not was made so by hand, or by an older installer.
+            print(
+                f"{where} is not readable by this user: check it with `sudo kiosk config check`, "
+                f"or run the installer again, which makes the config readable (mode 0644)",
+                file=sys.stderr,
+            )
         return EXIT_CONFIG
     print(f"{args.path or config_path(None)}: ok")
     return 0

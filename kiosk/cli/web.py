@@ -1,7 +1,7 @@
 """``kiosk web`` (serve the owner page) and ``kiosk web set-password``.
 
-Imports only the standard library, ``kiosk.cli.common`` and ``kiosk.web.serve`` (sockets only) at
-module level: the page's application, uvicorn and the password tools load when a command runs.
+Imports only the standard library and ``kiosk.cli.common`` at module level: the page's
+application, its server settings (uvicorn) and the password tools load when a command runs.
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ from kiosk.cli.common import (
     port_number,
     setup_logging,
 )
-from kiosk.web.serve import bind, listen_url, server_config
 
 
 def add(sub: argparse._SubParsersAction, name: str, help: str) -> None:
@@ -54,17 +53,25 @@ def cmd_web(args: argparse.Namespace) -> int:
     setup_logging(config.logging.level)
     host = args.host or config.web.host
     port = args.port or config.web.port
+    import uvicorn
+
+    from kiosk.web.app import create_app
+    from kiosk.web.serve import UvicornMismatch, bind, listen_url, server_config
+
     try:
         sock = bind(host, port)
     except OSError as exc:  # the port is taken, a privileged port, an unknown address
         print(f"kiosk web: cannot listen on {host}:{port}: {exc.strerror or exc}", file=sys.stderr)
         return EXIT_RUNTIME
-    import uvicorn
-
-    from kiosk.web.app import create_app
-
     app = create_app(config)
-    server = uvicorn.Server(server_config(app))
+    try:
+        settings = server_config(app)
+    except UvicornMismatch as exc:
+        sock.close()
+        app.state.page.close()
+        print(f"kiosk web: {exc}", file=sys.stderr)
+        return EXIT_RUNTIME
+    server = uvicorn.Server(settings)
     where = " (every network: reach it from the LAN)" if host in ("0.0.0.0", "::") else ""  # noqa: S104
     print(f"kiosk web: the owner page listens on {listen_url(host, port)}{where}", flush=True)
     try:

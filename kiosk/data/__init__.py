@@ -1,18 +1,20 @@
 """The device's data: its databases (the only SQL on the Pi) and its own files.
 
-The door's database (``kiosk.db``, see docs/architecture.md, "The data model"):
+The door's database (``kiosk.db`` and the replica file beside it, see docs/architecture.md, "The
+data model"):
 
 - ``store``: ``Store``, the one object the processes open, composed of the parts below;
-- ``database``: opening the file (WAL, pragmas, migrations), the guarded read and write
-  transactions, ``StoreError`` and its plain words, times as text;
+- ``database``: opening the file (WAL, pragmas, migrations), the replica's files (the pointer, the
+  writers' lock, building and switching a replica file, attaching the one in use), the guarded read
+  and write transactions, ``StoreError`` and its plain words, times as text;
 - ``journal``: the check-ins (append, the upload queue, settling, pruning, the owner page's
   decisions);
-- ``replica``: the cloud's members, plans, hours and closures (the door's reads, snapshots,
-  staged changes, checkpoints, checksums), ``ReplicaSnapshot`` and ``snapshot_rows``;
+- ``replica``: the cloud's members, plans, hours and closures (the door's reads, snapshots built in
+  a new file, staged changes, checkpoints, checksums), ``ReplicaSnapshot`` and ``snapshot_rows``;
 - ``sync_state``: the sync agent's clock anchors, its status and the journal's seq floor;
 - ``door_path``: the statements the door runs between a scan and the relay pulse;
 - ``dbfile``: whole files without a ``Store``: inspection, online backup, exclusive access;
-- ``migrations``: its numbered schema migrations.
+- ``migrations``: its numbered schema migrations, and the replica file's schema.
 
 Beside it:
 

@@ -4,10 +4,13 @@ Each function opens a connection of its own to the file at a path and closes it 
 so none of them holds a ``Store``'s lock or sees its connection:
 
 - ``inspect_database``: integrity, schema version, FitFlow tables (``FITFLOW_TABLES``) and the
-  journal's and replica's counts, read-only (``DatabaseReport``);
+  journal's counts, read-only (``DatabaseReport``); and the replica's counts: from the replica
+  file beside it (schema 4; ``kiosk.data.database``), or from its own tables (schema 3 and older);
 - ``quick_check_file``: SQLite's quick check, read-only (the owner page's diagnostics);
 - ``checkin_ids``: the check-in ids in a file of any schema version (a restore's safety check);
-- ``backup_database``: SQLite's online backup into a new file, safe while the door writes;
+- ``backup_database``: SQLite's online backup into a new file, safe while the door writes. Of
+  schema 4 that is the journal database alone (check-ins, the sync agent's records): the replica
+  is the cloud's data, in its own file, pulled again whenever it is missing;
 - ``exclusive_access``: proof that no other process has the file open, held while it is replaced.
 
 Failure modes: every failure is a ``StoreError`` naming the file (``kiosk.data.database``): a
@@ -28,14 +31,26 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from kiosk.core.model import SyncState
-from kiosk.data.database import DEFAULT_BUSY_TIMEOUT_MS, StoreError, describe_error, end_quietly
-from kiosk.data.migrations import LATEST_VERSION, schema_version
+from kiosk.data.database import (
+    DEFAULT_BUSY_TIMEOUT_MS,
+    ReplicaFiles,
+    StoreError,
+    describe_error,
+    end_quietly,
+    replica_format,
+)
+from kiosk.data.migrations import (
+    LATEST_VERSION,
+    LEGACY_REPLICA_VERSION,
+    REPLICA_FORMAT,
+    schema_version,
+)
 
 # Tables every FitFlow database has had since schema version 1: a file without them is foreign.
-FITFLOW_TABLES = (
-    "checkins",
+# (The replica's tables were in it too until schema 4 moved them to a file of their own.)
+FITFLOW_TABLES = ("checkins", "journal_counter")
+_LEGACY_REPLICA_TABLES = (
     "closures",
-    "journal_counter",
     "members",
     "memberships",
     "opening_hours",
@@ -65,6 +80,10 @@ class DatabaseReport:
     FitFlow database this code can read (no missing table, version <= ``LATEST_VERSION``):
     ``checkins`` per sync state (every state present), ``last_seq`` the newest seq handed out,
     ``members`` the replica's members and ``replica_version`` its version (0: never loaded).
+    ``replica_file`` is the replica file beside the database the figures come from (schema 4);
+    None with figures: the replica is in the database itself (schema 3 and older); None with
+    ``members`` None: there is no readable replica beside it (a backup: the sync agent pulls it
+    again after a restore).
     """
 
     path: Path
@@ -75,6 +94,7 @@ class DatabaseReport:
     last_seq: int | None = None
     members: int | None = None
     replica_version: int | None = None
+    replica_file: Path | None = None
 
     @property
     def sound(self) -> bool:
@@ -116,8 +136,10 @@ def inspect_database(
     path: Path, *, busy_timeout_ms: int = DEFAULT_BUSY_TIMEOUT_MS
 ) -> DatabaseReport:
     """Check the database file at ``path`` read-only (never creates, migrates or writes it): full
-    integrity check, schema version, FitFlow tables and, when readable, the journal and replica
-    counts. Reads the whole file (seconds on a large database).
+    integrity check, schema version, FitFlow tables and, when readable, the journal's counts and
+    the replica's (from the replica file its pointer names, or, up to schema 3, from its own
+    tables). Reads the whole database file (seconds on a large one); of the replica file only
+    its counts.
 
     Raises StoreError when ``path`` is missing, is not a SQLite database (code
     ``SQLITE_NOTADB``), is too damaged to be read at all (``SQLITE_CORRUPT``), or cannot be opened.
@@ -136,7 +158,10 @@ def inspect_database(
                 str(name)
                 for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
             }
-            missing = tuple(t for t in FITFLOW_TABLES if t not in present)
+            required = FITFLOW_TABLES
+            if 1 <= version <= LEGACY_REPLICA_VERSION:
+                required = (*FITFLOW_TABLES, *_LEGACY_REPLICA_TABLES)
+            missing = tuple(sorted(t for t in required if t not in present))
             report = DatabaseReport(path, integrity, version, missing)
             if missing or version < 1 or version > LATEST_VERSION:
                 return report
@@ -146,15 +171,10 @@ def inspect_database(
             ):
                 counts[str(state)] = int(count)
             row = conn.execute("SELECT last_seq FROM journal_counter WHERE id = 1").fetchone()
-            (members,) = conn.execute("SELECT COUNT(*) FROM members").fetchone()
-            meta = conn.execute("SELECT value FROM replica_meta WHERE key = 'version'").fetchone()
-            return replace(
-                report,
-                checkins=counts,
-                last_seq=0 if row is None else int(row[0]),
-                members=int(members),
-                replica_version=0 if meta is None else int(meta[0]),
-            )
+            report = replace(report, checkins=counts, last_seq=0 if row is None else int(row[0]))
+            if version <= LEGACY_REPLICA_VERSION:
+                members, replica_version = _replica_figures(conn, "main")
+                return replace(report, members=members, replica_version=replica_version)
         finally:
             conn.close()
     except sqlite3.Error as err:
@@ -166,6 +186,40 @@ def inspect_database(
             action="inspect the database",
             consequence="nothing was changed",
         ) from err
+    return _with_replica_beside(report, busy_timeout_ms)
+
+
+def _replica_figures(conn: sqlite3.Connection, schema: str) -> tuple[int, int]:
+    """Members and version of the replica in ``schema`` of ``conn`` (version 0: never loaded)."""
+    (members,) = conn.execute(f"SELECT COUNT(*) FROM {schema}.members").fetchone()  # noqa: S608
+    meta = conn.execute(
+        f"SELECT value FROM {schema}.replica_meta WHERE key = 'version'"  # noqa: S608
+    ).fetchone()
+    return int(members), 0 if meta is None else int(meta[0])
+
+
+def _with_replica_beside(report: DatabaseReport, busy_timeout_ms: int) -> DatabaseReport:
+    """``report`` with the figures of the replica file its database's pointer names, when there
+    is one this code can read (read-only; nothing is created). Without one, the figures stay
+    None: nothing here is an error, the sync agent pulls the replica again."""
+    try:
+        replica = ReplicaFiles(report.path).current()
+    except (OSError, ValueError):
+        return report
+    if replica is None or not replica.is_file():
+        return report
+    try:
+        conn = _readonly_connection(replica, busy_timeout_ms)
+        try:
+            if replica_format(conn) != REPLICA_FORMAT:
+                return report
+            conn.execute("BEGIN")
+            members, replica_version = _replica_figures(conn, "main")
+        finally:
+            conn.close()
+    except sqlite3.Error:
+        return report
+    return replace(report, members=members, replica_version=replica_version, replica_file=replica)
 
 
 def backup_database(

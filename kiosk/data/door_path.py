@@ -4,6 +4,8 @@ relay, in one table (``DOOR_PATH_QUERIES``) so their cost can be checked in one 
 Each is an index lookup (``tests/test_store.py`` checks the query plans), so the door's latency
 does not grow with the gym. ``kiosk.data.replica`` runs the reads (``Replica.find_member_id``,
 ``Replica.member_facts``), ``kiosk.data.journal`` the two writes (``Journal.append_checkin``).
+The replica's tables are named with the schema they are attached as (``replica.``, see
+``kiosk.data.database``): the journal's are the connection's own file.
 SQL text is built only from the constant column lists below (hence the ``noqa: S608`` marks);
 every value, and above all anything derived from a scanned code, goes through a placeholder.
 
@@ -24,27 +26,29 @@ CHECKIN_COLUMNS = (
 # Everything the scanner runs between reading a code and pulsing the relay. Each is an index
 # lookup (tests check the query plans), so the door's latency does not grow with the gym.
 DOOR_PATH_QUERIES: dict[str, str] = {
-    "find_member_id": "SELECT id FROM members WHERE code_hash = ?",
-    "member": f"SELECT {_MEMBER_COLUMNS} FROM members WHERE id = ?",  # noqa: S608
+    "find_member_id": "SELECT id FROM replica.members WHERE code_hash = ?",
+    "member": f"SELECT {_MEMBER_COLUMNS} FROM replica.members WHERE id = ?",  # noqa: S608
     # rowid order is the cloud's order, and it comes free with the member_id index.
     "memberships": (
-        f"SELECT {_MEMBERSHIP_COLUMNS} FROM memberships"  # noqa: S608
+        f"SELECT {_MEMBERSHIP_COLUMNS} FROM replica.memberships"  # noqa: S608
         " WHERE member_id = ? ORDER BY rowid"
     ),
-    "plan": "SELECT name FROM plans WHERE id = ?",
+    "plan": "SELECT name FROM replica.plans WHERE id = ?",
     "plan_windows": (
-        "SELECT weekday, start_minute, end_minute FROM plan_windows"
+        "SELECT weekday, start_minute, end_minute FROM replica.plan_windows"
         " WHERE plan_id = ? ORDER BY weekday, start_minute"
     ),
     # Classes used that the replica's balances do not include yet: rows still pending upload, and
     # uploaded rows whose side effect lives in a cloud version newer than the replica's (between
     # the upload and the next pull). The literal ``classes_used > 0`` is what lets SQLite use the
-    # partial index; the replica version is read in the same statement, so in the same snapshot.
+    # partial index. The replica's version is read in the same statement, and the replica's
+    # snapshot was taken first (member_facts reads the member before this): the journal read now
+    # is at least as new, so a use is counted before the replica includes it or after, once.
     "pending_uses": (
         "SELECT membership_id, SUM(classes_used) FROM checkins"
         " WHERE member_id = ? AND classes_used > 0 AND membership_id IS NOT NULL"
         " AND (sync_state = 'pending' OR cloud_version >"
-        " (SELECT CAST(value AS INTEGER) FROM replica_meta WHERE key = 'version'))"
+        " (SELECT CAST(value AS INTEGER) FROM replica.replica_meta WHERE key = 'version'))"
         " GROUP BY membership_id"
     ),
     "last_entry": (

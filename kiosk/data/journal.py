@@ -168,13 +168,13 @@ class Journal(Database):
 
     def recent_decisions(self, limit: int = 20) -> list[DecisionRow]:
         """The newest ``limit`` decisions, newest (highest seq) first, each with its member's name
-        from the replica (``DecisionRow``). A walk down the seq index plus one primary-key lookup
-        per row: the cost does not grow with the journal or the replica."""
+        from the replica (attached as ``replica``; ``DecisionRow``). A walk down the seq index plus
+        one primary-key lookup per row: the cost does not grow with the journal or the replica."""
         with self._read("read recent decisions") as conn:
             rows = conn.execute(
                 "SELECT c.seq, c.wall_time, c.door_id, c.decision, c.reason,"
                 " c.member_id IS NOT NULL, m.first_name, m.last_name, c.sync_state"
-                " FROM checkins AS c LEFT JOIN members AS m ON m.id = c.member_id"
+                " FROM checkins AS c LEFT JOIN replica.members AS m ON m.id = c.member_id"
                 " ORDER BY c.seq DESC LIMIT ?",
                 (max(0, int(limit)),),
             ).fetchall()
@@ -281,7 +281,9 @@ class Journal(Database):
         journal or the replica's sync time, whichever is later; None when there is neither."""
         with self._read("read the clock floor") as conn:
             (newest,) = conn.execute("SELECT MAX(wall_time) FROM checkins").fetchone()
-            meta = conn.execute("SELECT value FROM replica_meta WHERE key = 'synced_at'").fetchone()
+            meta = conn.execute(
+                "SELECT value FROM replica.replica_meta WHERE key = 'synced_at'"
+            ).fetchone()
         synced_at = None if meta is None else str(meta[0])
         candidates = [utc_from_text(text) for text in (newest, synced_at) if text is not None]
         return max(candidates, default=None)

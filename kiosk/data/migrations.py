@@ -1,14 +1,26 @@
-"""The store's schema history, as numbered migrations (the schema changes only this way).
+"""The schemas of the door's two kinds of file: the journal database's history, as numbered
+migrations (it changes only this way), and the replica file's layout.
 
-``PRAGMA user_version`` holds the number of the last migration applied. Each migration runs in its
-own ``BEGIN IMMEDIATE`` transaction together with the version bump, so a crash or a full disk in
-the middle leaves the database at the previous version, never half-migrated. Migrations are
-history: once released, one is never edited; a change is a new migration that preserves the
-journal (check-ins are the one thing that cannot be rebuilt; the replica can always be re-pulled).
+**The journal database** (``kiosk.db``). ``PRAGMA user_version`` holds the number of the last
+migration applied. Each migration runs in its own ``BEGIN IMMEDIATE`` transaction together with the
+version bump, so a crash or a full disk in the middle leaves the database at the previous version,
+never half-migrated. Migrations are history: once released, one is never edited; a change is a new
+migration that preserves the journal (check-ins are the one thing that cannot be rebuilt; the
+replica can always be re-pulled). Up to version 3 the replica lived in this file too; version 4
+moves it out (``kiosk.data.database`` carries an existing replica over into a replica file first,
+then this migration drops the old tables).
 
-The door database's other SQL lives in ``kiosk.data.database`` (opening), ``journal``,
-``replica``, ``sync_state``, ``door_path`` and ``dbfile`` (whole files); ``kiosk.data.store``
-composes ``Store`` from them.
+**A replica file** (``kiosk.db-replica-<id>``, see ``kiosk.data.database``). Not migrated: a
+replica file is built whole, used, and replaced by a newer one; its ``PRAGMA user_version`` is
+``REPLICA_FORMAT``, and a file of another format is not used (the sync agent takes a fresh
+snapshot). ``REPLICA_SCHEMA`` creates it; ``REPLICA_INDEXES`` come after the rows are in (an index
+built from sorted rows at the end is many times cheaper than one kept up row by row), the unique
+code index last (``REPLICA_CODE_INDEX``): a snapshot's pages are read at different moments, so a
+code may sit on two members until the changes since the first page are applied.
+
+The door database's other SQL lives in ``kiosk.data.database`` (opening, the replica files),
+``journal``, ``replica``, ``sync_state``, ``door_path`` and ``dbfile`` (whole files);
+``kiosk.data.store`` composes ``Store`` from them.
 """
 
 from __future__ import annotations
@@ -289,8 +301,150 @@ _V3_SYNC = Migration(
     ),
 )
 
-MIGRATIONS: tuple[Migration, ...] = (_V1_INITIAL, _V2_CLOCK_PROVENANCE, _V3_SYNC)
+# The last version that kept the replica in the journal database (kiosk.data.database carries
+# such a replica over into a replica file before version 4 drops its tables).
+LEGACY_REPLICA_VERSION = 3
+
+_V4_REPLICA_OWN_FILE = Migration(
+    version=4,
+    summary="the replica moves to a file of its own (kiosk.db-replica-<id>): its tables, the "
+    "shadow tables and the staged changes leave the journal database",
+    statements=(
+        # Children before parents: with foreign keys on, dropping a parent first would check (and
+        # cascade into) every child row.
+        "DROP TABLE staged_changes",
+        *(
+            f"DROP TABLE shadow_{table}"
+            for table in (
+                "memberships",
+                "plan_windows",
+                "members",
+                "plans",
+                "opening_hours",
+                "closures",
+            )
+        ),
+        "DROP TABLE memberships",
+        "DROP TABLE plan_windows",
+        "DROP TABLE members",
+        "DROP TABLE plans",
+        "DROP TABLE opening_hours",
+        "DROP TABLE closures",
+        "DROP TABLE replica_meta",
+    ),
+)
+
+MIGRATIONS: tuple[Migration, ...] = (
+    _V1_INITIAL,
+    _V2_CLOCK_PROVENANCE,
+    _V3_SYNC,
+    _V4_REPLICA_OWN_FILE,
+)
 LATEST_VERSION = MIGRATIONS[-1].version
+
+# -- a replica file ------------------------------------------------------------------------------
+
+# A replica file's PRAGMA user_version; a file of another format is never read.
+REPLICA_FORMAT = 1
+# The table each kind of replica row lives in (sync.protocol's kinds, in their order); every one
+# has ``id`` and ``row_hash``. A plan's windows live in plan_windows, under its row hash.
+REPLICA_KIND_TABLES: dict[str, str] = {
+    "plan": "plans",
+    "member": "members",
+    "membership": "memberships",
+    "hours": "opening_hours",
+    "closure": "closures",
+}
+
+# The tables of a replica file: the cloud's rows, each with its id and the row hash the device
+# computed (sync.protocol.row_hash), plus the replica's facts and the changes staged for the next
+# checkpoint. Same columns as the replica tables of schema 3, so a replica carries over by name.
+REPLICA_SCHEMA: tuple[str, ...] = (
+    "CREATE TABLE plans (id TEXT PRIMARY KEY, name TEXT NOT NULL, row_hash INTEGER)",
+    """
+    CREATE TABLE plan_windows (
+        plan_id      TEXT NOT NULL REFERENCES plans (id) ON DELETE CASCADE,
+        weekday      INTEGER NOT NULL CHECK (weekday BETWEEN 0 AND 6),
+        start_minute INTEGER NOT NULL CHECK (start_minute BETWEEN 0 AND 1439),
+        end_minute   INTEGER NOT NULL CHECK (end_minute BETWEEN 1 AND 1440),
+        CHECK (start_minute < end_minute)
+    )
+    """,
+    """
+    CREATE TABLE members (
+        id              TEXT PRIMARY KEY,
+        organization_id TEXT NOT NULL,
+        first_name      TEXT NOT NULL,
+        last_name       TEXT NOT NULL,
+        status          TEXT NOT NULL CHECK (status IN ('ACTIVE', 'EXPIRED', 'PAUSED')),
+        is_staff        INTEGER NOT NULL DEFAULT 0 CHECK (is_staff IN (0, 1)),
+        code_hash       TEXT,
+        row_hash        INTEGER
+    )
+    """,
+    # rowid order is the cloud's order (the door reads a member's memberships in it).
+    f"""
+    CREATE TABLE memberships (
+        id                TEXT PRIMARY KEY,
+        member_id         TEXT NOT NULL REFERENCES members (id) ON DELETE CASCADE,
+        plan_id           TEXT REFERENCES plans (id) ON DELETE SET NULL,
+        type              TEXT NOT NULL CHECK (type IN ('SUBSCRIPTION', 'CLASS_PACK', 'PT')),
+        start_date        TEXT NOT NULL CHECK (start_date GLOB {_ISO_DATE}),
+        end_date          TEXT CHECK (end_date GLOB {_ISO_DATE}),
+        remaining_classes INTEGER,
+        row_hash          INTEGER
+    )
+    """,
+    # id is nullable (hours and closures loaded before schema 3 had none): SQLite lets a
+    # non-integer primary key hold NULLs.
+    """
+    CREATE TABLE opening_hours (
+        id           TEXT PRIMARY KEY,
+        weekday      INTEGER NOT NULL CHECK (weekday BETWEEN 0 AND 6),
+        open_minute  INTEGER NOT NULL CHECK (open_minute BETWEEN 0 AND 1439),
+        close_minute INTEGER NOT NULL CHECK (close_minute BETWEEN 1 AND 1440),
+        row_hash     INTEGER,
+        CHECK (open_minute < close_minute)
+    )
+    """,
+    f"""
+    CREATE TABLE closures (
+        id         TEXT PRIMARY KEY,
+        start_date TEXT NOT NULL CHECK (start_date GLOB {_ISO_DATE}),
+        end_date   TEXT NOT NULL CHECK (end_date GLOB {_ISO_DATE}),
+        reason     TEXT NOT NULL DEFAULT '',
+        row_hash   INTEGER,
+        CHECK (start_date <= end_date)
+    )
+    """,
+    # version, synced_at, code_salt, and the replica's own record of its count and checksum
+    # (kept up to date by every change applied, so a checkpoint is verified without a full scan).
+    "CREATE TABLE replica_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    # One row per replica row (the latest change wins), applied in kind order at the checkpoint.
+    """
+    CREATE TABLE staged_changes (
+        kind      TEXT NOT NULL,
+        id        TEXT NOT NULL,
+        ord       INTEGER NOT NULL,
+        kind_rank INTEGER NOT NULL,
+        deleted   INTEGER NOT NULL CHECK (deleted IN (0, 1)),
+        data      TEXT,
+        row_hash  INTEGER,
+        PRIMARY KEY (kind, id)
+    )
+    """,
+)
+
+# Built once the rows are in. (weekday, start_minute) in the plan windows' key lets the door read
+# a plan's windows in order straight from the index; memberships_by_plan spares a scan of every
+# membership when a plan is deleted (its foreign key action looks them up).
+REPLICA_INDEXES: tuple[str, ...] = (
+    "CREATE INDEX plan_windows_by_plan ON plan_windows (plan_id, weekday, start_minute)",
+    "CREATE INDEX memberships_by_member ON memberships (member_id)",
+    "CREATE INDEX memberships_by_plan ON memberships (plan_id)",
+)
+# The replica holds a keyed hash of the member's QR code, never the code (docs/architecture.md).
+REPLICA_CODE_INDEX = "CREATE UNIQUE INDEX members_by_code_hash ON members (code_hash)"
 
 
 def schema_version(conn: sqlite3.Connection) -> int:

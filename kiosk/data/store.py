@@ -1,13 +1,16 @@
-"""The door's database (``kiosk.db``) as one object: ``Store``.
+"""The door's database (``kiosk.db``, with the replica file beside it) as one object: ``Store``.
 
 One SQLite file, shared by the scanner, the sync agent and the owner page (three processes), in
-WAL mode so readers never block the door. It holds things of different worth, each kept by its own
+WAL mode so readers never block the door, with the member replica in a file of its own beside it,
+attached to every store's connection. They hold things of different worth, each kept by its own
 module:
 
 - the **journal** (check-ins, ``kiosk.data.journal``): facts recorded at the door, the one thing
   that cannot be rebuilt; committed with ``synchronous=FULL`` before the door acts;
 - the **replica** (members, memberships, plans, hours, closures, ``kiosk.data.replica``): a copy
-  of the cloud's data, always replaced whole in one transaction and rebuildable by pulling again;
+  of the cloud's data in ``kiosk.db-replica-<id>``, rebuildable by pulling again; a new one is
+  built in a new file and switched in by a pointer, so replacing it never takes the journal's write
+  lock (``kiosk.data.database`` explains the files and why);
 - the **sync agent's records** (clock anchors, its status, the seq floor,
   ``kiosk.data.sync_state``).
 
@@ -17,7 +20,8 @@ words live there); ``kiosk.data.door_path`` holds the statements the door runs p
 access); ``kiosk.data.migrations`` is the schema's history.
 
 Why mixins: the three parts share one connection, one lock and one transaction discipline (a
-``member_facts`` read sees the journal's pending class uses in the same snapshot as the replica),
+``member_facts`` read sees the journal's pending class uses in the same transaction as the
+replica, attached to that connection),
 and every caller knows a single ``Store`` with one flat set of methods. So each part is a
 subclass of ``Database`` holding only its own methods, and ``Store`` is their union; composition
 (``store.journal.append_checkin``) would have changed every caller for no gain, and needed either

@@ -7,6 +7,13 @@ time, the camera, the relay and the feedback, and it never touches the network. 
   pulsed. A crash between the two loses a pulse, never a record; a failed commit means no pulse.
 * **The relay is released on every exit path**: normal end, an exception inside the loop, SIGTERM.
 
+The replica is read from the store (``kiosk.data.store``), which has the replica file in use
+attached beside the journal. The sync agent builds a new replica in a file of its own and switches
+a pointer to it; every frame (``step``) the loop asks the store to follow that pointer (one
+``stat``), so a switch costs the door the frame in which it re-attaches the new file (about a
+millisecond) and re-reads the code salt and the site's hours, never a scan's wait: the journal's
+write lock, which each check-in needs, is never held for a replica.
+
 With a ``ControlStore`` (the owner page's control file) the loop also publishes its health (frame
 rate, decode time, decisions per reason; never member data) every ``health_every_s``, and answers
 the page's "test the door" requests. Neither may ever stall or stop the door: every call to the
@@ -200,8 +207,10 @@ class DoorLoop:
             self._publish_health(stopped=True)
 
     def step(self) -> list[Outcome]:
-        """Read one frame (or time out) and decide every new code in it; then, when due, publish
-        the health report and answer a pending "test the door" request."""
+        """Follow a replica switch, if any; read one frame (or time out) and decide every new
+        code in it; then, when due, publish the health report and answer a pending "test the
+        door" request."""
+        self._follow_replica()
         outcomes = self._scan()
         # Not after an exception: a loop on its way out must not pulse for a door test.
         if self.control is not None or self.open_control is not None:
@@ -481,6 +490,24 @@ class DoorLoop:
             except Exception:
                 log.exception("outcome callback failed (the check-in is recorded)")
         return outcome
+
+    def _follow_replica(self) -> None:
+        """Attach the new replica file if the sync agent switched it (``Store.follow_replica``),
+        and read its salt and site facts now, in this frame, rather than in the next scan. A
+        failure is left to the next scan, which reports it (fault pattern, no pulse)."""
+        try:
+            switched = self.store.follow_replica()
+        except StoreError as exc:
+            log.debug("following the replica failed (the next scan reports it): %s", exc)
+            return
+        if switched:
+            self._replica_key = None
+            try:
+                replica = self._refresh_replica()
+            except StoreError as exc:
+                log.debug("reading the new replica failed (the next scan reports it): %s", exc)
+                return
+            log.info("replica v%d in use (switched by the sync agent)", replica.version)
 
     def _refresh_replica(self) -> ReplicaInfo:
         replica = self.store.replica_info()

@@ -4,6 +4,17 @@ The journal of check-ins is the one thing on the device that cannot be rebuilt (
 always be pulled again), so a backup is only counted once it is on disk and verified, and a restore
 only swaps a file in after it has been verified and the live one is provably unused.
 
+**What a backup holds**: the journal database (``kiosk.db``: check-ins, the journal's seq counter,
+the sync agent's status and clock anchors), which is everything the device alone knows. Not the
+replica: since schema 4 it lives in a file of its own beside the database
+(``kiosk.db-replica-<id>``, see ``kiosk.data.database``), it is the cloud's data, as large as the
+gym's member list (hundreds of MB for a chain's million members), and always pulled again. A
+restore leaves the replica beside the database alone: the door goes on admitting with it, offline
+too; where there is none (a new SD card), the sync agent's next round takes a fresh snapshot
+(logged: "taking a fresh snapshot: no replica yet"), and until then the door refuses unknown codes.
+A backup made before schema 4 still holds the replica it had; restored where no replica file is,
+it is carried over into one when the database is opened.
+
 - ``make_backup``: an online copy (SQLite's backup API, safe while the scanner and the sync agent
   write) into ``<dir>/kiosk-YYYYmmddTHHMMSSZ.db``: written under a temporary name, fsynced,
   integrity-checked, made mode 0640, renamed into place; only then are the backups beyond the
@@ -12,7 +23,8 @@ only swaps a file in after it has been verified and the live one is provably unu
 - ``restore_backup``: verifies the file (integrity, a FitFlow database, schema not newer than this
   code), refuses while a kiosk service runs or anything has the database open, keeps the current
   database as ``kiosk.db.before-restore-<time>``, swaps the copy in atomically and opens it with
-  ``Store.open`` (which migrates an older schema). Check-ins pending in the backup stay pending:
+  ``Store.open`` (which migrates an older schema; the replica file beside the database is left as
+  it was and stays in use). Check-ins pending in the backup stay pending:
   the sync agent uploads them and the cloud deduplicates by id. The journal's seq counter then
   continues after the replaced database's last seq, so no seq the cloud may hold is handed out
   again. It refuses (unless forced) when the current database holds pending check-ins the backup
@@ -88,6 +100,9 @@ class RestoreResult:
     checkins: dict[str, int]
     last_seq: int  # after raising it to the replaced database's last seq
     warnings: tuple[str, ...]
+    # The replica the restored database reads (the file beside it, kept as it was; or carried
+    # over from an older backup): (version, members); None when there is none yet.
+    replica: tuple[int, int] | None = None
 
 
 # -- pure helpers ----------------------------------------------------------------------------------
@@ -166,7 +181,21 @@ def describe_report(report: DatabaseReport) -> list[str]:
             f"check-ins: {sum(c.values())} (pending {c.get('pending', 0)}, synced "
             f"{c.get('synced', 0)}, rejected {c.get('rejected', 0)}), last seq {report.last_seq}"
         )
-        lines.append(f"replica: {report.members} members, version {report.replica_version}")
+        if report.members is None:
+            lines.append(
+                "replica: none beside this file (a backup holds the journal only; the sync "
+                "agent pulls the replica again)"
+            )
+        elif report.replica_file is None:
+            lines.append(
+                f"replica: {report.members} members, version {report.replica_version} (inside "
+                f"this file: schema {report.schema_version} kept it there)"
+            )
+        else:
+            lines.append(
+                f"replica: {report.members} members, version {report.replica_version} (in "
+                f"{report.replica_file.name} beside it; not part of a backup)"
+            )
     return lines
 
 
@@ -423,6 +452,8 @@ def restore_backup(
             version = store.schema_version()
             counts = store.counts_by_state()
             last_seq = store.last_seq()
+            info, members = store.replica_summary()
+            replica = None if store.replica_file is None else (info.version, members)
             if previous is not None and previous.last_seq is not None:
                 # New check-ins must not reuse a seq the replaced database handed out: the cloud
                 # may hold it already (it would be a different check-in under the same number).
@@ -450,6 +481,7 @@ def restore_backup(
         checkins=counts,
         last_seq=last_seq,
         warnings=tuple(warnings),
+        replica=replica,
     )
 
 

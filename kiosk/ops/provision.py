@@ -1,6 +1,6 @@
 """``kiosk provision``: make a freshly installed kiosk this gym's door, safely re-runnable.
 
-It does four things, asking for each (interactive) or taking flags (``--non-interactive``):
+It does these things, asking for each (interactive) or taking flags (``--non-interactive``):
 
 1. **Enrolment**: cloud address + single-use enrolment code -> the device's credentials file
    (``sync.credentials_file``, mode 0600), through the same path as ``kiosk enrol``. A device that
@@ -11,13 +11,20 @@ It does four things, asking for each (interactive) or taking flags (``--non-inte
 3. **Door settings** in the config file: ``door.id``, ``gpio.relay_pin``,
    ``gpio.relay_active_high``, ``gpio.pulse_ms`` and ``site.timezone`` (validated with zoneinfo;
    taken from the cloud's answer when not given).
-4. Nothing else: every other key and every comment of the config file is kept.
+4. **The door may start**: once the relay's polarity has been set by provisioning (asked, or
+   ``--relay-active-high``/``--relay-active-low``), the marker ``<config>.provisioned`` is written
+   beside the config (``provisioned_marker``). fitflow-scanner.service starts only when it exists
+   (``ConditionPathExists=``): until then ``gpio.relay_active_high`` is the example's guess, and a
+   wrong guess holds an active-low relay closed, the turnstile released. For the same reason the
+   polarity question offers no default until the marker exists.
+5. Nothing else: every other key and every comment of the config file is kept.
 
 Order matters for safety: every answer is validated first, the enrolment (the one step that can
-be refused) runs next, and only then are the config and the password written. The config is
-edited as text (comments stay), the result is parsed back and compared with what was intended,
-validated with ``kiosk.config`` from a temporary file, the old file kept as ``<name>.bak`` and the
-new one renamed into place. Re-running with the same answers changes nothing.
+be refused) runs next, and only then are the config, the marker and the password written. The
+config is edited as text (comments stay), the result is parsed back and compared with what was
+intended, validated with ``kiosk.config`` from a temporary file, the old file kept as
+``<name>.bak`` and the new one renamed into place. Re-running with the same answers changes
+nothing.
 
 When run as root (the normal case: the config lives in /etc), secret files are given to the owner
 of the folder they are in (the kiosk's user, who owns /var/lib/fitflow-kiosk), so the services
@@ -292,6 +299,59 @@ def read_password_file(path: str, stdin: TextIO | None = None) -> str:
     except PasswordError as exc:
         raise ProvisionError(f"owner password from {path}: {exc}") from None
     return password
+
+
+# -- the marker that lets the door start -------------------------------------------------------------
+
+# The key whose value decides the relay's idle state: the marker vouches for it.
+POLARITY = "gpio.relay_active_high"
+
+
+def provisioned_marker(config_path: Path) -> Path:
+    """Where provisioning records that the relay wiring of the config at ``config_path`` was set:
+    the config's path plus ``.provisioned`` (by default /etc/fitflow-kiosk/kiosk.toml.provisioned,
+    the file fitflow-scanner.service's ``ConditionPathExists=`` waits for)."""
+    config_path = Path(config_path)
+    return config_path.with_name(config_path.name + ".provisioned")
+
+
+def marker_text(relay_pin: int, relay_active_high: bool) -> str:
+    """The marker's content: what was set, for the person who finds the file."""
+    return (
+        "# Written by `kiosk provision`: the relay wiring in the config beside this file was set,\n"
+        "# so the door (fitflow-scanner.service) may drive the relay. Without this file the door\n"
+        "# does not start; `kiosk provision` writes it again.\n"
+        f"gpio.relay_pin = {relay_pin}\n"
+        f"gpio.relay_active_high = {toml_value(relay_active_high)}\n"
+    )
+
+
+def write_marker(config_path: Path) -> bool:
+    """Write (or refresh) the marker of the config at ``config_path`` from what the file now says;
+    True when it changed. It gets the config's mode and owner (readable, root's when installed).
+    Raises ProvisionError when the config is invalid or the marker cannot be written."""
+    config_path = Path(config_path)
+    marker = provisioned_marker(config_path)
+    try:
+        config = load_config(config_path, None)
+    except ConfigError as exc:
+        raise ProvisionError(f"{config_path} is not valid:\n{exc}") from None
+    data = marker_text(config.gpio.relay_pin, config.gpio.relay_active_high).encode("utf-8")
+    _refuse_symlink(marker)
+    try:
+        if marker.exists() and marker.read_bytes() == data:
+            return False
+        info = config_path.stat()
+        write_file_atomically(
+            marker, data, mode=info.st_mode & 0o644, owner=(info.st_uid, info.st_gid)
+        )
+    except OSError as exc:
+        raise ProvisionError(
+            f"the config is written, but the marker {marker} that lets the door start is not: "
+            f"{_reason(exc)}",
+            exit_code=1,
+        ) from None
+    return True
 
 
 # -- enrolment ------------------------------------------------------------------------------------
@@ -609,6 +669,7 @@ def _provision(
     for dotted, value in plan.settings.items():
         plan.settings[dotted] = check_setting(dotted, value)
 
+    marker = provisioned_marker(config_path)
     if interactive:
         if ask_secret is None:
             import getpass
@@ -622,7 +683,8 @@ def _provision(
             ask=ask,
             ask_secret=ask_secret,
             out=out,
-            polarity_known=_file_sets(config_path, "gpio", "relay_active_high"),
+            # The file's value counts only once provisioning set it: the example's is a guess.
+            polarity_known=marker.exists() and _file_sets(config_path, "gpio", "relay_active_high"),
         )
     if plan.code and not plan.cloud:
         raise ProvisionError("an enrolment code needs the cloud address (--cloud URL)")
@@ -675,7 +737,23 @@ def _provision(
         else:
             out.write(f"{config_path} already has these settings; not rewritten\n")
 
-    # 4. The owner password.
+    # 4. The door may start once the polarity is set; a marker from an earlier run is refreshed.
+    door_ready = marker.exists()
+    if POLARITY in plan.settings:
+        if write_marker(config_path):  # the config was written and checked just above
+            changed = True
+            level = "active-high" if plan.settings[POLARITY] else "active-low"
+            out.write(f"relay set {level}: the door may start ({marker} written)\n")
+        door_ready = True
+    elif door_ready:
+        try:
+            if write_marker(config_path):
+                changed = True
+                out.write(f"{marker} updated to the config's relay wiring\n")
+        except ProvisionError as exc:  # the marker stays as the earlier run wrote it
+            out.write(f"note: {marker} was not updated: {exc}\n")
+
+    # 5. The owner password.
     if plan.password is not None:
         from kiosk.ops.owner_password import PasswordError
 
@@ -694,6 +772,11 @@ def _provision(
         out.write(f"owner password set (a salted hash in {password_file}, mode 0600)\n")
 
     todo = []
+    if not door_ready:
+        todo.append(
+            "set the relay's polarity, or the door does not start: kiosk provision (or "
+            "--relay-active-high / --relay-active-low)"
+        )
     if identity is None:
         todo.append("enrol: kiosk provision --cloud URL --code CODE")
     if not password_is_set(password_file):

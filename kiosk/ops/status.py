@@ -1,11 +1,14 @@
 """``kiosk status``: what the running device is doing, read from its database (read-only).
 
 ``collect_status`` opens the database with ``mode=ro`` (it never creates, migrates or writes) and
-gathers: the door id, the replica (version, members, last pull and its age), the journal (check-ins
-per sync state, oldest pending and its age), the sync agent's last recorded status and whether it
-still runs, the newest check-ins, clock quality, software version, database size and free disk
-space. ``render_status`` turns that into aligned text for a person; ``--json`` prints the dict
-itself (monitoring).
+gathers: the door id, the replica (version, members, last pull and its age, the file it lives in
+and its size), the journal (check-ins per sync state, oldest pending and its age), the sync agent's
+last recorded status and whether it still runs, the newest check-ins, clock quality, software
+version, the journal database's size and free disk space. The replica's figures are read in one
+snapshot of the replica file in use (``Store.replica_summary``), so a switch by the sync agent
+meanwhile never mixes the version of one replica with the member count of another.
+``render_status`` turns that into aligned text for a person; ``--json`` prints the dict itself
+(monitoring).
 
 Whether the agent runs is not taken from its last word alone: ``kiosk sync --once`` ends with a
 status that says ``running`` (its round went well), and a killed agent says nothing at all. Every
@@ -148,15 +151,13 @@ def collect_status(
     db_path = Path(db_path)
     with Store.open(db_path, readonly=True) as store:
         schema = store.schema_version()
-        replica = store.replica_info()
-        members = store.member_count()
+        replica, members = store.replica_summary()
+        replica_file = store.replica_file
         counts = store.counts_by_state()
         position = store.journal_position()
         sync = store.sync_status()
         recent = store.recent_checkins(RECENT_CHECKINS)
-    size = sum(
-        p.stat().st_size for p in (db_path, db_path.with_name(db_path.name + "-wal")) if p.exists()
-    )
+    size = _size_with_wal(db_path)
     return {
         "door_id": door_id,
         "software_version": software_version,
@@ -168,6 +169,9 @@ def collect_status(
             "members": members,
             "synced_at": None if replica.synced_at is None else utc_text(replica.synced_at),
             "age_s": _age_s(now, replica.synced_at),
+            # The replica's own file beside the database (None: no replica yet, or unreadable).
+            "file": None if replica_file is None else str(replica_file),
+            "size_bytes": None if replica_file is None else _size_with_wal(replica_file),
         },
         "journal": {
             **counts,
@@ -195,6 +199,17 @@ def collect_status(
         ],
         "disk": disk_info(db_path.parent, disk_usage),
     }
+
+
+def _size_with_wal(path: Path) -> int:
+    """Bytes of the database ``path`` and its -wal (0 for what no longer exists)."""
+    total = 0
+    for part in (path, path.with_name(path.name + "-wal")):
+        try:
+            total += part.stat().st_size
+        except OSError:
+            continue
+    return total
 
 
 def human_age(seconds: float | None) -> str:
@@ -237,7 +252,12 @@ def render_status(status: dict[str, Any], out: TextIO) -> None:
             "replica",
             f"version {replica['version']}, {replica['members']} members, "
             f"last pull {human_age(replica['age_s'])}"
-            + (" ago" if replica["age_s"] is not None else ""),
+            + (" ago" if replica["age_s"] is not None else "")
+            + (
+                ""
+                if replica.get("file") is None
+                else f" ({Path(replica['file']).name}, {human_bytes(replica['size_bytes'])})"
+            ),
         ),
         (
             "journal",

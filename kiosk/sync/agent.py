@@ -5,9 +5,12 @@ its own answer: ``created`` / ``duplicate`` → synced, ``rejected`` → kept as
 sent again; a 413 halves the batch); **pull** the changes since the replica's version (a 304 to the
 idle poll changes nothing but the sync time; pages are staged and applied at their checkpoint, in
 one transaction that verifies count and checksum; a mismatch, a 410 or a resnapshot request leads
-to a **snapshot** built in the shadow tables and swapped in the same way); **heartbeat** (journal
-position, replica checksum, clock anchors; the answer may ask for a re-send from a seq or a
-resnapshot, done at once).
+to a **snapshot** built in a replica file of its own, its next page asked for while one is written,
+verified the same way and switched in: ``kiosk.data.replica``; the door is never locked out by
+any of it); **heartbeat** (journal position, replica checksum, clock anchors; the answer may ask
+for a re-send from a seq or a resnapshot, done at once). The full checksum computed for the
+heartbeat is also compared with the replica's own record of itself, against which changes are
+verified: rows that drifted from it mean a fresh snapshot.
 
 ``run()`` repeats cycles every ``interval_s``, and sooner when the scanner journals a check-in (a
 cheap poll of the journal's last seq every ``wake_poll_s``). A failed cycle is retried with full
@@ -18,11 +21,17 @@ answers, a busy database) is recorded and retried. Nothing in here sleeps or rea
 except through the injected ``sleep`` and ``clock``.
 
 The status (``state`` running / offline / stopped, ``online``, ``last_pull_at``,
-``last_push_at``, ``last_error``, ``backlog``, ...) is written to the store after every step, for
-the owner page and ``kiosk status``. Every write also names the process that made it (``pid`` on
-kernel boot ``boot_id``), so that ``kiosk status`` can tell a running agent from one that has
-ended without a word: ``kiosk sync --once`` after its round, or an agent that crashed or was
-killed (SIGKILL) while its last status still said ``running``.
+``last_push_at``, ``last_error``, ``backlog``, ...) is recorded after every step, for the owner
+page and ``kiosk status``, and written to the store without syncing the storage
+(``durable=False``: it is for people; a power cut may take back the last one). It is written at
+once when anything but a time in it changes (``state``, ``online``, ``last_error``, ``backlog``,
+the replica version, ...), and otherwise at the end of a round at most every
+``STATUS_REFRESH_S``: an idle round, whose only news is its times, writes nothing most of the
+time; a round that served a "sync now" writes its times too. Every write also names the process
+that made it (``pid`` on kernel boot ``boot_id``), so that ``kiosk status`` can tell a running
+agent from one that has ended without a word: ``kiosk sync --once`` after its round, or an agent
+that crashed or was killed (SIGKILL) while its last status still said ``running``. Clock anchors
+are kept without syncing the storage too (``kiosk.data.sync_state`` says why that is safe).
 
 With a ``ControlStore`` (the owner page's control file), a "sync now" request ends the wait
 between cycles, and the backoff wait after a failure, within ``wake_poll_s``; the agent claims it
@@ -36,7 +45,8 @@ import contextlib
 import logging
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -68,6 +78,7 @@ from sync.protocol import (
     ChangePage,
     Checkpoint,
     Heartbeat,
+    SnapshotPage,
     UploadItem,
     utc_text,
 )
@@ -83,6 +94,21 @@ _LAST_ERROR_CHARS = 500
 TOTALS_MAX_AGE_S = 600.0
 # A failing control file is logged at most this often (it fails on every poll while broken).
 CONTROL_LOG_EVERY_S = 30.0
+# A status whose only news is its times (last pull, last heartbeat, updated_at) is written at most
+# this often. Far below what the owner page takes for a silent agent (3 intervals plus the longest
+# retry wait, 390 s by default), so a running agent never looks silent.
+STATUS_REFRESH_S = 60.0
+# Status keys that change every round without telling anyone anything new (see _record).
+VOLATILE_STATUS = frozenset(
+    {
+        "updated_at",
+        "last_pull_at",
+        "last_push_at",
+        "last_heartbeat_at",
+        "last_error_at",
+        "oldest_pending_age_s",
+    }
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,8 +217,14 @@ class SyncAgent:
         self._sleep = sleep
         self._wake = wake or store.last_seq
         self._jitter = tenacity.wait_random_exponential(multiplier=1, max=settings.backoff_max_s)
+        stored = self._status()
         # A snapshot the cloud asked for and we still owe; kept in the status across restarts.
-        self._resnapshot = bool(self._status().get("resnapshot_due", False))
+        self._resnapshot = bool(stored.get("resnapshot_due", False))
+        # The status as stored, what was recorded since and not written yet, and when this
+        # process last wrote it (monotonic ns; None: not yet). See _record.
+        self._status_stored: dict[str, Any] = stored
+        self._status_due: dict[str, Any] = {}
+        self._status_written_ns: int | None = None
         # Rows acknowledged with an unknown side-effect version may exist (after a restart we
         # cannot know): settled after the next successful pull.
         self._unsettled = True
@@ -251,6 +283,8 @@ class SyncAgent:
         finally:
             # A "sync now" claimed as the agent stops is answered, not left running.
             self._finish_sync_now(None)
+            # The last word is written, whatever it is.
+            self._refresh_status(force=True)
 
     def _backoff(self, state: tenacity.RetryCallState) -> float:
         """Full jitter, capped, and never less than a Retry-After the cloud sent."""
@@ -370,7 +404,9 @@ class SyncAgent:
         """Push, pull, heartbeat; never raises for the cloud's or the database's failures (they
         are in the report and the status). After a failure that means "no network", the later
         steps are skipped: they would only wait for their own timeouts. A claimed "sync now" is
-        finished with the outcome."""
+        finished with the outcome; its round writes the status's times too (the owner is
+        looking)."""
+        asked = self._sync_now is not None
         try:
             report = self._cycle()
         except BaseException:
@@ -378,6 +414,7 @@ class SyncAgent:
             raise
         self._finish_sync_now(report)
         self._maybe_prune_control()
+        self._refresh_status(force=asked)
         return report
 
     def _cycle(self) -> CycleReport:
@@ -511,20 +548,23 @@ class SyncAgent:
     def _pull_changes(self, since: int) -> str | None:
         """Changes since ``since`` applied to the live replica: ``"not_modified"``,
         ``"changes"``, or None when the checkpoint did not match (rolled back)."""
-        self.store.discard_staged()
         first = self.client.changes(since, None, self.settings.page_rows, etag=f'"v{since}"')
         self._online = True
         if isinstance(first, NotModified):
             self.store.mark_replica_current(synced_at=self.clock.wall())
             self._settle(since)
             return "not_modified"
+        # Changes an interrupted pull staged are dropped before these are staged: after the idle
+        # poll's 304, not before it (a write transaction every idle round for nothing; a
+        # snapshot empties the staging area itself).
+        self.store.discard_staged()
         last = self._stage_pages(since, first)
         assert last.checkpoint is not None  # parse_change_page: the last page carries it
         result = self.store.apply_checkpoint(
             last.checkpoint,
             code_salt=last.code_salt,
             synced_at=self.clock.wall(),
-            into_shadow=False,
+            into_snapshot=False,
         )
         if not result.ok:
             log.warning(
@@ -540,10 +580,13 @@ class SyncAgent:
         self._owe_snapshot(False)
         return "changes"
 
-    def _stage_pages(self, since: int, page: ChangePage) -> ChangePage:
-        """Stage ``page`` and the pages after it; returns the last (with the checkpoint)."""
+    def _stage_pages(
+        self, since: int, page: ChangePage, *, into_snapshot: bool = False
+    ) -> ChangePage:
+        """Stage ``page`` and the pages after it (in the replica in use, or with
+        ``into_snapshot`` in the snapshot being built); returns the last (with the checkpoint)."""
         while True:
-            self.store.stage_changes(page.rows)
+            self.store.stage_changes(page.rows, into_snapshot=into_snapshot)
             if page.next is None:
                 return page
             cursor = page.next
@@ -555,24 +598,28 @@ class SyncAgent:
             page = following
 
     def _snapshot(self) -> None:
-        """Pages into the shadow tables, then the changes since the first page's version on top,
-        then checkpoint and swap. Raises SnapshotMismatch when the result does not match."""
+        """Pages into a new replica file, then the changes since the first page's version on
+        top, then checkpoint and switch (``Store.begin_snapshot`` ... ``apply_checkpoint``; the
+        door keeps the replica in use until the switch). A snapshot that fails half way is
+        abandoned (its file deleted). Raises SnapshotMismatch when the result does not match."""
+        started = self.clock.monotonic_ns()
         self.store.begin_snapshot()
-        page = self.client.snapshot_page(None, self.settings.page_rows)
-        self._online = True
-        first_version = page.version
-        while True:
-            self.store.add_snapshot_rows(page.rows)
-            if page.next is None:
-                break
-            cursor = page.next
-            page = self.client.snapshot_page(cursor, self.settings.page_rows)
-            if page.next == cursor:
-                raise BadResponse("the cloud's snapshot pages do not advance (same cursor twice)")
-        checkpoint, salt = self._snapshot_checkpoint(first_version, page.code_salt)
-        result = self.store.apply_checkpoint(
-            checkpoint, code_salt=salt, synced_at=self.clock.wall(), into_shadow=True
-        )
+        try:
+            first_version: int | None = None
+            with contextlib.closing(self._snapshot_pages()) as pages:
+                for page in pages:
+                    if first_version is None:
+                        first_version = page.version
+                        self._online = True
+                    self.store.add_snapshot_rows(page.rows)
+            assert first_version is not None  # there is always a first page
+            checkpoint, salt = self._snapshot_checkpoint(first_version, page.code_salt)
+            result = self.store.apply_checkpoint(
+                checkpoint, code_salt=salt, synced_at=self.clock.wall(), into_snapshot=True
+            )
+        except BaseException:
+            self.store.abandon_snapshot()
+            raise
         if not result.ok:
             raise SnapshotMismatch(
                 f"the snapshot does not match the cloud's checkpoint (v{checkpoint.version}: "
@@ -580,14 +627,42 @@ class SyncAgent:
                 f"rows, checksum {result.checksum}); the replica in use is unchanged"
             )
         log.info(
-            "replica v%d swapped in: %d rows, write lock held %.0f ms (swap %.0f ms)",
+            "replica v%d switched in: %d rows in %.1f s (checks and indexes %.0f ms, switch "
+            "%.1f ms; the door was never locked out)",
             checkpoint.version,
             result.count,
-            result.lock_ms,
-            result.swap_ms or 0.0,
+            (self.clock.monotonic_ns() - started) / 1e9,
+            result.write_ms,
+            result.switch_ms or 0.0,
         )
         self._settle(checkpoint.version)
         self._owe_snapshot(False)
+
+    def _snapshot_pages(self) -> Iterator[SnapshotPage]:
+        """The snapshot's pages, in order. The next page is asked for while the caller writes
+        this one (a thread of its own, one request at a time): the cloud prepares a page while the
+        device hashes and writes the previous one, which nearly halves a large snapshot. Memory:
+        two pages. A page the caller no longer wants (it failed) is dropped when it arrives."""
+        rows = self.settings.page_rows
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="snapshot-pages") as pool:
+            upcoming: Future[SnapshotPage] | None = None
+            try:
+                page = self.client.snapshot_page(None, rows)
+                while True:
+                    cursor = page.next
+                    if cursor is not None:
+                        upcoming = pool.submit(self.client.snapshot_page, cursor, rows)
+                    yield page
+                    if upcoming is None:
+                        return
+                    page, upcoming = upcoming.result(), None
+                    if page.next == cursor:
+                        raise BadResponse(
+                            "the cloud's snapshot pages do not advance (same cursor twice)"
+                        )
+            finally:
+                if upcoming is not None:
+                    upcoming.cancel()  # not started yet: never sent; running: its answer dropped
 
     def _snapshot_checkpoint(self, first_version: int, salt: bytes) -> tuple[Checkpoint, bytes]:
         """Stage the changes since the snapshot's first page; returns the checkpoint to verify
@@ -598,7 +673,7 @@ class SyncAgent:
             # checkpoint even when nothing changed.
             raise BadResponse("the cloud answered 304 to a request without If-None-Match")
         since = first_version
-        last = self._stage_pages(since, answer)
+        last = self._stage_pages(since, answer, into_snapshot=True)
         assert last.checkpoint is not None
         return last.checkpoint, last.code_salt
 
@@ -664,7 +739,25 @@ class SyncAgent:
             return cached[2], cached[3]
         count, checksum = self.store.replica_checksum()
         self._totals = (version, now_ns, count, checksum)
+        self._check_replica_record(count, checksum)
         return count, checksum
+
+    def _check_replica_record(self, count: int, checksum: str | None) -> None:
+        """Changes are verified against the replica's own record of its count and checksum (not
+        a full read, see ``kiosk.data.replica``); the full read just made says whether the rows
+        still agree with it. If not (a damaged or edited file), a fresh snapshot is due."""
+        recorded = self.store.stored_replica_totals()
+        if recorded is None or recorded == (count, checksum):
+            return
+        log.warning(
+            "the replica's rows (%d, checksum %s) differ from its own record (%d, checksum %s): "
+            "taking a fresh snapshot",
+            count,
+            checksum,
+            recorded[0],
+            recorded[1],
+        )
+        self._owe_snapshot(True)
 
     def _maybe_prune(self) -> None:
         """Delete synced check-ins past their retention, every ``prune_every_s``. Skipped while
@@ -717,7 +810,7 @@ class SyncAgent:
             log.warning("ignoring an implausible cloud time %s", anchor.server_time.isoformat())
             return
         try:
-            self.store.record_anchor(anchor, recorded_at=self.clock.wall())
+            self.store.record_anchor(anchor, recorded_at=self.clock.wall(), durable=False)
         except StoreError as exc:
             log.warning("could not keep a clock anchor: %s", exc)
             return
@@ -745,14 +838,40 @@ class SyncAgent:
         self._record(backlog=position.backlog, oldest_pending_age_s=age)
 
     def _record(self, **values: Any) -> None:
-        """Merge ``values`` into the stored status; a database failure is logged, not raised
-        (the status is for people, the sync itself goes on)."""
+        """Record ``values`` in the status: written at once (with whatever else is due) when one
+        of them, or of those due, is news, that is a key outside VOLATILE_STATUS whose value
+        differs from the stored one; otherwise left for ``_refresh_status``."""
         values["updated_at"] = utc_text(self.clock.wall())
         values.update(self._writer)
+        self._status_due.update(values)
+        stored = self._status_stored
+        if any(
+            key not in VOLATILE_STATUS and (key not in stored or stored[key] != value)
+            for key, value in self._status_due.items()
+        ):
+            self._write_status()
+
+    def _refresh_status(self, *, force: bool = False) -> None:
+        """Write what is due if ``force``, or if this process has not written the status for
+        ``STATUS_REFRESH_S`` (or never)."""
+        if not self._status_due:
+            return
+        last = self._status_written_ns
+        if force or last is None or self.clock.monotonic_ns() - last >= STATUS_REFRESH_S * 1e9:
+            self._write_status()
+
+    def _write_status(self) -> None:
+        """Merge what is due into the stored status, without syncing the storage; a database
+        failure is logged, not raised (the status is for people, the sync itself goes on), and
+        what was due stays due."""
         try:
-            self.store.set_sync_status(values)
+            self.store.set_sync_status(self._status_due, durable=False)
         except StoreError as exc:
             log.warning("cannot record the sync status: %s", exc)
+            return
+        self._status_stored.update(self._status_due)
+        self._status_due = {}
+        self._status_written_ns = self.clock.monotonic_ns()
 
 
 def _unreachable(exc: CloudError) -> bool:

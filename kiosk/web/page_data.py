@@ -9,8 +9,8 @@ into HTTP responses; nothing here knows about requests, sessions or status codes
 Blocking (SQLite, ``/sys``, the disk, journalctl, the zip): call from the thread pool.
 
 Times: the control file (requests, audit log, the scanner's report) is dated by the kernel's clock
-(``WebClock.wall``); the door's database (check-ins, the replica, the sync agent's status) by the
-door's clock, which follows the cloud's time until NTP syncs, so its times are aged against
+(``WebClock.wall``); the door's database (check-ins, the sync agent's status, and the replica in
+the file beside it, read through the same store) by the door's clock, which follows the cloud's time until NTP syncs, so its times are aged against
 ``AnchoredClock(kernel clock, the door's newest anchor)``.
 
 Failure modes: none of the reads raises for a database that cannot be read. A door database that

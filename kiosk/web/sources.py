@@ -5,8 +5,10 @@
 that does not exist yet (the scanner has not started) is reported in plain words and looked for
 again on the next request; a file replaced underneath (``kiosk db restore``) or a failed read makes
 it reopen. ``DoorFactsCache`` keeps what was read until another process commits (SQLite's
-``data_version``), so an open page polling every few seconds costs one cheap query per poll
-instead of counting a large backlog each time. ``ControlAccess`` opens the control file on first
+``data_version``, which also moves when the replica changes or the sync agent switches to a new
+replica file), so an open page polling every few seconds costs one cheap query per poll instead
+of counting a large backlog each time. The replica is read through the same read-only store (it
+attaches the replica file in use and follows the sync agent's switches by itself). ``ControlAccess`` opens the control file on first
 use and again after a failure.
 """
 
@@ -158,17 +160,20 @@ class DoorFacts:
 
 
 class MemberCountCache:
-    """The replica's member count, counted again only when the replica's version changes
-    (counting a large replica on every refresh would cost milliseconds each time)."""
+    """The replica's member count, counted again only when the replica changes: another version,
+    or another replica file (a fresh snapshot at the same version is a new file). Counting a large
+    replica on every refresh would cost milliseconds each time."""
 
     def __init__(self) -> None:
-        self._version: int | None = None
+        self._key: tuple[object, int] | None = None
         self._count: int | None = None
 
     def get(self, store: Store, version: int) -> int:
-        if self._version != version or self._count is None:
-            self._count = store.member_count()
-            self._version = version
+        key = (store.replica_file, version)
+        if self._key != key or self._count is None:
+            info, count = store.replica_summary()  # the count and its version in one snapshot
+            self._count = count
+            self._key = (store.replica_file, info.version)
         return self._count
 
 
