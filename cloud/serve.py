@@ -15,9 +15,11 @@ With ``workers`` > 1 (PostgreSQL only: see ``check_workers``) the parent process
 socket, applies the migrations once, starts the workers (``multiprocessing`` spawn: each imports
 the app afresh and builds its own database pool) and then only watches them:
 
-- a worker that exits after it was serving is started again (logged, with its exit code);
-- a worker that fails before it serves (the database unreachable at start-up) stops the
-  service: every worker is stopped and ``serve`` returns ``EXIT_DATABASE``;
+- a worker that exits after it was serving, or that a signal ends at any time (an operator's
+  kill, the OOM killer), is started again (logged, with its exit code);
+- a worker that fails by its own hand before it serves (the database unreachable at start-up)
+  stops the service: every worker is stopped and ``serve`` returns ``EXIT_DATABASE``
+  (``replace_worker`` decides);
 - SIGTERM or SIGINT stops every worker gracefully (uvicorn finishes the requests in flight),
   then the parent returns 0. A worker still running after ``STOP_TIMEOUT_S`` is killed.
 
@@ -161,6 +163,15 @@ def _worker(sock: socket.socket, database_url: str, log_level: str, ready: Any) 
     uvicorn.Server(_uvicorn_config(app, log_level)).run(sockets=[sock])
 
 
+def replace_worker(*, served: bool, exitcode: int | None) -> bool:
+    """Whether a worker that ended is started again. Yes once it has served. Before that, only
+    when a signal ended it (``exitcode`` < 0: killed by an operator or the OOM killer while it
+    started), which says nothing about the next one; a worker that ended by its own hand before
+    serving (``exitcode`` >= 0: the database refused it, an import failed) would fail the same way
+    again, so the service stops instead of starting workers in a loop."""
+    return served or (exitcode is not None and exitcode < 0)
+
+
 class Supervisor:
     """Starts ``workers`` worker processes on ``sock`` and keeps them running (see the module
     docstring). ``run()`` returns the exit code."""
@@ -205,7 +216,7 @@ class Supervisor:
                     if process.is_alive():
                         continue
                     process.join()
-                    if not ready.is_set():
+                    if not replace_worker(served=ready.is_set(), exitcode=process.exitcode):
                         log.error(
                             "a worker could not start (exit code %s): stopping the service",
                             process.exitcode,

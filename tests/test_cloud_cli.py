@@ -312,6 +312,25 @@ def test_several_workers_serve_one_postgresql_database_and_are_kept_running(pg_s
         drop_pg_database(pg_server, url)
 
 
+@pytest.mark.parametrize(
+    ("served", "exitcode", "replaced"),
+    [
+        (True, 0, True),  # it was serving, then ended: start another
+        (True, 1, True),
+        (True, -9, True),
+        (False, -9, True),  # killed while starting (SIGKILL): not its own failure
+        (False, -15, True),
+        (False, serve.WORKER_START_FAILED, False),  # the database refused it: stop the service
+        (False, 1, False),  # crashed on its own before serving (an import failed): stop
+        (False, 0, False),
+    ],
+)
+def test_a_worker_is_replaced_unless_it_failed_by_its_own_hand_before_serving(
+    served, exitcode, replaced
+):
+    assert serve.replace_worker(served=served, exitcode=exitcode) is replaced
+
+
 def test_workers_that_cannot_reach_the_database_stop_the_service(capsys):
     unreachable = "postgresql://nobody@127.0.0.1:1/none"
     # The parent migrates first: an unreachable database ends it before any worker starts...
