@@ -14,6 +14,7 @@ data model"):
 - ``sync_state``: the sync agent's clock anchors, its status and the journal's seq floor;
 - ``door_path``: the statements the door runs between a scan and the relay pulse;
 - ``dbfile``: whole files without a ``Store``: inspection, online backup, exclusive access;
+- ``wal``: switching a file to write-ahead logging while other processes open it too;
 - ``migrations``: its numbered schema migrations, and the replica file's schema.
 
 Beside it:

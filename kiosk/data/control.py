@@ -37,6 +37,7 @@ from types import TracebackType
 from typing import Any
 
 from kiosk.core.clock import AnchoredClock, Clock
+from kiosk.data.wal import use_wal
 from sync.protocol import utc_from_text, utc_text
 from sync.text import one_line
 
@@ -301,8 +302,8 @@ class ControlStore:
                     f"that release again, or move the file aside (it holds no check-ins).",
                     path=self._path,
                 )
-            (mode,) = conn.execute("PRAGMA journal_mode = WAL").fetchone()
-            if str(mode).lower() != "wal":
+            mode = use_wal(conn, self._busy_timeout_ms)
+            if mode != "wal":
                 raise ControlError(
                     f"{self._path} cannot use write-ahead logging (journal mode stayed {mode}); "
                     f"keep the kiosk's data on a local file system.",

@@ -95,6 +95,7 @@ from kiosk.data.migrations import (
     apply_migrations,
     schema_version,
 )
+from kiosk.data.wal import use_wal
 from sync.protocol import utc_text as protocol_utc_text
 
 log = logging.getLogger(__name__)
@@ -849,8 +850,8 @@ class Database:
                     )
                 self._follow_replica(conn)
                 return
-            (mode,) = conn.execute("PRAGMA journal_mode = WAL").fetchone()
-            if str(mode).lower() != "wal":
+            mode = use_wal(conn, self._busy_timeout_ms)
+            if mode != "wal":
                 raise StoreError(
                     f"{self._path} cannot use write-ahead logging (journal mode stayed {mode}); "
                     f"the kiosk's three processes need it. Keep the database on a local file "
