@@ -13,6 +13,7 @@ import secrets
 import time
 
 import pytest
+from playwright.sync_api import Error as PlaywrightError
 from playwright.sync_api import expect, sync_playwright
 
 from kiosk.data.control import ControlStore, RequestKind, control_path
@@ -270,6 +271,22 @@ def layout(page) -> dict:
     )
 
 
+def screenshot(page, path, *, full_page: bool = False, tries: int = 3) -> None:
+    """``page.screenshot``, taken again after the next painted frame when headless Chromium
+    answers "Unable to capture screenshot": on a loaded machine its compositor sometimes has no
+    frame ready yet. The picture is this test's by-product (the layout is asserted from the
+    page's boxes); any other error, or the same one ``tries`` times, fails the test."""
+    for attempt in range(1, tries + 1):
+        try:
+            page.screenshot(path=path, full_page=full_page)
+            return
+        except PlaywrightError as exc:
+            if "Unable to capture screenshot" not in str(exc) or attempt == tries:
+                raise
+            # Wait for the browser to paint a frame: an event, not a guess at a duration.
+            page.evaluate("() => new Promise(done => requestAnimationFrame(() => done()))")
+
+
 def test_phone_and_laptop_layout(browser, demo, tmp_path):
     shots = screenshot_folder(tmp_path)
     for name, viewport, mobile in (("phone", PHONE, True), ("laptop", LAPTOP, False)):
@@ -281,7 +298,7 @@ def test_phone_and_laptop_layout(browser, demo, tmp_path):
             page = context.new_page()
             page.goto(demo.url + "login")
             expect(page.get_by_test_id("login-form")).to_be_visible()
-            page.screenshot(path=shots / f"login-{name}.png")
+            screenshot(page, shots / f"login-{name}.png")
             log_in(page, demo.url, demo.password)
             expect(page.get_by_test_id("decision-row").first).to_be_visible()
             box = layout(page)
@@ -295,7 +312,7 @@ def test_phone_and_laptop_layout(browser, demo, tmp_path):
                 assert box["sync"]["left"] > box["door"]["right"], box
                 assert box["decisions"]["width"] > box["door"]["width"] * 2, box
             # The phone's first screen (the whole page is four screens long); all of it on a laptop.
-            page.screenshot(path=shots / f"dashboard-{name}.png", full_page=name == "laptop")
+            screenshot(page, shots / f"dashboard-{name}.png", full_page=name == "laptop")
         finally:
             context.close()
     for name in ("login", "dashboard"):
@@ -314,6 +331,6 @@ def test_setup_needed_layout(browser, web, tmp_path):
             expect(page.get_by_test_id("setup-needed")).to_be_visible()
             width = page.evaluate("[document.documentElement.scrollWidth, window.innerWidth]")
             assert width[0] <= width[1] == viewport["width"], width
-            page.screenshot(path=shots / f"setup-needed-{name}.png")
+            screenshot(page, shots / f"setup-needed-{name}.png")
         finally:
             context.close()
