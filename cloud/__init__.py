@@ -1,4 +1,4 @@
-"""The reference cloud service: the other end of sync protocol v1 (docs/sync-protocol.md).
+"""The reference cloud service: the other end of the sync protocol (docs/sync-protocol.md).
 
 A FastAPI application over SQLite (the embedded default) or PostgreSQL (production) that enrols
 devices, serves each gym's replica (paged snapshots, changes since a version with a checksummed

@@ -1,5 +1,7 @@
 """The organisation's data as its admin edits it: gyms, plans, members, memberships, opening
 hours, closures, enrolment codes, admin tokens, devices, attendance, and the tombstone purge.
+(Phone passes, which members activate themselves, are ``cloud.passes``; the organisation's pass
+settings are here.)
 
 Every function is scoped to one organisation: an id from another organisation is simply not found
 (``NotFound``, 404), never "forbidden", so ids do not leak across tenants. Replica writes bump the
@@ -25,11 +27,13 @@ from cloud import db, tokens
 from cloud.errors import Clash, Invalid, NotFound
 from cloud.replica import row_data
 from sync.credentials import StaticCode, code_hash
+from sync.passes import MAX_PERIOD_S, MIN_PERIOD_S
 from sync.protocol import ProtocolError, ReplicaRow, make_row, need_text, utc_text
 
 DEFAULT_LIST_ROWS = 100
 MAX_LIST_ROWS = 1000
 MAX_ENROLMENT_TTL_MINUTES = 24 * 60
+MAX_LIVE_PASSES_LIMIT = 10  # the most ACTIVE phone passes an organisation may allow a member
 _HOURS_PER_GYM = 10_000  # far more opening windows than a week can hold
 _ID_PREFIX = {
     "plan": "pln",
@@ -75,7 +79,7 @@ def check_name(value: object, field: str) -> str:
     return text
 
 
-def _store(
+def store_row(
     tx: db.Tx,
     org_id: str,
     row: ReplicaRow,
@@ -85,6 +89,8 @@ def _store(
     now: str,
     extra: dict[str, Any] | None = None,
 ) -> None:
+    """Store a validated row (``validated``) at ``version`` with its row hash; ``extra`` holds
+    the kind's stored-but-not-replicated columns (a member's card code, a pass's times)."""
     table = db.REPLICA_TABLES[row.kind]
     data = row.data or {}
     values = {column: data[column] for column in table.columns}
@@ -170,13 +176,40 @@ def organization_view(tx: db.Tx, org_id: str) -> dict[str, Any]:
     org = db.organization(tx, org_id)
     if org is None:
         raise NotFound(f"no organisation {org_id}")
+    settings = db.pass_settings(tx, org_id) or {}
     return {
         "id": org["id"],
         "name": org["name"],
         "version": int(org["version"]),
         "purged_version": int(org["purged_version"]),
         "created_at": org["created_at"],
+        # Phone passes (docs/passes.md): the period of passes activated from now on, and how
+        # many ACTIVE passes one member may hold.
+        "pass_period_s": int(settings["pass_period_s"]),
+        "max_live_passes": int(settings["max_live_passes"]),
     }
+
+
+def update_organization(tx: db.Tx, org_id: str, changes: dict[str, Any]) -> dict[str, Any]:
+    """Change the organisation's phone pass settings: ``pass_period_s`` (5..300 seconds; passes
+    keep the period they were activated with) and ``max_live_passes`` (1..10; lowering it
+    revokes nothing, it only refuses new activations). Invalid names each bad field."""
+    current = organization_view(tx, org_id)
+    period = changes.get("pass_period_s", current["pass_period_s"])
+    most = changes.get("max_live_passes", current["max_live_passes"])
+    problems = []
+    if not _int_in(period, MIN_PERIOD_S, MAX_PERIOD_S):
+        problems.append(("pass_period_s", f"expected {MIN_PERIOD_S}..{MAX_PERIOD_S} seconds"))
+    if not _int_in(most, 1, MAX_LIVE_PASSES_LIMIT):
+        problems.append(("max_live_passes", f"expected 1..{MAX_LIVE_PASSES_LIMIT}"))
+    if problems:
+        raise Invalid(problems)
+    db.set_pass_settings(tx, org_id, period, most)
+    return organization_view(tx, org_id)
+
+
+def _int_in(value: object, low: int, high: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
 
 
 def gym_view(row: dict[str, Any]) -> dict[str, Any]:
@@ -258,7 +291,7 @@ def save_plan(
         row_id = plan_id
         data = {**row_data("plan", _live(tx, org_id, "plan", plan_id)), **fields}
     row = validated("plan", row_id, data)
-    _store(tx, org_id, row, gym_id=None, version=version, now=utc_text(now))
+    store_row(tx, org_id, row, gym_id=None, version=version, now=utc_text(now))
     return get_plan(tx, org_id, row_id)
 
 
@@ -293,6 +326,27 @@ def list_members(tx: db.Tx, org_id: str, after: str | None, limit: int) -> dict[
 
 def get_member(tx: db.Tx, org_id: str, member_id: str) -> dict[str, Any]:
     return member_view(_live(tx, org_id, "member", member_id))
+
+
+def member_card(
+    tx: db.Tx, org_id: str, member_id: str, gym_id: str | None = None
+) -> dict[str, Any]:
+    """What a live member's printed card shows: ``code`` (the card code), ``first_name``,
+    ``last_name``, ``organization_name`` and ``gym_name`` (None without ``gym_id``). NotFound
+    for an unknown member or gym, or a member without a card code."""
+    member = get_member(tx, org_id, member_id)
+    if member["code"] is None:
+        raise NotFound(f"member {member_id} has no card code")
+    org = db.organization(tx, org_id)
+    if org is None:
+        raise NotFound(f"no organisation {org_id}")
+    return {
+        "code": member["code"],
+        "first_name": member["first_name"],
+        "last_name": member["last_name"],
+        "organization_name": org["name"],
+        "gym_name": None if gym_id is None else get_gym(tx, org_id, gym_id)["name"],
+    }
 
 
 def card_code_hash(code: object, salt_hex: str, field: str = "code") -> str:
@@ -342,17 +396,18 @@ def save_member(
         if others:
             raise Clash(f"code: already the card of member {others[0]}")
     extra = {"card_code": code}
-    _store(tx, org_id, row, gym_id=None, version=version, now=utc_text(now), extra=extra)
+    store_row(tx, org_id, row, gym_id=None, version=version, now=utc_text(now), extra=extra)
     return get_member(tx, org_id, row_id)
 
 
 def delete_member(tx: db.Tx, org_id: str, member_id: str, now: datetime) -> None:
-    """Tombstone a member and its memberships (one version)."""
+    """Tombstone a member with its memberships and phone passes (one version)."""
     version = db.bump_version(tx, org_id)
     _live(tx, org_id, "member", member_id)
     stamp = utc_text(now)
-    for membership_id in db.live_ids_where(tx, "membership", org_id, "member_id", member_id):
-        db.tombstone(tx, "membership", org_id, membership_id, version=version, now=stamp)
+    for kind in ("membership", "pass"):
+        for row_id in db.live_ids_where(tx, kind, org_id, "member_id", member_id):
+            db.tombstone(tx, kind, org_id, row_id, version=version, now=stamp)
     db.tombstone(tx, "member", org_id, member_id, version=version, now=stamp)
 
 
@@ -408,7 +463,7 @@ def save_membership(
     data = {**base, **{k: v for k, v in fields.items() if k != "id"}}
     row = validated("membership", row_id, data)
     check_references(tx, org_id, data)
-    _store(tx, org_id, row, gym_id=None, version=version, now=utc_text(now))
+    store_row(tx, org_id, row, gym_id=None, version=version, now=utc_text(now))
     return get_membership(tx, org_id, row_id)
 
 
@@ -458,7 +513,7 @@ def replace_hours(
             db.tombstone(tx, "hours", org_id, current["id"], version=version, now=stamp)
     for row in wanted.values():
         fresh = validated("hours", tokens.new_id("hrs"), row.data or {})
-        _store(tx, org_id, fresh, gym_id=gym_id, version=version, now=stamp)
+        store_row(tx, org_id, fresh, gym_id=gym_id, version=version, now=stamp)
     return list_hours(tx, org_id, gym_id)
 
 
@@ -482,7 +537,7 @@ def add_closure(
     if data["reason"] is None:
         data["reason"] = ""
     row = validated("closure", row_id, data)
-    _store(tx, org_id, row, gym_id=gym_id, version=version, now=utc_text(now))
+    store_row(tx, org_id, row, gym_id=gym_id, version=version, now=utc_text(now))
     return closure_view(_live(tx, org_id, "closure", row_id))
 
 
@@ -632,13 +687,15 @@ def list_checkins(
 def purge(database: db.Database, older_than_days: int, now: datetime) -> dict[str, int]:
     """Delete tombstones older than ``older_than_days`` and raise each organisation's
     ``purged_version``; a device whose version is older then gets 410 and takes a snapshot.
-    Returns {organisation: purged version} for the organisations touched."""
+    Phone pass activation codes that expired that long ago go too (used or not, they are worth
+    nothing). Returns {organisation: purged version} for the organisations touched."""
     if older_than_days < 0:
         raise Invalid([("older_than_days", "expected a number of days >= 0")])
     cutoff = utc_text(now - timedelta(days=older_than_days))
 
     def run(tx: db.Tx) -> dict[str, int]:
         purged = db.purge_tombstones(tx, cutoff)
+        db.purge_pass_activations(tx, cutoff)
         for org_id, version in purged.items():
             db.raise_purged_version(tx, org_id, version)
         return purged

@@ -14,10 +14,10 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictInt
 from starlette.concurrency import run_in_threadpool
 
-from cloud import admin, importer
+from cloud import admin, cards, importer, passes
 from cloud.api_device import read_body
 from cloud.app import Cloud, cloud_of
 from cloud.errors import BadRequest, TooLarge, Unauthorized
@@ -86,8 +86,30 @@ def _set(model: BaseModel) -> dict[str, Any]:
 def get_organization(
     a: AdminDep,
 ) -> dict[str, Any]:
-    """The organisation's id, name and replica version."""
+    """The organisation's id, name, replica version and phone pass settings."""
     return a.read(lambda tx: admin.organization_view(tx, a.org))
+
+
+class OrganizationPatch(_In):
+    pass_period_s: StrictInt | None = Field(
+        None, description="seconds between a new phone pass's codes, 5-300 (default 15)"
+    )
+    max_live_passes: StrictInt | None = Field(
+        None, description="active phone passes a member may hold, 1-10 (default 2)"
+    )
+
+
+@router.patch(
+    "/organization",
+    summary="Change the phone pass settings",
+    description=(
+        "`pass_period_s` applies to passes activated from now on (a pass keeps its period); "
+        "lowering `max_live_passes` revokes nothing, it only refuses new activations."
+    ),
+    responses=_ERRORS,
+)
+def update_organization(a: AdminDep, body: OrganizationPatch) -> dict[str, Any]:
+    return a.write(lambda tx: admin.update_organization(tx, a.org, _set(body)))
 
 
 class GymIn(_In):
@@ -337,6 +359,102 @@ def delete_member(a: AdminDep, member_id: str) -> Response:
     return Response(status_code=204)
 
 
+# -- phone passes and printed cards ----------------------------------------------------------------
+
+
+class PassActivationIn(_In):
+    ttl_minutes: StrictInt = Field(
+        passes.DEFAULT_ACTIVATION_TTL_MINUTES, description="validity in minutes, 1-1440 (24 h)"
+    )
+
+
+@router.post(
+    "/members/{member_id}/pass-activations",
+    status_code=201,
+    summary="Make a phone pass activation code",
+    description=(
+        "A single-use code (16 characters, A-Z and 2-7) with which the member activates one "
+        "phone pass on the pass page (`activation_path`, e.g. sent as a link); shown only now. "
+        "409 `too_many_passes` when the member already holds the most active passes allowed."
+    ),
+    responses={**_ERRORS, 409: {"description": "The member holds the most active passes"}},
+)
+def pass_activation(
+    a: AdminDep, member_id: str, body: PassActivationIn | None = None
+) -> dict[str, Any]:
+    ttl = passes.DEFAULT_ACTIVATION_TTL_MINUTES if body is None else body.ttl_minutes
+    return a.write(lambda tx: passes.create_activation(tx, a.org, member_id, ttl, a.now()))
+
+
+@router.get(
+    "/members/{member_id}/passes",
+    summary="A member's phone passes",
+    description="Active and revoked passes, oldest first (never their keys).",
+    responses=_ERRORS,
+)
+def list_passes(a: AdminDep, member_id: str) -> dict[str, Any]:
+    return a.read(lambda tx: passes.list_passes(tx, a.org, member_id))
+
+
+@router.post(
+    "/passes/{pass_id}/revoke",
+    summary="Revoke a phone pass",
+    description=(
+        "The pass becomes REVOKED in a new replica version: every door refuses it after its next "
+        "pull. Revoking a revoked pass changes nothing."
+    ),
+    responses=_ERRORS,
+)
+def revoke_pass(a: AdminDep, pass_id: str) -> dict[str, Any]:
+    return a.write(lambda tx: passes.revoke_pass(tx, a.org, pass_id, a.now()))
+
+
+_CARD_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    # An SVG opened on its own runs no script and loads nothing.
+    "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'",
+}
+_CARD_GYM = Query(None, description="also print this gym's name on the card")
+
+
+@router.get(
+    "/members/{member_id}/card.svg",
+    summary="The member's printable card (SVG)",
+    description=(
+        "The QR code of the member's card code, the code in text under it, the member's and the "
+        "organisation's (and, with `gym_id`, the gym's) names, at credit-card size "
+        "(85.6 x 54 mm). 404 when the member has no card code."
+    ),
+    responses={**_ERRORS, 200: {"content": {"image/svg+xml": {}}}},
+    response_class=Response,
+)
+def card_svg(a: AdminDep, member_id: str, gym_id: str | None = _CARD_GYM) -> Response:
+    card = a.read(lambda tx: admin.member_card(tx, a.org, member_id, gym_id))
+    svg = cards.card_svg(
+        card["code"],
+        first_name=card["first_name"],
+        last_name=card["last_name"],
+        organization_name=card["organization_name"],
+        gym_name=card["gym_name"],
+    )
+    return Response(svg, media_type="image/svg+xml", headers=_CARD_HEADERS)
+
+
+@router.get(
+    "/members/{member_id}/card.png",
+    summary="The QR code of the member's card (PNG)",
+    description=(
+        "The symbol alone, with its quiet zone, 10 px a module, for card-printing software that "
+        "adds the text itself. 404 when the member has no card code."
+    ),
+    responses={**_ERRORS, 200: {"content": {"image/png": {}}}},
+    response_class=Response,
+)
+def card_png(a: AdminDep, member_id: str) -> Response:
+    card = a.read(lambda tx: admin.member_card(tx, a.org, member_id))
+    return Response(cards.card_png(card["code"]), media_type="image/png", headers=_CARD_HEADERS)
+
+
 # -- memberships -----------------------------------------------------------------------------------
 
 
@@ -442,8 +560,9 @@ def request_resnapshot(a: AdminDep, device_id: str) -> dict[str, Any]:
     summary="Attendance",
     description=(
         "Check-ins by the time they happened (`occurred_at`, placed from clock anchors; "
-        "`time_source` says how), oldest first, in [since, until). Times are ISO 8601; "
-        "`cursor` is the previous page's `next`."
+        "`time_source` says how), oldest first, in [since, until). `pass_id` is the phone pass "
+        "the member showed (null: a card). Times are ISO 8601; `cursor` is the previous page's "
+        "`next`."
     ),
     responses=_ERRORS,
 )

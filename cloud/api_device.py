@@ -1,4 +1,4 @@
-"""The device API, sync protocol v1 (docs/sync-protocol.md is the contract; this follows it).
+"""The device API, sync protocol v2 (docs/sync-protocol.md is the contract; this follows it).
 
 Bodies are read raw and parsed with ``sync.protocol`` (the same parser the device uses), so a
 broken or hostile body becomes a 400 naming the field, never a 500. The body size is checked from
@@ -44,7 +44,10 @@ _ENROL_MAX_BYTES = 16 << 10
 _ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"description": "Not JSON, or not the right shape (the detail names the field)"},
     401: {"description": "Missing, unknown or revoked device token"},
-    426: {"description": "The device speaks another protocol version"},
+    426: {
+        "description": "The device speaks another protocol version (`FitFlow-Protocol`); "
+        "`supported` lists the versions this cloud speaks: update the door's software"
+    },
     503: {"description": "The database is busy; retry after Retry-After seconds"},
 }
 
@@ -225,8 +228,9 @@ def _etag_matches(header: str | None, etag: str) -> bool:
         "exactly once and answered `created`, `duplicate` (this device sent it before) or "
         "`rejected` with a code (`invalid_item` naming the field, `id_conflict`). Class-pack and "
         "PT balances go down only for newly created granted check-ins; the result's `version` is "
-        "the replica version carrying that change. `clock` and `anchors` place offline events "
-        "in time."
+        "the replica version carrying that change. Each item's `pass_id` names the phone pass "
+        "the code was (null: a card) and is stored with it. `clock` and `anchors` place offline "
+        "events in time."
     ),
     responses={**_ERRORS, 413: {"description": "More than 500 items or more than 1 MiB"}},
     openapi_extra=_body_schema(

@@ -1,7 +1,8 @@
 """The cloud's HTTP surface: ``create_app(database_url)`` builds the FastAPI application.
 
-- ``/v1/...``: the device API (sync protocol v1, docs/sync-protocol.md), in ``api_device``;
+- ``/v1/...``: the device API (sync protocol v2, docs/sync-protocol.md), in ``api_device``;
 - ``/admin/v1/...``: the admin API (an organisation's admin token), in ``api_admin``;
+- ``/pass/``: the member's pass page (static files, docs/passes.md), in ``pass_web``;
 - ``/healthz``: ``{"ok": true}`` when the database answers (503 otherwise);
 - ``/openapi.json`` and ``/docs``: the API description.
 
@@ -66,7 +67,7 @@ MAX_BODY_BYTES = (8 << 20) + (64 << 10)
 
 
 class ProtocolHeaderMiddleware:
-    """Adds ``FitFlow-Protocol: 1`` to every answer, refuses (426) a device request that
+    """Adds ``FitFlow-Protocol: <PROTOCOL_VERSION>`` to every answer, refuses (426) a device request that
     announces another protocol version, and caps every request body at MAX_BODY_BYTES (a body
     over it becomes a 413 before it is buffered). Plain ASGI: next to nothing per request."""
 
@@ -131,7 +132,8 @@ class ProtocolHeaderMiddleware:
                     {
                         "error": "unsupported_protocol",
                         "supported": [PROTOCOL_VERSION],
-                        "detail": f"this cloud speaks protocol {PROTOCOL_VERSION}",
+                        "detail": f"this cloud speaks sync protocol {PROTOCOL_VERSION} only; "
+                        f"update the door's software (the kiosk) to a release that speaks it",
                     },
                 )
                 return
@@ -207,7 +209,7 @@ def create_app(
     URL, DatabaseError when the database cannot be reached or is newer than this code).
     ``clock`` returns aware UTC datetimes (tests inject one). The database pool is closed when
     the app shuts down (``app.state.cloud.database.close()`` does it by hand)."""
-    from cloud import api_admin, api_device
+    from cloud import api_admin, api_device, api_pass, pass_web
 
     database = db.Database(database_url, pool_size=pool_size)
     try:
@@ -225,7 +227,7 @@ def create_app(
         title="FitFlow reference cloud",
         version=metadata.version("fitflow-kiosk"),
         description=(
-            "The cloud end of FitFlow Kiosk sync protocol v1 (device API under /v1, see "
+            "The cloud end of FitFlow Kiosk sync protocol v2 (device API under /v1, see "
             "docs/sync-protocol.md) and the admin API under /admin/v1 (Bearer admin token)."
         ),
         lifespan=lifespan,
@@ -235,6 +237,8 @@ def create_app(
     _install_error_handlers(app)
     app.include_router(api_device.router)
     app.include_router(api_admin.router)
+    api_pass.install(app)
+    app.include_router(pass_web.router)
 
     @app.get(
         "/healthz",

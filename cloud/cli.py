@@ -5,19 +5,25 @@
     kiosk cloud init --db URL --org NAME --gym NAME [--timezone Europe/Berlin] [--json]
     kiosk cloud admin-token --db URL --org ORG_ID [--json]
     kiosk cloud enrolment-code --db URL --gym GYM_ID [--ttl-minutes 60] [--json]
+    kiosk cloud pass-activation --db URL --member ID [--ttl-minutes 15] [--base-url URL] [--json]
+    kiosk cloud passes --db URL --member ID [--json]
+    kiosk cloud revoke-pass --db URL --pass ID [--json]
+    kiosk cloud card --db URL --member ID [--gym GYM_ID] [--format svg|png] --output FILE
     kiosk cloud purge --db URL [--older-than-days 30]
 
 (``python -m cloud.cli ACTION ...`` works the same.) ``--db`` defaults to
 ``$FITFLOW_CLOUD_DB``; prefer the variable for a PostgreSQL URL with a password, which would
-otherwise show in the process list. Secrets (admin tokens, enrolment codes) are printed once, to
-stdout, and never logged.
+otherwise show in the process list. Secrets (admin tokens, enrolment and pass activation codes)
+are printed once, to stdout, and never logged. A member or pass is named by its id; ``--org``
+picks the organisation when several hold that id.
 
 ``serve --workers N`` runs N worker processes on one port (``cloud.serve``); more than one needs
 PostgreSQL.
 
-Exit codes: 0 success; 2 usage or configuration error (bad URL, unknown organisation or gym,
-invalid name or time zone, ``--workers`` above 1 on SQLite, a port that cannot be bound); 3
-database error (unreachable, damaged, newer schema, a worker that could not start).
+Exit codes: 0 success; 2 usage or configuration error (bad URL, unknown organisation, gym,
+member or pass, invalid name or time zone, a member at their limit of passes, ``--workers`` above
+1 on SQLite, a port that cannot be bound, a card file that cannot be written); 3 database error
+(unreachable, damaged, newer schema, a worker that could not start).
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ import argparse
 import json
 import os
 import sys
+import urllib.parse
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -197,6 +204,133 @@ def cmd_enrolment_code(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _organization_of(tx: Any, kind: str, row_id: str, org: str | None) -> str:
+    """The organisation of a live member or pass named by id alone (``org`` when given): the
+    CLI is the operator's, who may not know it. NotFound for none; Invalid when several
+    organisations hold the id (then ``--org`` says which)."""
+    from cloud import db
+    from cloud.errors import Invalid, NotFound
+
+    if org is not None:
+        return org
+    found = db.organizations_with_row(tx, kind, row_id)
+    if not found:
+        raise NotFound(f"no {kind} {row_id}")
+    if len(found) > 1:
+        raise Invalid([("--org", f"{kind} {row_id} exists in {', '.join(found)}: pass --org")])
+    return found[0]
+
+
+def _in_organization(args: argparse.Namespace, kind: str, row_id: str, action: Any) -> Any:
+    """``action(tx, organisation)`` in one transaction on ``args.db``."""
+    database = _open(args.db)
+    try:
+        return database.transact(
+            lambda tx: action(tx, _organization_of(tx, kind, row_id, args.org))
+        )
+    finally:
+        database.close()
+
+
+@_guarded
+def cmd_pass_activation(args: argparse.Namespace) -> int:
+    from cloud.passes import create_activation
+
+    base = None
+    if args.base_url is not None:
+        base = args.base_url.strip().rstrip("/")
+        parts = urllib.parse.urlsplit(base)
+        if parts.scheme not in ("https", "http") or not parts.netloc or parts.query:
+            return _fail(
+                "--base-url: expected the cloud's address, like https://cloud.example", EXIT_USAGE
+            )
+    made = _in_organization(
+        args,
+        "member",
+        args.member,
+        lambda tx, org: create_activation(tx, org, args.member, args.ttl_minutes, _now()),
+    )
+    lines = [
+        f"activation code: {made['code']}",
+        f"member: {made['member_id']}, one phone pass, single use, valid until "
+        f"{made['expires_at']}",
+    ]
+    if base is not None:
+        made["link"] = base + made["activation_path"]
+        lines.append(f"link: {made['link']}")
+    else:
+        lines.append(f"on the pass page: <cloud address>{made['activation_path']}")
+    _print(args, made, lines)
+    return EXIT_OK
+
+
+@_guarded
+def cmd_passes(args: argparse.Namespace) -> int:
+    from cloud.passes import list_passes
+
+    listed = _in_organization(
+        args, "member", args.member, lambda tx, org: list_passes(tx, org, args.member)
+    )
+    items = listed["items"]
+    lines = [
+        f"{p['id']}  {p['status']:<7}  every {p['period_s']} s  created {p['created_at']}"
+        + (f"  revoked {p['revoked_at']}" if p["revoked_at"] else "")
+        for p in items
+    ]
+    _print(args, listed, lines or [f"member {args.member} has no phone passes"])
+    return EXIT_OK
+
+
+@_guarded
+def cmd_revoke_pass(args: argparse.Namespace) -> int:
+    from cloud.passes import revoke_pass
+
+    revoked = _in_organization(
+        args, "pass", args.pass_id, lambda tx, org: revoke_pass(tx, org, args.pass_id, _now())
+    )
+    _print(
+        args,
+        revoked,
+        [
+            f"pass {revoked['id']} of member {revoked['member_id']}: REVOKED at "
+            f"{revoked['revoked_at']}; doors refuse it after their next pull"
+        ],
+    )
+    return EXIT_OK
+
+
+@_guarded
+def cmd_card(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from cloud import cards
+    from cloud.admin import member_card
+
+    output = Path(args.output)
+    kind = args.format or output.suffix.lower().lstrip(".")
+    if kind not in ("svg", "png"):
+        return _fail("--format: svg or png (or an --output ending in .svg or .png)", EXIT_USAGE)
+    card = _in_organization(
+        args, "member", args.member, lambda tx, org: member_card(tx, org, args.member, args.gym)
+    )
+    if kind == "svg":
+        content = cards.card_svg(
+            card["code"],
+            first_name=card["first_name"],
+            last_name=card["last_name"],
+            organization_name=card["organization_name"],
+            gym_name=card["gym_name"],
+        ).encode("utf-8")
+    else:
+        content = cards.card_png(card["code"])
+    try:
+        output.write_bytes(content)
+    except OSError as exc:
+        return _fail(f"cannot write {output}: {exc.strerror or exc}", EXIT_USAGE)
+    print(f"{output}: the {kind} card of member {args.member} ({len(content)} bytes)")
+    return EXIT_OK
+
+
 @_guarded
 def cmd_purge(args: argparse.Namespace) -> int:
     from cloud.admin import purge
@@ -262,6 +396,63 @@ def _add_actions(sub: Any) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_enrolment_code)
 
+    def with_org(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--org",
+            default=None,
+            metavar="ORG_ID",
+            help="organisation id (needed only when several organisations hold the id)",
+        )
+
+    p = with_db(
+        sub.add_parser(
+            "pass-activation", help="make a single-use phone pass activation code for a member"
+        )
+    )
+    p.add_argument("--member", required=True, metavar="ID", help="member id")
+    with_org(p)
+    p.add_argument(
+        "--ttl-minutes", type=int, default=15, help="validity in minutes, 1-1440 (default 15)"
+    )
+    p.add_argument(
+        "--base-url",
+        default=None,
+        metavar="URL",
+        help="the cloud's public address (https://...): print the whole activation link",
+    )
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cmd_pass_activation)
+
+    p = with_db(sub.add_parser("passes", help="list a member's phone passes"))
+    p.add_argument("--member", required=True, metavar="ID", help="member id")
+    with_org(p)
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cmd_passes)
+
+    p = with_db(
+        sub.add_parser("revoke-pass", help="revoke a phone pass (a lost phone): doors refuse it")
+    )
+    p.add_argument("--pass", dest="pass_id", required=True, metavar="ID", help="pass id")
+    with_org(p)
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cmd_revoke_pass)
+
+    p = with_db(
+        sub.add_parser("card", help="write a member's printable card (QR of the card code)")
+    )
+    p.add_argument("--member", required=True, metavar="ID", help="member id")
+    with_org(p)
+    p.add_argument("--gym", default=None, metavar="GYM_ID", help="also print this gym's name")
+    p.add_argument(
+        "--format",
+        choices=["svg", "png"],
+        default=None,
+        help="svg: the whole card, 85.6 x 54 mm; png: the QR code alone "
+        "(default: from the --output suffix)",
+    )
+    p.add_argument("--output", required=True, metavar="FILE", help="the file to write")
+    p.set_defaults(func=cmd_card)
+
     p = with_db(sub.add_parser("purge", help="delete old tombstones (devices behind re-snapshot)"))
     p.add_argument(
         "--older-than-days", type=int, default=30, help="tombstone age in days (default 30)"
@@ -272,7 +463,8 @@ def _add_actions(sub: Any) -> None:
 def register(subparsers: Any) -> None:
     """Add the ``cloud`` command tree to a parser's subparsers (``kiosk cloud ...``)."""
     parser = subparsers.add_parser(
-        "cloud", help="the reference cloud service: serve, migrate, init, tokens, enrolment codes"
+        "cloud",
+        help="the reference cloud service: serve, migrate, init, tokens, enrolment codes, passes, cards",
     )
     _add_actions(parser.add_subparsers(dest="cloud_command", required=True, metavar="ACTION"))
 

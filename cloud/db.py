@@ -627,6 +627,13 @@ REPLICA_TABLES: dict[str, ReplicaTable] = {
             ("member_id", "plan_id", "type", "start_date", "end_date", "remaining_classes"),
             False,
         ),
+        ReplicaTable(
+            "pass",
+            "passes",
+            ("member_id", "public_key", "period_s", "status"),
+            False,
+            ("created_at", "revoked_at"),
+        ),
         ReplicaTable("hours", "opening_hours", ("weekday", "open_minute", "close_minute"), True),
         ReplicaTable("closure", "closures", ("start_date", "end_date", "reason"), True),
     )
@@ -1132,8 +1139,9 @@ CHECKIN_COLUMNS = (
     "occurred_at",
     "time_source",
     "received_at",
+    "pass_id",
 )
-_CHECKIN_CHUNK = 250  # rows per multi-row INSERT (19 columns: well under every parameter limit)
+_CHECKIN_CHUNK = 250  # rows per multi-row INSERT (20 columns: well under every parameter limit)
 
 
 def insert_checkins(tx: Tx, rows: Sequence[Sequence[Any]]) -> set[str]:
@@ -1274,7 +1282,7 @@ def devices_sharing_boot(
 _CHECKIN_LIST = (
     "id, gym_id, device_id, seq, door_id, decision, reason, member_id, membership_id,"
     " classes_used, replica_version, wall_time, clock_quality, occurred_at, time_source,"
-    " received_at, overdraft, effect_version"
+    " received_at, overdraft, effect_version, pass_id"
 )
 
 
@@ -1316,3 +1324,101 @@ def list_checkins(
         " ORDER BY occurred_at, id LIMIT ?"
     )
     return [_checkin(row) for row in tx.all(sql, (*params, limit))]
+
+
+# -- phone passes ----------------------------------------------------------------------------------
+# A pass is a replica row (kind ``pass``, table ``passes``); the generic replica functions above
+# store and tombstone it. These are the queries only passes need: the organisation's pass
+# settings, activation codes (stored hashed, claimed once) and lookups by member and by pass id.
+
+
+def pass_settings(tx: Tx, org_id: str) -> dict[str, Any] | None:
+    """{name, pass_period_s, max_live_passes} of an organisation, or None."""
+    return tx.one(
+        "SELECT name, pass_period_s, max_live_passes FROM organizations WHERE id = ?", (org_id,)
+    )
+
+
+def set_pass_settings(tx: Tx, org_id: str, period_s: int, max_live_passes: int) -> bool:
+    return (
+        tx.run(
+            "UPDATE organizations SET pass_period_s = ?, max_live_passes = ? WHERE id = ?",
+            (period_s, max_live_passes, org_id),
+        )
+        > 0
+    )
+
+
+def insert_pass_activation(
+    tx: Tx, code_hash: str, org_id: str, member_id: str, now: str, expires_at: str
+) -> None:
+    tx.run(
+        "INSERT INTO pass_activations (code_hash, organization_id, member_id, created_at,"
+        " expires_at) VALUES (?, ?, ?, ?, ?)",
+        (code_hash, org_id, member_id, now, expires_at),
+    )
+
+
+def claim_pass_activation(tx: Tx, code_hash: str, now: str) -> tuple[str, str] | None:
+    """Mark an unused, unexpired activation code used; (organisation, member) or None. One
+    conditional UPDATE, so of two phones racing for one code exactly one wins (PostgreSQL: the
+    second waits for the first's row lock, then finds ``used_at`` set; SQLite: writers are
+    serialised)."""
+    row = tx.one(
+        "UPDATE pass_activations SET used_at = ?"
+        " WHERE code_hash = ? AND used_at IS NULL AND expires_at > ?"
+        " RETURNING organization_id, member_id",
+        (now, code_hash, now),
+    )
+    return None if row is None else (row["organization_id"], row["member_id"])
+
+
+def set_pass_activation_pass(tx: Tx, code_hash: str, pass_id: str) -> None:
+    """Record which pass a claimed activation code made."""
+    tx.run("UPDATE pass_activations SET pass_id = ? WHERE code_hash = ?", (pass_id, code_hash))
+
+
+def live_pass_count(tx: Tx, org_id: str, member_id: str) -> int:
+    """How many live ACTIVE passes a member holds (revoked and deleted ones do not count)."""
+    return int(
+        tx.value(
+            "SELECT COUNT(*) AS n FROM passes WHERE organization_id = ? AND member_id = ?"
+            " AND status = 'ACTIVE' AND deleted = FALSE",
+            (org_id, member_id),
+        )
+    )
+
+
+def member_passes(tx: Tx, org_id: str, member_id: str) -> list[dict[str, Any]]:
+    """A member's live pass rows (active and revoked), oldest first."""
+    t = REPLICA_TABLES["pass"]
+    sql = f"{_select(t)} WHERE organization_id = ? AND member_id = ? AND deleted = FALSE"
+    rows = tx.all(f"{sql} ORDER BY created_at, id", (org_id, member_id))
+    return [_decode(t, row) for row in rows]
+
+
+def passes_by_id(tx: Tx, pass_id: str) -> list[dict[str, Any]]:
+    """Pass rows (live or tombstones) with this id in any organisation: a pass id is unique only
+    within its organisation, and a member's phone asking about its pass names no organisation
+    (the signature, which covers the organisation id, tells which row is the caller's). Uses the
+    ``passes_by_id`` index."""
+    t = REPLICA_TABLES["pass"]
+    rows = tx.all(f"{_select(t)} WHERE id = ? ORDER BY organization_id LIMIT 16", (pass_id,))
+    return [_decode(t, row) for row in rows]
+
+
+def organizations_with_row(tx: Tx, kind: str, row_id: str) -> list[str]:
+    """The organisations holding a live row of ``kind`` with this id: for operator commands
+    (the CLI) that name a member or pass without its organisation, never for an API caller."""
+    t = REPLICA_TABLES[kind]
+    rows = tx.all(
+        f"SELECT organization_id FROM {t.table} WHERE id = ? AND deleted = FALSE"  # noqa: S608
+        " ORDER BY organization_id",
+        (row_id,),
+    )
+    return [row["organization_id"] for row in rows]
+
+
+def purge_pass_activations(tx: Tx, cutoff: str) -> int:
+    """Delete activation codes that expired before ``cutoff`` (spent or not); how many."""
+    return tx.run("DELETE FROM pass_activations WHERE expires_at < ?", (cutoff,))

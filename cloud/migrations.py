@@ -271,7 +271,48 @@ _V2 = Migration(
     ),
 )
 
-MIGRATIONS: tuple[Migration, ...] = (_V1, _V2)
+# Signed phone passes (docs/passes.md). ``passes`` is a replica table like members: a door needs a
+# pass's public key, member, period and status to check a code offline. Revoking sets
+# ``status = 'REVOKED'`` (the row stays, so the door can say "revoked"). Activation codes are
+# single-use and short-lived and stored hashed, like enrolment codes. The organisation chooses the
+# period of new passes and how many live passes a member may hold.
+_V3 = Migration(
+    3,
+    "phone passes and their activation codes",
+    (
+        "ALTER TABLE organizations ADD COLUMN pass_period_s INTEGER NOT NULL DEFAULT 15",
+        "ALTER TABLE organizations ADD COLUMN max_live_passes INTEGER NOT NULL DEFAULT 2",
+        *_replica_table(
+            "passes",
+            """member_id TEXT NOT NULL,
+            public_key TEXT NOT NULL,
+            period_s INTEGER NOT NULL,
+            status TEXT NOT NULL,
+            created_at TEXT NOT NULL,
+            revoked_at TEXT""",
+            per_gym=False,
+        ),
+        "CREATE INDEX passes_by_member ON passes (organization_id, member_id)",
+        # A phone asking about its pass (POST /pass/v1/status) names only the pass id.
+        "CREATE INDEX passes_by_id ON passes (id)",
+        """
+        CREATE TABLE pass_activations (
+            code_hash TEXT PRIMARY KEY,
+            organization_id TEXT NOT NULL REFERENCES organizations (id),
+            member_id TEXT NOT NULL,
+            created_at TEXT NOT NULL,
+            expires_at TEXT NOT NULL,
+            used_at TEXT,
+            pass_id TEXT
+        )
+        """,
+        "CREATE INDEX pass_activations_by_member ON pass_activations (organization_id, member_id)",
+        # The pass a check-in was made with (NULL for a card), as the door reports it.
+        "ALTER TABLE checkins ADD COLUMN pass_id TEXT",
+    ),
+)
+
+MIGRATIONS: tuple[Migration, ...] = (_V1, _V2, _V3)
 LATEST_VERSION = MIGRATIONS[-1].version
 
 _CREATE_HISTORY = (

@@ -53,6 +53,14 @@ def row_data(kind: str, row: dict[str, Any]) -> dict[str, Any]:
             "end_date": row["end_date"],
             "remaining_classes": None if remaining is None else int(remaining),
         }
+    if kind == "pass":
+        return {
+            "member_id": row["member_id"],
+            "organization_id": row["organization_id"],
+            "public_key": row["public_key"],
+            "period_s": int(row["period_s"]),
+            "status": row["status"],
+        }
     if kind == "hours":
         return {
             "weekday": int(row["weekday"]),

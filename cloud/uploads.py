@@ -333,6 +333,7 @@ def _checkin_row(
         occurred_at,
         source,
         received_at,
+        item.pass_id,
     )
 
 

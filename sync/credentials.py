@@ -12,8 +12,9 @@ Payload forms:
   (no colon). Whitespace and CR/LF around the code, which some scanners add, are stripped.
 - ``SCHEME:rest``: a typed credential, ``SCHEME`` being a capital letter followed by 1 to 7 capital
   letters or digits. The scheme picks a parser from ``SCHEME_PARSERS``. An unknown scheme is
-  malformed. ``FFP1`` is reserved for the planned signed rotating pass and is reported as not
-  supported yet, in different words from an unknown scheme.
+  malformed. ``FFP1`` is the signed rotating phone pass (``PhonePass``, format in
+  ``sync.passes`` and docs/passes.md); parsing checks its form only, the signature is checked at
+  the door against the replicated public key.
 
 Adding a credential type takes three steps:
 
@@ -35,8 +36,10 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
-# Longer than any credential we issue (a static code is at most 64 characters; the planned signed
-# pass is about 120), short enough that a hostile code costs next to nothing to reject.
+from sync.passes import PhonePass, parse_pass_body
+
+# Longer than any credential we issue (a static code is at most 64 characters, a signed pass
+# 122), short enough that a hostile code costs next to nothing to reject.
 MAX_PAYLOAD_BYTES = 512
 
 STATIC_CODE_MIN_CHARS = 4
@@ -76,19 +79,19 @@ class Malformed:
 
 
 # Add new credential dataclasses to this union (see the module docstring).
-Credential = StaticCode
+Credential = StaticCode | PhonePass
 
 SchemeParser = Callable[[str], Credential | Malformed]
 
 
-def _signed_pass_not_supported(rest: str) -> Credential | Malformed:
-    """``FFP1`` is reserved for the signed rotating pass, which this version cannot
-    verify yet. Replace this entry with the real parser when the pass ships."""
-    return Malformed("signed passes are not supported by this version yet")
+def _phone_pass(rest: str) -> Credential | Malformed:
+    """``FFP1``: a signed rotating pass; its form only (``sync.passes.parse_pass_body``)."""
+    parsed = parse_pass_body(rest)
+    return Malformed(parsed) if isinstance(parsed, str) else parsed
 
 
 SCHEME_PARSERS: dict[str, SchemeParser] = {
-    "FFP1": _signed_pass_not_supported,
+    "FFP1": _phone_pass,
 }
 
 

@@ -26,14 +26,17 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
-PROTOCOL_VERSION = 1
+from sync.passes import MAX_PERIOD_S, MIN_PERIOD_S, PASS_ID_PATTERN, public_key_from_text
+
+# 2: phone passes (the replica kind ``pass``, ``pass_id`` on uploaded check-ins).
+PROTOCOL_VERSION = 2
 # Sent by the device on every request and by the cloud on every answer; a cloud that does not
 # speak the device's version answers 426 and the agent stops and reports.
 PROTOCOL_HEADER = "FitFlow-Protocol"
 
 # Replica kinds in snapshot order: parents before children, so a page never holds an orphan whose
 # parent comes later.
-KINDS: tuple[str, ...] = ("plan", "member", "membership", "hours", "closure")
+KINDS: tuple[str, ...] = ("plan", "member", "membership", "pass", "hours", "closure")
 KIND_ORDER: dict[str, int] = {kind: n for n, kind in enumerate(KINDS)}
 
 # Upload limits. A batch over either answers 413 and the agent halves its batch.
@@ -60,6 +63,7 @@ _DATE_TEXT = re.compile(r"\d{4}-\d{2}-\d{2}")
 _MASK64 = (1 << 64) - 1
 
 MEMBER_STATUSES = frozenset({"ACTIVE", "EXPIRED", "PAUSED"})
+PASS_STATUSES = frozenset({"ACTIVE", "REVOKED"})
 MEMBERSHIP_TYPES = frozenset({"SUBSCRIPTION", "CLASS_PACK", "PT"})
 CLOCK_QUALITIES = frozenset({"ntp_synced", "server_anchored", "unsynced"})
 DECISIONS = frozenset({"granted", "denied"})
@@ -260,6 +264,24 @@ def _membership_data(d: Mapping[str, Any], w: str) -> dict[str, Any]:
     }
 
 
+def _pass_data(d: Mapping[str, Any], w: str) -> dict[str, Any]:
+    """A phone pass (docs/passes.md): whose it is, its public key (43 characters of base64url),
+    its rotation period in seconds and whether it is revoked."""
+    _only_keys(d, w, ("member_id", "organization_id", "public_key", "period_s", "status"))
+    key = d.get("public_key")
+    try:
+        public_key_from_text(key)
+    except ValueError as exc:
+        raise ProtocolError(f"{w}.public_key", str(exc)) from None
+    return {
+        "member_id": need_id(d.get("member_id"), f"{w}.member_id"),
+        "organization_id": need_id(d.get("organization_id"), f"{w}.organization_id"),
+        "public_key": key,
+        "period_s": need_int(d.get("period_s"), f"{w}.period_s", MIN_PERIOD_S, MAX_PERIOD_S),
+        "status": need_choice(d.get("status"), f"{w}.status", PASS_STATUSES),
+    }
+
+
 def _hours_data(d: Mapping[str, Any], w: str) -> dict[str, Any]:
     _only_keys(d, w, ("weekday", "open_minute", "close_minute"))
     data = {
@@ -289,6 +311,7 @@ _DATA_PARSERS = {
     "plan": _plan_data,
     "member": _member_data,
     "membership": _membership_data,
+    "pass": _pass_data,
     "hours": _hours_data,
     "closure": _closure_data,
 }
@@ -335,7 +358,7 @@ def make_row(
     Raises ProtocolError if the data would not pass the other side's parser."""
     if kind not in _DATA_PARSERS:
         raise ProtocolError("kind", f"unknown kind {_short(kind)}")
-    need_id(row_id, "id")
+    _row_id(kind, row_id, "id")
     return ReplicaRow(kind, row_id, _DATA_PARSERS[kind](dict(data), "data"), False, version)
 
 
@@ -347,7 +370,7 @@ def parse_row(value: object, where: str, *, tombstones: bool) -> ReplicaRow:
     kind = obj.get("kind")
     if not isinstance(kind, str) or kind not in _DATA_PARSERS:
         raise ProtocolError(f"{where}.kind", f"expected one of {', '.join(KINDS)}")
-    row_id = need_id(obj.get("id"), f"{where}.id")
+    row_id = _row_id(kind, obj.get("id"), f"{where}.id")
     version = need_int(obj.get("version"), f"{where}.version", 0, _BIG, optional=True)
     deleted = need_bool(obj.get("deleted", False), f"{where}.deleted")
     if deleted:
@@ -358,6 +381,14 @@ def parse_row(value: object, where: str, *, tombstones: bool) -> ReplicaRow:
         return ReplicaRow(kind, row_id, None, True, version)
     data = _DATA_PARSERS[kind](need_object(obj.get("data"), f"{where}.data"), f"{where}.data")
     return ReplicaRow(kind, row_id, data, False, version)
+
+
+def _row_id(kind: str, value: object, where: str) -> str:
+    row_id = need_id(value, where)
+    assert row_id is not None
+    if kind == "pass" and PASS_ID_PATTERN.fullmatch(row_id) is None:
+        raise ProtocolError(where, "a pass id is 8 characters from A-Z and 2-7")
+    return row_id
 
 
 def canonical_bytes(kind: str, row_id: str, data: Mapping[str, Any] | None) -> bytes:
@@ -517,12 +548,15 @@ UPLOAD_FIELDS = (
     "boot_id",
     "monotonic_ns",
     "clock_quality",
+    "pass_id",
 )
 
 
 @dataclass(frozen=True, slots=True)
 class UploadItem:
-    """One journal row as the cloud receives it (``POST /v1/checkins``)."""
+    """One journal row as the cloud receives it (``POST /v1/checkins``). ``pass_id`` is the phone
+    pass the scanned code named (8 base32 characters, ``sync.passes``), None for a card or a
+    malformed code (protocol 2; required on the wire, null allowed)."""
 
     id: str
     seq: int
@@ -537,6 +571,7 @@ class UploadItem:
     boot_id: str
     monotonic_ns: int
     clock_quality: str
+    pass_id: str | None = None
 
     def to_wire(self) -> dict[str, Any]:
         return {
@@ -553,6 +588,7 @@ class UploadItem:
             "boot_id": self.boot_id,
             "monotonic_ns": self.monotonic_ns,
             "clock_quality": self.clock_quality,
+            "pass_id": self.pass_id,
         }
 
 
@@ -589,6 +625,13 @@ def parse_upload_item(value: object, where: str) -> UploadItem:
     boot_id = obj["boot_id"]
     if not isinstance(boot_id, str) or not _BOOT_ID.fullmatch(boot_id):
         raise ProtocolError(f"{where}.boot_id", "expected a boot id (letters, digits, dashes)")
+    pass_id = obj["pass_id"]
+    if pass_id is not None and (
+        not isinstance(pass_id, str) or not PASS_ID_PATTERN.fullmatch(pass_id)
+    ):
+        raise ProtocolError(
+            f"{where}.pass_id", "expected null or a pass id (8 characters from A-Z and 2-7)"
+        )
     return UploadItem(
         id=canonical_id,
         seq=need_int(obj["seq"], f"{where}.seq", 1, _BIG),
@@ -603,6 +646,7 @@ def parse_upload_item(value: object, where: str) -> UploadItem:
         boot_id=boot_id,
         monotonic_ns=need_int(obj["monotonic_ns"], f"{where}.monotonic_ns", 0, MAX_MONOTONIC_NS),
         clock_quality=need_choice(obj["clock_quality"], f"{where}.clock_quality", CLOCK_QUALITIES),
+        pass_id=pass_id,
     )
 
 

@@ -38,6 +38,7 @@ from fakes import clean_env
 from kiosk import __version__
 from kiosk.core.ids import boot_id
 from kiosk.core.model import ClockQuality, Decision, Now, Reason
+from kiosk.core.passes import PassAccepted
 from kiosk.data.store import Store
 from kiosk.sync.client import CloudClient
 from kiosk.sync.identity import DeviceIdentity, save_identity
@@ -109,8 +110,8 @@ class Site:
         """Every check-in the cloud holds from ``device_id`` (one dict per stored row)."""
         return self.read(
             lambda tx: tx.all(
-                "SELECT id, seq, decision, membership_id, classes_used, occurred_at, time_source"
-                " FROM checkins WHERE device_id = ? ORDER BY seq",
+                "SELECT id, seq, decision, membership_id, classes_used, occurred_at, time_source,"
+                " pass_id FROM checkins WHERE device_id = ? ORDER BY seq",
                 (device_id,),
             )
         )
@@ -306,18 +307,27 @@ def make_kiosk(root: Path, site: Site, cloud_url: str | None = None, **sync: Any
 # -- the journal -----------------------------------------------------------------------------------
 
 
+# Pass ids (8 base32 characters) the journal's phone-pass check-ins are made with.
+PHONES = ("PHONEAAA", "PHONEBBB", "PHONECCC")
+
+
 class Journal:
     """Writes check-ins the way the door does, on this machine's real boot and clocks (so the
     agent's anchors place them), with a seeded mix of class-pack uses, subscription entries and
-    denials."""
+    denials; about a third of them made with a phone pass (``passes``: check-in id to pass id;
+    an admission with a pass also remembers its code, as the door does)."""
 
     def __init__(self, store: Store, members: Members, rng: random.Random) -> None:
         self.store = store
         self.members = members
         self.rng = rng
+        # Its own generator: the card/pass choice leaves ``rng``'s sequence (kill points) as is.
+        self.pass_rng = random.Random(11)
         self.boot = boot_id()
         self.written: list[str] = []
         self.corrupt: list[str] = []  # ids the test damaged on purpose
+        self.passes: dict[str, str] = {}
+        self._steps = 0  # a fresh time step for every admission's code
 
     def decision(self) -> Decision:
         roll = self.rng.random()
@@ -335,9 +345,19 @@ class Journal:
         ids = []
         for _ in range(count):
             now = Now(utc_now(), time.monotonic_ns(), self.boot, ClockQuality.NTP_SYNCED)
+            decision = self.decision()
+            pass_id = use = None
+            if self.pass_rng.random() < 0.35:
+                pass_id = self.pass_rng.choice(PHONES)
+                if decision.member_id is not None and decision.verdict == "granted":
+                    self._steps += 1
+                    keep = now.wall + timedelta(hours=1)
+                    use = PassAccepted(pass_id, decision.member_id, self._steps, keep)
             row = self.store.append_checkin(
-                self.decision(), door_id=DOOR, replica_version=0, now=now
+                decision, door_id=DOOR, replica_version=0, now=now, pass_id=pass_id, pass_use=use
             )
+            if pass_id is not None:
+                self.passes[row.id] = pass_id
             ids.append(row.id)
         self.written += ids
         return ids

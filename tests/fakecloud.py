@@ -23,6 +23,7 @@ from sync.protocol import (
     DUPLICATE,
     KIND_ORDER,
     PROTOCOL_HEADER,
+    PROTOCOL_VERSION,
     REJECT_INVALID,
     REJECTED,
     Checkpoint,
@@ -168,7 +169,7 @@ class FakeCloud:
         *,
         body: bytes | None = None,
         headers: dict[str, str] | None = None,
-        protocol: str | None = "1",
+        protocol: str | None = str(PROTOCOL_VERSION),
         raise_error: Exception | None = None,
         times: int = 1,
         match: Callable[[httpx.Request], bool] | None = None,
@@ -204,8 +205,10 @@ class FakeCloud:
             if fault.path == path and (fault.match is None or fault.match(request)):
                 self.faults.remove(fault)
                 return fault.respond(request)
-        if request.headers.get(PROTOCOL_HEADER) != "1":
-            return self._json(426, {"error": "unsupported_protocol", "supported": [1]})
+        if request.headers.get(PROTOCOL_HEADER) != str(PROTOCOL_VERSION):
+            return self._json(
+                426, {"error": "unsupported_protocol", "supported": [PROTOCOL_VERSION]}
+            )
         if path == "/v1/enrol":
             return self._enrol(request)
         if request.headers.get("authorization") != f"Bearer {self.token}":
@@ -222,7 +225,9 @@ class FakeCloud:
         return self._json(404, {"error": "not_found"})
 
     def _json(self, status: int, obj: Any, headers: dict[str, str] | None = None) -> httpx.Response:
-        return httpx.Response(status, json=obj, headers={PROTOCOL_HEADER: "1", **(headers or {})})
+        return httpx.Response(
+            status, json=obj, headers={PROTOCOL_HEADER: str(PROTOCOL_VERSION), **(headers or {})}
+        )
 
     def _enrol(self, request: httpx.Request) -> httpx.Response:
         body = json.loads(request.content)
@@ -239,7 +244,7 @@ class FakeCloud:
                 "gym_name": "Main Street Gym",
                 "timezone": "Europe/Berlin",
                 "server_time": utc_text(self.now),
-                "protocol": 1,
+                "protocol": PROTOCOL_VERSION,
             },
         )
 
@@ -273,7 +278,7 @@ class FakeCloud:
         etag = {"ETag": f'"v{self.version}"'}
         idle = self.always_304 or if_none_match == f'"v{since}"'
         if after is None and since == self.version and idle:
-            return httpx.Response(304, headers={PROTOCOL_HEADER: "1", **etag})
+            return httpx.Response(304, headers={PROTOCOL_HEADER: str(PROTOCOL_VERSION), **etag})
         changed = sorted(
             ((s.version, KIND_ORDER[k], i, k, s.data) for (k, i), s in self.rows.items()),
         )

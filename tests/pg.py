@@ -47,6 +47,8 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore")
     from fastapi.testclient import TestClient
 
+from sync.protocol import PROTOCOL_VERSION
+
 PG_URL_ENV = "FITFLOW_TEST_PG_URL"
 BACKENDS = ("sqlite", "postgres")
 # Per process: parallel workers, or two test runs on one FITFLOW_TEST_PG_URL server, each build and
@@ -318,7 +320,7 @@ class Device:
 
     @property
     def headers(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.token}", "FitFlow-Protocol": "1"}
+        return {"Authorization": f"Bearer {self.token}", "FitFlow-Protocol": str(PROTOCOL_VERSION)}
 
 
 BOOT = "boot-1"
@@ -339,6 +341,7 @@ def make_item(
     membership_id: str | None = None,
     classes_used: int = 0,
     door: str = "front",
+    pass_id: str | None = None,
 ) -> dict:
     """An upload item as the device's journal sends it."""
     return {
@@ -355,6 +358,7 @@ def make_item(
         "boot_id": boot,
         "monotonic_ns": seq * SEC if mono is None else mono,
         "clock_quality": quality,
+        "pass_id": pass_id,
     }
 
 
@@ -406,7 +410,7 @@ class Harness:
         response = self.client.post(
             "/v1/enrol",
             json={"code": code, "name": name, "software_version": "0.1.0"},
-            headers={"FitFlow-Protocol": "1"},
+            headers={"FitFlow-Protocol": str(PROTOCOL_VERSION)},
         )
         assert response.status_code == 201, response.text
         body = response.json()

@@ -30,3 +30,9 @@ def test_bench_json_reports_every_figure():
     assert 0 < r["idle_frame_ms"] < r["decode"]["pipeline"]["code_median_ms"] * 100
     assert 20 < r["rss_mb"] < 1000  # the child's own peak, not the parent's
     assert r["machine"]["cores"] >= 1
+    passes = r["passes"]
+    for width in (640, 1280):
+        assert 0.0 <= passes[f"success_{width}"] <= 1.0
+        assert 0.0 <= passes[f"static_success_{width}"] <= 1.0
+    assert passes["payload_chars"] == 122
+    assert 0 < passes["verify_us_p50"] <= passes["check_us_p50"] * 2

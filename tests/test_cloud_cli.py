@@ -22,7 +22,7 @@ from pg import (
     cloud_db_url_fixture,  # noqa: F401
     pg_server_fixture,  # noqa: F401
 )
-from sync.protocol import is_loopback
+from sync.protocol import PROTOCOL_VERSION, is_loopback
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -59,7 +59,9 @@ def test_init_then_enrolment_code_then_a_device_enrols(cloud_db_url, capsys):
         with httpx.Client(base_url=cloud.url, timeout=10) as http:
             assert http.get("/healthz").json() == {"ok": True}
             enrolled = http.post(
-                "/v1/enrol", json={"code": enrolment["code"]}, headers={"FitFlow-Protocol": "1"}
+                "/v1/enrol",
+                json={"code": enrolment["code"]},
+                headers={"FitFlow-Protocol": str(PROTOCOL_VERSION)},
             )
             assert enrolled.status_code == 201
             assert enrolled.json()["organization_id"] == made["organization_id"]
@@ -343,3 +345,166 @@ def test_workers_that_cannot_reach_the_database_stop_the_service(capsys):
         assert serve.Supervisor(sock, unreachable, 2, "warning").run() == serve.EXIT_DATABASE
     finally:
         sock.close()
+
+
+# -- phone passes and cards ------------------------------------------------------------------------
+
+
+def _member(url: str, org: str, member_id: str, code: str | None = "CARD-0001") -> None:
+    from cloud.admin import save_member
+
+    database = Database(url)
+    try:
+        fields = {"id": member_id, "first_name": "Ann", "last_name": "Lee", "code": code}
+        database.transact(lambda tx: save_member(tx, org, None, fields, cli._now()))
+    finally:
+        database.close()
+
+
+def _activate_on(url: str, code: str) -> dict:
+    """A phone spends the code on the cloud served over the same database."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from sync.passes import public_key_text
+
+    raw = (
+        Ed25519PrivateKey.generate()
+        .public_key()
+        .public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    )
+    with EmbeddedCloud(url) as cloud, httpx.Client(base_url=cloud.url, timeout=10) as http:
+        answer = http.post(
+            "/pass/v1/activate", json={"code": code, "public_key": public_key_text(raw)}
+        )
+    assert answer.status_code == 201, answer.text
+    return answer.json()
+
+
+def test_pass_activation_passes_and_revoke_pass(cloud_db_url, capsys):
+    code, out, err = run(
+        capsys, "init", "--db", cloud_db_url, "--org", "Acme", "--gym", "Main", "--json"
+    )
+    assert code == 0, err
+    org = json.loads(out)["organization_id"]
+    _member(cloud_db_url, org, "m1")
+
+    code, out, err = run(
+        capsys,
+        "pass-activation",
+        "--db",
+        cloud_db_url,
+        "--member",
+        "m1",
+        "--ttl-minutes",
+        "30",
+        "--base-url",
+        "https://cloud.example/",
+        "--json",
+    )
+    assert code == 0, err
+    made = json.loads(out)
+    assert made["member_id"] == "m1"
+    assert made["link"] == f"https://cloud.example/pass/#activate={made['code']}"
+    assert made["activation_path"] == f"/pass/#activate={made['code']}"
+    assert err == ""
+    pass_id = _activate_on(cloud_db_url, made["code"])["pass_id"]
+
+    code, out, err = run(capsys, "pass-activation", "--db", cloud_db_url, "--member", "m1")
+    assert code == 0, err
+    assert out.startswith("activation code: ") and "valid until" in out
+    assert "<cloud address>/pass/#activate=" in out
+
+    code, out, err = run(capsys, "passes", "--db", cloud_db_url, "--member", "m1", "--json")
+    assert code == 0, err
+    assert [(p["id"], p["status"]) for p in json.loads(out)["items"]] == [(pass_id, "ACTIVE")]
+
+    code, out, err = run(capsys, "revoke-pass", "--db", cloud_db_url, "--pass", pass_id)
+    assert code == 0, err
+    assert f"pass {pass_id} of member m1: REVOKED" in out
+    code, out, _ = run(capsys, "passes", "--db", cloud_db_url, "--member", "m1")
+    assert pass_id in out and "REVOKED" in out and "revoked 20" in out
+
+    # Wrong ids and values are usage errors (2), named.
+    code, _, err = run(capsys, "pass-activation", "--db", cloud_db_url, "--member", "nobody")
+    assert code == 2 and "no member nobody" in err
+    code, _, err = run(capsys, "revoke-pass", "--db", cloud_db_url, "--pass", "AAAAAAAA")
+    assert code == 2 and "no pass AAAAAAAA" in err
+    bad_ttl = ["--member", "m1", "--ttl-minutes", "0"]
+    code, _, err = run(capsys, "pass-activation", "--db", cloud_db_url, *bad_ttl)
+    assert code == 2 and "ttl_minutes" in err
+    bad_url = ["--member", "m1", "--base-url", "cloud.example"]
+    code, _, err = run(capsys, "pass-activation", "--db", cloud_db_url, *bad_url)
+    assert code == 2 and "--base-url" in err
+
+
+def test_an_id_held_by_two_organisations_needs_org(cloud_db_url, capsys):
+    orgs = []
+    for name in ("Acme", "Other"):
+        code, out, _ = run(
+            capsys, "init", "--db", cloud_db_url, "--org", name, "--gym", "Main", "--json"
+        )
+        assert code == 0
+        orgs.append(json.loads(out)["organization_id"])
+        _member(cloud_db_url, orgs[-1], "m1")
+    code, _, err = run(capsys, "passes", "--db", cloud_db_url, "--member", "m1")
+    assert code == 2 and "pass --org" in err
+    code, out, err = run(capsys, "passes", "--db", cloud_db_url, "--member", "m1", "--org", orgs[1])
+    assert code == 0, err
+    assert "has no phone passes" in out
+
+
+def test_card_writes_an_svg_card_and_a_png_symbol(cloud_db_url, capsys, tmp_path):
+    import cv2
+    import numpy as np
+    import zxingcpp
+
+    code, out, _ = run(
+        capsys, "init", "--db", cloud_db_url, "--org", "Acme", "--gym", "Main", "--json"
+    )
+    made = json.loads(out)
+    _member(cloud_db_url, made["organization_id"], "m1", "CARD-0001")
+    _member(cloud_db_url, made["organization_id"], "m2", None)
+
+    svg = tmp_path / "m1.svg"
+    code, out, err = run(
+        capsys,
+        "card",
+        "--db",
+        cloud_db_url,
+        "--member",
+        "m1",
+        "--gym",
+        made["gym_id"],
+        "--output",
+        str(svg),
+    )
+    assert code == 0, err
+    text = svg.read_text()
+    assert 'width="85.6mm"' in text and ">CARD-0001<" in text and ">Main<" in text
+    png = tmp_path / "card.bin"
+    code, out, err = run(
+        capsys,
+        "card",
+        "--db",
+        cloud_db_url,
+        "--member",
+        "m1",
+        "--format",
+        "png",
+        "--output",
+        str(png),
+    )
+    assert code == 0, err
+    image = cv2.imdecode(np.frombuffer(png.read_bytes(), np.uint8), cv2.IMREAD_GRAYSCALE)
+    assert [r.text for r in zxingcpp.read_barcodes(image)] == ["CARD-0001"]
+
+    code, _, err = run(capsys, "card", "--db", cloud_db_url, "--member", "m2", "--output", str(svg))
+    assert code == 2 and "no card code" in err
+    code, _, err = run(capsys, "card", "--db", cloud_db_url, "--member", "m1", "--output", str(png))
+    assert code == 2 and "--format" in err
+    missing = tmp_path / "no-such-dir" / "c.svg"
+    code, _, err = run(
+        capsys, "card", "--db", cloud_db_url, "--member", "m1", "--output", str(missing)
+    )
+    assert code == 2 and "cannot write" in err

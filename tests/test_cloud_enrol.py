@@ -5,13 +5,17 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+import pytest
+
 from pg import Device, cloud_db_url_fixture, cloud_fixture, pg_server_fixture  # noqa: F401
-from sync.protocol import parse_enrolment
+from sync.protocol import PROTOCOL_VERSION, parse_enrolment
 
 
 def _enrol(cloud, code: str):
     return cloud.client.post(
-        "/v1/enrol", json={"code": code, "name": "door"}, headers={"FitFlow-Protocol": "1"}
+        "/v1/enrol",
+        json={"code": code, "name": "door"},
+        headers={"FitFlow-Protocol": str(PROTOCOL_VERSION)},
     )
 
 
@@ -25,7 +29,7 @@ def test_an_enrolment_code_enrols_one_device_once(cloud):
     assert enrolment.gym_name == "Main"
     assert enrolment.timezone == "Europe/Berlin"
     assert enrolment.server_time == cloud.clock()
-    assert first.headers["FitFlow-Protocol"] == "1"
+    assert first.headers["FitFlow-Protocol"] == str(PROTOCOL_VERSION)
 
     again = _enrol(cloud, code)
     assert again.status_code == 403
@@ -78,7 +82,7 @@ def test_revoking_a_device_locks_out_only_that_device(cloud):
     refused = cloud.get(front, "/v1/replica/snapshot")
     assert refused.status_code == 401
     assert refused.json()["error"] == "unauthorized"
-    assert refused.headers["FitFlow-Protocol"] == "1"
+    assert refused.headers["FitFlow-Protocol"] == str(PROTOCOL_VERSION)
     assert cloud.upload(front, []).status_code == 401
     assert cloud.get(back, "/v1/replica/snapshot").status_code == 200
 
@@ -92,15 +96,21 @@ def test_missing_or_unknown_tokens_are_401(cloud):
     assert basic.status_code == 401
 
 
-def test_another_protocol_version_is_426_on_device_calls(cloud):
+@pytest.mark.parametrize("spoken", ["1", str(PROTOCOL_VERSION + 1)], ids=["v1", "newer"])
+def test_another_protocol_version_is_426_on_device_calls(cloud, spoken):
     device = cloud.enrol()
-    headers = {**device.headers, "FitFlow-Protocol": "2"}
-    response = cloud.client.get("/v1/replica/snapshot", headers=headers)
-    assert response.status_code == 426
-    assert response.json()["error"] == "unsupported_protocol"
-    assert response.json()["supported"] == [1]
-    assert response.headers["FitFlow-Protocol"] == "1"
-    # Without the header a call is taken as protocol 1.
+    headers = {**device.headers, "FitFlow-Protocol": spoken}
+    for path, body in (("/v1/replica/snapshot", None), ("/v1/checkins", {"items": []})):
+        if body is None:
+            response = cloud.client.get(path, headers=headers)
+        else:
+            response = cloud.client.post(path, headers=headers, json=body)
+        assert response.status_code == 426
+        assert response.json()["error"] == "unsupported_protocol"
+        assert response.json()["supported"] == [PROTOCOL_VERSION]
+        assert "update the door's software" in response.json()["detail"]
+        assert response.headers["FitFlow-Protocol"] == str(PROTOCOL_VERSION)
+    # A call without the header (curl, a health probe) is not refused; every kiosk sends it.
     plain = {"Authorization": device.headers["Authorization"]}
     assert cloud.client.get("/v1/replica/snapshot", headers=plain).status_code == 200
 

@@ -15,7 +15,7 @@ from pg import (
     pg_server_fixture,  # noqa: F401
     replica_checksum,
 )
-from sync.protocol import KIND_ORDER, parse_change_page, parse_snapshot_page
+from sync.protocol import KIND_ORDER, PROTOCOL_VERSION, parse_change_page, parse_snapshot_page
 
 
 def seed(cloud: Harness) -> dict:
@@ -186,7 +186,7 @@ def test_the_idle_poll_is_a_304_with_an_etag(cloud):
     assert idle.status_code == 304
     assert idle.content == b""
     assert idle.headers["ETag"] == f'"v{version}"'
-    assert idle.headers["FitFlow-Protocol"] == "1"
+    assert idle.headers["FitFlow-Protocol"] == str(PROTOCOL_VERSION)
     cloud.ok("POST", "/plans", json={"name": "Another"})
     moved = cloud.client.get("/v1/replica/changes", params={"since": version}, headers=headers)
     assert moved.status_code == 200

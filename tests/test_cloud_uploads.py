@@ -25,6 +25,7 @@ from sync.protocol import (
     MAX_BATCH_ITEMS,
     MAX_MONOTONIC_NS,
     MAX_REQUEST_BYTES,
+    PROTOCOL_VERSION,
     parse_heartbeat_reply,
     parse_upload_envelope,
     parse_upload_results,
@@ -76,7 +77,7 @@ def test_items_are_created_once_then_answered_duplicate(cloud):
     items = [make_item(n) for n in (1, 2, 3)]
     response = cloud.upload(device, items, clock=(BOOT, 10 * SEC))
     assert response.status_code == 200
-    assert response.headers["FitFlow-Protocol"] == "1"
+    assert response.headers["FitFlow-Protocol"] == str(PROTOCOL_VERSION)
     results, server_time = parse_upload_results(response.json(), [i["id"] for i in items])
     assert [r.status for r in results] == ["created"] * 3
     assert all(r.version is None for r in results), "no side effect, no version"
@@ -87,6 +88,30 @@ def test_items_are_created_once_then_answered_duplicate(cloud):
     stored = _checkins(cloud)
     assert sorted(c["seq"] for c in stored) == [1, 2, 3]
     assert {c["device_id"] for c in stored} == {device.id}
+
+
+def test_the_phone_pass_of_a_check_in_is_stored_and_listed(cloud):
+    device = cloud.enrol()
+    phone = "ABCDEFG2"
+    no_field = make_item(5)
+    del no_field["pass_id"]  # protocol 2 items always say, null for a card
+    items = [
+        make_item(1, pass_id=phone),
+        make_item(2),
+        make_item(3, pass_id=phone.lower()),
+        make_item(4, pass_id=phone[:7]),
+        no_field,
+        make_item(6, pass_id=7),
+    ]
+    results = cloud.upload_ok(device, items)
+    assert [r["status"] for r in results] == ["created", "created"] + ["rejected"] * 4
+    assert [r["detail"].split(":")[0] for r in results[2:]] == [
+        "items[2].pass_id", "items[3].pass_id", "items[4].pass_id", "items[5].pass_id",
+    ]  # fmt: skip
+    assert {c["seq"]: c["pass_id"] for c in _checkins(cloud)} == {1: phone, 2: None}
+    # Sent again: a duplicate, its pass id unchanged.
+    assert [r["status"] for r in cloud.upload_ok(device, items[:2])] == ["duplicate"] * 2
+    assert {c["seq"]: c["pass_id"] for c in _checkins(cloud)} == {1: phone, 2: None}
 
 
 def test_one_bad_item_is_rejected_alone_naming_its_field(cloud):

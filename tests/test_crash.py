@@ -1,4 +1,5 @@
-"""Reliability: an acknowledged check-in survives SIGKILL at any point; the database is never corrupt.
+"""Reliability: an acknowledged check-in survives SIGKILL at any point; the database is never corrupt;
+a phone pass code admitted just before a SIGKILL is refused as replayed after the restart.
 
 A child process runs the real door loop (real store with durable commits, real relay adapter on mock
 pins) and acknowledges each check-in on a pipe only after ``append_checkin`` returned (what the demo's
@@ -20,7 +21,9 @@ import subprocess
 import sys
 import threading
 import time
+from datetime import datetime, timedelta
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from gpiozero.pins.mock import MockFactory
 
 from devtools.seed import SCENARIO, demo_snapshot
@@ -28,8 +31,12 @@ from fakes import FakeCamera, FakeDecoder, Scene, clean_env
 from hardware.fakes.signal import RecordingSignal
 from hardware.gpio.relay import RelayDoor
 from kiosk.core.clock import SystemClock
+from kiosk.core.model import Member, Membership, MembershipType, MemberStatus
+from kiosk.core.passes import PassRecord
+from kiosk.data.replica import ReplicaSnapshot
 from kiosk.data.store import Store
 from kiosk.door.loop import DoorLoop, ScannerSettings
+from sync.passes import pass_id_text, pass_payload, step_at
 
 # Not KIOSK_*: that prefix is the configuration's, and strict loading rejects unknown names.
 KILLS = int(os.environ.get("FITFLOW_TEST_CRASH_KILLS", "200"))
@@ -152,3 +159,123 @@ def test_demo_json_lines_are_durable_when_the_demo_is_killed(tmp_path):
         assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
         stored = {row[0] for row in conn.execute("SELECT id FROM checkins")}
     assert {line["id"] for line in lines} <= stored
+
+
+# -- phone passes: the replay memory survives a SIGKILL ---------------------------------------------
+
+PASS_KILLS = int(os.environ.get("FITFLOW_TEST_CRASH_PASS_KILLS", "25"))
+PASSES_PER_LIFE = 40
+PHONE_ORG = "org-crash"
+PHONE_KEY = Ed25519PrivateKey.from_private_bytes(bytes(range(32)))
+# The longest period: a code stays inside its window (two steps either side, at least 10 min)
+# for the whole test, so every verdict below is the replay memory's, never the clock's.
+PHONE_PERIOD = 300
+
+
+def _phone(n: int) -> str:
+    return pass_id_text(n.to_bytes(5, "big"))
+
+
+def _pass_replica(now: datetime, count: int) -> ReplicaSnapshot:
+    """``count`` members, each with an open-ended subscription and a phone pass of its own (one
+    member per pass, so anti-passback never answers for the replay memory)."""
+    members = [
+        Member(f"m-{n}", PHONE_ORG, f"Member{n}", "Crash", MemberStatus.ACTIVE)
+        for n in range(count)
+    ]
+    start = (now - timedelta(days=1)).date()
+    public = PHONE_KEY.public_key().public_bytes_raw()
+    return ReplicaSnapshot(
+        members=[(m, f"{n:064x}") for n, m in enumerate(members)],
+        memberships=[
+            Membership(f"ms-{n}", m.id, MembershipType.SUBSCRIPTION, start, None)
+            for n, m in enumerate(members)
+        ],
+        plans=[],
+        opening_hours=[],
+        closures=[],
+        version=1,
+        synced_at=now,
+        code_salt=b"\x07" * 32,
+        passes=[
+            PassRecord(_phone(n), m.id, PHONE_ORG, public, PHONE_PERIOD)
+            for n, m in enumerate(members)
+        ],
+    )
+
+
+def _pass_loop(store: Store, scene: Scene, on_outcome) -> DoorLoop:
+    return DoorLoop(
+        source=FakeCamera(scene, SystemClockAsSim()),
+        reader=FakeDecoder(scene),
+        store=store,
+        door=RelayDoor(17, active_high=True, max_pulse_ms=3000, pin_factory=MockFactory()),
+        signal=RecordingSignal(),
+        clock=SystemClock(),
+        settings=ScannerSettings(door_id="door-1", debounce_s=0.0, pulse_ms=100),
+        on_outcome=on_outcome,
+    )
+
+
+def _pass_door_child(db_path: str, ack_fd: int, first: int, step: int) -> None:
+    """Child: show the phones ``first`` .. ``first + PASSES_PER_LIFE - 1``, one code a frame,
+    acknowledging each committed decision as ``<pass id> <step> <reason>``."""
+    phones = range(first, first + PASSES_PER_LIFE)
+    codes = [pass_payload(PHONE_KEY, PHONE_ORG, _phone(n), step) for n in phones]
+    scene = Scene([[code] for code in codes])
+    scene.steps += [[]] * 200_000  # then nobody: the child lives until it is killed
+    with Store.open(db_path) as store:
+
+        def ack(outcome) -> None:
+            line = f"{outcome.pass_id} {step} {outcome.decision.reason.value}\n"
+            os.write(ack_fd, line.encode())
+
+        _pass_loop(store, scene, ack).run(threading.Event())
+    os._exit(0)
+
+
+def test_a_pass_admitted_just_before_a_sigkill_is_a_replay_after_the_restart(tmp_path):
+    db = tmp_path / "kiosk.db"
+    with Store.open(db) as store:
+        store.replace_replica(_pass_replica(SystemClock().wall(), PASS_KILLS * PASSES_PER_LIFE))
+    rng = random.Random(20261205)
+    ctx = multiprocessing.get_context("fork")
+    admitted: list[tuple[str, int]] = []
+    for life in range(PASS_KILLS):
+        step = step_at(time.time(), PHONE_PERIOD)
+        read_fd, write_fd = os.pipe()
+        first = life * PASSES_PER_LIFE
+        child = ctx.Process(target=_pass_door_child, args=(str(db), write_fd, first, step),
+                            daemon=True)  # fmt: skip
+        child.start()
+        os.close(write_fd)
+        # The kill lands anywhere in the commit cycle of an admission (see the test above).
+        data = _read_acks(read_fd, rng.randint(1, PASSES_PER_LIFE - 5))
+        time.sleep(rng.uniform(0.0, 0.002))
+        os.kill(child.pid, signal.SIGKILL)
+        child.join()
+        assert child.exitcode == -signal.SIGKILL
+        data += _read_acks(read_fd, 10**9)
+        os.close(read_fd)
+        acked = [line.split() for line in _complete_lines(data)]
+        assert all(reason == "subscription" for _p, _s, reason in acked), acked
+        admitted += [(pass_id, int(s)) for pass_id, s, _reason in acked]
+        # The restarted door: every code acknowledged before the kill is now a replay.
+        recheck = [(p, s) for p, s in admitted if p in {a[0] for a in acked}]
+        scene = Scene([[pass_payload(PHONE_KEY, PHONE_ORG, p, s)] for p, s in recheck])
+        outcomes = []
+        with Store.open(db) as store:
+            assert all(store.pass_used(p, s) for p, s in recheck)
+            _pass_loop(store, scene, outcomes.append).run(threading.Event())
+        assert [o.decision.reason.value for o in outcomes] == ["token_replayed"] * len(recheck)
+        assert all(o.relay_ms == 0 for o in outcomes)
+
+    assert len(admitted) >= PASS_KILLS
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+        used = set(conn.execute("SELECT pass_id FROM pass_uses"))
+        granted = list(conn.execute("SELECT pass_id FROM checkins WHERE decision = 'granted'"))
+    # A use is remembered exactly when its admission was committed (one transaction), and the
+    # admissions acknowledged are among them.
+    assert sorted(used) == sorted(granted) and len(granted) == len(set(granted))
+    assert {(p,) for p, _s in admitted} <= used

@@ -63,8 +63,11 @@ INVALID = [
     ("nine-character scheme", b"ABCDEFGHI:abc", "does not start with a credential scheme"),
     ("unknown scheme", b"HTTP:abc", "does not know"),
     ("unknown scheme, empty rest", b"ZZ9:", "does not know"),
-    ("reserved signed pass", b"FFP1:eyJhbGciOi.payload.sig", "not supported"),
-    ("reserved signed pass, empty rest", b"FFP1:", "not supported"),
+    ("pass with a JWT-like body", b"FFP1:eyJhbGciOi.payload.sig", "must be 117"),
+    ("pass, empty body", b"FFP1:", "must be 117"),
+    ("pass, lower-case body", b"FFP1:" + b"a" * 117, "outside upper-case base32"),
+    ("pass, digit outside base32", b"FFP1:" + b"A" * 116 + b"8", "outside upper-case base32"),
+    ("pass, stray last bit", b"FFP1:" + b"A" * 116 + b"B", "canonical"),
     ("wrong type", 12345, "expected bytes or text"),
     ("None", None, "expected bytes or text"),
 ]
@@ -79,12 +82,12 @@ def test_invalid_payloads(raw: object, word: str) -> None:
     assert word in result.why
 
 
-def test_unknown_and_unsupported_schemes_are_told_apart() -> None:
+def test_unknown_scheme_and_bad_pass_are_told_apart() -> None:
     unknown = parse_payload(b"ABC1:xyz")
-    reserved = parse_payload(b"FFP1:xyz")
-    assert isinstance(unknown, Malformed) and isinstance(reserved, Malformed)
-    assert reserved.why == "signed passes are not supported by this version yet"
-    assert unknown.why != reserved.why
+    bad_pass = parse_payload(b"FFP1:xyz")
+    assert isinstance(unknown, Malformed) and isinstance(bad_pass, Malformed)
+    assert "pass code" in bad_pass.why
+    assert unknown.why != bad_pass.why
 
 
 def test_length_is_checked_before_content() -> None:

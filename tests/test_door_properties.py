@@ -1,24 +1,36 @@
-"""Stateful property test: over any sequence of scans, repeats, walk-aways, relay timers and restarts,
-the relay pulses exactly once per granted journal row, and nobody gets two entries from one scan."""
+"""Stateful property test: over any sequence of scans (cards and phone passes), repeats,
+walk-aways, relay timers and restarts, the relay pulses exactly once per granted journal row,
+nobody gets two entries from one scan, and no phone pass code admits twice."""
 
 from __future__ import annotations
 
 import shutil
 import tempfile
+from dataclasses import replace
 from datetime import timedelta
 from itertools import pairwise
 from pathlib import Path
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
-from devtools.seed import SCENARIO
+from devtools.seed import ORG, SCENARIO, demo_snapshot
 from fakes import Scene
+from kiosk.core.clock import SimClock
+from kiosk.core.passes import PassRecord
+from kiosk.data.store import Store
 from rig import RELAY_PIN, Rig
+from sync.passes import pass_payload, step_at
 
 CODES = [*sorted({scan.payload for scan in SCENARIO}), "\x00garbage\u202e"]
 STAFF = {"m-grace"}
+PHONE_KEY = Ed25519PrivateKey.from_private_bytes(bytes(range(32)))
+PERIOD = 15
+# Alice's phone (a subscription), Carol's (paused) and Grace's: staff, whom anti-passback lets
+# through, so only the replay memory stands between a code shown twice and a second entry.
+PHONES = {"ALICEPHN": "m-alice", "CAROLPHN": "m-carol", "GRACEPHN": "m-grace"}
 
 
 class DoorMachine(RuleBasedStateMachine):
@@ -26,8 +38,14 @@ class DoorMachine(RuleBasedStateMachine):
         super().__init__()
         self.tmp = Path(tempfile.mkdtemp(prefix="kiosk-prop-"))
         self.scene = Scene()
-        self.rig = Rig(self.tmp, self.scene)
+        clock = SimClock()
+        store = Store.open(self.tmp / "kiosk.db")
+        public = PHONE_KEY.public_key().public_bytes_raw()
+        passes = [PassRecord(p, m, ORG, public, PERIOD) for p, m in PHONES.items()]
+        store.replace_replica(replace(demo_snapshot(clock.wall(), "UTC"), passes=passes))
+        self.rig = Rig(self.tmp, self.scene, store=store, clock=clock)
         self.pins = self.rig.pins  # the physical relay pin outlives restarts of the process
+        self.admitted_codes: set[tuple[str, int]] = set()
 
     def _run_scene(self) -> int:
         before = len(self.rig.outcomes)
@@ -40,6 +58,25 @@ class DoorMachine(RuleBasedStateMachine):
         """A member holds a card in view: one decision at most, whatever the number of frames."""
         self.scene.add([code], frames)
         assert self._run_scene() <= 1
+
+    @rule(
+        phone=st.sampled_from(sorted(PHONES)),
+        offset=st.integers(-3, 3),
+        frames=st.integers(1, 60),
+    )
+    def present_phone(self, phone: str, offset: int, frames: int) -> None:
+        """A member holds up a phone showing the code of its current step (``offset`` steps
+        off, as a skewed or a screenshotted code would be): one decision at most; an admitted
+        code never admits again, across restarts too."""
+        step = step_at(self.rig.clock.wall().timestamp(), PERIOD) + offset
+        self.scene.add([pass_payload(PHONE_KEY, ORG, phone, step)], frames)
+        before = len(self.rig.outcomes)
+        assert self._run_scene() <= 1
+        for outcome in self.rig.outcomes[before:]:
+            assert outcome.pass_id == phone
+            if outcome.relay_ms > 0:
+                assert (phone, step) not in self.admitted_codes, "a pass code admitted twice"
+                self.admitted_codes.add((phone, step))
 
     @rule(frames=st.integers(1, 150))
     def nobody_there(self, frames: int) -> None:

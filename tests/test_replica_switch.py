@@ -7,7 +7,8 @@ a replica swap never blocks the door, and a writer killed anywhere leaves the ol
   a mix; the journal (check-ins committed meanwhile) is intact; what the killed writer left behind
   is deleted by the next one.
 - The same for changes applied in the replica in use, and for the carry-over of a schema 3
-  replica into a file of its own (the upgrade from a database of today's schema).
+  replica into a file of its own (the upgrade from a database of schema 3), and of a replica file
+  of format 1 into one of today's format (the upgrade to phone passes).
 - At every phase of a build and a switch the journal's write lock is free (the door commits), the
   door reads the old replica until the switch and the new one right after it; replica writes
   succeed while another process holds the journal's write lock; a real door loop picks up a
@@ -313,7 +314,7 @@ def test_a_database_of_schema_3_keeps_its_journal_and_carries_its_replica_over(t
     ids = v3_database(db)
     before = db.stat().st_size
     with caplog.at_level(logging.INFO, logger="kiosk.data.database"), Store.open(db) as store:
-        assert store.schema_version() == LATEST_VERSION == 4
+        assert store.schema_version() == LATEST_VERSION == 5
         # The journal, exactly as it was.
         assert {c.id for c in store.recent_checkins(10)} == set(ids)
         assert store.counts_by_state() == {"pending": 2, "synced": 1, "rejected": 0}
@@ -355,7 +356,7 @@ def test_a_schema_3_database_beside_a_replica_file_keeps_that_replica(tmp_path):
     with Store.open(db) as store:
         assert store.replica_info().version == C_VERSION
         assert store.replica_checksum() == totals_of(c_rows())
-        assert store.schema_version() == 4 and store.checkin_count() == 3
+        assert store.schema_version() == LATEST_VERSION and store.checkin_count() == 3
 
 
 def test_a_schema_3_replica_that_cannot_be_carried_over_is_pulled_again(tmp_path, caplog):
@@ -365,7 +366,7 @@ def test_a_schema_3_replica_that_cannot_be_carried_over_is_pulled_again(tmp_path
         conn.execute("PRAGMA foreign_keys = OFF")
         conn.execute("DELETE FROM members WHERE id = 'm0002'")
     with caplog.at_level(logging.ERROR, logger="kiosk.data.database"), Store.open(db) as store:
-        assert store.schema_version() == 4 and store.checkin_count() == 3
+        assert store.schema_version() == LATEST_VERSION and store.checkin_count() == 3
         assert store.replica_file is None and store.replica_info().synced_at is None
     assert "could not carry the replica over" in caplog.text
     assert "will pull it again" in caplog.text
@@ -381,20 +382,42 @@ CARRY_OVER_KILLS = [
 ]
 
 
+def format_1_database(path: Path) -> list[str]:
+    """A database of schema 4 beside a replica file of format 1 (made before phone passes: the
+    tables of today but ``passes``) holding replica A, and three check-ins. Returns their ids."""
+    load_a(path)
+    with Store.open(path) as store:
+        ids = [door_checkin(store, n) for n in range(3)]
+        replica = store.replica_file
+    with contextlib.closing(sqlite3.connect(path, isolation_level=None)) as conn:
+        conn.execute("DROP TABLE pass_uses")
+        conn.execute("ALTER TABLE checkins DROP COLUMN pass_id")
+        conn.execute("PRAGMA user_version = 4")
+    with contextlib.closing(sqlite3.connect(replica, isolation_level=None)) as conn:
+        conn.execute("DROP TABLE passes")
+        conn.execute("PRAGMA user_version = 1")
+    return ids
+
+
+UPGRADES = {"schema-3": v3_database, "format-1": format_1_database}
+
+
+@pytest.mark.parametrize("upgrade", UPGRADES)
 @pytest.mark.parametrize(("phase", "occurrence"), CARRY_OVER_KILLS,
                          ids=[p for p, _ in CARRY_OVER_KILLS])  # fmt: skip
 def test_a_kill_during_the_carry_over_loses_neither_journal_nor_replica(
-    tmp_path, phase, occurrence
+    tmp_path, phase, occurrence, upgrade
 ):
     db = tmp_path / "kiosk.db"
-    ids = v3_database(db)
+    ids = UPGRADES[upgrade](db)
     killed = run_writer(db, "open", kill_at=(phase, occurrence))
     assert killed.returncode == -signal.SIGKILL and phase in killed.phases
     journal_is_intact(db, ids)
     # The next process to open it (the door, after systemd restarts it) finishes the upgrade.
     with Store.open(db) as store:
-        assert store.schema_version() == 4
+        assert store.schema_version() == LATEST_VERSION
         assert {c.id for c in store.recent_checkins(10)} == set(ids)
+        assert store.pass_count() == 0  # the passes table is there (format 2)
     assert in_use(db) == (A_VERSION, totals_of(replica_a()))
     assert len([n for n in replica_files(db) if re.fullmatch(r".*-replica-[0-9a-f]{32}", n)]) == 1
 

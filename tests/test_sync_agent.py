@@ -20,7 +20,7 @@ from kiosk.data.control import ControlStore, OwnerRequest, RequestKind, RequestS
 from kiosk.data.store import Store
 from kiosk.sync.agent import OFFLINE, RUNNING, STOPPED, SyncAgent, SyncSettings
 from kiosk.sync.client import CloudClient
-from sync.protocol import Anchor, utc_text
+from sync.protocol import PROTOCOL_VERSION, Anchor, utc_text
 
 BOOT = "boot-1"
 
@@ -154,13 +154,30 @@ def test_a_revoked_token_stops_the_agent_and_says_why(device):
     assert device.states()["pending"] == 1
 
 
-@pytest.mark.parametrize(("status", "protocol"), [(426, "1"), (200, "2")], ids=["426", "v2"])
+@pytest.mark.parametrize(
+    ("status", "protocol"),
+    [(426, str(PROTOCOL_VERSION)), (200, str(PROTOCOL_VERSION + 1))],
+    ids=["426", "newer"],
+)
 def test_a_cloud_that_does_not_speak_the_protocol_stops_the_agent(device, status, protocol):
     device.cloud.fail_next("/v1/replica/snapshot", status, body=b"{}", protocol=protocol)
     report = device.agent.run(device.stop)
     assert report.fatal
     assert device.store.sync_status()["state"] == STOPPED
     assert device.sleeper.waits == []
+
+
+def test_a_cloud_that_moved_on_to_a_newer_protocol_says_to_update_the_door(device):
+    device.checkin()
+    newer = json.dumps({"error": "unsupported_protocol", "supported": [PROTOCOL_VERSION + 1]})
+    device.cloud.fail_next("/v1/checkins", 426, body=newer.encode())
+    report = device.agent.run(device.stop)
+    assert report.fatal and device.sleeper.waits == []
+    status = device.store.sync_status()
+    assert status["state"] == STOPPED
+    assert "update the door's software" in status["last_error"]
+    assert f"speaks {PROTOCOL_VERSION + 1}" in status["last_error"]
+    assert device.states()["pending"] == 1  # kept for the updated software to send
 
 
 # -- retries ---------------------------------------------------------------------------------------
@@ -226,7 +243,9 @@ def test_bad_answers_are_survived_with_the_queue_intact(device, body):
 
 def test_an_oversized_answer_is_survived(device):
     huge = httpx.Response(
-        200, content=b"{}", headers={"FitFlow-Protocol": "1", "Content-Length": str(64 << 20)}
+        200,
+        content=b"{}",
+        headers={"FitFlow-Protocol": str(PROTOCOL_VERSION), "Content-Length": str(64 << 20)},
     )
     device.cloud.faults.append(Fault("/v1/replica/snapshot", lambda request: huge))
     report = device.agent.cycle()

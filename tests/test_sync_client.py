@@ -27,7 +27,14 @@ from kiosk.sync.client import (
     check_cloud_url,
     parse_retry_after,
 )
-from sync.protocol import MAX_RESPONSE_BYTES, Anchor, ChangePage, SnapshotPage, UploadItem
+from sync.protocol import (
+    MAX_RESPONSE_BYTES,
+    PROTOCOL_VERSION,
+    Anchor,
+    ChangePage,
+    SnapshotPage,
+    UploadItem,
+)
 
 URL = "https://cloud.test"
 
@@ -45,7 +52,9 @@ def client_for(handler, *, token: str | None = TOKEN, clock=None, anchors=None) 
     )
 
 
-def answer(status: int, body: object = None, *, headers=None, protocol="1") -> httpx.Response:
+def answer(
+    status: int, body: object = None, *, headers=None, protocol=str(PROTOCOL_VERSION)
+) -> httpx.Response:
     h = dict(headers or {})
     if protocol is not None:
         h["FitFlow-Protocol"] = protocol
@@ -88,7 +97,7 @@ def test_requests_carry_the_protocol_header_and_token_and_answers_are_parsed():
     answer_ = client.upload([item()])
     assert [r.status for r in answer_.results] == ["created"]
     request = cloud.requests[-1]
-    assert request.headers["FitFlow-Protocol"] == "1"
+    assert request.headers["FitFlow-Protocol"] == str(PROTOCOL_VERSION)
     assert request.headers["Authorization"] == f"Bearer {TOKEN}"
     sent = json.loads(request.content)
     # The clock reading at sending time lets the cloud anchor this boot.
@@ -122,7 +131,11 @@ def test_enrol_sends_no_token_and_a_used_code_is_refused():
         # Not the cloud's own answer (a portal, a proxy's page): retried, never fatal.
         (answer(200, {"version": 1}, protocol=None), BadResponse, "without a FitFlow"),
         (answer(404, b"<html>nginx</html>", protocol=None), BadResponse, "not a FitFlow"),
-        (answer(200, {"version": 1}, protocol="2"), UnsupportedProtocol, "speaks sync protocol"),
+        (
+            answer(200, {"version": 1}, protocol=str(PROTOCOL_VERSION + 1)),
+            UnsupportedProtocol,
+            "speaks sync protocol",
+        ),
         (answer(413, {"error": "batch_too_large"}), BatchTooLarge, "too large"),
         (answer(410, {"error": "cursor_expired"}), CursorExpired, "410"),
         (answer(400, {"error": "bad_request", "detail": "x"}), RequestRefused, "bad_request"),
@@ -137,6 +150,32 @@ def test_each_failure_becomes_its_typed_error(response, error, words):
     assert caught.type is error
     assert TOKEN not in str(caught.value)
     assert caught.value.retryable == (error not in (Unauthorized, UnsupportedProtocol))
+
+
+@pytest.mark.parametrize(
+    ("body", "words"),
+    [
+        # A cloud newer than this kiosk (the kiosk must be updated) ...
+        (
+            {"error": "unsupported_protocol", "supported": [PROTOCOL_VERSION + 1]},
+            f"it speaks {PROTOCOL_VERSION + 1}\\): update the door's software",
+        ),
+        # ... an older one (the cloud must be updated) ...
+        (
+            {"error": "unsupported_protocol", "supported": [PROTOCOL_VERSION - 1]},
+            f"speaks sync protocol {PROTOCOL_VERSION - 1} only.*update the cloud",
+        ),
+        # ... and one that says nothing usable (the list is hostile input: only small ints).
+        ({"error": "unsupported_protocol", "supported": ["9", True, 10**9]}, "kiosk software"),
+        (b"<html>" + b"x" * 10_000, "kiosk software"),
+    ],
+    ids=["cloud-newer", "cloud-older", "garbage-list", "huge-page"],
+)
+def test_a_426_says_which_side_to_update(body, words):
+    client = client_for(lambda request: answer(426, body))
+    with pytest.raises(UnsupportedProtocol, match=words) as caught:
+        client.upload([item()])
+    assert not caught.value.retryable and caught.value.status == 426
 
 
 def test_retry_after_seconds_and_http_dates_are_honoured():
@@ -205,7 +244,10 @@ def test_oversized_answers_are_refused_declared_or_streamed():
     declared = httpx.Response(
         200,
         content=b"{}",
-        headers={"FitFlow-Protocol": "1", "Content-Length": str(MAX_RESPONSE_BYTES + 1)},
+        headers={
+            "FitFlow-Protocol": str(PROTOCOL_VERSION),
+            "Content-Length": str(MAX_RESPONSE_BYTES + 1),
+        },
     )
     with pytest.raises(BadResponse, match="more than"):
         client_for(lambda r: declared).changes(1, None, 10)
@@ -216,7 +258,9 @@ def test_oversized_answers_are_refused_declared_or_streamed():
             chunks_sent.append(1)
             yield b" " * (1 << 20)
 
-    streamed = httpx.Response(200, content=endless(), headers={"FitFlow-Protocol": "1"})
+    streamed = httpx.Response(
+        200, content=endless(), headers={"FitFlow-Protocol": str(PROTOCOL_VERSION)}
+    )
     with pytest.raises(BadResponse, match="grew past"):
         client_for(lambda r: streamed).changes(1, None, 10)
     # Reading stopped at the cap instead of draining the whole stream.

@@ -2,7 +2,8 @@
 real HTTP) against the reference cloud on loopback (docs/architecture.md#reliability-promises).
 
 - every pending check-in reaches the cloud exactly once through drops, 5xx, stalls, lost
-  acknowledgements, truncated and garbage answers, and SIGKILLs of the agent;
+  acknowledgements, truncated and garbage answers, and SIGKILLs of the agent, a third of them
+  phone-pass check-ins stored with their pass id;
 - a SIGKILL while a snapshot is being written leaves the old replica intact and usable;
 - a device whose wall clock is wrong has its check-ins placed at the right time, and its door
   does not revive an expired membership;
@@ -247,6 +248,9 @@ def _assert_exactly_once(site: Site, kiosk: Kiosk, journal: Journal, members: Me
     assert set(ids) == set(states) - rejected
     # Every request carried the agent's monotonic reading: each row is placed by an anchor.
     assert {row["time_source"] for row in rows} == {"anchored"}
+    # Each row carries the credential it was made with: its phone pass, or none (a card).
+    assert {row["id"]: row["pass_id"] for row in rows} == {i: journal.passes.get(i) for i in ids}
+    assert sum(1 for row in rows if row["pass_id"]) > len(journal.written) // 5
 
     uses = Counter(
         row["membership_id"]

@@ -140,3 +140,15 @@ def test_synthetic_camera_validates_script_and_close():
     camera.close()
     with pytest.raises(CameraError):
         camera.read(0.1)
+
+
+def test_a_phone_screen_adds_moire_glare_and_lifted_blacks_but_stays_readable():
+    payload = "FFP1:" + "A" * 116 + "Q"  # a pass-sized payload (122 characters)
+    printed = compose_frame(payload, code_fraction=0.6, seed=4)
+    shown = compose_frame(payload, code_fraction=0.6, screen=1.0, seed=4)
+    assert not np.array_equal(printed, shown)
+    # Glare and backlight only brighten: the darkest pixels of the code are lifted.
+    assert np.percentile(shown, 1) > np.percentile(printed, 1)
+    assert [s.payload for s in ZxingDecoder().decode(shown)] == [payload.encode()]
+    with pytest.raises(ValueError, match="screen"):
+        compose_frame(payload, screen=1.5)

@@ -129,7 +129,8 @@ def scanner_data(now: datetime, **changes: Any) -> dict[str, Any]:
 
 def seed_database(db: Path, now: datetime) -> None:
     """A replica with Zebedee and Alice, pulled 10 min ago, and three decisions: Zebedee
-    admitted (3 min ago), an unknown code (2 min ago), Zebedee refused for passback (1 min ago)."""
+    admitted (3 min ago), an unknown code (2 min ago), Zebedee refused for passback (1 min ago,
+    with his phone pass)."""
     with Store.open(db) as store:
         store.replace_replica(
             ReplicaSnapshot(
@@ -143,12 +144,12 @@ def seed_database(db: Path, now: datetime) -> None:
                 code_salt=b"salt",
             )
         )
-        for minutes, decision in (
-            (3, Decision(Verdict.GRANTED, Reason.SUBSCRIPTION, member_id=ZEBEDEE.id)),
-            (2, Decision(Verdict.DENIED, Reason.UNKNOWN_CODE)),
-            (1, Decision(Verdict.DENIED, Reason.PASSBACK, member_id=ZEBEDEE.id)),
+        for minutes, decision, phone in (
+            (3, Decision(Verdict.GRANTED, Reason.SUBSCRIPTION, member_id=ZEBEDEE.id), None),
+            (2, Decision(Verdict.DENIED, Reason.UNKNOWN_CODE), None),
+            (1, Decision(Verdict.DENIED, Reason.PASSBACK, member_id=ZEBEDEE.id), "ZEBPHONE"),
         ):
-            append(store, decision, now - timedelta(minutes=minutes))
+            append(store, decision, now - timedelta(minutes=minutes), phone)
         store.set_sync_status(
             {
                 "state": "running",
@@ -163,13 +164,14 @@ def seed_database(db: Path, now: datetime) -> None:
 _MONO = [10**9]
 
 
-def append(store: Store, decision: Decision, at: datetime) -> None:
+def append(store: Store, decision: Decision, at: datetime, phone: str | None = None) -> None:
     _MONO[0] += 10**6
     store.append_checkin(
         decision,
         door_id="front",
         replica_version=42,
         now=Now(at, _MONO[0], "boot-1", ClockQuality.NTP_SYNCED),
+        pass_id=phone,
     )
 
 
@@ -371,6 +373,9 @@ def test_dashboard_shows_door_decisions_sync_health_and_audit(signed_in: Site):
     page = signed_in.client.get("/").text
     rows = re.findall(r'<tr class="row-(\w+)" data-testid="decision-row"', page)
     assert rows == ["denied", "denied", "granted"]  # newest first
+    # What each member showed: the passback was Zebedee's phone pass (its id is not shown).
+    codes = re.findall(r"<td>(phone pass|card|—)</td>\s*</tr>", page)
+    assert codes == ["phone pass", "card", "card"] and "ZEBPHONE" not in page
     assert "Already entered a moment ago (anti-passback)" in page
     assert "Code not known (no member has it)" in page
     assert "Subscription covers today" in page
@@ -397,6 +402,7 @@ def test_api_twins_carry_the_same_figures(signed_in: Site):
     assert first["name"] == "Zebedee Q." and first["verdict"] == "denied"
     assert first["time"]["age_s"] == 60.0 and first["time"]["at"].endswith("Z")
     assert decisions["decisions"][1]["name"] == "—"  # an unknown code names nobody
+    assert [d["credential"] for d in decisions["decisions"]] == ["phone pass", "card", "card"]
     assert decisions["today"] == {"granted": 1, "denied": 2, "total": 3}
     sync = client.get("/api/sync").json()
     assert sync["online"] is True and sync["backlog"] == 3

@@ -14,6 +14,7 @@ from kiosk.web.metrics import escape_label
 from kiosk.web.words import (
     REASON_WORDS,
     age_words,
+    credential_words,
     decision_name,
     error_words,
     local_time,
@@ -118,3 +119,17 @@ def test_status_loses_its_member_ids():
 
 def test_label_values_are_escaped():
     assert escape_label('a"b\\c\nd') == 'a\\"b\\\\c\\nd'
+
+
+@pytest.mark.parametrize(
+    ("reason", "by_pass", "words"),
+    [
+        ("subscription", False, "card"),
+        ("subscription", True, "phone pass"),
+        ("token_replayed", True, "phone pass"),
+        ("unknown_code", False, "card"),
+        ("malformed_code", False, "—"),  # not a credential at all
+    ],
+)
+def test_credential_words(reason, by_pass, words):
+    assert credential_words(reason, by_pass) == words

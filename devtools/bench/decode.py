@@ -17,11 +17,13 @@ import numpy as np
 from hardware.protocols import Decoder
 
 # Credentials of the lengths the door will see: a short static code, a UUID-style static code
-# and a signed rotating pass (docs/architecture.md#credentials); shorter ones read markedly better.
+# and a signed rotating phone pass (docs/passes.md; made by devtools.bench.passes' fixed key);
+# shorter ones read markedly better.
 BENCH_PAYLOADS = (
     "M-000123-7F3A9C2E",
     "3f2b8a4e-1c6d-4e7a-9b2f-5d8c1a0e6f47",
-    "FF1.eyJtIjoiMDAwMTIzIiwiZXhwIjoxNzAwMDAwMDAwfQ.Qm9ndXNTaWduYXR1cmVfX19fX19fXw",
+    "FFP1:BENCHAAAA34UOQG45QIC6TR7XJUU64BVP5S22LTJUK3YQ6EUMV73NRXXRA5ZX5CFJUKWFCNV7NXFFJORZIVDXXNUAX"
+    "Q7IZPGVTMB6HMWTEZYP23EDNJQU",
 )
 DEFAULT_SIZES = ((320, 240), (640, 480), (1280, 720))
 REFERENCE_SIZE = "640x480"

@@ -59,8 +59,12 @@ def measure_loop() -> dict:
 
 def collect(frames_per_size: int, progress=None) -> dict:
     from devtools.bench.decode import run_decode_bench
+    from devtools.bench.passes import run_pass_bench
 
     decode = run_decode_bench(frames_per_size=frames_per_size, seed=1, progress=progress)
+    if progress:
+        progress("phone passes: decode success beside static codes, verify cost")
+    passes = run_pass_bench(frames_per_size=frames_per_size, progress=progress)
     if progress:
         progress("door loop: scan-to-relay, idle cost, memory (child process)")
     loop = measure_loop()
@@ -77,6 +81,7 @@ def collect(frames_per_size: int, progress=None) -> dict:
         "loop": loop,
         "idle_cpu_percent": loop["idle"]["cpu_percent_of_one_core"],
         "rss_mb": loop["rss_mb"],
+        "passes": passes,
     }
 
 
@@ -92,6 +97,7 @@ def report(r: dict, out: TextIO) -> None:
     speedup = base["median_ms"] / pipe["median_ms"] if pipe["median_ms"] else float("inf")
     idle = r["idle_frame"]
     s2r = r["scan_to_relay_ms"]
+    p = r["passes"]
     m = r["machine"]
     w = out.write
     w(f"machine: {m['cpu']}, {m['cores']} cores, Python {m['python']}\n")
@@ -117,6 +123,10 @@ def report(r: dict, out: TextIO) -> None:
          f" (target < {TARGET_IDLE_CPU:.0f}%)", r["idle_cpu_percent"] < TARGET_IDLE_CPU),
         (f"scanner peak RSS: {r['rss_mb']:.1f} MB (target < {TARGET_RSS_MB:.0f} MB)",
          r["rss_mb"] < TARGET_RSS_MB),
+        (f"phone passes: read {p['success_640']:.1%} at 640x480 on a screen vs {p['static_success_640']:.1%}"
+         f" for printed static codes of the same size; {p['success_1280']:.1%} vs"
+         f" {p['static_success_1280']:.1%} at 1280x720; signature check {p['verify_us_p50']:.0f} us",
+         p["verify_us_p50"] < 1000),
     ]  # fmt: skip
     for text, ok in checks:
         w(f"[{verdict(ok)}] {text}\n")

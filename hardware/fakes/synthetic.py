@@ -130,6 +130,7 @@ def compose_frame(
     brightness: float = 0.0,
     background: str = "plain",
     center: tuple[float, float] = (0.0, 0.0),
+    screen: float = 0.0,
     seed: int = 0,
 ) -> np.ndarray:
     """A realistic grey camera frame (``height`` x ``width``, ``uint8``) with at most one QR code.
@@ -145,6 +146,10 @@ def compose_frame(
     - ``background``: ``"plain"`` (uniform grey) or ``"texture"`` (a deterministic cluttered scene:
       gradients, shapes, stripes, text-like strokes; never a QR code).
     - ``center``: offset of the code's centre from the frame centre, as fractions of width and height.
+    - ``screen`` 0..1: the code is shown on a phone screen rather than printed, with that strength
+      of the screen's artefacts on the code: moire (the camera's pixel grid beating against the
+      screen's, a fine grating of up to +-18% brightness), a glare spot of up to +140 grey levels
+      that saturates part of the code, and the blacks lifted by the backlight (up to +45).
 
     Deterministic for a given ``seed``. Raises ``ValueError`` for an unknown background or sizes
     that cannot make a frame.
@@ -184,6 +189,8 @@ def compose_frame(
         mask = cv2.warpPerspective(
             np.ones_like(card), warp, (width, height), flags=cv2.INTER_LINEAR
         )
+        if screen > 0:
+            code = _screen_artefacts(code, screen, centre, symbol_px, rng)
         scene = scene * (1 - mask) + code * mask
 
     scene = 128.0 + (scene - 128.0) * contrast + brightness
@@ -192,6 +199,34 @@ def compose_frame(
     if noise > 0:
         scene = scene + rng.normal(0.0, noise, scene.shape).astype(np.float32)
     return np.clip(scene, 0, 255).astype(np.uint8)
+
+
+def _screen_artefacts(
+    code: np.ndarray,
+    strength: float,
+    centre: tuple[float, float],
+    symbol_px: float,
+    rng: np.random.Generator,
+) -> np.ndarray:
+    """``code`` (float32 frame-sized) as a camera sees it on a phone screen (see ``compose_frame``)."""
+    if not 0 < strength <= 1:
+        raise ValueError(f"compose_frame: screen must be in [0, 1], got {strength}")
+    height, width = code.shape
+    ys, xs = np.mgrid[0:height, 0:width].astype(np.float32)
+    # Moire: a grating of 2.5 to 6 px period at a random angle, beating at a slower period.
+    angle = rng.uniform(0, math.pi)
+    period = rng.uniform(2.5, 6.0)
+    phase = (xs * math.cos(angle) + ys * math.sin(angle)) * (2 * math.pi / period)
+    beat = 0.5 + 0.5 * np.sin((xs * math.sin(angle) - ys * math.cos(angle)) * 0.05)
+    out = code * (1 + 0.18 * strength * np.sin(phase) * beat)
+    # Backlight: black is never black on a screen.
+    out = out + 45.0 * strength * (1 - out / 255.0)
+    # Glare: a reflected lamp somewhere over the code.
+    gx = centre[0] + rng.uniform(-0.4, 0.4) * symbol_px
+    gy = centre[1] + rng.uniform(-0.4, 0.4) * symbol_px
+    radius = rng.uniform(0.1, 0.25) * symbol_px
+    glare = np.exp(-((xs - gx) ** 2 + (ys - gy) ** 2) / (2 * radius**2))
+    return np.clip(out + 140.0 * strength * glare, 0, 255)
 
 
 def frame_set(

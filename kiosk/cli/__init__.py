@@ -95,7 +95,7 @@ COMMANDS: dict[str, Command] = {
     ),
     "cloud": Command(
         "kiosk.cli.cloud",
-        "the reference cloud service: serve, migrate, init, tokens, enrolment codes",
+        "the reference cloud service: serve, migrate, init, tokens, enrolment codes, passes, cards",
     ),
     "relay-off": Command("kiosk.cli.door", "force the relay output off (systemd ExecStopPost)"),
     "provision": Command(

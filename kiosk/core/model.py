@@ -235,3 +235,6 @@ class Checkin:
     monotonic_ns: int
     clock_quality: ClockQuality
     sync_state: SyncState = SyncState.PENDING
+    # The phone pass the scanned code named (its 8-character id), whatever the decision; None for
+    # a card, or a code that could not be parsed.
+    pass_id: str | None = None

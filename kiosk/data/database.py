@@ -40,8 +40,10 @@ replica includes it. The sync agent writes replica files through connections of 
 
 Opening also runs the migrations (``kiosk.data.migrations``); a database of schema 3 or older has
 its replica carried over into a replica file first (unless a usable one is already beside it),
-then migration 4 drops the old tables and the space is given back (VACUUM). A carry-over that
-fails is logged and the replica is pulled again: the journal is never at stake.
+then migration 4 drops the old tables and the space is given back (VACUUM). A replica file of an
+older format (before phone passes) is carried over the same way into a file of this format and
+switched in. A carry-over that fails is logged and the replica is pulled again: the journal is
+never at stake.
 
 The plumbing every part of ``kiosk.data.store.Store`` runs its SQL through: opening (creating the
 folder and file, WAL, ``synchronous=FULL``, foreign keys, migrations; read-only without any of
@@ -87,6 +89,7 @@ from kiosk.data.files import write_atomically
 from kiosk.data.migrations import (
     LATEST_VERSION,
     LEGACY_REPLICA_VERSION,
+    REPLICA_CARRY_OVER_FORMATS,
     REPLICA_CODE_INDEX,
     REPLICA_FORMAT,
     REPLICA_INDEXES,
@@ -132,7 +135,9 @@ REPLICA_PHASES = (
     "cleanup:done",  # the superseded files are deleted
     "changes:applied",  # changes applied in the replica in use, not committed yet
     "changes:committed",  # ... and committed
-    "carry-over:copied",  # (upgrade) a schema 3 replica copied into a build, before its switch
+    # (upgrade) a schema 3 replica, or a replica file of an older format, copied into a build,
+    # before its switch
+    "carry-over:copied",
 )
 
 
@@ -660,9 +665,12 @@ _LEGACY_COPY = {
 
 
 def _copy_legacy_replica(build: ReplicaBuild, database: Path) -> int:
-    """Fill ``build`` with the replica of schema 3 held in ``database``'s own tables, read in one
-    snapshot (rowid order kept: it is the cloud's order), with its indexes, checks and totals.
-    Returns the member count. Raises sqlite3.Error (IntegrityError for broken rules)."""
+    """Fill ``build`` with the replica held in ``database``'s tables of ``_LEGACY_COPY``: a
+    journal database of schema 3, or a replica file of an older format (the same tables and
+    columns), read in one snapshot (rowid order kept: it is the cloud's order), with its indexes,
+    checks and totals (tables it does not have, such as ``passes``, stay empty). Changes it had
+    staged are not copied (the next pull asks for them again). Returns the member count. Raises
+    sqlite3.Error (IntegrityError for broken rules)."""
     conn = build.live()
     conn.execute("ATTACH DATABASE ? AS legacy", (sqlite_uri(database, readonly=True),))
     try:
@@ -693,17 +701,25 @@ def _copy_legacy_replica(build: ReplicaBuild, database: Path) -> int:
 
 
 def _usable_replica(path: Path) -> bool:
-    """True when ``path`` is a replica file of this code's format (opened read-only, closed)."""
+    """True when ``path`` is a replica file of this code's format, or of an older one it carries
+    over (``REPLICA_CARRY_OVER_FORMATS``)."""
+    found = _file_format(path)
+    return found == REPLICA_FORMAT or found in REPLICA_CARRY_OVER_FORMATS
+
+
+def _file_format(path: Path) -> int | None:
+    """The format (``PRAGMA user_version``) of the replica file ``path``, opened read-only and
+    closed; None when it is missing or not a database."""
     if not path.is_file():
-        return False
+        return None
     try:
         conn = sqlite3.connect(sqlite_uri(path, readonly=True), uri=True)
         try:
-            return replica_format(conn) == REPLICA_FORMAT
+            return replica_format(conn)
         finally:
             conn.close()
     except sqlite3.Error:
-        return False
+        return None
 
 
 def replica_sql_in(schema: str, statement: str) -> str:
@@ -867,6 +883,7 @@ class Database:
             if LEGACY_REPLICA_VERSION + 1 in apply_migrations(conn):
                 # A new file went through the replica's old tables too: compact it at once.
                 self._reclaim_space(conn, fresh=version == 0)
+            self._carry_format_over()
             self._follow_replica(conn)
 
     def close(self) -> None:
@@ -1015,6 +1032,81 @@ class Database:
             members,
             time.perf_counter() - started,
         )
+
+    def _carry_format_over(self) -> None:
+        """A replica file of an older format (``REPLICA_CARRY_OVER_FORMATS``, e.g. one made before
+        phone passes) is copied into a new file of this format and switched in, so the door keeps
+        its members across the upgrade instead of reading an empty replica until the next pull.
+        Done by whichever read-write process opens first, under the writers' lock; a process that
+        finds the lock held goes on without waiting (the other one carries it over, or builds a
+        snapshot, which is of this format anyway). Readers keep the old file until the switch,
+        then follow the pointer. Best effort: a failure is logged and the sync agent takes a
+        fresh snapshot; the journal is never touched. A replica file of this format with files
+        a killed writer left beside it: those are deleted (``_remove_superseded``)."""
+        files = self._replica_files
+        current = _current_or_none(files)
+        found = None if current is None else _file_format(current)
+        if found not in REPLICA_CARRY_OVER_FORMATS:
+            if current is not None and found == REPLICA_FORMAT and files.leftovers(keep=current):
+                self._remove_superseded(current)
+            return
+        lock = WriterLock(files.lock_path)
+        build: ReplicaBuild | None = None
+        try:
+            try:
+                lock.acquire(0)
+            except TimeoutError:
+                log.info("%s: another process is writing the replica; it carries it over", current)
+                return
+            current = _current_or_none(files)  # again, under the lock
+            found = None if current is None else _file_format(current)
+            if current is None or found not in REPLICA_CARRY_OVER_FORMATS:
+                return
+            started = time.perf_counter()
+            build = ReplicaBuild.start(files, lock, wait_s=0, on_phase=self._on_replica_phase)
+            members = _copy_legacy_replica(build, current)
+            build.phase("carry-over:copied")
+            build.publish()
+        except (sqlite3.Error, OSError, ValueError) as err:
+            log.error(
+                "%s: could not carry the replica of format %s over into format %d (%s); the sync "
+                "agent will pull it again (a fresh snapshot). The journal is unaffected.",
+                current,
+                found,
+                REPLICA_FORMAT,
+                err,
+            )
+            if build is not None:
+                build.abandon()
+            return
+        finally:
+            lock.release()
+        log.warning(
+            "%s: replica of format %s carried over into %s (%d members, format %d) in %.1f s",
+            self._path,
+            found,
+            build.path.name,
+            members,
+            REPLICA_FORMAT,
+            time.perf_counter() - started,
+        )
+
+    def _remove_superseded(self, current: Path) -> None:
+        """Delete replica files other than ``current`` that a writer killed after its switch
+        (or during a build) left behind, when no other process holds the writers' lock (it may
+        be building one of them): otherwise only the next build would, and a superseded replica
+        can be as large as the one in use. Best effort, logged."""
+        lock = WriterLock(self._replica_files.lock_path)
+        try:
+            lock.acquire(0)
+            if _current_or_none(self._replica_files) != current:
+                return  # switched meanwhile: its writer cleaned up
+            if removed := self._replica_files.remove_leftovers(keep=current):
+                log.info("%s: deleted %d superseded replica file(s)", self._path, len(removed))
+        except (OSError, TimeoutError) as err:
+            log.debug("%s: superseded replica files left for the next build: %s", self._path, err)
+        finally:
+            lock.release()
 
     def _reclaim_space(self, conn: sqlite3.Connection, *, fresh: bool) -> None:
         """After migration 4 dropped the replica's tables: give their pages back to the file

@@ -42,6 +42,7 @@ from kiosk.data.database import (
 from kiosk.data.migrations import (
     LATEST_VERSION,
     LEGACY_REPLICA_VERSION,
+    REPLICA_CARRY_OVER_FORMATS,
     REPLICA_FORMAT,
     schema_version,
 )
@@ -211,7 +212,8 @@ def _with_replica_beside(report: DatabaseReport, busy_timeout_ms: int) -> Databa
     try:
         conn = _readonly_connection(replica, busy_timeout_ms)
         try:
-            if replica_format(conn) != REPLICA_FORMAT:
+            # An older format still has these figures (it is carried over when a door opens).
+            if replica_format(conn) not in (REPLICA_FORMAT, *REPLICA_CARRY_OVER_FORMATS):
                 return report
             conn.execute("BEGIN")
             members, replica_version = _replica_figures(conn, "main")

@@ -3,7 +3,9 @@ relay, in one table (``DOOR_PATH_QUERIES``) so their cost can be checked in one 
 
 Each is an index lookup (``tests/test_store.py`` checks the query plans), so the door's latency
 does not grow with the gym. ``kiosk.data.replica`` runs the reads (``Replica.find_member_id``,
-``Replica.member_facts``), ``kiosk.data.journal`` the two writes (``Journal.append_checkin``).
+``Replica.pass_lookup``, ``Replica.member_facts``), ``kiosk.data.journal`` the writes
+(``Journal.append_checkin``: the sequence, the row and, for a phone pass, its use and the prune of
+old uses).
 The replica's tables are named with the schema they are attached as (``replica.``, see
 ``kiosk.data.database``): the journal's are the connection's own file.
 SQL text is built only from the constant column lists below (hence the ``noqa: S608`` marks);
@@ -20,13 +22,18 @@ _MEMBERSHIP_COLUMNS = "id, member_id, type, start_date, end_date, remaining_clas
 # The journal's columns in ``Checkin`` field order (``kiosk.data.journal`` reads rows in it too).
 CHECKIN_COLUMNS = (
     "id, seq, door_id, decision, reason, member_id, membership_id, classes_used, "
-    "replica_version, wall_time, boot_id, monotonic_ns, clock_quality, sync_state"
+    "replica_version, wall_time, boot_id, monotonic_ns, clock_quality, sync_state, pass_id"
 )
+_PASS_COLUMNS = "id, member_id, organization_id, public_key, period_s, status"  # noqa: S105
 
 # Everything the scanner runs between reading a code and pulsing the relay. Each is an index
 # lookup (tests check the query plans), so the door's latency does not grow with the gym.
 DOOR_PATH_QUERIES: dict[str, str] = {
     "find_member_id": "SELECT id FROM replica.members WHERE code_hash = ?",
+    # A phone pass by its id (the replica's primary key), and whether this door already accepted
+    # the same (pass, step): read together, in one transaction (Replica.pass_lookup).
+    "find_pass": f"SELECT {_PASS_COLUMNS} FROM replica.passes WHERE id = ?",  # noqa: S608
+    "pass_used": "SELECT 1 FROM pass_uses WHERE pass_id = ? AND step = ?",
     "member": f"SELECT {_MEMBER_COLUMNS} FROM replica.members WHERE id = ?",  # noqa: S608
     # rowid order is the cloud's order, and it comes free with the member_id index.
     "memberships": (
@@ -61,6 +68,11 @@ DOOR_PATH_QUERIES: dict[str, str] = {
     ),
     "insert_checkin": (
         f"INSERT INTO checkins ({CHECKIN_COLUMNS})"  # noqa: S608
-        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
     ),
+    # An accepted pass code, in the transaction of its check-in; a pair already there fails the
+    # transaction (nothing recorded, no pulse) rather than admitting a code twice.
+    "insert_pass_use": "INSERT INTO pass_uses (pass_id, step, keep_until) VALUES (?, ?, ?)",
+    # Pairs whose step left every window long ago: from the oldest end of the keep_until index.
+    "prune_pass_uses": "DELETE FROM pass_uses WHERE keep_until < ?",
 }

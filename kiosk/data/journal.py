@@ -4,10 +4,13 @@ rebuilt, and their way to the cloud.
 Every row is committed with ``synchronous=FULL`` before the door acts (commit, then act), carries
 a UUIDv7 id (the idempotency key for the cloud) and a gap-free per-device sequence number taken
 from ``journal_counter`` (never reused, even after pruning), and is never deleted while it is still
-pending upload or was rejected. This module holds ``Journal``, the part of
-``kiosk.data.store.Store`` that appends rows, reads them (the upload queue, the owner page's
-recent decisions and counts), settles them (synced, rejected, queued again when a restored cloud
-asks) and prunes old synced ones; ``JournalPosition`` and ``DecisionRow``, what it reports; and
+pending upload or was rejected. Beside the check-ins it keeps the door's replay memory of phone
+passes (``pass_uses``: the (pass, time step) of every pass code admitted, written in the
+transaction of its check-in, pruned once the step has left every window). This module holds
+``Journal``, the part of ``kiosk.data.store.Store`` that appends rows (with a pass code's use),
+reads them (the upload queue, the owner page's recent decisions and counts, whether a pass code
+was used), settles them (synced, rejected, queued again when a restored cloud asks) and prunes
+old synced ones; ``JournalPosition`` and ``DecisionRow``, what it reports; and
 ``UNKNOWN_CLOUD_VERSION``, the marker for a class use the cloud acknowledged without a version.
 
 Failure modes: database failures raise ``StoreError`` (``kiosk.data.database``); a write that
@@ -26,6 +29,7 @@ from datetime import datetime
 
 from kiosk.core import ids
 from kiosk.core.model import Checkin, ClockQuality, Decision, Now, Reason, SyncState, Verdict
+from kiosk.core.passes import PRUNE_MARGIN, PassAccepted
 from kiosk.data.database import Database, utc_text
 from kiosk.data.door_path import CHECKIN_COLUMNS, DOOR_PATH_QUERIES
 from sync.protocol import utc_from_text
@@ -60,7 +64,8 @@ class DecisionRow:
     ``at`` is the wall time the door recorded; ``reason`` the journal's text (a ``Reason`` value,
     kept as text so a newer release's reason still shows); ``has_member`` says whether the
     decision named a member; ``first_name``/``last_name`` are None when it did not, or when that
-    member is no longer in the replica."""
+    member is no longer in the replica. ``by_pass`` says the code was a phone pass (its id stays
+    in the store too)."""
 
     seq: int
     at: datetime
@@ -71,6 +76,7 @@ class DecisionRow:
     first_name: str | None
     last_name: str | None
     sync_state: str
+    by_pass: bool = False
 
 
 def _checkin_from_row(row: sqlite3.Row | tuple) -> Checkin:
@@ -90,6 +96,7 @@ def _checkin_from_row(row: sqlite3.Row | tuple) -> Checkin:
         monotonic_ns=int(row[11]),
         clock_quality=ClockQuality(row[12]),
         sync_state=SyncState(row[13]),
+        pass_id=row[14],
     )
 
 
@@ -103,18 +110,39 @@ class Journal(Database):
     # -- recording and reading check-ins --------------------------------------------------------
 
     def append_checkin(
-        self, decision: Decision, *, door_id: str, replica_version: int, now: Now
+        self,
+        decision: Decision,
+        *,
+        door_id: str,
+        replica_version: int,
+        now: Now,
+        pass_id: str | None = None,
+        pass_use: PassAccepted | None = None,
     ) -> Checkin:
         """Record ``decision`` durably and return the row, only after its COMMIT returned: the
         caller may act on the door once this returns (commit, then act).
 
         One transaction takes the next sequence number from the journal's counter and inserts the
         row under a fresh UUIDv7 id, so the sequence has no gaps and no reuse, even after pruning.
+        ``pass_id`` is the phone pass the scanned code named (None: a card). ``pass_use`` is a
+        pass code accepted for this decision (``kiosk.core.passes.check_pass``): its (pass, step)
+        is remembered in the same transaction, so the code is refused as replayed from the moment
+        this returns, even after a power cut, and pairs whose ``keep_until`` is more than
+        ``PRUNE_MARGIN`` before ``now.wall`` are deleted (an index range; usually none or one).
+
         Raises StoreError when the row could not be recorded (disk full, read-only, locked for
-        longer than the busy timeout, damaged file): then nothing was written and the sequence did
-        not advance. Raises ValueError for a naive ``now.wall``.
+        longer than the busy timeout, damaged file, or the same pass code already used: another
+        door loop on this store took it first): then nothing was written and the sequence did
+        not advance. Raises ValueError for a naive ``now.wall``, or a ``pass_use`` of another
+        pass than ``pass_id``.
         """
         wall_time = utc_text(now.wall, "now.wall")
+        if pass_use is not None:
+            if pass_id is not None and pass_id != pass_use.pass_id:
+                raise ValueError("pass_use belongs to another pass than pass_id")
+            pass_id = pass_use.pass_id
+            keep_until = utc_text(pass_use.keep_until, "pass_use.keep_until")
+            prune_before = utc_text(now.wall - PRUNE_MARGIN, "now.wall")
         checkin_id = str(ids.uuid7())
         verdict = Verdict(decision.verdict)
         reason = Reason(decision.reason)
@@ -138,8 +166,15 @@ class Journal(Database):
                     now.monotonic_ns,
                     quality.value,
                     SyncState.PENDING.value,
+                    pass_id,
                 ),
             )
+            if pass_use is not None:
+                conn.execute(DOOR_PATH_QUERIES["prune_pass_uses"], (prune_before,))
+                conn.execute(
+                    DOOR_PATH_QUERIES["insert_pass_use"],
+                    (pass_use.pass_id, int(pass_use.step), keep_until),
+                )
         return Checkin(
             id=checkin_id,
             seq=int(seq),
@@ -155,7 +190,22 @@ class Journal(Database):
             monotonic_ns=now.monotonic_ns,
             clock_quality=quality,
             sync_state=SyncState.PENDING,
+            pass_id=pass_id,
         )
+
+    def pass_used(self, pass_id: str, step: int) -> bool:
+        """True when this door already accepted the code of pass ``pass_id`` at time step
+        ``step`` (and the pair was not pruned yet: it is kept until the step left every window
+        the code is accepted in, plus ``PRUNE_MARGIN``). One primary-key lookup."""
+        with self._read("look up a used pass code") as conn:
+            row = conn.execute(DOOR_PATH_QUERIES["pass_used"], (pass_id, int(step))).fetchone()
+        return row is not None
+
+    def pass_use_count(self) -> int:
+        """How many accepted pass codes the door remembers (tests, diagnostics)."""
+        with self._read("count used pass codes") as conn:
+            (count,) = conn.execute("SELECT COUNT(*) FROM pass_uses").fetchone()
+        return int(count)
 
     def recent_checkins(self, limit: int = 50) -> list[Checkin]:
         """The newest ``limit`` check-ins, newest (highest seq) first."""
@@ -173,7 +223,8 @@ class Journal(Database):
         with self._read("read recent decisions") as conn:
             rows = conn.execute(
                 "SELECT c.seq, c.wall_time, c.door_id, c.decision, c.reason,"
-                " c.member_id IS NOT NULL, m.first_name, m.last_name, c.sync_state"
+                " c.member_id IS NOT NULL, m.first_name, m.last_name, c.sync_state,"
+                " c.pass_id IS NOT NULL"
                 " FROM checkins AS c LEFT JOIN replica.members AS m ON m.id = c.member_id"
                 " ORDER BY c.seq DESC LIMIT ?",
                 (max(0, int(limit)),),
@@ -189,6 +240,7 @@ class Journal(Database):
                 first_name=r[6],
                 last_name=r[7],
                 sync_state=str(r[8]),
+                by_pass=bool(r[9]),
             )
             for r in rows
         ]

@@ -8,15 +8,19 @@ never half-migrated. Migrations are history: once released, one is never edited;
 migration that preserves the journal (check-ins are the one thing that cannot be rebuilt; the
 replica can always be re-pulled). Up to version 3 the replica lived in this file too; version 4
 moves it out (``kiosk.data.database`` carries an existing replica over into a replica file first,
-then this migration drops the old tables).
+then this migration drops the old tables). Version 5 adds phone passes: the pass a check-in was
+made with, and the pass codes this door accepted (``pass_uses``, its replay memory).
 
-**A replica file** (``kiosk.db-replica-<id>``, see ``kiosk.data.database``). Not migrated: a
-replica file is built whole, used, and replaced by a newer one; its ``PRAGMA user_version`` is
-``REPLICA_FORMAT``, and a file of another format is not used (the sync agent takes a fresh
-snapshot). ``REPLICA_SCHEMA`` creates it; ``REPLICA_INDEXES`` come after the rows are in (an index
-built from sorted rows at the end is many times cheaper than one kept up row by row), the unique
-code index last (``REPLICA_CODE_INDEX``): a snapshot's pages are read at different moments, so a
-code may sit on two members until the changes since the first page are applied.
+**A replica file** (``kiosk.db-replica-<id>``, see ``kiosk.data.database``). Not migrated in
+place: a replica file is built whole, used, and replaced by a newer one; its ``PRAGMA
+user_version`` is ``REPLICA_FORMAT``, and a file of another format is not used as it is. A file
+of an older format this code can read (``REPLICA_CARRY_OVER_FORMATS``) is copied into a new file
+of this format when a read-write store opens, and switched in like a snapshot; any other is left
+aside, and the sync agent takes a fresh snapshot. ``REPLICA_SCHEMA`` creates it;
+``REPLICA_INDEXES`` come after the rows are in (an index built from sorted rows at the end is many
+times cheaper than one kept up row by row), the unique code index last (``REPLICA_CODE_INDEX``): a
+snapshot's pages are read at different moments, so a code may sit on two members until the changes
+since the first page are applied.
 
 The door database's other SQL lives in ``kiosk.data.database`` (opening, the replica files),
 ``journal``, ``replica``, ``sync_state``, ``door_path`` and ``dbfile`` (whole files);
@@ -334,24 +338,60 @@ _V4_REPLICA_OWN_FILE = Migration(
     ),
 )
 
+_V5_PHONE_PASSES = Migration(
+    version=5,
+    summary="phone passes: the pass a check-in was made with, and the door's memory of the pass "
+    "codes it accepted (replay protection)",
+    statements=(
+        # NULL for a card (and for every row written before this migration). A pass id is 8
+        # base32 characters (sync.passes); the CHECK keeps anything else out of the journal.
+        """
+        ALTER TABLE checkins ADD COLUMN pass_id TEXT
+            CHECK (pass_id IS NULL OR (length(pass_id) = 8 AND pass_id NOT GLOB '*[^A-Z2-7]*'))
+        """,
+        # The (pass, time step) pairs this door accepted, each kept until its step has left every
+        # window a code is accepted in (keep_until, UTC) plus kiosk.core.passes.PRUNE_MARGIN.
+        # Written in the same transaction as the check-in it belongs to, in this file
+        # (synchronous=FULL), so a code shown again after a power cut is still refused: the
+        # replica file's synchronous=NORMAL could lose the last pair, and a replica is replaced.
+        f"""
+        CREATE TABLE pass_uses (
+            pass_id    TEXT NOT NULL,
+            step       INTEGER NOT NULL CHECK (step >= 0),
+            keep_until TEXT NOT NULL CHECK (keep_until GLOB {_ISO_UTC}),
+            PRIMARY KEY (pass_id, step)
+        ) WITHOUT ROWID
+        """,
+        # The prune deletes from the oldest end of this index.
+        "CREATE INDEX pass_uses_by_keep_until ON pass_uses (keep_until)",
+    ),
+)
+
 MIGRATIONS: tuple[Migration, ...] = (
     _V1_INITIAL,
     _V2_CLOCK_PROVENANCE,
     _V3_SYNC,
     _V4_REPLICA_OWN_FILE,
+    _V5_PHONE_PASSES,
 )
 LATEST_VERSION = MIGRATIONS[-1].version
 
 # -- a replica file ------------------------------------------------------------------------------
 
-# A replica file's PRAGMA user_version; a file of another format is never read.
-REPLICA_FORMAT = 1
+# A replica file's PRAGMA user_version; a file of another format is never read as it is.
+# 1: plans, members, memberships, hours, closures. 2: phone passes (the table ``passes``).
+REPLICA_FORMAT = 2
+# Older formats whose rows carry over into a new file of this format by table and column name
+# (kiosk.data.database does it when a read-write store opens): every table of format 1 is in
+# format 2 with the same columns, and format 1 holds no passes.
+REPLICA_CARRY_OVER_FORMATS = frozenset({1})
 # The table each kind of replica row lives in (sync.protocol's kinds, in their order); every one
 # has ``id`` and ``row_hash``. A plan's windows live in plan_windows, under its row hash.
 REPLICA_KIND_TABLES: dict[str, str] = {
     "plan": "plans",
     "member": "members",
     "membership": "memberships",
+    "pass": "passes",
     "hours": "opening_hours",
     "closure": "closures",
 }
@@ -393,6 +433,22 @@ REPLICA_SCHEMA: tuple[str, ...] = (
         end_date          TEXT CHECK (end_date GLOB {_ISO_DATE}),
         remaining_classes INTEGER,
         row_hash          INTEGER
+    )
+    """,
+    # A phone pass (docs/passes.md): its id is the 8-character pass id the code carries, so the
+    # door finds it by primary key. No foreign key to members, unlike memberships: the door holds
+    # exactly the cloud's rows (a pass whose member is gone is refused as unknown at the door,
+    # and the checksum never depends on what the device would have cascaded). public_key is the
+    # wire's 43 characters of base64url; status REVOKED keeps the row so the door can say so.
+    """
+    CREATE TABLE passes (
+        id              TEXT PRIMARY KEY,
+        member_id       TEXT NOT NULL,
+        organization_id TEXT NOT NULL,
+        public_key      TEXT NOT NULL,
+        period_s        INTEGER NOT NULL CHECK (period_s BETWEEN 5 AND 300),
+        status          TEXT NOT NULL CHECK (status IN ('ACTIVE', 'REVOKED')),
+        row_hash        INTEGER
     )
     """,
     # id is nullable (hours and closures loaded before schema 3 had none): SQLite lets a

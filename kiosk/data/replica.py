@@ -1,5 +1,5 @@
-"""The member replica: the cloud's members, memberships, plans, hours and closures, as the door
-reads them and as the sync agent replaces them.
+"""The member replica: the cloud's members, memberships, phone passes, plans, hours and
+closures, as the door reads them and as the sync agent replaces them.
 
 The replica is a copy of the cloud's data, always rebuildable by pulling it again (unlike the
 journal, ``kiosk.data.journal``). It lives in a SQLite file of its own beside the journal
@@ -12,7 +12,8 @@ This module holds:
 - the replica's SQL: each protocol kind's table and columns, the staged changes a change feed is
   kept in until its checkpoint, and the checksum (``sync.protocol.checksum``) summed in SQL;
 - ``Replica``, the part of ``kiosk.data.store.Store`` that reads and writes it: the door's reads
-  (``find_member_id``, ``member_facts``, ``site_facts``; statements in ``kiosk.data.door_path``),
+  (``find_member_id``, ``pass_lookup``, ``member_facts``, ``site_facts``; statements in
+  ``kiosk.data.door_path``),
   the sync agent's writes (``begin_snapshot``, ``add_snapshot_rows``, ``stage_changes``,
   ``apply_checkpoint``...) and the replica's facts (version, sync time, code salt, checksum).
 
@@ -73,6 +74,7 @@ from kiosk.core.model import (
     ReplicaInfo,
     SiteFacts,
 )
+from kiosk.core.passes import PassRecord
 from kiosk.data.database import (
     REPLICA,
     SUM_HALVES,
@@ -91,6 +93,7 @@ from kiosk.data.database import (
 )
 from kiosk.data.door_path import DOOR_PATH_QUERIES
 from kiosk.data.migrations import REPLICA_FORMAT, REPLICA_KIND_TABLES
+from sync.passes import public_key_from_text, public_key_text
 from sync.protocol import KIND_ORDER, KINDS, Checkpoint, ReplicaRow, utc_from_text
 
 
@@ -101,7 +104,8 @@ class ReplicaSnapshot:
     ``members`` pairs each member with the keyed hash of its QR code (``credentials.code_hash``);
     the usable code itself is never stored. ``version`` is the cloud's replica version,
     ``synced_at`` the server time of the pull (timezone-aware; None when unknown) and
-    ``code_salt`` the key those hashes were made with.
+    ``code_salt`` the key those hashes were made with. ``passes`` are the members' phone passes
+    (public keys only; ``revoked`` ones are kept with status REVOKED).
     """
 
     members: Sequence[tuple[Member, str]]
@@ -112,6 +116,7 @@ class ReplicaSnapshot:
     version: int
     synced_at: datetime | None
     code_salt: bytes
+    passes: Sequence[PassRecord] = ()
 
 
 # -- the replica's SQL ----------------------------------------------------------------------------
@@ -122,6 +127,7 @@ _KIND_COLUMNS = {
     "plan": ("name",),
     "member": ("organization_id", "first_name", "last_name", "status", "is_staff", "code_hash"),
     "membership": ("member_id", "plan_id", "type", "start_date", "end_date", "remaining_classes"),
+    "pass": ("member_id", "organization_id", "public_key", "period_s", "status"),
     "hours": ("weekday", "open_minute", "close_minute"),
     "closure": ("start_date", "end_date", "reason"),
 }
@@ -226,6 +232,8 @@ def snapshot_rows(snapshot: ReplicaSnapshot) -> Iterator[ReplicaRow]:
                 "remaining_classes": ms.remaining_classes,
             },
         )
+    for record in snapshot.passes:
+        yield ReplicaRow("pass", record.pass_id, pass_data(record))
     seen: Counter[str] = Counter()
 
     def unique(base: str) -> str:
@@ -245,6 +253,36 @@ def snapshot_rows(snapshot: ReplicaSnapshot) -> Iterator[ReplicaRow]:
             unique(f"closure-{start}-{end}"),
             {"start_date": start, "end_date": end, "reason": c.reason},
         )
+
+
+def pass_data(record: PassRecord) -> dict[str, object]:
+    """A pass as the protocol's row data (kind ``pass``): the key as its wire text, the status
+    ``REVOKED`` or ``ACTIVE``. Raises ValueError for a key that is not 32 bytes."""
+    return {
+        "member_id": record.member_id,
+        "organization_id": record.organization_id,
+        "public_key": public_key_text(record.public_key),
+        "period_s": int(record.period_s),
+        "status": "REVOKED" if record.revoked else "ACTIVE",
+    }
+
+
+def _pass_record(row: Sequence) -> PassRecord:
+    """A ``passes`` row (``find_pass``'s columns) as a ``PassRecord``. A key that does not decode
+    (it was checked on the way in, so only a damaged file) becomes empty bytes, which no signature
+    verifies with: the door then answers bad_signature rather than failing."""
+    try:
+        key = public_key_from_text(row[3])
+    except ValueError:
+        key = b""
+    return PassRecord(
+        pass_id=str(row[0]),
+        member_id=str(row[1]),
+        organization_id=str(row[2]),
+        public_key=key,
+        period_s=int(row[4]),
+        revoked=row[5] == "REVOKED",
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -921,6 +959,28 @@ class Replica(Database):
         with self._read("look up a member") as conn:
             row = conn.execute(DOOR_PATH_QUERIES["find_member_id"], (code_hash,)).fetchone()
         return None if row is None else str(row[0])
+
+    def find_pass(self, pass_id: str) -> PassRecord | None:
+        """The phone pass ``pass_id`` (8 base32 characters) as the replica holds it, revoked
+        ones included (``revoked`` True), or None when the replica has no such pass."""
+        with self._read("look up a phone pass") as conn:
+            row = conn.execute(DOOR_PATH_QUERIES["find_pass"], (pass_id,)).fetchone()
+        return None if row is None else _pass_record(row)
+
+    def pass_lookup(self, pass_id: str, step: int) -> tuple[PassRecord | None, bool]:
+        """``(find_pass(pass_id), pass_used(pass_id, step))`` in one read transaction: what the
+        door needs to check a scanned pass code (``kiosk.core.passes.check_pass``). Two
+        primary-key lookups, one in the replica, one in the journal's replay memory."""
+        with self._read("look up a phone pass") as conn:
+            row = conn.execute(DOOR_PATH_QUERIES["find_pass"], (pass_id,)).fetchone()
+            used = conn.execute(DOOR_PATH_QUERIES["pass_used"], (pass_id, int(step))).fetchone()
+        return (None if row is None else _pass_record(row)), used is not None
+
+    def pass_count(self) -> int:
+        """How many phone passes the replica holds, revoked ones included."""
+        with self._read("count the replica's passes") as conn:
+            (count,) = conn.execute(f"SELECT COUNT(*) FROM {REPLICA}.passes").fetchone()  # noqa: S608
+        return int(count)
 
     def member_facts(self, member_id: str, door_id: str) -> MemberFacts | None:
         """What the access policy needs about one member, read in one snapshot: the member, its

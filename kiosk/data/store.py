@@ -5,12 +5,13 @@ WAL mode so readers never block the door, with the member replica in a file of i
 attached to every store's connection. They hold things of different worth, each kept by its own
 module:
 
-- the **journal** (check-ins, ``kiosk.data.journal``): facts recorded at the door, the one thing
-  that cannot be rebuilt; committed with ``synchronous=FULL`` before the door acts;
-- the **replica** (members, memberships, plans, hours, closures, ``kiosk.data.replica``): a copy
-  of the cloud's data in ``kiosk.db-replica-<id>``, rebuildable by pulling again; a new one is
-  built in a new file and switched in by a pointer, so replacing it never takes the journal's write
-  lock (``kiosk.data.database`` explains the files and why);
+- the **journal** (check-ins and the phone passes' replay memory, ``kiosk.data.journal``): facts
+  recorded at the door, the one thing that cannot be rebuilt; committed with ``synchronous=FULL``
+  before the door acts;
+- the **replica** (members, memberships, phone passes, plans, hours, closures,
+  ``kiosk.data.replica``): a copy of the cloud's data in ``kiosk.db-replica-<id>``, rebuildable
+  by pulling again; a new one is built in a new file and switched in by a pointer, so replacing it
+  never takes the journal's write lock (``kiosk.data.database`` explains the files and why);
 - the **sync agent's records** (clock anchors, its status, the seq floor,
   ``kiosk.data.sync_state``).
 

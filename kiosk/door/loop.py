@@ -1,5 +1,11 @@
 """The door loop: frames → decode → debounce → parse → look up → decide → commit → act.
 
+A code is a printed card (looked up by its keyed hash) or a signed phone pass (``FFP1:``, looked
+up by its pass id; signature, time step and replay checked by ``kiosk.core.passes.check_pass``
+before the member's rules apply as for a card; docs/passes.md). An admitted pass code's (pass,
+step) is committed with its check-in, in the journal's file, so the same code is refused as
+replayed from then on, across restarts and power cuts.
+
 This is the imperative shell around the pure core (``sync.credentials``, ``kiosk.core.policy``). It owns
 time, the camera, the relay and the feedback, and it never touches the network. Two rules shape it:
 
@@ -53,12 +59,20 @@ from kiosk.core.model import (
     SiteFacts,
     Verdict,
 )
-from kiosk.core.policy import decide
+from kiosk.core.passes import PassAccepted, check_pass
+from kiosk.core.policy import decide, effective_time
 from kiosk.data.control import ControlError, ControlStore, RequestKind, shared_wall
 from kiosk.data.database import StoreError
 from kiosk.data.store import Store
 from kiosk.door.systemd import Notifier
-from sync.credentials import Malformed, StaticCode, code_hash, parse_payload
+from sync.credentials import (
+    Credential,
+    Malformed,
+    PhonePass,
+    StaticCode,
+    code_hash,
+    parse_payload,
+)
 from sync.protocol import utc_text
 
 log = logging.getLogger(__name__)
@@ -102,12 +116,18 @@ class ScannerSettings:
     policy: PolicySettings = field(default_factory=PolicySettings)
 
 
+# What a scanned code was, as ``Outcome.credential`` says it (None: not a credential at all).
+CARD, PASS = "card", "pass"
+
+
 @dataclass(frozen=True, slots=True)
 class Outcome:
     """One decided scan, reported after its journal row is committed and the door acted.
 
     ``captured_ns`` is when the frame that carried the code left the camera; ``acted_ns`` when the
     relay was driven (granted) or the feedback started (denied), on the loop's monotonic clock.
+    ``credential`` is what the code was: ``"card"`` (a printed code), ``"pass"`` (a phone pass,
+    whose id is ``pass_id``) or None (malformed: not a credential).
     """
 
     checkin: Checkin
@@ -116,6 +136,23 @@ class Outcome:
     captured_ns: int
     acted_ns: int
     member_name: str | None = None
+    credential: str | None = None
+
+    @property
+    def pass_id(self) -> str | None:
+        """The phone pass the code named (None for a card or a malformed code)."""
+        return self.checkin.pass_id
+
+
+@dataclass(frozen=True, slots=True)
+class _Decided:
+    """A decision before it is journaled: what to record with it and what to report."""
+
+    decision: Decision
+    member_name: str | None = None
+    credential: str | None = None
+    pass_id: str | None = None
+    pass_use: PassAccepted | None = None
 
 
 class DoorLoop:
@@ -152,6 +189,8 @@ class DoorLoop:
         self.notifier = notifier or Notifier(address="")
         self.on_outcome = on_outcome
         self._debouncer = Debouncer(settings.debounce_s)
+        # Phone passes just admitted, by pass id, while they stay in view (``_pass_key``).
+        self._admitted_passes = Debouncer(settings.debounce_s)
         # After a database failure, scans wait this long before the next attempt, so a full
         # disk is not hammered 30 times a second while a member holds up a card.
         self._store_retry_ns = int(settings.store_retry_s * 1e9)
@@ -436,6 +475,12 @@ class DoorLoop:
         now_ns = self.clock.monotonic_ns()
         if self._store_blocked_until_ns is not None and now_ns < self._store_blocked_until_ns:
             return None
+        credential = parse_payload(payload)
+        held = _pass_key(credential)
+        if held is not None:
+            if not self._admitted_passes.admit(held, now_ns):
+                return None  # an admitted phone still in view, though its code may have changed
+            self._admitted_passes.forget(held)  # only an admission holds a phone
         # The debounce key is a digest, so a hostile payload is never kept around verbatim.
         key = hashlib.blake2b(payload, digest_size=16).digest()
         if not self._debouncer.admit(key, now_ns):
@@ -445,12 +490,15 @@ class DoorLoop:
             # and the anchored clock should use the anchor it brought for this very decision.
             replica = self._refresh_replica()
             now = self._now()
-            decision, member_name = self._decide(payload, now, replica)
+            decided = self._decide(credential, now, replica)
+            decision = decided.decision
             checkin = self.store.append_checkin(
                 decision,
                 door_id=self.settings.door_id,
                 replica_version=self._replica_version or 0,
                 now=now,
+                pass_id=decided.pass_id,
+                pass_use=decided.pass_use,
             )
         except StoreError as exc:
             # The replica could not be read or the row not committed (locked too long, disk
@@ -471,6 +519,8 @@ class DoorLoop:
             self._clock_floor = checkin.wall_time
         relay_ms = 0
         if decision.verdict is Verdict.GRANTED:
+            if held is not None:
+                self._admitted_passes.admit(held, now_ns)
             relay_ms = self.door.pulse(self.settings.pulse_ms)
             self._last_pulse_ns = self.clock.monotonic_ns()
             self.signal.show("granted")
@@ -482,7 +532,8 @@ class DoorLoop:
             relay_ms=relay_ms,
             captured_ns=frame.captured_ns,
             acted_ns=self.clock.monotonic_ns(),
-            member_name=member_name,
+            member_name=decided.member_name,
+            credential=decided.credential,
         )
         if self.on_outcome is not None:
             try:
@@ -525,16 +576,42 @@ class DoorLoop:
         return replica
 
     def _decide(
-        self, payload: bytes, now: Now, replica: ReplicaInfo
-    ) -> tuple[Decision, str | None]:
-        credential = parse_payload(payload)
+        self, credential: Credential | Malformed, now: Now, replica: ReplicaInfo
+    ) -> _Decided:
+        """Look up and decide one parsed code: two read transactions for a known card or an
+        accepted pass (the lookup, then the member's facts), one for anything refused before the
+        member's rules. Raises StoreError."""
         if isinstance(credential, Malformed):
-            return Decision(Verdict.DENIED, Reason.MALFORMED_CODE, detail=credential.why), None
-        assert isinstance(credential, StaticCode)  # the only credential type so far
+            return _Decided(Decision(Verdict.DENIED, Reason.MALFORMED_CODE, detail=credential.why))
+        if isinstance(credential, PhonePass):
+            return self._decide_pass(credential, now, replica)
+        assert isinstance(credential, StaticCode)
         member_id = self.store.find_member_id(code_hash(credential.code, self._salt))
         facts = self.store.member_facts(member_id, self.settings.door_id) if member_id else None
         decision = decide(facts, self._site, replica, now, self.settings.policy)
-        return decision, facts.member.display_name if facts else None
+        return _Decided(decision, facts.member.display_name if facts else None, CARD)
+
+    def _decide_pass(self, scanned: PhonePass, now: Now, replica: ReplicaInfo) -> _Decided:
+        """A phone pass: its record and whether this door already accepted the same code (one
+        read), the signature, time and replay checks (``check_pass``, about 0.1 ms for the
+        signature), then the member's rules exactly as for a card. The code's (pass, step) is
+        remembered with the check-in only when the member is admitted: a refusal uses nothing
+        up, so a member refused for another reason who shows the code again hears that reason
+        again, not "replayed"."""
+        record, used = self.store.pass_lookup(scanned.pass_id, scanned.step)
+        checked = check_pass(scanned, record, effective_time(now), used=used)
+        if isinstance(checked, Decision):
+            return _Decided(checked, None, PASS, scanned.pass_id)
+        facts = self.store.member_facts(checked.member_id, self.settings.door_id)
+        decision = decide(facts, self._site, replica, now, self.settings.policy)
+        granted = decision.verdict is Verdict.GRANTED
+        return _Decided(
+            decision,
+            facts.member.display_name if facts else None,
+            PASS,
+            scanned.pass_id,
+            checked if granted else None,
+        )
 
     def _now(self) -> Now:
         return Now(
@@ -544,6 +621,17 @@ class DoorLoop:
             quality=self.clock.quality(),
             clock_floor=self._clock_floor,
         )
+
+
+def _pass_key(credential: Credential | Malformed) -> bytes | None:
+    """The key a phone pass is held by after an admission (None: not a phone pass). Its code
+    changes every period, so a phone held in view across a change shows a new payload: held by
+    its pass id, it stays one presentation, instead of a second decision that would refuse the
+    member just admitted (passback). Only an admission holds it: after a refusal the phone's
+    next code (a screen that caught up with the time) is decided at once."""
+    if not isinstance(credential, PhonePass):
+        return None
+    return hashlib.blake2b(credential.pass_id.encode("ascii"), digest_size=16).digest()
 
 
 def _percentile_ms(sorted_ns: list[int], q: float) -> float | None:

@@ -182,6 +182,7 @@ def upload_item(checkin: Checkin) -> UploadItem:
         boot_id=checkin.boot_id,
         monotonic_ns=checkin.monotonic_ns,
         clock_quality=checkin.clock_quality.value,
+        pass_id=checkin.pass_id,
     )
 
 

@@ -1,12 +1,13 @@
-"""The device's HTTP client for sync protocol v1 (docs/sync-protocol.md). The only module that
-imports httpx.
+"""The device's HTTP client for the sync protocol (docs/sync-protocol.md; the version it speaks
+is ``sync.protocol.PROTOCOL_VERSION``). The only module that imports httpx.
 
 Every answer goes through ``sync.protocol`` before anyone sees it, and every failure becomes one
 of the typed errors below, so the agent decides what to do from the type alone:
 
 - stop and report: ``Unauthorized`` (401: token unknown or revoked, re-enrol) and
   ``UnsupportedProtocol`` (426, or an answer whose ``FitFlow-Protocol`` header names another
-  version: the cloud speaks another protocol);
+  version: the cloud speaks another protocol; the message says which side to update when the
+  426 lists the versions the cloud speaks);
 - handle: ``BatchTooLarge`` (413: halve the batch), ``CursorExpired`` (410: take a snapshot),
   ``EnrolmentRefused`` (403 to an enrolment);
 - retry later: ``RetryableError`` (no connection, timeouts, 5xx, 429; ``retry_after`` in seconds
@@ -387,9 +388,7 @@ class CloudClient:
             )
         if status == 426:
             raise UnsupportedProtocol(
-                f"{self._host} does not speak sync protocol {PROTOCOL_VERSION} (HTTP 426); "
-                f"update the kiosk software",
-                status=status,
+                _unsupported_words(self._host, _supported_versions(response)), status=status
             )
         if status == 401:
             raise Unauthorized(
@@ -483,19 +482,59 @@ def _transport_words(exc: httpx.TransportError) -> str:
     return type(exc).__name__
 
 
-def _error_words(response: httpx.Response) -> str:
-    """``: <error code>`` from a small JSON error body, escaped and short; empty otherwise."""
+def _small_json(response: httpx.Response) -> Any:
+    """A small JSON error body, parsed; None when it is larger than 4 KiB, not JSON or cannot be
+    read (a hostile error page can be any size, so at most a little past the limit is read)."""
     try:
-        # Read at most a little past the limit: a hostile error page can be any size.
         body = b""
         for chunk in _chunks(response):
             body += chunk
             if len(body) > 4096:
-                return ""
-        parsed = protocol.parse_json(body, "an error")
-        code = parsed.get("error") if isinstance(parsed, dict) else None
+                return None
+        return protocol.parse_json(body, "an error")
     except (ProtocolError, httpx.HTTPError):
-        return ""
+        return None
+
+
+def _supported_versions(response: httpx.Response) -> list[int]:
+    """The protocol versions a 426 answer says the cloud speaks (``"supported": [2]``): small
+    whole numbers only, anything else ignored."""
+    parsed = _small_json(response)
+    listed = parsed.get("supported") if isinstance(parsed, dict) else None
+    if not isinstance(listed, list):
+        return []
+    return sorted(
+        {v for v in listed[:8] if isinstance(v, int) and not isinstance(v, bool) and 0 < v < 1000}
+    )
+
+
+def _unsupported_words(host: str, supported: list[int]) -> str:
+    """What a 426 means for the person reading the status: which side is older and must be
+    updated, when the cloud said which versions it speaks."""
+    ours = PROTOCOL_VERSION
+    if supported and max(supported) > ours:
+        spoken = ", ".join(str(v) for v in supported)
+        return (
+            f"{host} does not speak sync protocol {ours} any more (HTTP 426; it speaks "
+            f"{spoken}): update the door's software (the kiosk) to a release that speaks "
+            f"protocol {max(supported)}"
+        )
+    if supported:
+        spoken = ", ".join(str(v) for v in supported)
+        return (
+            f"{host} speaks sync protocol {spoken} only, older than this kiosk's {ours} (HTTP "
+            f"426): update the cloud to a release that speaks protocol {ours}"
+        )
+    return (
+        f"{host} does not speak sync protocol {ours} (HTTP 426); update the kiosk software, or "
+        f"the cloud if it is the older of the two"
+    )
+
+
+def _error_words(response: httpx.Response) -> str:
+    """``: <error code>`` from a small JSON error body, escaped and short; empty otherwise."""
+    parsed = _small_json(response)
+    code = parsed.get("error") if isinstance(parsed, dict) else None
     if isinstance(code, str) and code.replace("_", "").isalnum() and len(code) <= 40:
         return f": {code}"
     return ""

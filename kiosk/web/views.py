@@ -33,6 +33,7 @@ from kiosk.web.words import (
     SCANNER_STATE_WORDS,
     action_words,
     age_words,
+    credential_words,
     decision_name,
     error_words,
     local_time,
@@ -141,6 +142,7 @@ def decisions_view(
             "reason": row.reason,
             "reason_words": reason_words(row.reason),
             "name": decision_name(row.has_member, row.first_name, row.last_name, names),
+            "credential": credential_words(row.reason, row.by_pass),
             "sync_state": row.sync_state,
         }
         for row in rows

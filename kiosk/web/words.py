@@ -105,6 +105,14 @@ def mask_name(first: str | None, last: str | None, mode: str) -> str:
     return f"{first} {last[0]}.".strip() if last else first
 
 
+def credential_words(reason: str, by_pass: bool) -> str:
+    """What the member showed, in the owner's words: "phone pass" or "card"; "—" for a code that
+    was not a credential at all (someone else's QR code)."""
+    if by_pass:
+        return "phone pass"
+    return NO_MEMBER if reason == "malformed_code" else "card"
+
+
 def decision_name(has_member: bool, first: str | None, last: str | None, mode: str) -> str:
     """The name column of a decision: the masked name, "—" when the decision names no member,
     "former member" when the member has left the replica since (never the member's id)."""
