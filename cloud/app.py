@@ -6,7 +6,7 @@
 - ``/healthz``: ``{"ok": true}`` when the database answers (503 otherwise);
 - ``/openapi.json`` and ``/docs``: the API description.
 
-Every answer carries ``FitFlow-Protocol: 1``; a device request announcing another protocol
+Every answer carries ``FitFlow-Protocol: 2``; a device request announcing another protocol
 version answers 426. Errors are ``{"error": code, "detail": plain words}`` (plus ``fields`` for
 invalid admin input). A busy or unreachable database answers 503 with ``Retry-After``; nothing a
 client sends can produce a 500 short of a bug.

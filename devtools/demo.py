@@ -45,6 +45,7 @@ from devtools.seed import (
     WHILE_OFFLINE,
     Scan,
     demo_snapshot,
+    scenario_with_passes,
 )
 from kiosk.config import Config, default_config
 from kiosk.core.clock import Clock, SimClock, SystemClock
@@ -232,16 +233,19 @@ class _Printer:
             "name": outcome.member_name,
             "relay_ms": outcome.relay_ms,
             "detail": outcome.decision.detail,
+            # "card", "pass" (a phone pass) or None (not a credential at all).
+            "credential": outcome.credential,
             "latency_ms": latency_ms,
         }
         verdict = "GRANTED" if c.decision is Verdict.GRANTED else "denied "
         who = outcome.member_name or "-"
         relay = f"relay {outcome.relay_ms} ms" if outcome.relay_ms else "relay closed"
         latency = f"  decided in {latency_ms:.1f} ms" if latency_ms is not None else ""
+        phone = "  (phone pass)" if outcome.credential == "pass" else ""
         self._emit(
             record,
             f"{c.wall_time.astimezone():%H:%M:%S}  #{c.seq:<4} {verdict}  {c.reason.value:<20}"
-            f" {who:<12} {relay}{latency}",
+            f" {who:<12} {relay}{latency}{phone}",
         )
 
     def sync(self, report: CycleReport, counts: dict[str, int]) -> None:
@@ -505,7 +509,7 @@ def run_demo(
                     )
                 settings = scanner_settings(config)
 
-                def play(scans) -> None:
+                def play(scans, *, repeat: bool = False) -> None:
                     camera = SyntheticCamera(
                         scenario_script(DEMO_FPS, scans),
                         width=config.camera.width,
@@ -513,7 +517,7 @@ def run_demo(
                         fps=DEMO_FPS,
                         clock=clock.monotonic_ns,
                         sleep=clock.sleep,
-                        loop=not once,
+                        loop=repeat,
                     )
                     loop = DoorLoop(
                         source=camera,
@@ -548,8 +552,13 @@ def run_demo(
                         daemon=True,
                     )
                     door_tests.start()
-                play(SCENARIO)
-                expected = list(SCENARIO)
+                # The first round has Kim's phone pass in it; its codes are made for the time
+                # they are shown, so the rounds that follow (without --once) are cards only.
+                first_round = scenario_with_passes(clock.wall())
+                play(first_round)
+                if not once:
+                    play(SCENARIO, repeat=True)
+                expected = list(first_round)
                 if demo_cloud is not None and once:
                     _story(demo_cloud, play, clock, printer, store)
                     expected += [AFTER_CLOUD_CHANGE, WHILE_OFFLINE]

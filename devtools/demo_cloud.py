@@ -70,6 +70,14 @@ def seed_cloud(database: cloud_db.Database, now: datetime, timezone: str) -> Non
                 admin.save_member(tx, ORG, None, {**fields, "code": codes[row.id]}, now)
             elif row.kind == "membership":
                 admin.save_membership(tx, ORG, None, fields, now)
+            elif row.kind == "pass":
+                # Kim's phone pass, as activation would have stored it (docs/passes.md).
+                version = cloud_db.bump_version(tx, ORG)
+                extra = {"created_at": stamp, "revoked_at": None}
+                valid = admin.validated("pass", row.id, row.data or {})
+                admin.store_row(
+                    tx, ORG, valid, gym_id=None, version=version, now=stamp, extra=extra
+                )
             else:  # the demo gym has no hours or closures; nothing else is seeded
                 raise ValueError(f"the demo seeds no {row.kind} rows")
 

@@ -20,14 +20,34 @@ from kiosk.core.model import (
     Plan,
     Reason,
 )
+from kiosk.core.passes import PassRecord
 from kiosk.data.replica import ReplicaSnapshot
 from sync.credentials import code_hash
+from sync.passes import DEFAULT_PERIOD_S, pass_payload, step_at
 
 ORG = "org-demo"
 DEMO_REPLICA_VERSION = 1
 # A fixed salt keeps demo databases comparable between runs, and marks a replica as the demo's:
 # real salts come from the cloud.
 DEMO_SALT = hashlib.sha256(b"fitflow-demo-salt").digest()
+# Kim carries her membership on her phone: the demo plays her phone, so it holds the pass's private
+# key. It is derived from a public string and is the demo organisation's only: a real pass's key is
+# made on the member's phone and never leaves it (docs/passes.md).
+DEMO_PASS_ID = "KIMPASS2"  # noqa: S105 - a pass id, not a secret
+_DEMO_PASS_SEED = hashlib.sha256(b"fitflow-demo-phone-pass").digest()
+
+
+def demo_pass_key():  # -> cryptography's Ed25519PrivateKey
+    """The simulated phone's private key (see ``DEMO_PASS_ID``)."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    return Ed25519PrivateKey.from_private_bytes(_DEMO_PASS_SEED)
+
+
+def demo_passes() -> list[PassRecord]:
+    """Kim's phone pass, as the replica holds it."""
+    public = demo_pass_key().public_key().public_bytes_raw()
+    return [PassRecord(DEMO_PASS_ID, "m-kim", ORG, public, DEFAULT_PERIOD_S)]
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +99,8 @@ def demo_members(now: datetime, timezone: str) -> list[DemoMember]:
                    (ms("ms-ivan", "m-ivan", pt, remaining_classes=8),)),
         DemoMember(member("m-judy", "Judy", "Jones"), "FF-JUDY-1010",
                    (ms("ms-judy", "m-judy", sub, start_date=today, end_date=today),)),
+        DemoMember(member("m-kim", "Kim", "Kowalski"), "FF-KIM-1011",
+                   (ms("ms-kim", "m-kim", sub, plan_id="plan-full"),)),
     ]  # fmt: skip
 
 
@@ -100,6 +122,7 @@ def demo_snapshot(now: datetime, timezone: str) -> ReplicaSnapshot:
         version=DEMO_REPLICA_VERSION,
         synced_at=now,
         code_salt=salt,
+        passes=demo_passes(),
     )
 
 
@@ -129,6 +152,31 @@ SCENARIO: tuple[Scan, ...] = (
     Scan("FF-JUDY-1010", Reason.SUBSCRIPTION, "day pass ending today"),
     Scan("FF-ALICE-1001", Reason.PASSBACK, "Alice again, card passed back through the gate"),
 )
+
+
+def scenario_with_passes(now: datetime) -> tuple[Scan, ...]:
+    """The scenario with Kim's phone pass and two copies of it woven in: her pass, Alice, a stale
+    screenshot of Kim's pass, Bob, Kim's code again, then the rest. The door holds a pass id for
+    the debounce cooldown after it was last seen (a phone's code changes while it is in view), so
+    other members' cards come between the showings. The codes depend on the time: make this just
+    before playing it (``now``: the door's time then)."""
+    kim, stale, again = pass_scans(now)
+    return (kim, SCENARIO[0], stale, SCENARIO[1], again, *SCENARIO[2:])
+
+
+def pass_scans(now: datetime) -> tuple[Scan, ...]:
+    """Kim at the door with her phone, and two copies of her pass that must not work (see
+    ``scenario_with_passes``)."""
+    key = demo_pass_key()
+    step = step_at(now.timestamp(), DEFAULT_PERIOD_S)
+    current = pass_payload(key, ORG, DEMO_PASS_ID, step)
+    # Five minutes old: a screenshot someone was sent earlier.
+    stale = pass_payload(key, ORG, DEMO_PASS_ID, step - 300 // DEFAULT_PERIOD_S)
+    return (
+        Scan(current, Reason.SUBSCRIPTION, "Kim's phone pass"),
+        Scan(stale, Reason.TOKEN_EXPIRED, "a screenshot of Kim's pass from 5 minutes ago"),
+        Scan(current, Reason.TOKEN_REPLAYED, "the code Kim just used, shown again (a copy)"),
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -27,6 +27,9 @@ def test_bench_json_reports_every_figure():
     s2r = r["scan_to_relay_ms"]
     assert 0 < s2r["p50"] <= s2r["p99"]
     assert r["loop"]["grants"] == 300 and r["loop"]["denied"] == 0
+    # A third of the members show a phone pass: each one verified and admitted.
+    assert r["loop"]["pass_grants"] == r["passes"]["loop_pass_grants"] == 100
+    assert 0 < r["passes"]["pass_scan_to_relay_ms"]["p50"] <= s2r["max"]
     assert 0 < r["idle_frame_ms"] < r["decode"]["pipeline"]["code_median_ms"] * 100
     assert 20 < r["rss_mb"] < 1000  # the child's own peak, not the parent's
     assert r["machine"]["cores"] >= 1

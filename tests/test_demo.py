@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from devtools.demo import DemoWebError, run_demo
-from devtools.seed import AFTER_CLOUD_CHANGE, SCENARIO, WHILE_OFFLINE
+from devtools.seed import AFTER_CLOUD_CHANGE, WHILE_OFFLINE, scenario_with_passes
 from e2e_helpers import wait_until
 from fakes import clean_env
 from kiosk.cli import build_parser
@@ -32,11 +32,14 @@ from kiosk.ops.owner_password import load_password_hash, verify_password
 
 # --once plays the scenario, then the sync story: Carol admitted after a change made in the cloud,
 # Alice admitted while the cloud is down.
-PLAYED = [*SCENARIO, AFTER_CLOUD_CHANGE, WHILE_OFFLINE]
+# The first round's payloads depend on the time (phone passes); its reasons and length do not.
+FIRST_ROUND = scenario_with_passes(datetime.now(UTC))
+PLAYED = [*FIRST_ROUND, AFTER_CLOUD_CHANGE, WHILE_OFFLINE]
 
 REQUIRED = {
     "subscription", "class_pack", "unknown_code", "malformed_code", "member_paused",
-    "no_valid_membership", "pack_empty", "outside_hours", "passback",
+    "no_valid_membership", "pack_empty", "outside_hours", "passback", "token_replayed",
+    "token_expired",
 }  # fmt: skip
 
 
@@ -69,8 +72,18 @@ def test_once_json_plays_the_scenario_and_prints_only_committed_decisions(tmp_pa
     assert [d["reason"] for d in decisions] == [scan.expect.value for scan in PLAYED]
     assert {d["reason"] for d in decisions} >= REQUIRED
     for d in decisions:
-        assert {"id", "decision", "reason", "member", "relay_ms"} <= d.keys()
+        assert {"id", "decision", "reason", "member", "relay_ms", "credential"} <= d.keys()
         assert (d["relay_ms"] > 0) == (d["decision"] == "granted")
+    # Kim's phone pass is admitted; its copies are refused; every card says so.
+    by_pass = [d for d in decisions if d["credential"] == "pass"]
+    assert [d["reason"] for d in by_pass] == ["subscription", "token_expired", "token_replayed"]
+    assert by_pass[0]["member"] == "m-kim" and by_pass[0]["relay_ms"] > 0
+    assert {d["credential"] for d in decisions if d["reason"] == "malformed_code"} == {None}
+    assert all(
+        d["credential"] == "card"
+        for d in decisions
+        if d not in by_pass and d["reason"] != "malformed_code"
+    )
     assert "decision" not in summary
     assert summary["decisions"] == len(PLAYED)
     # Every decision reached the embedded cloud, including the one made while it was down.
@@ -88,7 +101,7 @@ def test_once_tells_the_sync_story(tmp_path):
     kinds = [(r["type"], r.get("event") or r.get("reason")) for r in records]
     syncs = [r for r in records if r["type"] == "sync"]
     assert syncs[0]["ok"] and syncs[0]["pull"] == "snapshot"  # the replica came from the cloud
-    assert syncs[1]["ok"] and syncs[1]["pushed"] == len(SCENARIO) and syncs[1]["pending"] == 0
+    assert syncs[1]["ok"] and syncs[1]["pushed"] == len(FIRST_ROUND) and syncs[1]["pending"] == 0
     change = kinds.index(("cloud", "member_changed"))
     carol = kinds.index(("decision", "subscription"), change)
     assert records[carol]["member"] == "m-carol"
