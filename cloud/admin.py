@@ -28,7 +28,14 @@ from cloud.errors import Clash, Invalid, NotFound
 from cloud.replica import row_data
 from sync.credentials import StaticCode, code_hash
 from sync.passes import MAX_PERIOD_S, MIN_PERIOD_S
-from sync.protocol import ProtocolError, ReplicaRow, make_row, need_text, utc_text
+from sync.protocol import (
+    ProtocolError,
+    ReplicaRow,
+    make_row,
+    need_text,
+    utc_from_text,
+    utc_text,
+)
 
 DEFAULT_LIST_ROWS = 100
 MAX_LIST_ROWS = 1000
@@ -93,7 +100,8 @@ def store_row(
     the kind's stored-but-not-replicated columns (a member's card code, a pass's times)."""
     table = db.REPLICA_TABLES[row.kind]
     data = row.data or {}
-    values = {column: data[column] for column in table.columns}
+    # A key the normal form leaves out (a plan without a visit limit) is stored as NULL.
+    values = {column: data.get(column) for column in table.columns}
     values.update(extra or {})
     write = db.RowWrite(gym_id, row.id, values, row.row_hash())
     db.upsert_replica_rows(tx, row.kind, org_id, [write], version=version, now=now)
@@ -268,7 +276,13 @@ def create_enrolment_code(
 
 
 def plan_view(row: dict[str, Any]) -> dict[str, Any]:
-    return {"id": row["id"], **row_data("plan", row), "version": int(row["version"])}
+    """A plan as the admin sees it: ``max_visits_per_day`` is always there (null: no limit)."""
+    return {
+        "id": row["id"],
+        "max_visits_per_day": None,
+        **row_data("plan", row),
+        "version": int(row["version"]),
+    }
 
 
 def list_plans(tx: db.Tx, org_id: str, after: str | None, limit: int) -> dict[str, Any]:
@@ -286,7 +300,11 @@ def save_plan(
     version = db.bump_version(tx, org_id)
     if plan_id is None:
         row_id = _new_row_id(tx, org_id, "plan", fields.get("id"))
-        data = {"name": fields.get("name"), "windows": fields.get("windows", [])}
+        data = {
+            "name": fields.get("name"),
+            "windows": fields.get("windows", []),
+            "max_visits_per_day": fields.get("max_visits_per_day"),
+        }
     else:
         row_id = plan_id
         data = {**row_data("plan", _live(tx, org_id, "plan", plan_id)), **fields}
@@ -582,6 +600,62 @@ def device_view(row: dict[str, Any]) -> dict[str, Any]:
             "retained_from_seq": row["hb_retained_from_seq"],
             "last_error": row["hb_last_error"],
         },
+        "occupancy": occupancy_view(row),
+    }
+
+
+def occupancy_view(row: dict[str, Any]) -> dict[str, Any] | None:
+    """A device's last reported occupancy (its heartbeat's), or None before any report:
+    ``reported_at``, ``now``, ``entries_today``, ``exits_today``, ``max_today``, ``capacity``."""
+    if row["occ_at"] is None:
+        return None
+    return {
+        "reported_at": row["occ_at"],
+        "now": int(row["occ_now"]),
+        "entries_today": int(row["occ_entries_today"]),
+        "exits_today": int(row["occ_exits_today"]),
+        "max_today": int(row["occ_max_today"]),
+        "capacity": None if row["occ_capacity"] is None else int(row["occ_capacity"]),
+    }
+
+
+def gym_occupancy(tx: db.Tx, org_id: str, gym_id: str, now: datetime) -> dict[str, Any]:
+    """How many people the gym's doors count in it, from each live door's last heartbeat.
+
+    Each door counts on its own (an exit-side scanner counts exits, an entry door entries and
+    perhaps exits, a door without an exit signal lets entries expire after the visit length), so
+    the gym's count is not the sum of the doors' ``now``: it is all entries minus all exits minus
+    the entries the doors let expire (a door's ``entries - exits - now`` when that is positive),
+    never below zero. Only reports made today in the gym's time zone count (``counted``); a door
+    that went quiet yesterday says nothing about today. ``capacity`` is the largest any counted
+    door has configured (null: none has one)."""
+    gym = get_gym(tx, org_id, gym_id)
+    zone = ZoneInfo(gym["timezone"])
+    today = now.astimezone(zone).date()
+    doors = []
+    entries = exits = expired = 0
+    capacities = []
+    for row in db.gym_occupancy_reports(tx, org_id, gym_id):
+        view = occupancy_view(row)
+        assert view is not None  # only devices that reported
+        counted = utc_from_text(view["reported_at"]).astimezone(zone).date() == today
+        doors.append(
+            {"device_id": row["device_id"], "name": row["name"], "counted": counted, **view}
+        )
+        if counted:
+            entries += view["entries_today"]
+            exits += view["exits_today"]
+            expired += max(0, view["entries_today"] - view["exits_today"] - view["now"])
+            if view["capacity"] is not None:
+                capacities.append(view["capacity"])
+    return {
+        "gym_id": gym_id,
+        "at": utc_text(now),
+        "now": max(0, entries - exits - expired),
+        "entries_today": entries,
+        "exits_today": exits,
+        "capacity": max(capacities, default=None),
+        "doors": doors,
     }
 
 

@@ -154,6 +154,23 @@ class HoursIn(_In):
     hours: list[HoursWindowIn]
 
 
+@router.get(
+    "/gyms/{gym_id}/occupancy",
+    summary="People in the gym now",
+    description=(
+        "From each live door's last heartbeat: the gym's count (`now`: all entries minus all "
+        "exits minus the entries doors without an exit signal let expire, never below zero), "
+        "`entries_today`, `exits_today`, the largest `capacity` a door has configured, and each "
+        "door's own report (`doors`: `now`, `entries_today`, `exits_today`, `max_today`, "
+        "`capacity`, `reported_at`). Only reports made today in the gym's time zone count "
+        "(`counted`)."
+    ),
+    responses=_ERRORS,
+)
+def gym_occupancy(a: AdminDep, gym_id: str) -> dict[str, Any]:
+    return a.read(lambda tx: admin.gym_occupancy(tx, a.org, gym_id, a.now()))
+
+
 @router.get("/gyms/{gym_id}/hours", summary="Weekly opening hours", responses=_ERRORS)
 def get_hours(a: AdminDep, gym_id: str) -> dict[str, Any]:
     return {"items": a.read(lambda tx: admin.list_hours(tx, a.org, gym_id)), "next": None}
@@ -218,6 +235,9 @@ def enrolment_code(a: AdminDep, gym_id: str, body: EnrolmentCodeIn | None = None
 # -- plans -----------------------------------------------------------------------------------------
 
 
+_VISITS = "the most entries a member of the plan may make in one local day, 1-100; null: no limit"
+
+
 class PlanIn(_In):
     id: str | None = None
     name: str
@@ -226,11 +246,13 @@ class PlanIn(_In):
         description="access windows [weekday 0-6, start_minute, end_minute] in local time; "
         "empty: any time the gym is open",
     )
+    max_visits_per_day: StrictInt | None = Field(None, description=_VISITS)
 
 
 class PlanPatch(_In):
     name: str | None = None
     windows: list[list[int]] | None = None
+    max_visits_per_day: StrictInt | None = Field(None, description=_VISITS)
 
 
 @router.get("/plans", summary="List plans", responses=_ERRORS)
@@ -519,7 +541,9 @@ def delete_membership(a: AdminDep, membership_id: str) -> Response:
     description=(
         "Each device's last heartbeat: backlog, age of the oldest pending check-in, replica "
         "version/checksum/count and whether it matches the cloud's (`replica_status`: match, "
-        "mismatch, behind, ahead), software version, clock quality, last error, last seen."
+        "mismatch, behind, ahead), software version, clock quality, last error, last seen; and "
+        "the occupancy it last reported (`occupancy`: `now`, `entries_today`, `exits_today`, "
+        "`max_today`, `capacity`, `reported_at`; null before any)."
     ),
     responses=_ERRORS,
 )
@@ -561,8 +585,9 @@ def request_resnapshot(a: AdminDep, device_id: str) -> dict[str, Any]:
     description=(
         "Check-ins by the time they happened (`occurred_at`, placed from clock anchors; "
         "`time_source` says how), oldest first, in [since, until). `pass_id` is the phone pass "
-        "the member showed (null: a card). Times are ISO 8601; `cursor` is the previous page's "
-        "`next`."
+        "the member showed (null: a card). `confirmed`: the turnstile turned for it; "
+        "`annulled`: it did not turn in time, so the member never came in and a class used was "
+        "given back. Times are ISO 8601; `cursor` is the previous page's `next`."
     ),
     responses=_ERRORS,
 )
@@ -586,7 +611,9 @@ def list_checkins(
     summary="Overdrafts",
     description=(
         "Check-ins that took a class pack or PT balance below zero (two doors spent the last "
-        "class while offline), with the membership's current balance."
+        "class while offline), with the membership's current balance. An annulled check-in is "
+        "no overdraft, and a class given back by an annulment clears the newest overdraft of "
+        "that membership it covers."
     ),
     responses=_ERRORS,
 )

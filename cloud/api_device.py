@@ -1,4 +1,4 @@
-"""The device API, sync protocol v2 (docs/sync-protocol.md is the contract; this follows it).
+"""The device API, sync protocol v3 (docs/sync-protocol.md is the contract; this follows it).
 
 Bodies are read raw and parsed with ``sync.protocol`` (the same parser the device uses), so a
 broken or hostile body becomes a 400 naming the field, never a 500. The body size is checked from
@@ -222,15 +222,18 @@ def _etag_matches(header: str | None, etag: str) -> bool:
 
 @router.post(
     "/v1/checkins",
-    summary="Upload check-ins",
+    summary="Upload check-ins and passage events",
     description=(
-        "A batch of journal rows (at most 500 items, 1 MiB). Each item is stored by its id "
-        "exactly once and answered `created`, `duplicate` (this device sent it before) or "
-        "`rejected` with a code (`invalid_item` naming the field, `id_conflict`). Class-pack and "
-        "PT balances go down only for newly created granted check-ins; the result's `version` is "
-        "the replica version carrying that change. Each item's `pass_id` names the phone pass "
-        "the code was (null: a card) and is stored with it. `clock` and `anchors` place offline "
-        "events in time."
+        "A batch of journal rows (at most 500 items, 1 MiB): check-ins (`kind` `checkin`) and "
+        "the door's passage events (`kind` `entry`, `annulled`, `tailgating`, `exit`). Each item "
+        "is stored by its id exactly once and answered `created`, `duplicate` (this device sent "
+        "it before) or `rejected` with a code (`invalid_item` naming the field, `id_conflict`). "
+        "Class-pack and PT balances go down only for newly created granted check-ins, and back "
+        "up only for newly created `annulled` events of a check-in that spent a class (it is "
+        "marked annulled; an `entry` marks it confirmed); the result's `version` is the replica "
+        "version carrying that change. Each check-in's `pass_id` names the phone pass the code "
+        "was (null: a card) and is stored with it. `clock` and `anchors` place offline events "
+        "in time."
     ),
     responses={**_ERRORS, 413: {"description": "More than 500 items or more than 1 MiB"}},
     openapi_extra=_body_schema(
@@ -273,7 +276,8 @@ async def checkins(
         "The device's sync health and journal position. The answer carries the server time (an "
         "anchor for the device), `resnapshot` (the admin asked, or the device is at the cloud's "
         "version with another checksum or count) and `resend_from_seq` (the first retained seq "
-        "the cloud holds nothing for, after a restore from backup)."
+        "the cloud holds nothing for, after a restore from backup). `occupancy` (optional) is "
+        "the door's count of people in the gym; the cloud keeps the latest."
     ),
     responses=_ERRORS,
     openapi_extra=_body_schema(
@@ -293,6 +297,7 @@ async def checkins(
             "retained_from_seq": {"type": "integer"},
             "last_error": {"type": ["string", "null"]},
             "anchors": {"type": "array", "items": {"type": "object"}},
+            "occupancy": {"type": "object"},
         },
         ["software_version", "boot_id", "monotonic_ns", "device_time", "replica_version"],
     ),

@@ -1,12 +1,12 @@
 """The cloud's HTTP surface: ``create_app(database_url)`` builds the FastAPI application.
 
-- ``/v1/...``: the device API (sync protocol v2, docs/sync-protocol.md), in ``api_device``;
+- ``/v1/...``: the device API (sync protocol v3, docs/sync-protocol.md), in ``api_device``;
 - ``/admin/v1/...``: the admin API (an organisation's admin token), in ``api_admin``;
 - ``/pass/``: the member's pass page (static files, docs/passes.md), in ``pass_web``;
 - ``/healthz``: ``{"ok": true}`` when the database answers (503 otherwise);
 - ``/openapi.json`` and ``/docs``: the API description.
 
-Every answer carries ``FitFlow-Protocol: 2``; a device request announcing another protocol
+Every answer carries ``FitFlow-Protocol: 3``; a device request announcing another protocol
 version answers 426. Errors are ``{"error": code, "detail": plain words}`` (plus ``fields`` for
 invalid admin input). A busy or unreachable database answers 503 with ``Retry-After``; nothing a
 client sends can produce a 500 short of a bug.
@@ -227,7 +227,7 @@ def create_app(
         title="FitFlow reference cloud",
         version=metadata.version("fitflow-kiosk"),
         description=(
-            "The cloud end of FitFlow Kiosk sync protocol v2 (device API under /v1, see "
+            "The cloud end of FitFlow Kiosk sync protocol v3 (device API under /v1, see "
             "docs/sync-protocol.md) and the admin API under /admin/v1 (Bearer admin token)."
         ),
         lifespan=lifespan,

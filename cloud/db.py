@@ -553,6 +553,15 @@ def bump_version(tx: Tx, org_id: str) -> int:
     return int(row["version"])
 
 
+def lock_version(tx: Tx, org_id: str) -> None:
+    """Take the organisation's version lock (the row ``bump_version`` updates) without handing
+    out a version: a write that may or may not change replica rows takes it before reading what
+    it may change, and bumps only if it does. PostgreSQL: ``FOR UPDATE``; SQLite: nothing to do
+    (a write transaction already holds the database's write lock)."""
+    if tx.dialect == POSTGRES:
+        tx.value("SELECT version FROM organizations WHERE id = ? FOR UPDATE", (org_id,))
+
+
 def raise_purged_version(tx: Tx, org_id: str, version: int) -> None:
     tx.run(
         "UPDATE organizations SET purged_version = ? WHERE id = ? AND purged_version < ?",
@@ -613,7 +622,7 @@ class ReplicaTable:
 REPLICA_TABLES: dict[str, ReplicaTable] = {
     t.kind: t
     for t in (
-        ReplicaTable("plan", "plans", ("name", "windows"), False),
+        ReplicaTable("plan", "plans", ("name", "windows", "max_visits_per_day"), False),
         ReplicaTable(
             "member",
             "members",
@@ -939,7 +948,8 @@ _DEVICE_COLUMNS = (
     "id, organization_id, gym_id, name, software_version, enrolled_at, revoked_at, last_seen_at,"
     " resnapshot_requested, hb_at, hb_boot_id, hb_device_time, hb_clock_quality, hb_backlog,"
     " hb_oldest_pending_age_s, hb_replica_version, hb_replica_checksum, hb_replica_count,"
-    " hb_replica_status, hb_last_seq, hb_synced_through_seq, hb_retained_from_seq, hb_last_error"
+    " hb_replica_status, hb_last_seq, hb_synced_through_seq, hb_retained_from_seq, hb_last_error,"
+    " occ_at, occ_now, occ_entries_today, occ_exits_today, occ_max_today, occ_capacity"
 )
 HEARTBEAT_COLUMNS = (
     "hb_at",
@@ -1063,6 +1073,28 @@ def record_heartbeat(tx: Tx, device_id: str, fields: dict[str, Any]) -> bool | N
     return None if row is None else bool(row["resnapshot_requested"])
 
 
+def record_occupancy(tx: Tx, device_id: str, at: str, occupancy: Sequence[Any]) -> None:
+    """Keep the occupancy a heartbeat reported at ``at``: (now, entries today, exits today,
+    max today, capacity or None), replacing the device's previous report."""
+    tx.run(
+        "UPDATE devices SET occ_at = ?, occ_now = ?, occ_entries_today = ?, occ_exits_today = ?,"
+        " occ_max_today = ?, occ_capacity = ? WHERE id = ?",
+        (at, *occupancy, device_id),
+    )
+
+
+def gym_occupancy_reports(tx: Tx, org_id: str, gym_id: str) -> list[dict[str, Any]]:
+    """The last occupancy report of each live (not revoked) device of a gym that ever sent one:
+    {device_id, name, occ_at, occ_now, occ_entries_today, occ_exits_today, occ_max_today,
+    occ_capacity}, by device id."""
+    return tx.all(
+        "SELECT id AS device_id, name, occ_at, occ_now, occ_entries_today, occ_exits_today,"
+        " occ_max_today, occ_capacity FROM devices WHERE organization_id = ? AND gym_id = ?"
+        " AND revoked_at IS NULL AND occ_at IS NOT NULL ORDER BY id",
+        (org_id, gym_id),
+    )
+
+
 # -- clock anchors ---------------------------------------------------------------------------------
 
 
@@ -1165,14 +1197,20 @@ def checkin_holders(tx: Tx, ids: Sequence[str]) -> dict[str, dict[str, Any]]:
     ``revoked``), its organisation and gym, the row's identity (``seq``, ``door_id``,
     ``boot_id``, ``monotonic_ns``) and ``effect_version`` (the version carrying its side effect,
     or None)."""
+    return _holders(tx, "checkins", ids)
+
+
+def _holders(tx: Tx, table: str, ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+    if table not in JOURNAL_TABLES:
+        raise ValueError(f"not a journal table: {table}")
     out: dict[str, dict[str, Any]] = {}
     unique = sorted(set(ids))
     for start in range(0, len(unique), 500):
         chunk = unique[start : start + 500]
         marks = ", ".join("?" * len(chunk))
         sql = (
-            "SELECT c.id, c.device_id, c.organization_id, c.gym_id, c.seq, c.door_id, c.boot_id,"
-            " c.monotonic_ns, c.effect_version, d.revoked_at FROM checkins c"
+            "SELECT c.id, c.device_id, c.organization_id, c.gym_id, c.seq, c.door_id, c.boot_id,"  # noqa: S608
+            f" c.monotonic_ns, c.effect_version, d.revoked_at FROM {table} c"
             " LEFT JOIN devices d ON d.id = c.device_id WHERE c.id IN "
         )
         for row in tx.all(f"{sql}({marks})", chunk):
@@ -1203,18 +1241,35 @@ def mark_checkin_effects(tx: Tx, effects: Iterable[tuple[int, bool, str]]) -> No
     tx.run_many("UPDATE checkins SET effect_version = ?, overdraft = ? WHERE id = ?", effects)
 
 
-def unanchored_checkins(tx: Tx, device_id: str, boot_id: str) -> list[tuple[str, int]]:
+# The tables of a device's journal rows, each placed in time the same way.
+JOURNAL_TABLES = ("checkins", "door_events")
+
+
+def unanchored_checkins(
+    tx: Tx, device_id: str, boot_id: str, table: str = "checkins"
+) -> list[tuple[str, int]]:
+    """(id, monotonic ns) of a boot's rows placed without an anchor, in ``table`` (one of
+    JOURNAL_TABLES: check-ins or passage events)."""
+    if table not in JOURNAL_TABLES:
+        raise ValueError(f"not a journal table: {table}")
     rows = tx.all(
-        "SELECT id, monotonic_ns FROM checkins WHERE device_id = ? AND boot_id = ?"
+        f"SELECT id, monotonic_ns FROM {table} WHERE device_id = ? AND boot_id = ?"  # noqa: S608
         " AND time_source <> 'anchored'",
         (device_id, boot_id),
     )
     return [(row["id"], int(row["monotonic_ns"])) for row in rows]
 
 
-def set_placements(tx: Tx, placements: Iterable[tuple[str, str, str]]) -> None:
-    """(occurred_at, time_source, check-in id) for re-placed check-ins."""
-    tx.run_many("UPDATE checkins SET occurred_at = ?, time_source = ? WHERE id = ?", placements)
+def set_placements(
+    tx: Tx, placements: Iterable[tuple[str, str, str]], table: str = "checkins"
+) -> None:
+    """(occurred_at, time_source, id) for re-placed rows of ``table`` (one of JOURNAL_TABLES)."""
+    if table not in JOURNAL_TABLES:
+        raise ValueError(f"not a journal table: {table}")
+    tx.run_many(
+        f"UPDATE {table} SET occurred_at = ?, time_source = ? WHERE id = ?",  # noqa: S608
+        placements,
+    )
 
 
 def insert_rejections(tx: Tx, rows: Iterable[tuple[Any, ...]]) -> None:
@@ -1227,18 +1282,142 @@ def insert_rejections(tx: Tx, rows: Iterable[tuple[Any, ...]]) -> None:
     )
 
 
+# -- passage events ----------------------------------------------------------------------------------
+# The doors' passage events (entry, annulled, tailgating, exit: sync protocol 3), stored once by id
+# like check-ins; an ``entry`` marks its check-in confirmed, an ``annulled`` marks it annulled (and
+# cloud.uploads gives the class back).
+
+EVENT_COLUMNS = (
+    "id",
+    "organization_id",
+    "gym_id",
+    "device_id",
+    "seq",
+    "door_id",
+    "kind",
+    "checkin_id",
+    "wall_time",
+    "boot_id",
+    "monotonic_ns",
+    "clock_quality",
+    "occurred_at",
+    "time_source",
+    "received_at",
+)
+
+
+def insert_events(tx: Tx, rows: Sequence[Sequence[Any]]) -> set[str]:
+    """Insert passage events (tuples in EVENT_COLUMNS order) by id, skipping ids already stored;
+    returns the ids actually inserted."""
+    created: set[str] = set()
+    one = "(" + ", ".join("?" * len(EVENT_COLUMNS)) + ")"
+    for start in range(0, len(rows), _CHECKIN_CHUNK):
+        chunk = rows[start : start + _CHECKIN_CHUNK]
+        sql = (
+            f"INSERT INTO door_events ({', '.join(EVENT_COLUMNS)})"  # noqa: S608
+            f" VALUES {', '.join([one] * len(chunk))} ON CONFLICT DO NOTHING RETURNING id"
+        )
+        params = [value for row in chunk for value in row]
+        created.update(row["id"] for row in tx.all(sql, params))
+    return created
+
+
+def event_holders(tx: Tx, ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """{event id: stored row} for stored event ids, with the same keys as ``checkin_holders``."""
+    return _holders(tx, "door_events", ids)
+
+
+def set_event_effects(tx: Tx, effects: Iterable[tuple[int, str]]) -> None:
+    """(version, event id) for annulments that gave a class back at that version."""
+    tx.run_many("UPDATE door_events SET effect_version = ? WHERE id = ?", effects)
+
+
+def events_naming(tx: Tx, checkin_ids: Sequence[str]) -> list[tuple[str, str, str]]:
+    """(check-in id, kind, device id) of the stored ``entry`` and ``annulled`` events naming
+    these check-ins: for check-ins that arrive with or after their event. Uses the
+    ``door_events_by_checkin`` index; usually finds nothing."""
+    out: list[tuple[str, str, str]] = []
+    unique = sorted(set(checkin_ids))
+    for start in range(0, len(unique), 500):
+        chunk = unique[start : start + 500]
+        marks = ", ".join("?" * len(chunk))
+        rows = tx.all(
+            "SELECT checkin_id, kind, device_id FROM door_events"  # noqa: S608
+            f" WHERE checkin_id IN ({marks}) AND kind IN ('entry', 'annulled')",
+            chunk,
+        )
+        out.extend((row["checkin_id"], row["kind"], row["device_id"]) for row in rows)
+    return out
+
+
+def annul_checkin(tx: Tx, checkin_id: str, device_ids: Sequence[str]) -> dict[str, Any] | None:
+    """Mark a check-in held under one of these devices annulled, if it is not already; its
+    overdraft flag goes (an annulled entry spent nothing). Returns {decision, member_id,
+    membership_id, classes_used, effect_version} of the row changed, or None when none was (no
+    such check-in here, or annulled before): one conditional UPDATE, so an annulment takes effect
+    exactly once even when two arrive at once (PostgreSQL: the second waits for the first's row
+    lock, then finds it annulled)."""
+    owners = sorted(set(device_ids))
+    marks = ", ".join("?" * len(owners))
+    row = tx.one(
+        "UPDATE checkins SET annulled = TRUE, overdraft = FALSE"  # noqa: S608
+        f" WHERE id = ? AND annulled = FALSE AND device_id IN ({marks})"
+        " RETURNING decision, member_id, membership_id, classes_used, effect_version",
+        (checkin_id, *owners),
+    )
+    return row
+
+
+def confirm_checkins(tx: Tx, checkin_ids: Sequence[str], device_ids: Sequence[str]) -> None:
+    """Mark check-ins held under one of these devices confirmed (the turnstile turned)."""
+    owners = sorted(set(device_ids))
+    marks = ", ".join("?" * len(owners))
+    tx.run_many(
+        f"UPDATE checkins SET confirmed = TRUE WHERE id = ? AND device_id IN ({marks})",  # noqa: S608
+        [(checkin_id, *owners) for checkin_id in sorted(set(checkin_ids))],
+    )
+
+
+def mark_annulled_on_arrival(tx: Tx, checkin_ids: Iterable[str]) -> None:
+    """Check-ins just stored whose annulment arrived before them: annulled from the start."""
+    tx.run_many(
+        "UPDATE checkins SET annulled = TRUE, overdraft = FALSE WHERE id = ?",
+        [(checkin_id,) for checkin_id in sorted(set(checkin_ids))],
+    )
+
+
+def overdrawn_checkins(tx: Tx, org_id: str, membership_id: str) -> list[str]:
+    """Ids of a membership's check-ins flagged as overdrafts (annulled ones never are), newest
+    first by when they happened."""
+    rows = tx.all(
+        "SELECT id FROM checkins WHERE organization_id = ? AND membership_id = ?"
+        " AND overdraft = TRUE ORDER BY occurred_at DESC, id DESC",
+        (org_id, membership_id),
+    )
+    return [row["id"] for row in rows]
+
+
+def clear_overdrafts(tx: Tx, checkin_ids: Iterable[str]) -> None:
+    tx.run_many(
+        "UPDATE checkins SET overdraft = FALSE WHERE id = ?",
+        [(checkin_id,) for checkin_id in checkin_ids],
+    )
+
+
 def journal_seqs_held(tx: Tx, device_ids: str | Sequence[str], low: int, high: int) -> int:
     """How many distinct seqs in [low, high] the cloud holds for a device, or for any of several
-    (a kiosk and its earlier enrolments), as check-ins or rejections: index range counts on
-    (device_id, seq)."""
+    (a kiosk and its earlier enrolments), as check-ins, passage events or rejections (one seq
+    space on the device): index range counts on (device_id, seq)."""
     ids = [device_ids] if isinstance(device_ids, str) else sorted(set(device_ids))
     marks = ", ".join("?" * len(ids))
+    parts = " UNION ".join(
+        f"SELECT seq FROM {table} WHERE device_id IN ({marks}) AND seq BETWEEN ? AND ?"  # noqa: S608
+        for table in ("checkins", "door_events", "rejections")
+    )
     return int(
         tx.value(
-            f"SELECT COUNT(*) AS n FROM (SELECT seq FROM checkins WHERE device_id IN ({marks})"  # noqa: S608
-            f" AND seq BETWEEN ? AND ? UNION SELECT seq FROM rejections WHERE device_id IN ({marks})"
-            " AND seq BETWEEN ? AND ?) AS held",
-            (*ids, low, high, *ids, low, high),
+            f"SELECT COUNT(*) AS n FROM ({parts}) AS held",  # noqa: S608
+            (*ids, low, high) * 3,
         )
     )
 
@@ -1282,12 +1461,14 @@ def devices_sharing_boot(
 _CHECKIN_LIST = (
     "id, gym_id, device_id, seq, door_id, decision, reason, member_id, membership_id,"
     " classes_used, replica_version, wall_time, clock_quality, occurred_at, time_source,"
-    " received_at, overdraft, effect_version, pass_id"
+    " received_at, overdraft, effect_version, pass_id, annulled, confirmed"
 )
 
 
 def _checkin(row: dict[str, Any]) -> dict[str, Any]:
     row["overdraft"] = bool(row["overdraft"])
+    row["annulled"] = bool(row["annulled"])
+    row["confirmed"] = bool(row["confirmed"])
     return row
 
 

@@ -312,7 +312,54 @@ _V3 = Migration(
     ),
 )
 
-MIGRATIONS: tuple[Migration, ...] = (_V1, _V2, _V3)
+# The turnstile talks back (sync protocol 3). ``door_events`` holds the doors' passage events,
+# stored once by id like check-ins and in the same seq space (the heartbeat's gap check counts
+# both). A check-in is ``annulled`` when its door saw no passage in time (its class went back to
+# the membership) and ``confirmed`` when the turnstile turned for it. A plan may limit a member's
+# entries per local day. Each device keeps the occupancy its last heartbeat reported.
+_V4 = Migration(
+    4,
+    "door events, annulled and confirmed check-ins, plan visit limits, occupancy",
+    (
+        """
+        CREATE TABLE door_events (
+            id TEXT PRIMARY KEY,
+            organization_id TEXT NOT NULL,
+            gym_id TEXT NOT NULL,
+            device_id TEXT NOT NULL,
+            seq {BIGINT} NOT NULL,
+            door_id TEXT NOT NULL,
+            kind TEXT NOT NULL,
+            checkin_id TEXT,
+            wall_time TEXT NOT NULL,
+            boot_id TEXT NOT NULL,
+            monotonic_ns {BIGINT} NOT NULL,
+            clock_quality TEXT NOT NULL,
+            occurred_at TEXT NOT NULL,
+            time_source TEXT NOT NULL,
+            received_at TEXT NOT NULL,
+            effect_version {BIGINT}
+        )
+        """,
+        "CREATE INDEX door_events_by_device_seq ON door_events (device_id, seq)",
+        "CREATE INDEX door_events_by_checkin ON door_events (checkin_id)"
+        " WHERE checkin_id IS NOT NULL",
+        "CREATE INDEX door_events_by_gym_time ON door_events (gym_id, occurred_at, id)",
+        "CREATE INDEX door_events_unanchored ON door_events (device_id, boot_id)"
+        " WHERE time_source <> 'anchored'",
+        "ALTER TABLE checkins ADD COLUMN annulled {BOOL} NOT NULL DEFAULT FALSE",
+        "ALTER TABLE checkins ADD COLUMN confirmed {BOOL} NOT NULL DEFAULT FALSE",
+        "ALTER TABLE plans ADD COLUMN max_visits_per_day INTEGER",
+        "ALTER TABLE devices ADD COLUMN occ_at TEXT",
+        "ALTER TABLE devices ADD COLUMN occ_now INTEGER",
+        "ALTER TABLE devices ADD COLUMN occ_entries_today INTEGER",
+        "ALTER TABLE devices ADD COLUMN occ_exits_today INTEGER",
+        "ALTER TABLE devices ADD COLUMN occ_max_today INTEGER",
+        "ALTER TABLE devices ADD COLUMN occ_capacity INTEGER",
+    ),
+)
+
+MIGRATIONS: tuple[Migration, ...] = (_V1, _V2, _V3, _V4)
 LATEST_VERSION = MIGRATIONS[-1].version
 
 _CREATE_HISTORY = (

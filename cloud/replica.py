@@ -33,7 +33,11 @@ from sync.protocol import (
 def row_data(kind: str, row: dict[str, Any]) -> dict[str, Any]:
     """The wire ``data`` of a stored row (the same shape ``sync.protocol.make_row`` returns)."""
     if kind == "plan":
-        return {"name": row["name"], "windows": [list(w) for w in row["windows"]]}
+        data: dict[str, Any] = {"name": row["name"], "windows": [list(w) for w in row["windows"]]}
+        # Left out when there is no limit: the protocol's normal form (sync.protocol._plan_data).
+        if row.get("max_visits_per_day") is not None:
+            data["max_visits_per_day"] = int(row["max_visits_per_day"])
+        return data
     if kind == "member":
         return {
             "organization_id": row["organization_id"],

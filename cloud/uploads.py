@@ -1,9 +1,11 @@
-"""What devices send: enrolment, authentication, check-in uploads and heartbeats.
+"""What devices send: enrolment, authentication, uploads of check-ins and passage events, and
+heartbeats.
 
-Uploads are idempotent by check-in id: each item is inserted with ``ON CONFLICT DO NOTHING`` and
-only the rows actually inserted have side effects (a class-pack or PT balance goes down, in the
-same transaction, stamped with a fresh organisation version), so a batch sent three times changes
-the balance once. One bad item is rejected alone and recorded; it never fails the batch.
+Uploads are idempotent by id: each item is inserted with ``ON CONFLICT DO NOTHING`` and only the
+rows actually inserted have side effects (a class-pack or PT balance goes down for a check-in, or
+back up for an ``annulled`` event; an ``entry`` event confirms its check-in), in the same
+transaction, stamped with a fresh organisation version, so a batch sent three times changes the
+balance once. One bad item is rejected alone and recorded; it never fails the batch.
 
 A kiosk enrolled again (a new device id, the same journal) re-sends rows it delivered as the
 earlier device: an item whose id the same organisation and gym already holds under a revoked
@@ -30,11 +32,13 @@ from cloud.replica import row_data
 from sync.protocol import (
     CREATED,
     DUPLICATE,
+    EVENTS_WITH_CHECKIN,
     REJECT_ID_CONFLICT,
     REJECT_INVALID,
     REJECTED,
     Anchor,
     Enrolment,
+    EventItem,
     Heartbeat,
     HeartbeatReply,
     ProtocolError,
@@ -45,7 +49,7 @@ from sync.protocol import (
     make_row,
     need_object,
     need_text,
-    parse_upload_item,
+    parse_journal_item,
     parse_utc,
     utc_text,
 )
@@ -187,26 +191,29 @@ def _anchors(tx: db.Tx, device_id: str, boot_id: str, low: int, high: int) -> li
 
 
 def replace_unanchored(tx: db.Tx, device_id: str, boots: Iterable[str]) -> int:
-    """Place again the check-ins of these boots that were placed without an anchor; returns how
-    many were moved."""
+    """Place again the check-ins and passage events of these boots that were placed without an
+    anchor; returns how many were moved."""
     moved = 0
     for boot in boots:
-        pending = db.unanchored_checkins(tx, device_id, boot)
-        if not pending:
-            continue
-        monos = [mono for _, mono in pending]
-        anchors = _anchors(tx, device_id, boot, min(monos), max(monos))
-        updates = []
-        for checkin_id, mono in pending:
-            placed = placement.anchored_time(boot, mono, anchors)
-            if placed is not None:
-                updates.append((utc_text(placed), placement.ANCHORED, checkin_id))
-        db.set_placements(tx, updates)
-        moved += len(updates)
+        for table in db.JOURNAL_TABLES:
+            pending = db.unanchored_checkins(tx, device_id, boot, table)
+            if not pending:
+                continue
+            monos = [mono for _, mono in pending]
+            anchors = _anchors(tx, device_id, boot, min(monos), max(monos))
+            updates = []
+            for row_id, mono in pending:
+                placed = placement.anchored_time(boot, mono, anchors)
+                if placed is not None:
+                    updates.append((utc_text(placed), placement.ANCHORED, row_id))
+            db.set_placements(tx, updates, table)
+            moved += len(updates)
     return moved
 
 
-# -- check-in uploads ------------------------------------------------------------------------------
+# -- check-in and event uploads --------------------------------------------------------------------
+
+JournalItem = UploadItem | EventItem
 
 
 def _raw_seq(raw: object) -> int | None:
@@ -216,20 +223,52 @@ def _raw_seq(raw: object) -> int | None:
     return None
 
 
+class _BatchVersion:
+    """The organisation's version lock and at most one new version per upload: the balances a
+    batch lowers (class uses) and raises (annulments) are all stamped with it."""
+
+    def __init__(self, tx: db.Tx, org_id: str) -> None:
+        self._tx = tx
+        self._org = org_id
+        self._locked = False
+        self._version: int | None = None
+
+    def lock(self) -> None:
+        """Hold the version lock until commit (taking no version yet)."""
+        if not self._locked:
+            db.lock_version(self._tx, self._org)
+            self._locked = True
+
+    def take(self) -> int:
+        """The batch's new version (bumped the first time; the lock is held from then on)."""
+        if self._version is None:
+            self._version = db.bump_version(self._tx, self._org)
+            self._locked = True
+        return self._version
+
+
 def receive_checkins(
     tx: db.Tx, device: DeviceAuth, envelope: UploadEnvelope, now: datetime
 ) -> list[UploadResult]:
-    """Store a batch; one result per item, in order (docs/sync-protocol.md, ``POST
-    /v1/checkins``)."""
+    """Store a batch of check-ins and passage events; one result per item, in order
+    (docs/sync-protocol.md, ``POST /v1/checkins``).
+
+    Order of work, all in ``tx``: anchors; check-ins and events inserted by id (only the rows
+    inserted now have effects); new check-ins that an ``entry`` or ``annulled`` event already
+    names (sent earlier, or in this batch) are confirmed or annulled at once, and an annulled one
+    spends nothing; the remaining class uses lower balances; new ``annulled`` events annul their
+    check-in (one conditional UPDATE: exactly once) and give back the classes it had spent, at
+    the batch's version; new ``entry`` events confirm theirs. An event names a check-in of this
+    device or of its earlier enrolments only (another door's check-in is never touched)."""
     stamp = utc_text(now)
     org = device.organization_id
     results: list[UploadResult | None] = [None] * len(envelope.items)
     rejections: list[tuple[Any, ...]] = []
-    items: dict[str, tuple[int, UploadItem]] = {}  # first occurrence of each id
+    items: dict[str, tuple[int, JournalItem]] = {}  # first occurrence of each id
     repeats: list[tuple[int, str]] = []  # later occurrences in the same batch
     for n, raw in enumerate(envelope.items):
         try:
-            item = parse_upload_item(raw, f"items[{n}]")
+            item = parse_journal_item(raw, f"items[{n}]")
         except ProtocolError as exc:
             detail = str(exc)[:500]
             results[n] = UploadResult(item_id(raw), REJECTED, REJECT_INVALID, detail)
@@ -248,56 +287,128 @@ def receive_checkins(
         anchors.append(Anchor(envelope.clock[0], envelope.clock[1], now))
     fresh_boots = record_anchors(tx, device.id, anchors)
 
-    by_boot: dict[str, list[UploadItem]] = defaultdict(list)
-    for _, item in items.values():
-        by_boot[item.boot_id].append(item)
-    rows = []
-    for boot, boot_items in by_boot.items():
-        monos = [i.monotonic_ns for i in boot_items]
-        boot_anchors = _anchors(tx, device.id, boot, min(monos), max(monos))
-        for item in boot_items:
-            placed, source = placement.place(
-                item.boot_id, item.monotonic_ns, item.wall_time, item.clock_quality, boot_anchors
-            )
-            rows.append(_checkin_row(item, device, utc_text(placed), source, stamp))
-    rows.sort(key=lambda r: r[0])  # id order: concurrent batches lock rows in the same order
-    created = db.insert_checkins(tx, rows)
-    others = [i for i in items if i not in created]
-    holders = db.checkin_holders(tx, others) if others else {}
+    placed = _place(tx, device, [item for _, item in items.values()])
+    checkins = {i: it for i, (_, it) in items.items() if isinstance(it, UploadItem)}
+    events = {i: it for i, (_, it) in items.items() if isinstance(it, EventItem)}
+    # id order: concurrent batches lock rows in the same order
+    checkin_rows = sorted(_checkin_row(c, device, *placed[c.id], stamp) for c in checkins.values())
+    event_rows = sorted(_event_row(e, device, *placed[e.id], stamp) for e in events.values())
+    created = db.insert_checkins(tx, checkin_rows) if checkin_rows else set()
+    created_events = db.insert_events(tx, event_rows) if event_rows else set()
+    holders = db.checkin_holders(tx, [i for i in checkins if i not in created])
+    holders.update(db.event_holders(tx, [i for i in events if i not in created_events]))
 
-    effects = _apply_balances(tx, device, [items[i][1] for i in items if i in created], stamp)
+    # Who holds what is settled before any effect: an event may name a check-in this kiosk sent
+    # under an earlier enrolment, recognised just now.
     earlier: set[str] = set()
-    for checkin_id, (n, item) in items.items():
-        if checkin_id in created:
-            results[n] = UploadResult(checkin_id, CREATED, None, "", effects.get(checkin_id))
+    held_results: dict[str, UploadResult] = {}
+    for row_id, (_, item) in items.items():
+        if row_id in created or row_id in created_events:
             continue
-        held = holders.get(checkin_id)
+        held = holders.get(row_id)
         if held is not None and held["device_id"] == device.id:
-            results[n] = UploadResult(checkin_id, DUPLICATE, None, "", held["effect_version"])
+            held_results[row_id] = UploadResult(row_id, DUPLICATE, None, "", held["effect_version"])
         elif held is not None and _earlier_enrolment(held, item, device):
-            results[n] = UploadResult(checkin_id, DUPLICATE, None, "", held["effect_version"])
+            held_results[row_id] = UploadResult(row_id, DUPLICATE, None, "", held["effect_version"])
             earlier.add(held["device_id"])
         else:
-            detail = "another device's check-in has this id"
-            results[n] = UploadResult(checkin_id, REJECTED, REJECT_ID_CONFLICT, detail)
+            what = "check-in" if isinstance(item, UploadItem) else "event"
+            detail = f"another device's {what} has this id"
+            held_results[row_id] = UploadResult(row_id, REJECTED, REJECT_ID_CONFLICT, detail)
             code = REJECT_ID_CONFLICT
-            rejections.append((org, device.id, checkin_id, item.seq, code, detail, stamp))
-    for n, checkin_id in repeats:
-        first = results[items[checkin_id][0]]
+            rejections.append((org, device.id, row_id, item.seq, code, detail, stamp))
+    db.link_predecessors(tx, device.id, earlier, stamp)
+
+    version = _BatchVersion(tx, org)
+    owners = _Owners(tx, device.id)
+    new_events = sorted((events[i] for i in created_events), key=lambda e: e.seq)
+    resolving = [e for e in new_events if e.kind in EVENTS_WITH_CHECKIN]
+    spending = _resolve_on_arrival(tx, [checkins[i] for i in created], owners)
+    effects = _apply_balances(tx, device, spending, stamp, version)
+    effects.update(_apply_annulments(tx, device, resolving, owners, stamp, version))
+    entries = [e.checkin_id or "" for e in resolving if e.kind == "entry"]
+    if entries:
+        db.confirm_checkins(tx, entries, owners.ids())
+
+    for row_id, (n, _) in items.items():
+        if row_id in created or row_id in created_events:
+            results[n] = UploadResult(row_id, CREATED, None, "", effects.get(row_id))
+        else:
+            results[n] = held_results[row_id]
+    for n, row_id in repeats:
+        first = results[items[row_id][0]]
         assert first is not None
         status = DUPLICATE if first.status == CREATED else first.status
-        results[n] = UploadResult(checkin_id, status, first.code, first.detail, first.version)
+        results[n] = UploadResult(row_id, status, first.code, first.detail, first.version)
 
     db.insert_rejections(tx, rejections)
-    db.link_predecessors(tx, device.id, earlier, stamp)
     replace_unanchored(tx, device.id, fresh_boots)
     return [r for r in results if r is not None]
 
 
-def _earlier_enrolment(held: dict[str, Any], item: UploadItem, device: DeviceAuth) -> bool:
-    """Whether a stored check-in with the item's id is this kiosk's own row, sent when it was
-    enrolled as another device: same organisation and gym, and that device is revoked or the row
-    is the same journal row (seq, door, boot and monotonic time)."""
+def _place(
+    tx: db.Tx, device: DeviceAuth, items: Sequence[JournalItem]
+) -> dict[str, tuple[str, str]]:
+    """{item id: (occurred_at text, time source)}: each item placed in time from the anchors of
+    its boot (docs/sync-protocol.md, "Time placement")."""
+    by_boot: dict[str, list[JournalItem]] = defaultdict(list)
+    for item in items:
+        by_boot[item.boot_id].append(item)
+    out: dict[str, tuple[str, str]] = {}
+    for boot, boot_items in by_boot.items():
+        monos = [i.monotonic_ns for i in boot_items]
+        boot_anchors = _anchors(tx, device.id, boot, min(monos), max(monos))
+        for item in boot_items:
+            moment, source = placement.place(
+                item.boot_id, item.monotonic_ns, item.wall_time, item.clock_quality, boot_anchors
+            )
+            out[item.id] = (utc_text(moment), source)
+    return out
+
+
+class _Owners:
+    """The devices whose check-ins this device's events may name: itself and its earlier
+    enrolments (read once, when first needed, after this batch linked any it recognised)."""
+
+    def __init__(self, tx: db.Tx, device_id: str) -> None:
+        self._tx = tx
+        self._device = device_id
+        self._ids: list[str] | None = None
+
+    def ids(self) -> list[str]:
+        if self._ids is None:
+            self._ids = [self._device, *db.predecessors(self._tx, self._device)]
+        return self._ids
+
+
+def _resolve_on_arrival(
+    tx: db.Tx, created: Sequence[UploadItem], owners: _Owners
+) -> list[UploadItem]:
+    """New check-ins that an ``entry`` or ``annulled`` event of this kiosk already names are
+    confirmed or annulled now (an event follows its check-in in the journal, but may come in the
+    same batch); returns the new check-ins that may spend a class (the granted ones not
+    annulled). One indexed query, which usually finds nothing."""
+    granted = [c for c in created if c.decision == "granted"]
+    if not granted:
+        return []
+    named = db.events_naming(tx, [c.id for c in granted])
+    if not named:
+        return granted
+    mine = set(owners.ids())
+    annulled = sorted({c for c, kind, dev in named if kind == "annulled" and dev in mine})
+    confirmed = sorted({c for c, kind, dev in named if kind == "entry" and dev in mine})
+    if annulled:
+        db.mark_annulled_on_arrival(tx, annulled)
+    if confirmed:
+        db.confirm_checkins(tx, confirmed, owners.ids())
+    gone = set(annulled)
+    return [c for c in granted if c.id not in gone]
+
+
+def _earlier_enrolment(held: dict[str, Any], item: JournalItem, device: DeviceAuth) -> bool:
+    """Whether a stored row with the item's id is this kiosk's own, sent when it was enrolled as
+    another device: same organisation and gym, and that device is revoked or the row is the same
+    journal row (seq, door, boot and monotonic time)."""
     if (held["organization_id"], held["gym_id"]) != (device.organization_id, device.gym_id):
         return False
     same_row = (
@@ -337,8 +448,35 @@ def _checkin_row(
     )
 
 
+def _event_row(
+    item: EventItem, device: DeviceAuth, occurred_at: str, source: str, received_at: str
+) -> tuple[Any, ...]:
+    """A passage event in db.EVENT_COLUMNS order."""
+    return (
+        item.id,
+        device.organization_id,
+        device.gym_id,
+        device.id,
+        item.seq,
+        item.door_id,
+        item.kind,
+        item.checkin_id,
+        utc_text(item.wall_time),
+        item.boot_id,
+        item.monotonic_ns,
+        item.clock_quality,
+        occurred_at,
+        source,
+        received_at,
+    )
+
+
 def _apply_balances(
-    tx: db.Tx, device: DeviceAuth, created: Sequence[UploadItem], stamp: str
+    tx: db.Tx,
+    device: DeviceAuth,
+    created: Sequence[UploadItem],
+    stamp: str,
+    batch: _BatchVersion,
 ) -> dict[str, int]:
     """Lower class-pack/PT balances for newly created granted check-ins that used classes; one
     new version for the batch. Returns {check-in id: that version}. A balance below zero is kept
@@ -357,7 +495,7 @@ def _apply_balances(
     # and only then the balances: a concurrent upload spending the same pack has committed by now
     # (READ COMMITTED reads its balance), so no decrement is lost and the row hash is computed
     # from the row as stored.
-    version = db.bump_version(tx, org)
+    version = batch.take()
     found = db.replica_rows_by_id(tx, "membership", org, wanted)
     payable = _payable(spending, found)
     paying = _ids(payable)
@@ -370,13 +508,80 @@ def _apply_balances(
         effects[item.id] = version
         marks.append((version, balances[mid] < 0, item.id))
     for mid in sorted(paying):
-        stored = dict(found[mid], remaining_classes=balances[mid])
-        row = make_row("membership", mid, row_data("membership", stored))
-        db.set_membership_balance(
-            tx, org, mid, balances[mid], version=version, row_hash=row.row_hash(), now=stamp
-        )
+        _store_balance(tx, org, found[mid], balances[mid], version, stamp)
     db.mark_checkin_effects(tx, marks)
     return effects
+
+
+def _apply_annulments(
+    tx: db.Tx,
+    device: DeviceAuth,
+    events: Sequence[EventItem],
+    owners: _Owners,
+    stamp: str,
+    batch: _BatchVersion,
+) -> dict[str, int]:
+    """Annul the check-ins that newly created ``annulled`` events name and give back the classes
+    they spent (their ``effect_version`` says a balance went down for them), at the batch's
+    version. Returns {event id: that version} for the annulments that gave a class back.
+
+    Exactly once: only events inserted now get here, and ``db.annul_checkin`` changes a check-in
+    only while it is not annulled, so a re-sent event, a second annulment of the same check-in
+    or a check-in annulled on arrival gives nothing back. A membership deleted since keeps
+    nothing. Overdraft flags follow the balance: of the membership's flagged check-ins, at most
+    as many as it is below zero stay flagged (the newest ones covered are cleared)."""
+    annulments = [e for e in events if e.kind == "annulled"]
+    if not annulments:
+        return {}
+    org = device.organization_id
+    # The version lock before the check-ins: every writer of balances takes it first, so an
+    # annulment and a class use of the same membership never wait on each other's rows.
+    batch.lock()
+    returning: dict[str, int] = defaultdict(int)
+    by_event: dict[str, str] = {}
+    for event in annulments:
+        row = db.annul_checkin(tx, event.checkin_id or "", owners.ids())
+        if row is None:
+            continue
+        used = int(row["classes_used"])
+        mid = row["membership_id"]
+        if row["decision"] == "granted" and row["effect_version"] is not None and used > 0 and mid:
+            returning[mid] += used
+            by_event[event.id] = mid
+    if not returning:
+        return {}
+    found = db.replica_rows_by_id(tx, "membership", org, list(returning))
+    refunded = {
+        mid
+        for mid in returning
+        if (m := found.get(mid)) is not None
+        and not m["deleted"]
+        and m["remaining_classes"] is not None
+    }
+    if not refunded:
+        return {}
+    version = batch.take()
+    for mid in sorted(refunded):
+        balance = int(found[mid]["remaining_classes"]) + returning[mid]
+        _store_balance(tx, org, found[mid], balance, version, stamp)
+        flagged = db.overdrawn_checkins(tx, org, mid)
+        db.clear_overdrafts(tx, flagged[: max(0, len(flagged) - max(0, -balance))])
+    effects = {event_id: version for event_id, mid in by_event.items() if mid in refunded}
+    db.set_event_effects(tx, [(v, event_id) for event_id, v in sorted(effects.items())])
+    return effects
+
+
+def _store_balance(
+    tx: db.Tx, org: str, stored: dict[str, Any], balance: int, version: int, stamp: str
+) -> None:
+    """A membership's new balance at ``version``, with the row hash of the row as stored."""
+    mid = stored["id"]
+    row = make_row(
+        "membership", mid, row_data("membership", dict(stored, remaining_classes=balance))
+    )
+    db.set_membership_balance(
+        tx, org, mid, balance, version=version, row_hash=row.row_hash(), now=stamp
+    )
 
 
 def _ids(items: Iterable[UploadItem]) -> set[str]:
@@ -402,8 +607,8 @@ def _payable(spending: Sequence[UploadItem], found: dict[str, dict[str, Any]]) -
 def first_missing_seq(
     tx: db.Tx, device_ids: str | Sequence[str], retained_from: int, synced_through: int
 ) -> int | None:
-    """The first seq in [retained_from, synced_through] the cloud holds neither a check-in nor a
-    rejection for under these devices (a kiosk and its earlier enrolments), or None. One count
+    """The first seq in [retained_from, synced_through] the cloud holds no check-in, passage
+    event or rejection for under these devices (a kiosk and its earlier enrolments), or None. One count
     when nothing is missing; a binary search of counts (about log2 of the range) when something
     is."""
     low, high = max(retained_from, 1), synced_through
@@ -438,7 +643,8 @@ def replica_status(tx: db.Tx, device: DeviceAuth, hb: Heartbeat) -> str:
 def receive_heartbeat(
     database: db.Database, device: DeviceAuth, hb: Heartbeat, now: datetime
 ) -> HeartbeatReply:
-    """Record the device's health and anchors; answer resnapshot / resend_from_seq. The checksum
+    """Record the device's health, anchors and occupancy (the latest report replaces the one
+    before; a heartbeat without one leaves it); answer resnapshot / resend_from_seq. The checksum
     comparison and the journal count run in one read transaction (REPEATABLE READ), the record
     in a write transaction. Seqs held under the kiosk's earlier enrolments count as held; when
     some seem missing, other devices of the gym that ran in this very boot (the same machine)
@@ -482,6 +688,10 @@ def receive_heartbeat(
                 "software_version": hb.software_version,
             },
         )
+        if hb.occupancy is not None:
+            o = hb.occupancy
+            counts = (o.now, o.entries_today, o.exits_today, o.max_today, o.capacity)
+            db.record_occupancy(tx, device.id, utc_text(now), counts)
         resend_from = missing
         if missing is not None:
             same_machine = db.devices_sharing_boot(

@@ -2,8 +2,10 @@
 them.
 
 - ``protocols``: the interfaces the door loop talks to (``FrameSource``, ``Decoder``, ``Door``,
-  ``Signal``) and the values they exchange (``Frame``, ``Decoded``, ``Pattern``);
-- ``gpio``: the relay, the LEDs and the buzzer through gpiozero, and the pin backends;
+  ``Signal``, ``PassageSensor``) and the values they exchange (``Frame``, ``Decoded``,
+  ``Pattern``, ``PassageEvent``);
+- ``gpio``: the relay, the LEDs, the buzzer and the passage inputs through gpiozero, and the pin
+  backends;
 - ``camera``: the Pi camera, a USB camera and recorded frames as frame sources;
 - ``decode``: the QR decoders;
 - ``fakes``: stand-ins for tests, the demo and the bench (a synthetic camera, a recording signal).

@@ -1,5 +1,6 @@
 """The small interfaces the door loop talks to. Each has real adapters (``hardware.gpio``,
-``hardware.camera``, ``hardware.decode``) and a fake (``hardware.fakes``, or the tests' own).
+``hardware.camera``, ``hardware.decode``) and a fake (``hardware.fakes``, gpiozero's mock pins,
+or the tests' own).
 
 Frames are 2-D ``numpy.uint8`` arrays (grey, height x width): every camera we support can hand us
 its luminance plane directly and every decoder wants grey, so colour never travels through the loop.
@@ -90,6 +91,35 @@ class Signal(Protocol):
     (``granted``, ``denied``, ``fault``, ``idle``). Non-blocking: patterns play in the background."""
 
     def show(self, pattern: str) -> None: ...
+
+    def close(self) -> None: ...
+
+
+# The two ways through a turnstile, as ``PassageEvent.direction`` says them.
+ENTRY, EXIT = "entry", "exit"
+
+
+@dataclass(frozen=True, slots=True)
+class PassageEvent:
+    """The turnstile reported one passage: ``direction`` is ``"entry"`` or ``"exit"``,
+    ``monotonic_ns`` the sensor's monotonic clock (the door loop's) when the contact closed."""
+
+    direction: str
+    monotonic_ns: int
+
+
+@runtime_checkable
+class PassageSensor(Protocol):
+    """The turnstile's passage outputs (its PASS contacts, one per direction) or a plain door's
+    contact. ``directions`` says which are wired (``"entry"``, ``"exit"``). ``poll`` never blocks:
+    it returns the passages since the previous call, oldest first (collected in the background,
+    one per closing of a contact however much it bounces), and forgets them. ``close`` frees the
+    pins; safe to call more than once."""
+
+    @property
+    def directions(self) -> frozenset[str]: ...
+
+    def poll(self) -> list[PassageEvent]: ...
 
     def close(self) -> None: ...
 

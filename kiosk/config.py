@@ -31,6 +31,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from hardware.protocols import Pattern
 from kiosk.core.model import PolicySettings, StalePolicy
+from kiosk.core.occupancy import OccupancyRules
 
 DEFAULT_CONFIG_PATH = Path("/etc/fitflow-kiosk/kiosk.toml")
 # The one KIOSK_* variable that is not a setting: it names the config file itself.
@@ -59,7 +60,8 @@ class Key:
     """One setting. ``type`` is ``str``, ``int``, ``float`` or ``bool``. ``low``/``high`` bound
     numbers inclusively, in ``unit``. ``check`` is an extra rule returning the problem in words
     (phrased to follow the value, e.g. ``"is not a known IANA time zone"``) or None; ``rule`` says
-    the same thing for the example file."""
+    the same thing for the example file. ``optional`` (numbers only): the empty string ``""``
+    means "not set", read as None (an input that is not wired); the default is then None."""
 
     name: str
     type: type
@@ -71,6 +73,7 @@ class Key:
     choices: tuple[str, ...] = ()
     check: Callable[[Any], str | None] | None = None
     rule: str = ""
+    optional: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,8 +128,8 @@ def _host_names_problem(value: str) -> str | None:
     return None
 
 
-def _pin(name: str, default: int, doc: str) -> Key:
-    return Key(name, int, default, doc, unit="BCM pin number", low=2, high=27)
+def _pin(name: str, default: int | None, doc: str, *, optional: bool = False) -> Key:
+    return Key(name, int, default, doc, unit="BCM pin number", low=2, high=27, optional=optional)
 
 
 _PATTERN_KEYS = (
@@ -150,9 +153,26 @@ def _pattern_table(name: str, doc: str, default: Pattern) -> Table:
 # The schema: the single declaration of every setting.
 
 SCHEMA: tuple[Table, ...] = (
-    Table("door", "This door: its name in the journal, on the owner page and in the cloud.", (
+    Table("door",
+          "This door: its name in the journal, on the owner page and in the cloud, which way it "
+          "lets people through, and how it counts who is inside.", (
         Key("id", str, "door-1", "Door identifier recorded with every check-in.",
             check=_door_id_problem, rule="1..64 characters of A-Z a-z 0-9 . _ -"),
+        Key("direction", str, "entry",
+            "entry: the scanner lets members in. exit: an exit-side scanner; each grant counts "
+            "as someone leaving (wire no passage input to it).", choices=("entry", "exit")),
+        Key("passage_timeout_s", float, 5.0,
+            "With gpio.passage_entry_pin wired: a grant the turnstile does not turn for within "
+            "this long is annulled (the member never went in: no class used, no anti-passback, "
+            "no visit counted).", unit="s", low=1, high=60),
+        Key("max_visit_minutes", int, 0,
+            "For a door with no exit signal: an entry counts as gone from the occupancy after "
+            "this long (0 = never; leave 0 with an exit input or an exit-side scanner).",
+            unit="min", low=0, high=1440),
+        Key("capacity", int, 0,
+            "The most people inside at once, by this door's count; members beyond it are "
+            "refused as at_capacity, staff never (0 = no limit).", unit="people", low=0,
+            high=100000),
     )),
     Table("site", "The gym's location: opening hours, access windows and closures use its time.", (
         Key("timezone", str, "UTC", "The gym's time zone.", check=_zone_problem,
@@ -209,6 +229,18 @@ SCHEMA: tuple[Table, ...] = (
         _pin("red_led_pin", 22, "Red LED output."),
         _pin("buzzer_pin", 23, "Buzzer output."),
         Key("buzzer_active_high", bool, True, "true if a high output sounds the buzzer."),
+        _pin("passage_entry_pin", None,
+             "Input from the turnstile's entry PASS contact (or a door contact): confirms each "
+             "grant, counts entries, reports tailgating. Empty = not wired.", optional=True),
+        _pin("passage_exit_pin", None,
+             "Input from the turnstile's exit PASS contact: counts people leaving. Empty = not "
+             "wired.", optional=True),
+        Key("passage_pull_up", bool, True,
+            "true: a dry contact between the input pin and ground, with the Pi's pull-up (the "
+            "usual wiring); false: the contact brings the pin to 3.3 V, with a pull-down."),
+        Key("passage_bounce_ms", int, 50,
+            "A passage input that reopens for less than this is the same closing (contact "
+            "bounce).", unit="ms", low=0, high=1000),
     )),
     Table("feedback",
           "What members see and hear: one LED/buzzer pattern each for granted, denied and fault."),
@@ -411,7 +443,9 @@ def _unit(key: Key) -> str:
 
 def _checked(key: Key, value: Any) -> tuple[Any, str | None]:
     """The value normalised to the key's type (an int becomes a float for float keys), or None
-    and the problem in words."""
+    and the problem in words. An optional key's ``""`` (or None, its default) is None."""
+    if key.optional and (value is None or value == ""):
+        return None, None
     if key.type is float:
         ok = isinstance(value, int | float) and not isinstance(value, bool)
     elif key.type is int:
@@ -419,7 +453,8 @@ def _checked(key: Key, value: Any) -> tuple[Any, str | None]:
     else:
         ok = isinstance(value, key.type)
     if not ok:
-        return None, f"expected {_TYPE_WORDS[key.type]}, got {_describe(value)}"
+        empty = ' or "" (not set)' if key.optional else ""
+        return None, f"expected {_TYPE_WORDS[key.type]}{empty}, got {_describe(value)}"
     shown = _show(value)  # as the user wrote it, before an int becomes a float
     if key.type is float:
         value = float(value)
@@ -444,6 +479,8 @@ def _parse_env(key: Key, raw: str) -> tuple[Any, str | None]:
     text = raw.strip()
     if key.type is str:
         return raw, None
+    if key.optional and not text:
+        return None, None
     if key.type is bool:
         if text.lower() in ("true", "false"):
             return text.lower() == "true", None
@@ -576,6 +613,7 @@ class _Loader:
 
 
 _OUTPUT_PINS = ("gpio.relay_pin", "gpio.green_led_pin", "gpio.red_led_pin", "gpio.buzzer_pin")
+_INPUT_PINS = ("gpio.passage_entry_pin", "gpio.passage_exit_pin")
 
 
 def _cross_field_problems(
@@ -594,17 +632,36 @@ def _cross_field_problems(
             ))  # fmt: skip
 
     used_by: dict[int, str] = {}
-    for dotted in _OUTPUT_PINS:
+    for dotted in _OUTPUT_PINS + _INPUT_PINS:
         if dotted in skip:
             continue
         pin = values[dotted]
+        if pin is None:  # an input that is not wired
+            continue
         if pin in used_by:
             problems.append((
                 (dotted, used_by[pin]),
-                f"pin {pin} is also used by {used_by[pin]}; every output needs its own pin",
+                f"pin {pin} is also used by {used_by[pin]}; every input and output needs its "
+                "own pin",
             ))  # fmt: skip
         else:
             used_by[pin] = dotted
+
+    wired = [d for d in _INPUT_PINS if d not in skip and values[d] is not None]
+    if "door.direction" not in skip and values["door.direction"] == "exit" and wired:
+        problems.append((
+            (wired[0], "door.direction"),
+            'must be empty when door.direction is "exit": an exit-side scanner counts its grants '
+            "as exits; wire the turnstile's contacts to the entry-side scanner",
+        ))  # fmt: skip
+    exit_signal = values["gpio.passage_exit_pin"] is not None or values["door.direction"] == "exit"
+    limit_keys = {"door.max_visit_minutes", "gpio.passage_exit_pin", "door.direction"}
+    if not skip & limit_keys and values["door.max_visit_minutes"] > 0 and exit_signal:
+        problems.append((
+            ("door.max_visit_minutes", "gpio.passage_exit_pin", "door.direction"),
+            "must be 0 when the door has an exit signal (gpio.passage_exit_pin, or "
+            'door.direction = "exit"): people are counted out as they leave',
+        ))  # fmt: skip
 
     replay_keys = {"camera.backend", "camera.replay_path"}
     replay_without_path = (
@@ -689,8 +746,16 @@ def config_path_from(env: Mapping[str, str]) -> Path:
 
 
 def as_dict(config: Config) -> dict[str, Any]:
-    """The configuration as plain nested dicts of str/int/float/bool (JSON- and TOML-ready)."""
-    return dataclasses.asdict(config)
+    """The configuration as plain nested dicts of str/int/float/bool (JSON- and TOML-ready): an
+    optional setting that is not set is ``""``, as the file spells it."""
+
+    def plain(node: dict[str, Any]) -> dict[str, Any]:
+        return {
+            k: plain(v) if isinstance(v, dict) else ("" if v is None else v)
+            for k, v in node.items()
+        }
+
+    return plain(dataclasses.asdict(config))
 
 
 def policy_settings(config: Config) -> PolicySettings:
@@ -700,6 +765,21 @@ def policy_settings(config: Config) -> PolicySettings:
         passback_minutes=config.policy.passback_minutes,
         stale_after_hours=config.policy.stale_after_hours,
         when_stale=StalePolicy(config.policy.when_stale),
+        # An exit-side scanner lets people out: a full gym is no reason to keep them in.
+        capacity=config.door.capacity if config.door.direction == "entry" else 0,
+    )
+
+
+def occupancy_rules(config: Config) -> OccupancyRules:
+    """How this door counts who is inside (``kiosk.core.occupancy``): entries confirmed by the
+    turnstile when its entry contact is wired at an entry door, else grants; the visit length
+    rule; the capacity (none at an exit-side scanner)."""
+    entry = config.door.direction == "entry"
+    return OccupancyRules(
+        timezone=config.site.timezone,
+        confirmed=entry and config.gpio.passage_entry_pin is not None,
+        max_visit_minutes=float(config.door.max_visit_minutes),
+        capacity=config.door.capacity if entry else 0,
     )
 
 
@@ -708,6 +788,8 @@ def policy_settings(config: Config) -> PolicySettings:
 
 
 def _toml_value(value: Any) -> str:
+    if value is None:  # an optional setting not set
+        return '""'
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, str):
@@ -723,7 +805,8 @@ def _constraint(key: Key) -> str:
         return "true or false"
     kind = {str: "Text", int: "Integer", float: "Number"}[key.type]
     if key.low is not None and key.high is not None:
-        return f"{kind} {_bound(key.low)}..{_bound(key.high)}{_unit(key)}"
+        empty = ', or "" (not set)' if key.optional else ""
+        return f"{kind} {_bound(key.low)}..{_bound(key.high)}{_unit(key)}{empty}"
     return f"{kind}, {key.rule}" if key.rule else kind
 
 
@@ -779,6 +862,8 @@ def _check_schema() -> None:
     for dotted, key in _KEYS.items():
         if _checked(key, key.default)[1] is not None:
             raise RuntimeError(f"kiosk.config: the default of {dotted} breaks its own rule")
+        if key.optional and key.type not in (int, float):
+            raise RuntimeError(f"kiosk.config: {dotted} is optional but not a number")
 
 
 _check_schema()

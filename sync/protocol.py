@@ -1,4 +1,4 @@
-"""Sync protocol v1: the message shapes both ends share (docs/sync-protocol.md).
+"""Sync protocol v3: the message shapes both ends share (docs/sync-protocol.md).
 
 Pure code: no I/O, no httpx, no SQL. The device's agent and the reference cloud both parse what
 they receive through the functions here, so a message that one side accepts means the same thing
@@ -29,7 +29,10 @@ from typing import Any
 from sync.passes import MAX_PERIOD_S, MIN_PERIOD_S, PASS_ID_PATTERN, public_key_from_text
 
 # 2: phone passes (the replica kind ``pass``, ``pass_id`` on uploaded check-ins).
-PROTOCOL_VERSION = 2
+# 3: the turnstile talks back: upload items carry a ``kind`` (``checkin`` or a passage event:
+# ``entry``, ``annulled``, ``tailgating``, ``exit``), plan data may carry ``max_visits_per_day``,
+# the heartbeat may carry ``occupancy``.
+PROTOCOL_VERSION = 3
 # Sent by the device on every request and by the cloud on every answer; a cloud that does not
 # speak the device's version answers 426 and the agent stops and reports.
 PROTOCOL_HEADER = "FitFlow-Protocol"
@@ -67,6 +70,15 @@ PASS_STATUSES = frozenset({"ACTIVE", "REVOKED"})
 MEMBERSHIP_TYPES = frozenset({"SUBSCRIPTION", "CLASS_PACK", "PT"})
 CLOCK_QUALITIES = frozenset({"ntp_synced", "server_anchored", "unsynced"})
 DECISIONS = frozenset({"granted", "denied"})
+# Upload item kinds: a check-in, or one of the door's passage events (docs/sync-protocol.md).
+CHECKIN_KIND = "checkin"
+EVENT_KINDS: tuple[str, ...] = ("entry", "annulled", "tailgating", "exit")
+# Events that always name the granted check-in they resolve, and the one that never does.
+EVENTS_WITH_CHECKIN = frozenset({"entry", "annulled"})
+EVENTS_WITHOUT_CHECKIN = frozenset({"tailgating"})
+# A plan's visit limit (entries per member per local day) and an occupancy count stay below this.
+MAX_VISITS_PER_DAY = 100
+MAX_OCCUPANCY = 1_000_000
 
 # Per-item answers to an upload.
 CREATED, DUPLICATE, REJECTED = "created", "duplicate", "rejected"
@@ -208,7 +220,11 @@ MAX_MONOTONIC_NS = 2**62 - 1
 
 
 def _plan_data(d: Mapping[str, Any], w: str) -> dict[str, Any]:
-    _only_keys(d, w, ("name", "windows"))
+    """A plan: its name, weekly access windows and (protocol 3) ``max_visits_per_day``, the most
+    entries a member of the plan may make in one local day (1-100; null or absent: no limit).
+    The normal form leaves the key out when there is no limit, so a plan without one hashes as it
+    did in protocol 2 and no stored row hash changes."""
+    _only_keys(d, w, ("name", "windows", "max_visits_per_day"))
     raw = d.get("windows")
     if not isinstance(raw, list):
         raise ProtocolError(
@@ -225,7 +241,16 @@ def _plan_data(d: Mapping[str, Any], w: str) -> dict[str, Any]:
         if start >= end:
             raise ProtocolError(iw, "start_minute must be before end_minute")
         windows.append([weekday, start, end])
-    return {"name": need_text(d.get("name"), f"{w}.name"), "windows": sorted(windows)}
+    data: dict[str, Any] = {
+        "name": need_text(d.get("name"), f"{w}.name"),
+        "windows": sorted(windows),
+    }
+    limit = need_int(
+        d.get("max_visits_per_day"), f"{w}.max_visits_per_day", 1, MAX_VISITS_PER_DAY, optional=True
+    )
+    if limit is not None:
+        data["max_visits_per_day"] = limit
+    return data
 
 
 def _member_data(d: Mapping[str, Any], w: str) -> dict[str, Any]:
@@ -535,6 +560,7 @@ def parse_change_page(value: object, *, limit: int = MAX_PAGE_ROWS) -> ChangePag
 # -- check-in upload -------------------------------------------------------------------------------
 
 UPLOAD_FIELDS = (
+    "kind",
     "id",
     "seq",
     "door_id",
@@ -556,7 +582,9 @@ UPLOAD_FIELDS = (
 class UploadItem:
     """One journal row as the cloud receives it (``POST /v1/checkins``). ``pass_id`` is the phone
     pass the scanned code named (8 base32 characters, ``sync.passes``), None for a card or a
-    malformed code (protocol 2; required on the wire, null allowed)."""
+    malformed code (protocol 2; required on the wire, null allowed). On the wire it carries
+    ``"kind": "checkin"`` (protocol 3), which sets it apart from a passage event (``EventItem``)
+    in the same batch."""
 
     id: str
     seq: int
@@ -573,8 +601,11 @@ class UploadItem:
     clock_quality: str
     pass_id: str | None = None
 
+    kind = CHECKIN_KIND
+
     def to_wire(self) -> dict[str, Any]:
         return {
+            "kind": CHECKIN_KIND,
             "id": self.id,
             "seq": self.seq,
             "door_id": self.door_id,
@@ -616,6 +647,8 @@ def parse_upload_item(value: object, where: str) -> UploadItem:
     missing = [name for name in UPLOAD_FIELDS if name not in obj]
     if missing:
         raise ProtocolError(f"{where}.{missing[0]}", "missing")
+    if obj["kind"] != CHECKIN_KIND:
+        raise ProtocolError(f"{where}.kind", "expected checkin")
     canonical_id = item_id(obj)
     if canonical_id is None or canonical_id != obj["id"]:
         raise ProtocolError(f"{where}.id", "expected a lowercase UUID")
@@ -648,6 +681,107 @@ def parse_upload_item(value: object, where: str) -> UploadItem:
         clock_quality=need_choice(obj["clock_quality"], f"{where}.clock_quality", CLOCK_QUALITIES),
         pass_id=pass_id,
     )
+
+
+EVENT_FIELDS = (
+    "kind",
+    "id",
+    "seq",
+    "door_id",
+    "checkin_id",
+    "wall_time",
+    "boot_id",
+    "monotonic_ns",
+    "clock_quality",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class EventItem:
+    """One of the door's passage events as the cloud receives it (protocol 3, ``POST
+    /v1/checkins``, in the same batches as check-ins and in the same seq space).
+
+    ``kind``: ``entry`` (the turnstile turned for the granted check-in ``checkin_id``),
+    ``annulled`` (it did not turn within the door's passage timeout: the check-in ``checkin_id``
+    is annulled and a class it used goes back to the membership), ``tailgating`` (a passage with
+    no grant waiting; ``checkin_id`` is null) or ``exit`` (an exit passage, null, or a grant at
+    an exit-side scanner, that check-in's id). Times and the clock fields are as on a check-in."""
+
+    kind: str
+    id: str
+    seq: int
+    door_id: str
+    checkin_id: str | None
+    wall_time: datetime
+    boot_id: str
+    monotonic_ns: int
+    clock_quality: str
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "id": self.id,
+            "seq": self.seq,
+            "door_id": self.door_id,
+            "checkin_id": self.checkin_id,
+            "wall_time": utc_text(self.wall_time),
+            "boot_id": self.boot_id,
+            "monotonic_ns": self.monotonic_ns,
+            "clock_quality": self.clock_quality,
+        }
+
+
+def parse_event_item(value: object, where: str) -> EventItem:
+    """Validate one uploaded passage event. Raises ProtocolError naming the first bad field (the
+    cloud answers that item ``rejected`` with ``invalid_item``): every field is required;
+    ``entry`` and ``annulled`` name a check-in (a lowercase UUID), ``tailgating`` names none
+    (null), ``exit`` either."""
+    obj = need_object(value, where)
+    _only_keys(obj, where, EVENT_FIELDS)
+    missing = [name for name in EVENT_FIELDS if name not in obj]
+    if missing:
+        raise ProtocolError(f"{where}.{missing[0]}", "missing")
+    kind = need_choice(obj["kind"], f"{where}.kind", frozenset(EVENT_KINDS))
+    canonical_id = item_id(obj)
+    if canonical_id is None or canonical_id != obj["id"]:
+        raise ProtocolError(f"{where}.id", "expected a lowercase UUID")
+    checkin_id = obj["checkin_id"]
+    if checkin_id is None:
+        if kind in EVENTS_WITH_CHECKIN:
+            raise ProtocolError(f"{where}.checkin_id", f"an {kind} event names its check-in")
+    elif kind in EVENTS_WITHOUT_CHECKIN:
+        raise ProtocolError(f"{where}.checkin_id", f"a {kind} event names no check-in (null)")
+    elif item_id({"id": checkin_id}) != checkin_id:
+        raise ProtocolError(f"{where}.checkin_id", "expected a lowercase UUID or null")
+    boot_id = obj["boot_id"]
+    if not isinstance(boot_id, str) or not _BOOT_ID.fullmatch(boot_id):
+        raise ProtocolError(f"{where}.boot_id", "expected a boot id (letters, digits, dashes)")
+    return EventItem(
+        kind=kind,
+        id=canonical_id,
+        seq=need_int(obj["seq"], f"{where}.seq", 1, _BIG),
+        door_id=need_id(obj["door_id"], f"{where}.door_id"),
+        checkin_id=checkin_id,
+        wall_time=parse_utc(obj["wall_time"], f"{where}.wall_time"),
+        boot_id=boot_id,
+        monotonic_ns=need_int(obj["monotonic_ns"], f"{where}.monotonic_ns", 0, MAX_MONOTONIC_NS),
+        clock_quality=need_choice(obj["clock_quality"], f"{where}.clock_quality", CLOCK_QUALITIES),
+    )
+
+
+def parse_journal_item(value: object, where: str) -> UploadItem | EventItem:
+    """One upload item of either kind (protocol 3): a check-in (``"kind": "checkin"``) or a
+    passage event. Raises ProtocolError naming the first bad field."""
+    obj = need_object(value, where)
+    if "kind" not in obj:
+        raise ProtocolError(f"{where}.kind", "missing")
+    if obj["kind"] == CHECKIN_KIND:
+        return parse_upload_item(obj, where)
+    if not isinstance(obj["kind"], str) or obj["kind"] not in EVENT_KINDS:
+        raise ProtocolError(
+            f"{where}.kind", f"expected one of {', '.join((CHECKIN_KIND, *EVENT_KINDS))}"
+        )
+    return parse_event_item(obj, where)
 
 
 @dataclass(frozen=True, slots=True)
@@ -756,12 +890,65 @@ def parse_upload_results(value: object, sent_ids: list[str]) -> tuple[list[Uploa
 
 
 @dataclass(frozen=True, slots=True)
+class Occupancy:
+    """How many people the door counts in the gym (protocol 3, the heartbeat's ``occupancy``).
+
+    ``now``: in the gym now by this door's count (entries minus exits, never below zero, reset at
+    the gym's closing time); ``entries_today`` and ``exits_today``: since that reset;
+    ``max_today``: the highest ``now`` since; ``capacity``: the door's configured limit, None for
+    none. Counts are 0..MAX_OCCUPANCY."""
+
+    now: int
+    entries_today: int
+    exits_today: int
+    max_today: int
+    capacity: int | None = None
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "now": self.now,
+            "entries_today": self.entries_today,
+            "exits_today": self.exits_today,
+            "max_today": self.max_today,
+            "capacity": self.capacity,
+        }
+
+
+OCCUPANCY_FIELDS = ("now", "entries_today", "exits_today", "max_today", "capacity")
+
+
+def parse_occupancy(value: object, where: str) -> Occupancy:
+    """The heartbeat's ``occupancy`` object; ProtocolError naming the field. Every key is
+    required (``capacity`` may be null)."""
+    obj = need_object(value, where)
+    _only_keys(obj, where, OCCUPANCY_FIELDS)
+    missing = [name for name in OCCUPANCY_FIELDS if name not in obj]
+    if missing:
+        raise ProtocolError(f"{where}.{missing[0]}", "missing")
+
+    def count(name: str) -> int:
+        number = need_int(obj[name], f"{where}.{name}", 0, MAX_OCCUPANCY)
+        assert number is not None
+        return number
+
+    return Occupancy(
+        now=count("now"),
+        entries_today=count("entries_today"),
+        exits_today=count("exits_today"),
+        max_today=count("max_today"),
+        capacity=need_int(obj["capacity"], f"{where}.capacity", 1, MAX_OCCUPANCY, optional=True),
+    )
+
+
+@dataclass(frozen=True, slots=True)
 class Heartbeat:
     """``POST /v1/heartbeat``: the device's health and journal position.
 
     ``last_seq`` is the newest journal seq, ``synced_through_seq`` the highest seq below which
     every row is settled (synced or rejected), ``retained_from_seq`` the oldest seq still kept
-    (older rows were pruned); 0 for each when the journal is empty. Ages are seconds."""
+    (older rows were pruned); 0 for each when the journal is empty (check-ins and passage events
+    share the seqs). Ages are seconds. ``occupancy`` (protocol 3, optional: left out of the
+    message when None) is the door's count of people in the gym."""
 
     software_version: str
     boot_id: str
@@ -778,9 +965,10 @@ class Heartbeat:
     retained_from_seq: int
     last_error: str | None = None
     anchors: tuple[Anchor, ...] = field(default=())
+    occupancy: Occupancy | None = None
 
     def to_wire(self) -> dict[str, Any]:
-        return {
+        wire: dict[str, Any] = {
             "software_version": self.software_version,
             "boot_id": self.boot_id,
             "monotonic_ns": self.monotonic_ns,
@@ -797,6 +985,9 @@ class Heartbeat:
             "last_error": self.last_error,
             "anchors": [a.to_wire() for a in self.anchors],
         }
+        if self.occupancy is not None:
+            wire["occupancy"] = self.occupancy.to_wire()
+        return wire
 
 
 MAX_ANCHORS = 32
@@ -824,6 +1015,7 @@ def parse_heartbeat(value: object) -> Heartbeat:
     if not isinstance(raw_anchors, list) or len(raw_anchors) > MAX_ANCHORS:
         raise ProtocolError("anchors", f"expected a list of at most {MAX_ANCHORS} anchors")
     last_error = obj.get("last_error")
+    raw_occupancy = obj.get("occupancy")
     return Heartbeat(
         software_version=need_text(obj.get("software_version"), "software_version", 40),
         boot_id=boot_id,
@@ -840,6 +1032,7 @@ def parse_heartbeat(value: object) -> Heartbeat:
         retained_from_seq=need_int(obj.get("retained_from_seq"), "retained_from_seq", 0, _BIG),
         last_error=None if last_error is None else need_text(last_error, "last_error", 500),
         anchors=tuple(parse_anchor(a, f"anchors[{n}]") for n, a in enumerate(raw_anchors)),
+        occupancy=None if raw_occupancy is None else parse_occupancy(raw_occupancy, "occupancy"),
     )
 
 
@@ -944,7 +1137,7 @@ def parse_json(body: bytes, what: str) -> object:
 @dataclass(frozen=True, slots=True)
 class UploadEnvelope:
     """``POST /v1/checkins`` before its items are checked one by one: the raw items (each parsed
-    with ``parse_upload_item`` so one bad item only rejects itself), the device's clock reading at
+    with ``parse_journal_item`` so one bad item only rejects itself), the device's clock reading at
     sending time (boot id, monotonic ns) and the anchors it recorded."""
 
     items: tuple[object, ...]
@@ -959,7 +1152,7 @@ def parse_upload_envelope(value: object) -> UploadEnvelope:
     _only_keys(obj, "", ("items", "clock", "anchors"))
     items = obj.get("items")
     if not isinstance(items, list):
-        raise ProtocolError("items", "expected a list of check-ins")
+        raise ProtocolError("items", "expected a list of check-ins and events")
     if len(items) > MAX_BATCH_ITEMS:
         raise BatchTooLarge(len(items))
     clock = None

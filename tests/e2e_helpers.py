@@ -7,7 +7,8 @@
   then pointed at whatever address the test wants the device to use, e.g. a ``FaultyProxy``) and
   the device database.
 - ``Journal``: writes check-ins into the device journal the way the door does
-  (``Store.append_checkin``), remembering what it wrote.
+  (``Store.append_checkin``), with the turnstile's passage events if asked
+  (``Store.append_event``), remembering what it wrote.
 - ``start_agent`` / ``run_once``: ``kiosk sync`` as a real subprocess.
 
 Nothing here sleeps except ``wait_until``, which polls a condition for a bounded time.
@@ -37,7 +38,7 @@ from cloud.replica import Scope, checkpoint
 from fakes import clean_env
 from kiosk import __version__
 from kiosk.core.ids import boot_id
-from kiosk.core.model import ClockQuality, Decision, Now, Reason
+from kiosk.core.model import ClockQuality, Decision, EventKind, Now, Reason
 from kiosk.core.passes import PassAccepted
 from kiosk.data.store import Store
 from kiosk.sync.client import CloudClient
@@ -47,6 +48,7 @@ from sync.protocol import Checkpoint
 REPO = Path(__file__).resolve().parents[1]
 TIMEZONE = "UTC"
 DOOR = "front"
+PASSAGE_TIMEOUT_S = 5.0
 
 
 def utc_now() -> datetime:
@@ -111,7 +113,17 @@ class Site:
         return self.read(
             lambda tx: tx.all(
                 "SELECT id, seq, decision, membership_id, classes_used, occurred_at, time_source,"
-                " pass_id FROM checkins WHERE device_id = ? ORDER BY seq",
+                " pass_id, annulled, confirmed FROM checkins WHERE device_id = ? ORDER BY seq",
+                (device_id,),
+            )
+        )
+
+    def events(self, device_id: str) -> list[dict[str, Any]]:
+        """Every door event the cloud holds from ``device_id``."""
+        return self.read(
+            lambda tx: tx.all(
+                "SELECT id, seq, kind, checkin_id, time_source, effect_version FROM door_events"
+                " WHERE device_id = ? ORDER BY seq",
                 (device_id,),
             )
         )
@@ -293,6 +305,17 @@ class Kiosk:
         """{check-in id: sync state} of every journal row."""
         return dict(self.query("SELECT id, sync_state FROM checkins"))
 
+    def event_states(self) -> dict[str, str]:
+        """{door event id: sync state} of every door event in the journal."""
+        return dict(self.query("SELECT id, sync_state FROM door_events"))
+
+    def pending(self) -> int:
+        """Journal rows (check-ins and door events) still waiting for upload."""
+        return sum(
+            self.query(f"SELECT COUNT(*) FROM {table} WHERE sync_state = 'pending'")[0][0]  # noqa: S608
+            for table in ("checkins", "door_events")
+        )
+
 
 def make_kiosk(root: Path, site: Site, cloud_url: str | None = None, **sync: Any) -> Kiosk:
     """Enrol a device through the real cloud and write its files under ``root``; its credentials
@@ -315,9 +338,18 @@ class Journal:
     """Writes check-ins the way the door does, on this machine's real boot and clocks (so the
     agent's anchors place them), with a seeded mix of class-pack uses, subscription entries and
     denials; about a third of them made with a phone pass (``passes``: check-in id to pass id;
-    an admission with a pass also remembers its code, as the door does)."""
+    an admission with a pass also remembers its code, as the door does).
 
-    def __init__(self, store: Store, members: Members, rng: random.Random) -> None:
+    With ``passages`` the door has a turnstile that talks back: most grants wait for their
+    passage (``Store.append_checkin(await_passage_s=...)``) and are resolved a few rows later
+    with an ``entry`` or, for about a third, an ``annulled`` event (``Store.append_event``, as
+    the door loop does), and tailgaters and exit passages are journaled in between; ``events``
+    maps each event's id to its kind, ``annulled`` and ``confirmed`` hold the check-ins
+    resolved either way."""
+
+    def __init__(
+        self, store: Store, members: Members, rng: random.Random, *, passages: bool = False
+    ) -> None:
         self.store = store
         self.members = members
         self.rng = rng
@@ -328,6 +360,45 @@ class Journal:
         self.corrupt: list[str] = []  # ids the test damaged on purpose
         self.passes: dict[str, str] = {}
         self._steps = 0  # a fresh time step for every admission's code
+        self.passages = passages
+        self.passage_rng = random.Random(13)  # its own too, for the same reason
+        self.waiting: list[str] = []  # grants waiting for their passage, oldest first
+        self.events: dict[str, str] = {}
+        self.annulled: set[str] = set()
+        self.confirmed: set[str] = set()
+
+    def _now(self) -> Now:
+        return Now(utc_now(), time.monotonic_ns(), self.boot, ClockQuality.NTP_SYNCED)
+
+    def _event(self, kind: EventKind, checkin_id: str | None = None) -> None:
+        event = self.store.append_event(kind, door_id=DOOR, at=self._now(), checkin_id=checkin_id)
+        assert event is not None, "a grant is resolved once"
+        self.events[event.id] = kind.value
+
+    def _turnstile(self) -> None:
+        """What the turnstile reports after a row: a few waiting grants resolved, oldest first,
+        and now and then a tailgater or someone leaving."""
+        rng = self.passage_rng
+        while self.waiting and rng.random() < 0.5:
+            grant = self.waiting.pop(0)
+            if rng.random() < 0.35:
+                self._event(EventKind.ANNULLED, grant)
+                self.annulled.add(grant)
+            else:
+                self._event(EventKind.ENTRY, grant)
+                self.confirmed.add(grant)
+        roll = rng.random()
+        if roll < 0.05:
+            self._event(EventKind.TAILGATING)
+        elif roll < 0.15:
+            self._event(EventKind.EXIT)
+
+    def resolve_all(self) -> None:
+        """Every grant still waiting passes (an ``entry`` each)."""
+        while self.waiting:
+            grant = self.waiting.pop(0)
+            self._event(EventKind.ENTRY, grant)
+            self.confirmed.add(grant)
 
     def decision(self) -> Decision:
         roll = self.rng.random()
@@ -353,12 +424,25 @@ class Journal:
                     self._steps += 1
                     keep = now.wall + timedelta(hours=1)
                     use = PassAccepted(pass_id, decision.member_id, self._steps, keep)
+            wait = (
+                self.passages and decision.verdict == "granted" and self.passage_rng.random() < 0.6
+            )
             row = self.store.append_checkin(
-                decision, door_id=DOOR, replica_version=0, now=now, pass_id=pass_id, pass_use=use
+                decision,
+                door_id=DOOR,
+                replica_version=0,
+                now=now,
+                pass_id=pass_id,
+                pass_use=use,
+                await_passage_s=PASSAGE_TIMEOUT_S if wait else None,
             )
             if pass_id is not None:
                 self.passes[row.id] = pass_id
             ids.append(row.id)
+            if wait:
+                self.waiting.append(row.id)
+            if self.passages:
+                self._turnstile()
         self.written += ids
         return ids
 

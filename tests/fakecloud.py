@@ -27,6 +27,7 @@ from sync.protocol import (
     REJECT_INVALID,
     REJECTED,
     Checkpoint,
+    EventItem,
     HeartbeatReply,
     ProtocolError,
     UploadResult,
@@ -34,8 +35,8 @@ from sync.protocol import (
     item_id,
     make_row,
     parse_heartbeat,
+    parse_journal_item,
     parse_upload_envelope,
-    parse_upload_item,
     utc_text,
 )
 
@@ -67,6 +68,9 @@ class FakeCloud:
     purged_version: int = 0
     rows: dict[tuple[str, str], Stored] = field(default_factory=dict)
     checkins: dict[str, tuple[dict[str, Any], int | None]] = field(default_factory=dict)
+    # Door events (protocol 3) by id: (as sent, the version that gave a class back or None).
+    events: dict[str, tuple[dict[str, Any], int | None]] = field(default_factory=dict)
+    annulled: set[str] = field(default_factory=set)
     requests: list[httpx.Request] = field(default_factory=list)
     heartbeats: list[Any] = field(default_factory=list)
     uploads: list[dict[str, Any]] = field(default_factory=list)
@@ -319,9 +323,12 @@ class FakeCloud:
         results = []
         for n, raw in enumerate(envelope.items):
             try:
-                item = parse_upload_item(raw, f"items[{n}]")
+                item = parse_journal_item(raw, f"items[{n}]")
             except ProtocolError as exc:
                 results.append(UploadResult(item_id(raw), REJECTED, REJECT_INVALID, str(exc)))
+                continue
+            if isinstance(item, EventItem):
+                results.append(self._event(item, raw))
                 continue
             if item.id in self.checkins:
                 results.append(UploadResult(item.id, DUPLICATE, version=self.checkins[item.id][1]))
@@ -344,6 +351,24 @@ class FakeCloud:
         return self._json(
             200, {"results": [r.to_wire() for r in results], "server_time": utc_text(self.now)}
         )
+
+    def _event(self, item: EventItem, raw: dict[str, Any]) -> UploadResult:
+        """A door event stored once by id; an ``annulled`` of a check-in that spent a class gives
+        it back in a version of its own (the reference cloud's rule, without its corners)."""
+        if item.id in self.events:
+            return UploadResult(item.id, DUPLICATE, version=self.events[item.id][1])
+        version = None
+        held = self.checkins.get(item.checkin_id or "")
+        if item.kind == "annulled" and held is not None and item.checkin_id not in self.annulled:
+            self.annulled.add(item.checkin_id or "")
+            charged, membership = held[1], held[0]["membership_id"]
+            stored = self.rows.get(("membership", membership or ""))
+            if charged is not None and stored is not None and stored.data is not None:
+                data = dict(stored.data)
+                data["remaining_classes"] += held[0]["classes_used"]
+                version = self.put("membership", membership, data)
+        self.events[item.id] = (raw, version)
+        return UploadResult(item.id, CREATED, version=version)
 
     def _heartbeat(self, body: Any) -> httpx.Response:
         beat = parse_heartbeat(body)

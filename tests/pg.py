@@ -345,6 +345,7 @@ def make_item(
 ) -> dict:
     """An upload item as the device's journal sends it."""
     return {
+        "kind": "checkin",
         "id": item_id or f"01900000-0000-7000-8000-{seq:012x}",  # a UUIDv7 shape
         "seq": seq,
         "door_id": door,
@@ -359,6 +360,33 @@ def make_item(
         "monotonic_ns": seq * SEC if mono is None else mono,
         "clock_quality": quality,
         "pass_id": pass_id,
+    }
+
+
+def make_event(
+    seq: int,
+    kind: str,
+    checkin_id: str | None,
+    *,
+    item_id: str | None = None,
+    boot: str = BOOT,
+    mono: int | None = None,
+    wall: str = "2026-05-01T11:00:05.000000Z",
+    quality: str = "ntp_synced",
+    door: str = "front",
+) -> dict:
+    """A passage event upload item (protocol 3) as the device's journal sends it; ids share
+    ``make_item``'s shape with another prefix, so an event and a check-in of one seq differ."""
+    return {
+        "kind": kind,
+        "id": item_id or f"01900000-0000-7000-9000-{seq:012x}",
+        "seq": seq,
+        "door_id": door,
+        "checkin_id": checkin_id,
+        "wall_time": wall,
+        "boot_id": boot,
+        "monotonic_ns": seq * SEC if mono is None else mono,
+        "clock_quality": quality,
     }
 
 

@@ -32,6 +32,8 @@ class Rig:
         debounce_s=3.0,
         pins=None,
         clock=None,
+        settings: ScannerSettings | None = None,
+        passage=None,
     ):
         self.clock = clock or SimClock()
         self.store = store or Store.open(tmp_path / "kiosk.db")
@@ -44,6 +46,7 @@ class Rig:
         self.signal = RecordingSignal()
         self.notifier = Notifier(address="")
         self.outcomes = []
+        self.events = []  # door events, as the loop reports them after their commit
         self.camera = FakeCamera(scene, self.clock, stall_at=stall_at)
         self.loop = DoorLoop(
             source=self.camera,
@@ -52,9 +55,12 @@ class Rig:
             door=self.door,
             signal=self.signal,
             clock=self.clock,
-            settings=ScannerSettings(door_id="door-1", pulse_ms=500, debounce_s=debounce_s),
+            settings=settings
+            or ScannerSettings(door_id="door-1", pulse_ms=500, debounce_s=debounce_s),
             notifier=self.notifier,
             on_outcome=self.outcomes.append,
+            passage=passage,
+            on_event=self.events.append,
         )
 
     def relay_states(self) -> list[bool]:
@@ -62,3 +68,13 @@ class Rig:
 
     def run(self) -> None:
         self.loop.run(threading.Event())
+
+    def play(self, payloads=(), frames: int = 1) -> list:
+        """Show ``payloads`` for ``frames`` frames (the clock moves a frame each), stepping the
+        loop through them; returns the outcomes decided meanwhile."""
+        scene = self.camera.scene
+        scene.add(list(payloads), frames)
+        before = len(self.outcomes)
+        while scene.position < len(scene.steps):
+            self.loop.step()
+        return self.outcomes[before:]

@@ -96,7 +96,7 @@ def test_missing_or_unknown_tokens_are_401(cloud):
     assert basic.status_code == 401
 
 
-@pytest.mark.parametrize("spoken", ["1", str(PROTOCOL_VERSION + 1)], ids=["v1", "newer"])
+@pytest.mark.parametrize("spoken", ["1", "2", str(PROTOCOL_VERSION + 1)], ids=["v1", "v2", "newer"])
 def test_another_protocol_version_is_426_on_device_calls(cloud, spoken):
     device = cloud.enrol()
     headers = {**device.headers, "FitFlow-Protocol": spoken}
@@ -148,10 +148,11 @@ def test_health_and_openapi(cloud):
         "/admin/v1/devices",
         "/admin/v1/checkins",
         "/admin/v1/overdrafts",
+        "/admin/v1/gyms/{gym_id}/occupancy",
     ):
         assert path in spec["paths"], path
     upload = spec["paths"]["/v1/checkins"]["post"]
-    assert upload["summary"] == "Upload check-ins"
+    assert upload["summary"] == "Upload check-ins and passage events"
     assert "exactly once" in upload["description"]
     assert "413" in upload["responses"]
 

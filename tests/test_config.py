@@ -14,13 +14,17 @@ from kiosk.config import (
     DEFAULT_CONFIG_PATH,
     ConfigError,
     as_dict,
+    check_setting,
     config_path_from,
     default_config,
     load_config,
+    occupancy_rules,
+    parse_setting,
     policy_settings,
     render_example,
 )
 from kiosk.core.model import PolicySettings, StalePolicy
+from kiosk.core.occupancy import OccupancyRules
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "deploy" / "kiosk.example.toml"
 
@@ -175,12 +179,32 @@ SINGLE_ERRORS = [
     ("[gpio]\nmax_pulse_ms = 400",
      "gpio.pulse_ms: 500 ms is longer than gpio.max_pulse_ms (400 ms)"),
     ("[gpio]\nbuzzer_pin = 17",
-     "gpio.buzzer_pin: pin 17 is also used by gpio.relay_pin; every output needs its own pin"),
+     "gpio.buzzer_pin: pin 17 is also used by gpio.relay_pin; every input and output needs its own pin"),
     ("[gpio]\nrelay_pin = 27",
-     "gpio.green_led_pin: pin 27 is also used by gpio.relay_pin; every output needs its own pin"),
+     "gpio.green_led_pin: pin 27 is also used by gpio.relay_pin; every input and output needs its own pin"),
     ('[camera]\nbackend = "replay"',
      'camera.replay_path: is required when camera.backend is "replay" '
      "(a folder of images or a video file)"),
+    # the passage inputs: a pin or "" (not wired), each its own, none at an exit-side scanner
+    ("[gpio]\npassage_entry_pin = 1",
+     "gpio.passage_entry_pin: 1 is out of range 2..27 (BCM pin number)"),
+    ("[gpio]\npassage_entry_pin = \"five\"",
+     'gpio.passage_entry_pin: expected an integer or "" (not set), got a string ("five")'),
+    ("[gpio]\npassage_exit_pin = 17",
+     "gpio.passage_exit_pin: pin 17 is also used by gpio.relay_pin"),
+    ("[gpio]\npassage_entry_pin = 5\npassage_exit_pin = 5",
+     "gpio.passage_exit_pin: pin 5 is also used by gpio.passage_entry_pin"),
+    ('[door]\ndirection = "exit"\n[gpio]\npassage_exit_pin = 6',
+     'gpio.passage_exit_pin: must be empty when door.direction is "exit"'),
+    ("[door]\nmax_visit_minutes = 90\n[gpio]\npassage_exit_pin = 6",
+     "door.max_visit_minutes: must be 0 when the door has an exit signal"),
+    ('[door]\nmax_visit_minutes = 90\ndirection = "exit"',
+     "door.max_visit_minutes: must be 0 when the door has an exit signal"),
+    ('[door]\ndirection = "out"', 'door.direction: "out" is not one of entry, exit'),
+    ("[door]\npassage_timeout_s = 0.5", "door.passage_timeout_s: 0.5 is out of range 1..60 (s)"),
+    ("[door]\ncapacity = -1", "door.capacity: -1 is out of range 0..100000 (people)"),
+    ("[gpio]\npassage_bounce_ms = 2000",
+     "gpio.passage_bounce_ms: 2000 is out of range 0..1000 (ms)"),
 ]  # fmt: skip
 
 
@@ -414,6 +438,36 @@ def test_policy_settings_come_from_site_and_policy():
         when_stale=StalePolicy.REFUSE,
     )
     assert policy_settings(default_config()) == PolicySettings()
+
+
+def test_the_passage_inputs_are_off_by_default_and_read_from_file_and_environment(tmp_path):
+    config = default_config()
+    assert (config.gpio.passage_entry_pin, config.gpio.passage_exit_pin) == (None, None)
+    assert (config.gpio.passage_pull_up, config.gpio.passage_bounce_ms) == (True, 50)
+    assert (config.door.direction, config.door.passage_timeout_s) == ("entry", 5.0)
+    assert (config.door.max_visit_minutes, config.door.capacity) == (0, 0)
+    path = write(tmp_path, '[gpio]\npassage_entry_pin = 5\npassage_exit_pin = ""\n')
+    config = load_config(path, {"KIOSK_GPIO_PASSAGE_EXIT_PIN": "6"})
+    assert (config.gpio.passage_entry_pin, config.gpio.passage_exit_pin) == (5, 6)
+    # An empty variable unwires it; the printable form spells "not wired" as the file does.
+    config = load_config(path, {"KIOSK_GPIO_PASSAGE_ENTRY_PIN": ""})
+    assert config.gpio.passage_entry_pin is None
+    assert as_dict(config)["gpio"]["passage_entry_pin"] == ""
+    assert check_setting("gpio.passage_exit_pin", "") is None
+    assert parse_setting("gpio.passage_exit_pin", "6") == 6
+
+
+def test_occupancy_rules_and_capacity_follow_the_door():
+    wired = load_config(None, {"KIOSK_GPIO_PASSAGE_ENTRY_PIN": "5", "KIOSK_DOOR_CAPACITY": "40",
+                               "KIOSK_SITE_TIMEZONE": "Europe/Berlin"})  # fmt: skip
+    assert occupancy_rules(wired) == OccupancyRules("Europe/Berlin", True, 0.0, 40)
+    assert policy_settings(wired).capacity == 40
+    counted = load_config(None, {"KIOSK_DOOR_MAX_VISIT_MINUTES": "90"})
+    assert occupancy_rules(counted) == OccupancyRules("UTC", False, 90.0, 0)
+    # An exit-side scanner lets people out: no capacity applies there, nothing is confirmed.
+    exit_side = load_config(None, {"KIOSK_DOOR_DIRECTION": "exit", "KIOSK_DOOR_CAPACITY": "40"})
+    assert occupancy_rules(exit_side) == OccupancyRules("UTC", False, 0.0, 0)
+    assert policy_settings(exit_side).capacity == 0
 
 
 def test_sync_defaults_and_environment_overrides():

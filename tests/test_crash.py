@@ -29,6 +29,7 @@ from gpiozero.pins.mock import MockFactory
 from devtools.seed import SCENARIO, demo_snapshot
 from fakes import FakeCamera, FakeDecoder, Scene, clean_env
 from hardware.fakes.signal import RecordingSignal
+from hardware.gpio.passage import GpioPassageSensor
 from hardware.gpio.relay import RelayDoor
 from kiosk.core.clock import SystemClock
 from kiosk.core.model import Member, Membership, MembershipType, MemberStatus
@@ -36,6 +37,7 @@ from kiosk.core.passes import PassRecord
 from kiosk.data.replica import ReplicaSnapshot
 from kiosk.data.store import Store
 from kiosk.door.loop import DoorLoop, ScannerSettings
+from sync.credentials import code_hash
 from sync.passes import pass_id_text, pass_payload, step_at
 
 # Not KIOSK_*: that prefix is the configuration's, and strict loading rejects unknown names.
@@ -279,3 +281,183 @@ def test_a_pass_admitted_just_before_a_sigkill_is_a_replay_after_the_restart(tmp
     # admissions acknowledged are among them.
     assert sorted(used) == sorted(granted) and len(granted) == len(set(granted))
     assert {(p,) for p, _s in admitted} <= used
+
+
+# -- the turnstile talks back: a grant pending at a SIGKILL is resolved after the restart ---------
+
+CONFIRM_KILLS = int(os.environ.get("FITFLOW_TEST_CRASH_CONFIRM_KILLS", "15"))
+GRANTS_PER_LIFE = 80
+ENTRY_PIN = 5
+# Long enough that the grants of a life are still waiting when the child is killed and the door
+# restarted (the restarted door's clock is moved past it instead of waiting).
+CONFIRM_TIMEOUT_S = 30.0
+
+
+class OffsetClock:
+    """The system's clocks (the same boot, so the journal's monotonic deadlines apply), plus an
+    offset a test moves instead of sleeping; ``FakeCamera`` moves it a frame per frame."""
+
+    def __init__(self) -> None:
+        self._base = SystemClock()
+        self.boot_id = self._base.boot_id
+        self.offset_ns = 0
+
+    def wall(self) -> datetime:
+        return self._base.wall() + timedelta(microseconds=self.offset_ns // 1000)
+
+    def monotonic_ns(self) -> int:
+        return self._base.monotonic_ns() + self.offset_ns
+
+    def quality(self):
+        return self._base.quality()
+
+    def sleep(self, seconds: float) -> None:
+        self.advance(seconds)
+
+    def advance(self, seconds: float) -> None:
+        self.offset_ns += int(seconds * 1e9)
+
+
+def _confirm_loop(store: Store, scene: Scene, clock, pins, on_outcome=None, *, frames=None):
+    """A door loop with the turnstile's entry contact on ``pins``; its camera moves ``frames``
+    (default ``clock``) a frame per frame."""
+    sensor = GpioPassageSensor(entry_pin=ENTRY_PIN, exit_pin=None, bounce_ms=0, pin_factory=pins,
+                               clock_ns=clock.monotonic_ns)  # fmt: skip
+    return DoorLoop(
+        source=FakeCamera(scene, frames or clock),
+        reader=FakeDecoder(scene),
+        store=store,
+        door=RelayDoor(17, active_high=True, max_pulse_ms=3000, pin_factory=pins),
+        signal=RecordingSignal(),
+        clock=clock,
+        settings=ScannerSettings(
+            door_id="door-1", debounce_s=0.0, pulse_ms=100, passage_timeout_s=CONFIRM_TIMEOUT_S
+        ),
+        on_outcome=on_outcome,
+        passage=sensor,
+    )
+
+
+def _confirm_door_child(db_path: str, ack_fd: int, first: int) -> None:
+    """Child: admit the members ``first`` .. ``first + GRANTS_PER_LIFE - 1``, one a frame, with
+    the turnstile's entry contact wired; the turnstile turns after every other grant. Each
+    committed grant is acknowledged as its check-in id."""
+    codes = [f"{n:064x}" for n in range(first, first + GRANTS_PER_LIFE)]
+    scene = Scene([[code] for code in codes])
+    scene.steps += [[]] * 200_000  # then nobody: the child lives until it is killed
+    pins = MockFactory()
+    turned = [0]
+    with Store.open(db_path) as store:
+
+        def ack(outcome) -> None:
+            os.write(ack_fd, (outcome.checkin.id + "\n").encode())
+            turned[0] += 1
+            if turned[0] % 2 == 0:
+                pins.pin(ENTRY_PIN).drive_low()
+                pins.pin(ENTRY_PIN).drive_high()
+
+        # The system's clock as it runs: the deadlines journaled are real ones.
+        loop = _confirm_loop(store, scene, SystemClock(), pins, ack, frames=SystemClockAsSim())
+        loop.run(threading.Event())
+    os._exit(0)
+
+
+def _card_replica(now: datetime, count: int) -> ReplicaSnapshot:
+    """``count`` members with open-ended subscriptions, member ``n`` showing the card
+    ``f"{n:064x}"`` (one member per card, so anti-passback never answers)."""
+    members = [
+        Member(f"m-{n}", "org-crash", f"Member{n}", "Crash", MemberStatus.ACTIVE)
+        for n in range(count)
+    ]
+    salt = b"\x07" * 32
+    return ReplicaSnapshot(
+        members=[(m, code_hash(f"{n:064x}", salt)) for n, m in enumerate(members)],
+        memberships=[
+            Membership(f"ms-{n}", m.id, MembershipType.SUBSCRIPTION, now.date(), None)
+            for n, m in enumerate(members)
+        ],
+        plans=[],
+        opening_hours=[],
+        closures=[],
+        version=1,
+        synced_at=now,
+        code_salt=salt,
+    )
+
+
+def test_a_grant_pending_at_a_sigkill_is_resolved_after_the_restart_never_lost_or_doubled(
+    tmp_path,
+):
+    db = tmp_path / "kiosk.db"
+    with Store.open(db) as store:
+        store.replace_replica(_card_replica(SystemClock().wall() - timedelta(days=1),
+                                            CONFIRM_KILLS * GRANTS_PER_LIFE))  # fmt: skip
+    rng = random.Random(20261301)
+    ctx = multiprocessing.get_context("fork")
+    acknowledged: list[str] = []
+    recovered = confirmed_after = 0
+    for life in range(CONFIRM_KILLS):
+        read_fd, write_fd = os.pipe()
+        child = ctx.Process(target=_confirm_door_child,
+                            args=(str(db), write_fd, life * GRANTS_PER_LIFE), daemon=True)  # fmt: skip
+        child.start()
+        os.close(write_fd)
+        # Killed with grants waiting for their passage (the timeout is far away), anywhere in
+        # the cycle of a grant's commit, its pulse, a passage and its entry's commit.
+        data = _read_acks(read_fd, rng.randint(1, GRANTS_PER_LIFE - 10))
+        time.sleep(rng.uniform(0.0, 0.002))
+        os.kill(child.pid, signal.SIGKILL)
+        child.join()
+        assert child.exitcode == -signal.SIGKILL
+        data += _read_acks(read_fd, 10**9)
+        os.close(read_fd)
+        acknowledged += _complete_lines(data)
+
+        # The restarted door: the turnstile turns a random number of times (some grants go in,
+        # a surplus would be tailgating), then their deadline passes.
+        with Store.open(db) as store:
+            waiting = store.passage_waits()
+            clock, pins, scene = OffsetClock(), MockFactory(), Scene([[]] * 3)
+            loop = _confirm_loop(store, scene, clock, pins)
+            assert loop.awaiting_passage == [w.checkin_id for w in waiting]
+            turns = rng.randint(0, len(waiting) + 1)
+            for _ in range(turns):
+                pins.pin(ENTRY_PIN).drive_low()
+                pins.pin(ENTRY_PIN).drive_high()
+            loop.step()
+            clock.advance(CONFIRM_TIMEOUT_S + 1)
+            loop.step()
+            loop.step()
+            assert loop.awaiting_passage == [] and store.passage_waits() == []
+            outcomes = dict(
+                sqlite3.connect(db).execute(
+                    "SELECT checkin_id, kind FROM door_events WHERE kind IN ('entry', 'annulled')"
+                )
+            )
+            # The oldest waiting grants went in, one per turn; the others were annulled.
+            went_in = min(turns, len(waiting))
+            assert [outcomes[w.checkin_id] for w in waiting] == (
+                ["entry"] * went_in + ["annulled"] * (len(waiting) - went_in)
+            )
+            recovered += len(waiting)
+            confirmed_after += went_in
+
+    assert recovered > CONFIRM_KILLS, "some grants should have been waiting at the kills"
+    assert 0 < confirmed_after < recovered
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+        granted = [r[0] for r in conn.execute("SELECT id FROM checkins WHERE decision = 'granted'")]
+        settled = [
+            r[0]
+            for r in conn.execute(
+                "SELECT checkin_id FROM door_events WHERE kind IN ('entry', 'annulled')"
+            )
+        ]
+        seqs = sorted(
+            r[0]
+            for r in conn.execute("SELECT seq FROM checkins UNION ALL SELECT seq FROM door_events")
+        )
+    assert set(acknowledged) <= set(granted), "an acknowledged grant was lost"
+    # Every grant ended confirmed or annulled exactly once; the journal's one sequence has no gap.
+    assert sorted(settled) == sorted(granted)
+    assert seqs == list(range(1, len(seqs) + 1))

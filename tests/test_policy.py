@@ -6,6 +6,7 @@ the gym is in UTC, the replica synced at 08:00 that day, and anti-passback is 10
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta
 
 import pytest
@@ -999,3 +1000,110 @@ def test_passback_detail_never_shows_a_negative_time() -> None:
     decision = decide(facts(sub(), last=last), OPEN, FRESH, now(), IN_UTC)
     assert decision.reason == Reason.PASSBACK
     assert decision.detail.startswith("entered 0 s ago")
+
+
+# -- capacity and visit limits ---------------------------------------------------------------------
+
+FULL_AT_2 = PolicySettings(timezone="UTC", capacity=2)
+TWICE_A_DAY = Plan("twice", "Twice a day", max_visits_per_day=2)
+OFF_PEAK_ONCE = Plan("off-peak-once", "Off-peak, once a day", OFF_PEAK.windows, 1)
+
+
+def visited(member_facts: MemberFacts, *times: str) -> MemberFacts:
+    """``member_facts`` with granted, not annulled entries at this door at ``times`` (UTC)."""
+    return replace(member_facts, recent_entries=tuple(utc(t) for t in times))
+
+
+def limited(**kw) -> Membership:
+    return sub("twice", plan="twice", **kw)
+
+
+def crowd_row(id_: str, member_facts, reason: Reason, *, inside: int, **kw):
+    """A row with ``inside`` people counted inside the gym by the door."""
+    param = row(id_, member_facts, reason, **kw)
+    return pytest.param(*param.values, inside, id=param.id)
+
+
+CAPACITY_AND_VISITS = [
+    crowd_row("below capacity", facts(sub()), Reason.SUBSCRIPTION, membership="sub", inside=1,
+              policy=FULL_AT_2),
+    crowd_row("at capacity", facts(sub()), Reason.AT_CAPACITY, inside=2, policy=FULL_AT_2),
+    crowd_row("over capacity", facts(sub()), Reason.AT_CAPACITY, inside=7, policy=FULL_AT_2),
+    crowd_row("no capacity set: never full", facts(sub()), Reason.SUBSCRIPTION, membership="sub",
+              inside=500),
+    crowd_row("staff are exempt from capacity", facts(staff=True), Reason.STAFF_OVERRIDE,
+              inside=2, policy=FULL_AT_2),
+    # Facility-wide rules first: a closed gym is closed, whoever is inside.
+    crowd_row("closed beats capacity", facts(sub()), Reason.FACILITY_CLOSED, inside=2,
+              policy=FULL_AT_2, site=SiteFacts(closures=(Closure(TODAY, TODAY),))),
+    crowd_row("outside hours beats capacity", facts(sub()), Reason.OUTSIDE_HOURS, inside=2,
+              policy=FULL_AT_2, site=SiteFacts(opening_hours=every_day("06:00", "08:00"))),
+    crowd_row("passback beats capacity", facts(sub(), last=entry(2)), Reason.PASSBACK, inside=2,
+              policy=FULL_AT_2),
+    # ... and capacity before the member's own: a full gym is nobody's membership problem.
+    crowd_row("capacity beats an expired membership", facts(sub(end=YESTERDAY)),
+              Reason.AT_CAPACITY, inside=2, policy=FULL_AT_2),
+    crowd_row("capacity beats the visit limit",
+              visited(facts(limited(), plans=(TWICE_A_DAY,)), "2026-03-10T07:00",
+                      "2026-03-10T09:00"),
+              Reason.AT_CAPACITY, inside=2, policy=FULL_AT_2),
+    # Visit limits: today's local date, at this door; the third visit of a twice-a-day plan.
+    crowd_row("first visit of the day", facts(limited(), plans=(TWICE_A_DAY,)),
+              Reason.SUBSCRIPTION, membership="twice", inside=0),
+    crowd_row("second visit", visited(facts(limited(), plans=(TWICE_A_DAY,)), "2026-03-10T07:00"),
+              Reason.SUBSCRIPTION, membership="twice", inside=0),
+    crowd_row("third visit", visited(facts(limited(), plans=(TWICE_A_DAY,)), "2026-03-10T07:00",
+                                     "2026-03-10T09:00"), Reason.VISIT_LIMIT, inside=0),
+    crowd_row("yesterday's visits do not count",
+              visited(facts(limited(), plans=(TWICE_A_DAY,)), "2026-03-09T20:00",
+                      "2026-03-09T23:59"),
+              Reason.SUBSCRIPTION, membership="twice", inside=0),
+    # The day is the gym's: 23:30 UTC on the 9th is the 10th in Berlin.
+    crowd_row("the local date counts",
+              visited(facts(limited(), plans=(TWICE_A_DAY,)), "2026-03-09T23:30",
+                      "2026-03-10T09:00"),
+              Reason.VISIT_LIMIT, inside=0, policy=BERLIN),
+    # Another membership without a limit still admits, and is the one used.
+    crowd_row("an unlimited membership beside the limited one",
+              visited(facts(limited(), pack(), plans=(TWICE_A_DAY,)), "2026-03-10T07:00",
+                      "2026-03-10T09:00"),
+              Reason.CLASS_PACK, membership="pack", used=1, inside=0),
+    # With the plan's rules: its windows first, then its limit, both before the balance.
+    crowd_row("the plan's hours before its limit",
+              visited(facts(sub("o", plan="off-peak-once"), plans=(OFF_PEAK_ONCE,)),
+                      "2026-03-10T09:30"),
+              Reason.OUTSIDE_HOURS, inside=0, at=now(utc("2026-03-10T18:00"))),
+    crowd_row("the limit before the balance",
+              visited(facts(pack("p", remaining=0, plan="twice"), plans=(TWICE_A_DAY,)),
+                      "2026-03-10T07:00", "2026-03-10T09:00"),
+              Reason.VISIT_LIMIT, inside=0),
+    crowd_row("no valid membership before the limit",
+              visited(facts(limited(end=YESTERDAY), plans=(TWICE_A_DAY,)), "2026-03-10T07:00",
+                      "2026-03-10T09:00"),
+              Reason.NO_VALID_MEMBERSHIP, inside=0),
+    crowd_row("staff have no visit limit",
+              visited(facts(limited(), staff=True, plans=(TWICE_A_DAY,)), "2026-03-10T07:00",
+                      "2026-03-10T09:00"),
+              Reason.STAFF_OVERRIDE, inside=0),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(f"{COLUMNS},inside", CAPACITY_AND_VISITS)
+def test_capacity_and_visit_limits(
+    member_facts, site, replica, at, policy, reason, membership, used, inside
+):
+    decision = decide(member_facts, site, replica, at, policy, occupancy=inside)
+    assert (decision.reason, decision.membership_id, decision.classes_used) == (
+        reason,
+        membership,
+        used,
+    ), decision.detail
+    assert decision.verdict == reason.verdict and decision.detail
+
+
+def test_the_refusals_say_why_in_numbers() -> None:
+    full = decide(facts(sub()), OPEN, FRESH, now(), FULL_AT_2, occupancy=3)
+    assert full.detail == "3 people inside, the limit is 2"
+    twice = visited(facts(limited(), plans=(TWICE_A_DAY,)), "2026-03-10T07:00", "2026-03-10T09:00")
+    limit = decide(twice, OPEN, FRESH, now(), IN_UTC)
+    assert limit.detail == "2 visits today at this door; the plan allows 2 a day"

@@ -314,7 +314,7 @@ def test_a_database_of_schema_3_keeps_its_journal_and_carries_its_replica_over(t
     ids = v3_database(db)
     before = db.stat().st_size
     with caplog.at_level(logging.INFO, logger="kiosk.data.database"), Store.open(db) as store:
-        assert store.schema_version() == LATEST_VERSION == 5
+        assert store.schema_version() == LATEST_VERSION == 6
         # The journal, exactly as it was.
         assert {c.id for c in store.recent_checkins(10)} == set(ids)
         assert store.counts_by_state() == {"pending": 2, "synced": 1, "rejected": 0}
@@ -390,16 +390,41 @@ def format_1_database(path: Path) -> list[str]:
         ids = [door_checkin(store, n) for n in range(3)]
         replica = store.replica_file
     with contextlib.closing(sqlite3.connect(path, isolation_level=None)) as conn:
+        conn.execute("DROP TABLE passage_waits")
+        conn.execute("DROP TABLE door_events")
         conn.execute("DROP TABLE pass_uses")
         conn.execute("ALTER TABLE checkins DROP COLUMN pass_id")
         conn.execute("PRAGMA user_version = 4")
     with contextlib.closing(sqlite3.connect(replica, isolation_level=None)) as conn:
         conn.execute("DROP TABLE passes")
+        conn.execute("ALTER TABLE plans DROP COLUMN max_visits_per_day")
         conn.execute("PRAGMA user_version = 1")
     return ids
 
 
-UPGRADES = {"schema-3": v3_database, "format-1": format_1_database}
+def format_2_database(path: Path) -> list[str]:
+    """A database of schema 5 beside a replica file of format 2 (made before plans' visit
+    limits: the tables of today but ``plans.max_visits_per_day``) holding replica A, and three
+    check-ins. Returns their ids."""
+    load_a(path)
+    with Store.open(path) as store:
+        ids = [door_checkin(store, n) for n in range(3)]
+        replica = store.replica_file
+    with contextlib.closing(sqlite3.connect(path, isolation_level=None)) as conn:
+        conn.execute("DROP TABLE passage_waits")
+        conn.execute("DROP TABLE door_events")
+        conn.execute("PRAGMA user_version = 5")
+    with contextlib.closing(sqlite3.connect(replica, isolation_level=None)) as conn:
+        conn.execute("ALTER TABLE plans DROP COLUMN max_visits_per_day")
+        conn.execute("PRAGMA user_version = 2")
+    return ids
+
+
+UPGRADES = {
+    "schema-3": v3_database,
+    "format-1": format_1_database,
+    "format-2": format_2_database,
+}
 
 
 @pytest.mark.parametrize("upgrade", UPGRADES)
@@ -417,7 +442,7 @@ def test_a_kill_during_the_carry_over_loses_neither_journal_nor_replica(
     with Store.open(db) as store:
         assert store.schema_version() == LATEST_VERSION
         assert {c.id for c in store.recent_checkins(10)} == set(ids)
-        assert store.pass_count() == 0  # the passes table is there (format 2)
+        assert store.pass_count() == 0  # the passes table is there (format 2 and later)
     assert in_use(db) == (A_VERSION, totals_of(replica_a()))
     assert len([n for n in replica_files(db) if re.fullmatch(r".*-replica-[0-9a-f]{32}", n)]) == 1
 

@@ -239,7 +239,8 @@ def test_a_dead_relay_timer_is_backstopped_by_the_loop(tmp_path):
 HEALTH_KEYS = {
     "door_id", "state", "started_at", "last_frame_at", "frames", "fps", "decode_ms_p50",
     "decode_ms_p95", "decode_errors", "clock_quality", "relay_open", "pulse_ms", "last_pulse_at",
-    "last_decision_at", "last_verdict", "last_reason", "decisions",
+    "last_decision_at", "last_verdict", "last_reason", "decisions", "events", "awaiting_passage",
+    "occupancy",
 }  # fmt: skip
 
 
@@ -302,6 +303,11 @@ def test_health_is_published_every_two_seconds_with_the_spec_keys(tmp_path):
     assert data["decisions"] == {"subscription": 1}
     assert (data["last_verdict"], data["last_reason"]) == ("granted", "subscription")
     assert data["last_pulse_at"] is not None and data["last_decision_at"] is not None
+    # No passage input: the grant counts as an entry, nothing waits for a passage.
+    assert data["occupancy"] == {
+        "now": 1, "entries_today": 1, "exits_today": 0, "max_today": 1, "capacity": None,
+    }  # fmt: skip
+    assert data["events"] == {} and data["awaiting_passage"] == 0
 
 
 def test_the_frame_rate_covers_the_last_ten_seconds(tmp_path):

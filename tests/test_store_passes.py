@@ -272,7 +272,7 @@ def test_a_schema_4_journal_gains_the_pass_columns_and_keeps_every_row(tmp_path)
     )
     conn.close()
     with Store.open(db) as store:
-        assert store.schema_version() == LATEST_VERSION == 5
+        assert store.schema_version() == LATEST_VERSION == 6
         (old,) = store.recent_checkins(5)
         assert old.pass_id is None and old.seq == 1 and old.sync_state.value == "pending"
         new = store.append_checkin(GRANTED, door_id="front", replica_version=3, now=now(),

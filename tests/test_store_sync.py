@@ -218,7 +218,7 @@ def test_upgrade_from_v2_keeps_the_journal_and_marks_the_replica_unverified(tmp_
     path = tmp_path / "v2.db"
     _v2_database(path)
     with Store.open(path) as store:
-        assert store.schema_version() == LATEST_VERSION == 5
+        assert store.schema_version() == LATEST_VERSION == 6
         # The replica was carried over into a file of its own (kiosk.data.database).
         assert store.replica_file is not None and store.replica_info().version == 7
         assert store.counts_by_state() == {"pending": 2, "synced": 1, "rejected": 0}

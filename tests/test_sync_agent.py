@@ -15,7 +15,7 @@ import pytest
 
 from fakecloud import START, TOKEN, FakeCloud, Fault
 from kiosk.core.clock import SimClock
-from kiosk.core.model import Checkin, ClockQuality, Decision, Now, Reason
+from kiosk.core.model import Checkin, ClockQuality, Decision, EventKind, Now, Reason
 from kiosk.data.control import ControlStore, OwnerRequest, RequestKind, RequestState
 from kiosk.data.store import Store
 from kiosk.sync.agent import OFFLINE, RUNNING, STOPPED, SyncAgent, SyncSettings
@@ -865,3 +865,80 @@ def test_an_agent_that_stops_writes_its_last_word(device):
     status = device.store.sync_status()
     assert status["state"] == STOPPED and status["online"] is False
     assert status["last_pull_at"] == utc_text(START + timedelta(seconds=10))
+
+
+# -- door events and occupancy (protocol 3) ----------------------------------------------------------
+
+
+def _now(dev: Device) -> Now:
+    return Now(dev.clock.wall(), dev.clock.monotonic_ns(), BOOT, ClockQuality.NTP_SYNCED)
+
+
+def test_door_events_go_up_with_the_check_ins_in_one_seq_order(tmp_path):
+    """Grants waiting for their passage, then confirmed, annulled and a tailgater: every journal
+    row goes up once, in seq order across batches; the annulled class comes back in the cloud
+    and reaches the replica."""
+    dev = Device(tmp_path, batch_size=3)
+    dev.cloud.seed_gym()
+    synced(dev)
+    use = Decision(Reason.CLASS_PACK.verdict, Reason.CLASS_PACK, "m0", "pack0", 1)
+    walked = dev.store.append_checkin(
+        use, door_id="front", replica_version=0, now=_now(dev), await_passage_s=5
+    )
+    went = dev.checkin()
+    dev.clock.advance(6)
+    dev.store.append_event(EventKind.ANNULLED, door_id="front", at=_now(dev), checkin_id=walked.id)
+    dev.store.append_event(EventKind.TAILGATING, door_id="front", at=_now(dev))
+    dev.store.append_event(EventKind.EXIT, door_id="front", at=_now(dev), checkin_id=went.id)
+    bad = dev.store.append_event(EventKind.TAILGATING, door_id="front door!", at=_now(dev))
+    last = dev.checkin()
+
+    report = dev.agent.cycle()
+    assert report.ok, report.error
+    assert (report.pushed, report.rejected) == (6, 1)
+    sent = [(i["seq"], i["kind"]) for body in dev.cloud.uploads for i in body["items"]]
+    assert sent == [
+        (1, "checkin"), (2, "checkin"), (3, "annulled"), (4, "tailgating"), (5, "exit"),
+        (6, "tailgating"), (7, "checkin"),
+    ]  # fmt: skip
+    assert [len(body["items"]) for body in dev.cloud.uploads] == [3, 3, 1]
+    assert dev.store.event_counts_by_state() == {"pending": 0, "synced": 3, "rejected": 1}
+    assert dev.states() == {"pending": 0, "synced": 3, "rejected": 0}
+    assert bad.id not in dev.cloud.events and last.id in dev.cloud.checkins
+    # Charged once, given back once: the pack is where it started, on the door too.
+    assert dev.cloud.rows[("membership", "pack0")].data["remaining_classes"] == 5
+    synced(dev)
+    assert dev.store.journal_position().backlog == 0
+    assert len(dev.cloud.events) == 3, "nothing sent twice"
+
+
+def _occupancy_report(**changes) -> dict:
+    counts = {"now": 4, "entries_today": 9, "exits_today": 5, "max_today": 6, "capacity": 30}
+    return {"state": "running", "occupancy": counts | changes}
+
+
+def test_the_heartbeat_carries_the_scanners_fresh_occupancy(tmp_path):
+    dev = Device(tmp_path)
+    dev.cloud.seed_gym()
+    page = OwnerPage(dev, tmp_path)
+    agent = page.agent()
+
+    def beat(report: dict | None, age_s: float = 1.0):
+        if report is not None:
+            at = dev.clock.wall() - timedelta(seconds=age_s)
+            page.control.publish_health("scanner", report, now=at)
+        assert agent.cycle().ok
+        return dev.cloud.heartbeats[-1].occupancy
+
+    assert beat(None) is None, "no scanner report yet"
+    sent = beat(_occupancy_report())
+    assert (sent.now, sent.entries_today, sent.exits_today, sent.max_today) == (4, 9, 5, 6)
+    assert sent.capacity == 30
+    assert beat(_occupancy_report(capacity=None)).capacity is None
+    assert beat(_occupancy_report(), age_s=120) is None, "a quiet scanner's count is not news"
+    assert beat(_occupancy_report() | {"state": "stopped"}) is None
+    assert beat({"state": "running"}) is None, "a scanner that does not count"
+    assert beat(_occupancy_report(now=-3)) is None, "a broken report is not sent"
+    # Without a control file the heartbeat simply has none.
+    assert dev.agent.cycle().ok
+    assert dev.cloud.heartbeats[-1].occupancy is None

@@ -5,8 +5,9 @@ A real ``SyncAgent`` (in-process, one ``cycle()`` at a time, nothing sleeps) tal
 the reference cloud through a ``FaultyProxy``: at a drop rate of 1.0 the kiosk is offline and its
 replica must not move; at 0 it syncs. Meanwhile seeded random admin edits go through the admin
 service functions: members added, edited, revived, deleted, cards moved between members;
-memberships added, edited, moved, deleted; plans added, edited, deleted; opening hours replaced;
-closures added and deleted, for the kiosk's gym and for another gym whose rows it must not get.
+memberships added, edited, moved, deleted; plans (some with a visit limit) added, edited,
+deleted; opening hours replaced; closures added and deleted, for the kiosk's gym and for another
+gym whose rows it must not get.
 Small pages make every pull span several pages.
 """
 
@@ -206,9 +207,21 @@ class AdminEdits:
             windows.append([self.rng.randrange(7), start, self.rng.randint(start + 1, 1440)])
         return windows
 
+    @staticmethod
+    def _visits(n: int) -> int | None:
+        """A plan's visit limit from its edit's number (not the generator: the edits drawn stay
+        those of the seed): none, or 1-3 a day."""
+        return (None, 1, 2, 3)[n % 4]
+
     def add_plan(self) -> bool:
-        plan_id = f"pln{next(self.ids)}"
-        fields = {"id": plan_id, "name": f"Plan {plan_id}", "windows": self._windows()}
+        n = next(self.ids)
+        plan_id = f"pln{n}"
+        fields = {
+            "id": plan_id,
+            "name": f"Plan {plan_id}",
+            "windows": self._windows(),
+            "max_visits_per_day": self._visits(n),
+        }
         self._write(lambda tx, org: admin.save_plan(tx, org, None, fields, self.site.now()))
         self.plans.add(plan_id)
         return True
@@ -217,7 +230,12 @@ class AdminEdits:
         if not self.plans:
             return False
         plan_id = self.rng.choice(sorted(self.plans))
-        fields = {"windows": self._windows(), "name": f"Edited {next(self.ids)}"}
+        n = next(self.ids)
+        fields = {
+            "windows": self._windows(),
+            "name": f"Edited {n}",
+            "max_visits_per_day": self._visits(n),
+        }
         self._write(lambda tx, org: admin.save_plan(tx, org, plan_id, fields, self.site.now()))
         return True
 

@@ -352,13 +352,13 @@ def test_signed_in_every_view_answers(signed_in: Site):
     client = signed_in.client
     page = client.get("/")
     assert page.status_code == 200
-    for section in ("summary", "door", "decisions", "sync", "health", "actions", "audit"):
+    for section in ("summary", "day", "door", "decisions", "sync", "health", "actions", "audit"):
         assert f'data-testid="section-{section}"' in page.text
     for button in ("action-sync-now", "action-test-door", "action-diagnostics", "logout"):
         assert f'data-testid="{button}"' in page.text
     live = client.get("/live")
     assert live.status_code == 200 and "<html" not in live.text
-    assert live.text.count("data-live") == 6
+    assert live.text.count("data-live") == 7
     for path in API_VIEWS:
         answer = client.get(path)
         assert answer.status_code == 200, path

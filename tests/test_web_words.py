@@ -8,15 +8,17 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from kiosk.core.model import Reason
+from kiosk.core.model import EventKind, Reason
 from kiosk.web.diagnostics import REDACTED, config_toml, redact, without_member_ids
 from kiosk.web.metrics import escape_label
 from kiosk.web.words import (
+    EVENT_WORDS,
     REASON_WORDS,
     age_words,
     credential_words,
     decision_name,
     error_words,
+    event_words,
     local_time,
     mask_name,
     reason_words,
@@ -32,6 +34,23 @@ def test_every_reason_has_words_of_its_own():
         assert "_" not in REASON_WORDS[reason]  # words, not identifiers
     assert reason_words("passback") == "Already entered a moment ago (anti-passback)"
     assert reason_words("replica_stale") == "Member list too old to trust (no sync for too long)"
+
+
+def test_capacity_and_visit_limit_in_plain_words():
+    assert reason_words("at_capacity") == "Gym full (as many inside as the capacity allows)"
+    assert reason_words("visit_limit") == "Visits for today used up (the plan's limit per day)"
+
+
+def test_every_passage_event_has_words_of_its_own():
+    assert set(EVENT_WORDS) == set(EventKind)
+    words = list(EVENT_WORDS.values())
+    assert len(set(words)) == len(words)
+    for kind in EventKind:
+        assert event_words(kind.value) == EVENT_WORDS[kind]
+        assert "_" not in EVENT_WORDS[kind]
+    assert event_words("annulled") == "Granted but did not go through"
+    assert event_words("tailgating") == "Passage with no check-in"
+    assert event_words("door_forced") == "Other event (door_forced)"  # a newer release's kind
 
 
 def test_a_reason_from_a_newer_release_still_reads():

@@ -217,10 +217,10 @@ class WebProcess:
         )  # fmt: skip
 
 
-def start_web(folder: Path) -> WebProcess:
+def start_web(folder: Path, web_extra: str = "") -> WebProcess:
     """``kiosk web --config FOLDER/kiosk.toml`` on 127.0.0.1 and a free port, on a database with
     the demo's replica, with no owner password yet; returned once it says where it listens (its
-    socket is listening by then)."""
+    socket is listening by then). ``web_extra``: more lines of the ``[web]`` table."""
     folder.mkdir(parents=True, exist_ok=True)
     db = demo_database(folder / "data" / "kiosk.db")
     password_file = folder / "data" / "owner-password"
@@ -229,7 +229,7 @@ def start_web(folder: Path) -> WebProcess:
     config.write_text(
         f"[store]\npath = {json.dumps(str(db))}\n"
         f'[web]\nhost = "127.0.0.1"\nport = {port}\n'
-        f"password_file = {json.dumps(str(password_file))}\n"
+        f"password_file = {json.dumps(str(password_file))}\n{web_extra}"
     )
     stderr_path = folder / "web-stderr.txt"
     with stderr_path.open("w") as stderr:

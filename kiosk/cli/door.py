@@ -68,6 +68,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         GpioError,
         build_camera,
         build_door,
+        build_passage_sensor,
         build_reader,
         build_signal,
         make_pin_factory,
@@ -111,6 +112,15 @@ def cmd_run(args: argparse.Namespace) -> int:
         opened.append(door)
         signal = build_signal(config.gpio, config.feedback, pins.factory)
         opened.append(signal)
+        passage = build_passage_sensor(config.gpio, pins.factory, clock)
+        if passage is not None:
+            opened.append(passage)
+            log.info(
+                "turnstile passage inputs: entry %s, exit %s (grants annulled after %.1f s)",
+                config.gpio.passage_entry_pin or "not wired",
+                config.gpio.passage_exit_pin or "not wired",
+                config.door.passage_timeout_s,
+            )
         reader = build_reader(config.decoder)
         camera = build_camera(config.camera, clock)
         opened.append(camera)
@@ -133,6 +143,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             notifier=Notifier(),
             control=control,
             open_control=lambda: open_control_store(control_file),
+            passage=passage,
         )
         loop.run(stop)
         return 0

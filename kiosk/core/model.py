@@ -40,6 +40,8 @@ class Reason(StrEnum):
     TOKEN_REPLAYED = "token_replayed"
     BAD_SIGNATURE = "bad_signature"
     CLOCK_UNTRUSTED = "clock_untrusted"
+    AT_CAPACITY = "at_capacity"
+    VISIT_LIMIT = "visit_limit"
 
     @property
     def verdict(self) -> Verdict:
@@ -75,6 +77,20 @@ class SyncState(StrEnum):
     PENDING = "pending"
     SYNCED = "synced"
     REJECTED = "rejected"
+
+
+class EventKind(StrEnum):
+    """What a door event says happened at the turnstile (docs/architecture.md#door-events).
+
+    ``entry``: the turnstile turned for a grant (the grant is confirmed). ``annulled``: it did not
+    turn within the passage timeout after the grant (the member never went in). ``tailgating``: an
+    entry passage with no grant waiting for one. ``exit``: an exit passage, or a grant at an
+    exit-side scanner."""
+
+    ENTRY = "entry"
+    ANNULLED = "annulled"
+    TAILGATING = "tailgating"
+    EXIT = "exit"
 
 
 class StalePolicy(StrEnum):
@@ -114,11 +130,13 @@ class AccessWindow:
 
 @dataclass(frozen=True, slots=True)
 class Plan:
-    """A membership plan. No windows means the plan admits whenever the facility is open."""
+    """A membership plan. No windows means the plan admits whenever the facility is open.
+    ``max_visits_per_day`` caps the member's entries per local day at a door (None: no cap)."""
 
     id: str
     name: str
     windows: tuple[AccessWindow, ...] = ()
+    max_visits_per_day: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,13 +177,18 @@ class MemberFacts:
     """Everything the policy needs to know about one member, read from the replica and the journal
     in one short read transaction. ``pending_uses`` maps membership id to classes used by check-ins
     whose use the replica's balance does not include yet: not yet acknowledged by the cloud, or
-    acknowledged at a cloud version newer than the replica."""
+    acknowledged at a cloud version newer than the replica; annulled grants (the member never
+    went through) use nothing. ``last_entry`` is the newest granted, not annulled check-in at this
+    door. ``recent_entries`` are the wall times of the member's granted, not annulled check-ins at
+    this door over the last two days at least (newest first), for the plan's visit limit: the
+    policy counts those of today's local date."""
 
     member: Member
     memberships: tuple[Membership, ...]
     plans: dict[str, Plan]
     pending_uses: dict[str, int]
     last_entry: LastEntry | None
+    recent_entries: tuple[datetime, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,10 +223,14 @@ class Now:
 
 @dataclass(frozen=True, slots=True)
 class PolicySettings:
+    """The owner's settings of the access policy. ``capacity`` is the most people the door lets
+    be inside at once (0: no limit; staff are exempt)."""
+
     timezone: str = "UTC"
     passback_minutes: float = 10.0
     stale_after_hours: float = 72.0
     when_stale: StalePolicy = StalePolicy.PAID_THROUGH
+    capacity: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -238,3 +265,24 @@ class Checkin:
     # The phone pass the scanned code named (its 8-character id), whatever the decision; None for
     # a card, or a code that could not be parsed.
     pass_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DoorEvent:
+    """One door event as written to the journal (docs/architecture.md#door-events): what the
+    turnstile reported, or did not report in time. ``checkin_id`` names the grant it is about
+    (``entry``, ``annulled``, and ``exit`` at an exit-side scanner); None for ``tailgating`` and an
+    exit passage. ``seq`` comes from the journal's one counter, shared with the check-ins.
+    ``wall_time`` and ``monotonic_ns`` are when it happened (the passage, the deadline that ran
+    out), on the door's clocks."""
+
+    id: str
+    seq: int
+    door_id: str
+    kind: EventKind
+    checkin_id: str | None
+    wall_time: datetime
+    boot_id: str
+    monotonic_ns: int
+    clock_quality: ClockQuality
+    sync_state: SyncState = SyncState.PENDING

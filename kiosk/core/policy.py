@@ -24,11 +24,19 @@ e. timed anti-passback -> ``passback``. A second entry minutes after the first p
    card whatever else is true, and that is what the owner needs to see.
 f. closures, then g. opening hours -> ``facility_closed`` / ``outside_hours``. Facility-wide rules
    come before the member's own, so the reason does not blame the member for the gym being shut.
+g2. capacity -> ``at_capacity``: with ``PolicySettings.capacity`` above 0, the door's occupancy
+   (``kiosk.core.occupancy``, given by the caller) at or above it. Also facility-wide: a full gym
+   is nobody's membership problem, and a member who could not get in anyway hears why first.
 h. replica staleness -> ``replica_stale``. It decides which membership data may still be trusted:
    under ``PAID_THROUGH`` only memberships with a definite end date today or later stay
    candidates; under ``REFUSE`` nobody but staff is admitted.
 i. a membership covering today -> else ``no_valid_membership``.
 j. the plan's access windows (off-peak plans) -> else ``outside_hours``.
+j2. the plan's visit limit -> else ``visit_limit``: a membership whose plan allows at most
+   ``max_visits_per_day`` entries stays a candidate only while the member's granted, not
+   annulled entries at this door on today's local date are fewer (``MemberFacts.recent_entries``).
+   It is a rule of the plan, like its windows, so it comes with them; before the balance, so a
+   class is never spent on a visit the plan does not allow.
 k. a membership with something left to spend, preferring the ones that spend nothing, so a class is
    never used up while an unlimited membership covers the visit:
    subscription > unlimited personal training > unlimited class pack > class pack with balance >
@@ -102,9 +110,13 @@ def decide(
     replica: ReplicaInfo,
     now: Now,
     settings: PolicySettings,
+    *,
+    occupancy: int = 0,
 ) -> Decision:
     """Decide one check-in. Pure: no I/O, no clock reads; the rules and their order are in the
-    module docstring. ``facts`` is None when no member has the scanned code.
+    module docstring. ``facts`` is None when no member has the scanned code. ``occupancy`` is how
+    many people the door counts inside now (``kiosk.core.occupancy``); it matters only with a
+    ``settings.capacity`` above 0.
 
     Returns a ``Decision`` with exactly one reason; ``membership_id`` names the membership used on
     a grant (None for staff), ``classes_used`` is 1 only when a class or session is spent.
@@ -168,6 +180,13 @@ def decide(
     if site.opening_hours and not _in_windows(site.opening_hours, weekday, minute):
         return _denied(Reason.OUTSIDE_HOURS, member_id, f"the facility is not open at {at}")
 
+    if settings.capacity > 0 and occupancy >= settings.capacity:
+        return _denied(
+            Reason.AT_CAPACITY,
+            member_id,
+            f"{occupancy} people inside, the limit is {settings.capacity}",
+        )
+
     candidates = facts.memberships
     replica_age = _replica_age(replica, when)
     grace = timedelta(hours=settings.stale_after_hours)
@@ -210,7 +229,17 @@ def decide(
             f"the member's plan ({', '.join(names)}) does not admit at {at}",
         )
 
-    options = [o for m in in_window if (o := _option(m, facts.pending_uses)) is not None]
+    visits = _visits_on(facts.recent_entries, today, settings.timezone)
+    allowed = [m for m in in_window if _visits_left(facts, m, visits)]
+    if not allowed:
+        cap = min(limit for m in in_window if (limit := _visit_limit(facts, m)) is not None)
+        return _denied(
+            Reason.VISIT_LIMIT,
+            member_id,
+            f"{visits} visits today at this door; the plan allows {cap} a day",
+        )
+
+    options = [o for m in allowed if (o := _option(m, facts.pending_uses)) is not None]
     usable = [o for o in options if o.usable]
     if not usable:
         if not options:
@@ -343,6 +372,25 @@ def _plan_admits(facts: MemberFacts, membership: Membership, weekday: int, minut
     if plan is None or not plan.windows:
         return True
     return _in_windows(plan.windows, weekday, minute)
+
+
+def _visit_limit(facts: MemberFacts, membership: Membership) -> int | None:
+    """The most entries a day ``membership``'s plan allows (None: no limit, or no plan)."""
+    plan = facts.plans.get(membership.plan_id) if membership.plan_id is not None else None
+    return None if plan is None else plan.max_visits_per_day
+
+
+def _visits_left(facts: MemberFacts, membership: Membership, visits: int) -> bool:
+    limit = _visit_limit(facts, membership)
+    return limit is None or visits < limit
+
+
+def _visits_on(entries: tuple[datetime, ...], day: date, timezone: str) -> int:
+    """How many of ``entries`` (aware UTC) fall on the local date ``day``."""
+    zone = _zone(timezone)
+    for entry in entries:
+        _require_aware("MemberFacts.recent_entries", entry)
+    return sum(1 for entry in entries if entry.astimezone(zone).date() == day)
 
 
 def _denied(reason: Reason, member_id: str | None, detail: str) -> Decision:

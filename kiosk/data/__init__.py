@@ -7,11 +7,13 @@ data model"):
 - ``database``: opening the file (WAL, pragmas, migrations), the replica's files (the pointer, the
   writers' lock, building and switching a replica file, attaching the one in use), the guarded read
   and write transactions, ``StoreError`` and its plain words, times as text;
-- ``journal``: the check-ins (append, the upload queue, settling, pruning, the owner page's
-  decisions);
+- ``journal``: the check-ins and the door events (append, the grants waiting for their passage,
+  the upload queue of both, settling, pruning, the owner page's decisions, the door's movements);
 - ``replica``: the cloud's members, plans, hours and closures (the door's reads, snapshots built in
   a new file, staged changes, checkpoints, checksums), ``ReplicaSnapshot`` and ``snapshot_rows``;
 - ``sync_state``: the sync agent's clock anchors, its status and the journal's seq floor;
+- ``day_report``: the owner page's day figures (entries per minute, passage events by kind), read
+  only;
 - ``door_path``: the statements the door runs between a scan and the relay pulse;
 - ``dbfile``: whole files without a ``Store``: inspection, online backup, exclusive access;
 - ``wal``: switching a file to write-ahead logging while other processes open it too;

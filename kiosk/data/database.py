@@ -41,8 +41,8 @@ replica includes it. The sync agent writes replica files through connections of 
 Opening also runs the migrations (``kiosk.data.migrations``); a database of schema 3 or older has
 its replica carried over into a replica file first (unless a usable one is already beside it),
 then migration 4 drops the old tables and the space is given back (VACUUM). A replica file of an
-older format (before phone passes) is carried over the same way into a file of this format and
-switched in. A carry-over that fails is logged and the replica is pulled again: the journal is
+older format (before phone passes, or before plans' visit limits) is carried over the same way
+into a file of this format and switched in. A carry-over that fails is logged and the replica is pulled again: the journal is
 never at stake.
 
 The plumbing every part of ``kiosk.data.store.Store`` runs its SQL through: opening (creating the
@@ -659,6 +659,8 @@ _LEGACY_COPY = {
     "memberships": (
         "id, member_id, plan_id, type, start_date, end_date, remaining_classes, row_hash"
     ),
+    # Format 2 and later; a source without the table (schema 3, format 1) holds no passes.
+    "passes": "id, member_id, organization_id, public_key, period_s, status, row_hash",
     "opening_hours": "id, weekday, open_minute, close_minute, row_hash",
     "closures": "id, start_date, end_date, reason, row_hash",
 }
@@ -668,15 +670,24 @@ def _copy_legacy_replica(build: ReplicaBuild, database: Path) -> int:
     """Fill ``build`` with the replica held in ``database``'s tables of ``_LEGACY_COPY``: a
     journal database of schema 3, or a replica file of an older format (the same tables and
     columns), read in one snapshot (rowid order kept: it is the cloud's order), with its indexes,
-    checks and totals (tables it does not have, such as ``passes``, stay empty). Changes it had
-    staged are not copied (the next pull asks for them again). Returns the member count. Raises
-    sqlite3.Error (IntegrityError for broken rules)."""
+    checks and totals (tables it does not have, such as ``passes`` before format 2, stay empty;
+    columns it does not have, such as a plan's visit limit before format 3, stay NULL). Changes
+    it had staged are not copied (the next pull asks for them again). Returns the member count.
+    Raises sqlite3.Error (IntegrityError for broken rules)."""
     conn = build.live()
     conn.execute("ATTACH DATABASE ? AS legacy", (sqlite_uri(database, readonly=True),))
     try:
         conn.execute("BEGIN")
         try:
+            present = {
+                str(name)
+                for (name,) in conn.execute(
+                    "SELECT name FROM legacy.sqlite_master WHERE type = 'table'"
+                )
+            }
             for table, columns in _LEGACY_COPY.items():
+                if table not in present:
+                    continue
                 conn.execute(
                     f"INSERT INTO main.{table} ({columns})"  # noqa: S608
                     f" SELECT {columns} FROM legacy.{table} ORDER BY rowid"

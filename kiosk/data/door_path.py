@@ -5,7 +5,8 @@ Each is an index lookup (``tests/test_store.py`` checks the query plans), so the
 does not grow with the gym. ``kiosk.data.replica`` runs the reads (``Replica.find_member_id``,
 ``Replica.pass_lookup``, ``Replica.member_facts``), ``kiosk.data.journal`` the writes
 (``Journal.append_checkin``: the sequence, the row and, for a phone pass, its use and the prune of
-old uses).
+old uses; for a grant, its passage wait or its exit event; ``Journal.append_event``: a door
+event and the end of its wait).
 The replica's tables are named with the schema they are attached as (``replica.``, see
 ``kiosk.data.database``): the journal's are the connection's own file.
 SQL text is built only from the constant column lists below (hence the ``noqa: S608`` marks);
@@ -25,6 +26,16 @@ CHECKIN_COLUMNS = (
     "replica_version, wall_time, boot_id, monotonic_ns, clock_quality, sync_state, pass_id"
 )
 _PASS_COLUMNS = "id, member_id, organization_id, public_key, period_s, status"  # noqa: S105
+# The door events' columns in ``DoorEvent`` field order (``kiosk.data.journal`` reads them in it).
+EVENT_COLUMNS = (
+    "id, seq, door_id, kind, checkin_id, wall_time, boot_id, monotonic_ns, clock_quality, "
+    "sync_state"
+)
+# A granted check-in ``c`` the turnstile did not turn for (its ``annulled`` event), by the
+# door_events_by_checkin index.
+_NOT_ANNULLED = (
+    "NOT EXISTS (SELECT 1 FROM door_events AS e WHERE e.checkin_id = c.id AND e.kind = 'annulled')"
+)
 
 # Everything the scanner runs between reading a code and pulsing the relay. Each is an index
 # lookup (tests check the query plans), so the door's latency does not grow with the gym.
@@ -40,7 +51,7 @@ DOOR_PATH_QUERIES: dict[str, str] = {
         f"SELECT {_MEMBERSHIP_COLUMNS} FROM replica.memberships"  # noqa: S608
         " WHERE member_id = ? ORDER BY rowid"
     ),
-    "plan": "SELECT name FROM replica.plans WHERE id = ?",
+    "plan": "SELECT name, max_visits_per_day FROM replica.plans WHERE id = ?",
     "plan_windows": (
         "SELECT weekday, start_minute, end_minute FROM replica.plan_windows"
         " WHERE plan_id = ? ORDER BY weekday, start_minute"
@@ -51,17 +62,30 @@ DOOR_PATH_QUERIES: dict[str, str] = {
     # partial index. The replica's version is read in the same statement, and the replica's
     # snapshot was taken first (member_facts reads the member before this): the journal read now
     # is at least as new, so a use is counted before the replica includes it or after, once.
+    # An annulled grant (the turnstile never turned) used no class: the cloud gives it back when
+    # the event arrives, so it is never counted here.
     "pending_uses": (
-        "SELECT membership_id, SUM(classes_used) FROM checkins"
+        "SELECT membership_id, SUM(classes_used) FROM checkins AS c"  # noqa: S608
         " WHERE member_id = ? AND classes_used > 0 AND membership_id IS NOT NULL"
         " AND (sync_state = 'pending' OR cloud_version >"
         " (SELECT CAST(value AS INTEGER) FROM replica.replica_meta WHERE key = 'version'))"
+        f" AND {_NOT_ANNULLED}"
         " GROUP BY membership_id"
     ),
+    # Anti-passback: the newest grant the member did not walk away from.
     "last_entry": (
-        "SELECT wall_time, boot_id, monotonic_ns FROM checkins"
+        "SELECT wall_time, boot_id, monotonic_ns FROM checkins AS c"  # noqa: S608
         " WHERE member_id = ? AND door_id = ? AND decision = 'granted'"
+        f" AND {_NOT_ANNULLED}"
         " ORDER BY seq DESC LIMIT 1"
+    ),
+    # A plan's visit limit: the member's grants at this door, newest first, read until one is
+    # older than today (Replica.member_facts stops the walk).
+    "recent_entries": (
+        "SELECT wall_time FROM checkins AS c"  # noqa: S608
+        " WHERE member_id = ? AND door_id = ? AND decision = 'granted'"
+        f" AND {_NOT_ANNULLED}"
+        " ORDER BY seq DESC"
     ),
     "next_seq": (
         "UPDATE journal_counter SET last_seq = last_seq + 1 WHERE id = 1 RETURNING last_seq"
@@ -70,6 +94,18 @@ DOOR_PATH_QUERIES: dict[str, str] = {
         f"INSERT INTO checkins ({CHECKIN_COLUMNS})"  # noqa: S608
         " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
     ),
+    # A grant's passage to wait for (the entry input is wired), in the transaction of its
+    # check-in; an exit-side scanner's grant is an exit event in that transaction instead.
+    "insert_passage_wait": (
+        "INSERT INTO passage_waits (checkin_id, seq, door_id, boot_id, deadline_ns, deadline_wall)"
+        " VALUES (?, ?, ?, ?, ?, ?)"
+    ),
+    "insert_event": (
+        f"INSERT INTO door_events ({EVENT_COLUMNS})"  # noqa: S608
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    ),
+    # The outcome of a wait (entry or annulled) is written only when this deletes its row.
+    "delete_passage_wait": "DELETE FROM passage_waits WHERE checkin_id = ?",
     # An accepted pass code, in the transaction of its check-in; a pair already there fails the
     # transaction (nothing recorded, no pulse) rather than admitting a code twice.
     "insert_pass_use": "INSERT INTO pass_uses (pass_id, step, keep_until) VALUES (?, ?, ?)",

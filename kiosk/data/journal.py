@@ -25,13 +25,24 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from kiosk.core import ids
-from kiosk.core.model import Checkin, ClockQuality, Decision, Now, Reason, SyncState, Verdict
+from kiosk.core.model import (
+    Checkin,
+    ClockQuality,
+    Decision,
+    DoorEvent,
+    EventKind,
+    Now,
+    Reason,
+    SyncState,
+    Verdict,
+)
+from kiosk.core.occupancy import Movement
 from kiosk.core.passes import PRUNE_MARGIN, PassAccepted
 from kiosk.data.database import Database, utc_text
-from kiosk.data.door_path import CHECKIN_COLUMNS, DOOR_PATH_QUERIES
+from kiosk.data.door_path import CHECKIN_COLUMNS, DOOR_PATH_QUERIES, EVENT_COLUMNS
 from sync.protocol import utc_from_text
 
 # An uploaded check-in whose side-effect version the cloud did not say (a ``duplicate`` answer):
@@ -54,6 +65,21 @@ class JournalPosition:
     retained_from_seq: int
     backlog: int
     oldest_pending_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class PassageWait:
+    """A grant waiting for its passage (the turnstile's entry input is wired): the check-in
+    ``checkin_id`` (journal position ``seq``) at ``door_id``, to be confirmed by an entry passage
+    before its deadline or annulled after it. The deadline is ``deadline_ns`` on the monotonic
+    clock of boot ``boot_id``, and ``deadline_wall`` on the wall clock (after a reboot)."""
+
+    checkin_id: str
+    seq: int
+    door_id: str
+    boot_id: str
+    deadline_ns: int
+    deadline_wall: datetime
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +126,25 @@ def _checkin_from_row(row: sqlite3.Row | tuple) -> Checkin:
     )
 
 
+def _event_from_row(row: sqlite3.Row | tuple) -> DoorEvent:
+    """A ``door_events`` row read in ``EVENT_COLUMNS`` order as a ``DoorEvent``."""
+    return DoorEvent(
+        id=row[0],
+        seq=int(row[1]),
+        door_id=row[2],
+        kind=EventKind(row[3]),
+        checkin_id=row[4],
+        wall_time=utc_from_text(row[5]),
+        boot_id=row[6],
+        monotonic_ns=int(row[7]),
+        clock_quality=ClockQuality(row[8]),
+        sync_state=SyncState(row[9]),
+    )
+
+
+# The journal's two tables of uploaded rows, settled and pruned alike.
+_UPLOADED_TABLES = ("checkins", "door_events")
+
 # -- the journal's part of the store ---------------------------------------------------------------
 
 
@@ -118,9 +163,16 @@ class Journal(Database):
         now: Now,
         pass_id: str | None = None,
         pass_use: PassAccepted | None = None,
+        await_passage_s: float | None = None,
+        exit_event: bool = False,
     ) -> Checkin:
         """Record ``decision`` durably and return the row, only after its COMMIT returned: the
         caller may act on the door once this returns (commit, then act).
+
+        For a grant, in the same transaction: ``await_passage_s`` (seconds; the turnstile's entry
+        input is wired) records a ``PassageWait`` with the deadline that far from ``now`` on
+        both clocks, to be resolved by ``append_event`` (entry or annulled); ``exit_event`` (an
+        exit-side scanner) records an ``exit`` event naming the check-in, under the next seq.
 
         One transaction takes the next sequence number from the journal's counter and inserts the
         row under a fresh UUIDv7 id, so the sequence has no gaps and no reuse, even after pruning.
@@ -133,10 +185,19 @@ class Journal(Database):
         Raises StoreError when the row could not be recorded (disk full, read-only, locked for
         longer than the busy timeout, damaged file, or the same pass code already used: another
         door loop on this store took it first): then nothing was written and the sequence did
-        not advance. Raises ValueError for a naive ``now.wall``, or a ``pass_use`` of another
-        pass than ``pass_id``.
+        not advance. Raises ValueError for a naive ``now.wall``, a ``pass_use`` of another
+        pass than ``pass_id``, or ``await_passage_s`` or ``exit_event`` on a refusal or together.
         """
         wall_time = utc_text(now.wall, "now.wall")
+        if await_passage_s is not None or exit_event:
+            if Verdict(decision.verdict) is not Verdict.GRANTED:
+                raise ValueError("only a grant waits for a passage or counts as an exit")
+            if await_passage_s is not None and exit_event:
+                raise ValueError("a grant either waits for its passage or is an exit, not both")
+        deadline_wall = deadline_ns = None
+        if await_passage_s is not None:
+            deadline_ns = now.monotonic_ns + int(await_passage_s * 1e9)
+            deadline_wall = utc_text(now.wall + timedelta(seconds=await_passage_s), "now.wall")
         if pass_use is not None:
             if pass_id is not None and pass_id != pass_use.pass_id:
                 raise ValueError("pass_use belongs to another pass than pass_id")
@@ -175,6 +236,28 @@ class Journal(Database):
                     DOOR_PATH_QUERIES["insert_pass_use"],
                     (pass_use.pass_id, int(pass_use.step), keep_until),
                 )
+            if deadline_ns is not None:
+                conn.execute(
+                    DOOR_PATH_QUERIES["insert_passage_wait"],
+                    (checkin_id, seq, door_id, now.boot_id, deadline_ns, deadline_wall),
+                )
+            if exit_event:
+                (event_seq,) = conn.execute(DOOR_PATH_QUERIES["next_seq"]).fetchone()
+                conn.execute(
+                    DOOR_PATH_QUERIES["insert_event"],
+                    (
+                        str(ids.uuid7()),
+                        event_seq,
+                        door_id,
+                        EventKind.EXIT.value,
+                        checkin_id,
+                        wall_time,
+                        now.boot_id,
+                        now.monotonic_ns,
+                        quality.value,
+                        SyncState.PENDING.value,
+                    ),
+                )
         return Checkin(
             id=checkin_id,
             seq=int(seq),
@@ -206,6 +289,139 @@ class Journal(Database):
         with self._read("count used pass codes") as conn:
             (count,) = conn.execute("SELECT COUNT(*) FROM pass_uses").fetchone()
         return int(count)
+
+    # -- door events ----------------------------------------------------------------------------
+
+    def append_event(
+        self,
+        kind: EventKind,
+        *,
+        door_id: str,
+        at: Now,
+        checkin_id: str | None = None,
+    ) -> DoorEvent | None:
+        """Record a door event durably under the journal's next seq and return it, after its
+        COMMIT returned. ``at`` is when it happened (the passage, the deadline that ran out).
+
+        ``entry`` and ``annulled`` resolve the ``PassageWait`` of ``checkin_id``: in one
+        transaction the wait is deleted and the event written, and only if the wait was still
+        there; otherwise (already resolved, by this door before a restart or by another loop on
+        this store) nothing is written and None is returned, so a grant ends confirmed or
+        annulled exactly once. ``tailgating`` names no check-in; ``exit`` may name one (an
+        exit-side scanner's grant; ``append_checkin(exit_event=True)`` writes that one).
+
+        Raises StoreError when the event could not be recorded (then nothing changed and the
+        sequence did not advance); ValueError for a naive ``at.wall``, an ``entry`` or
+        ``annulled`` without ``checkin_id`` or a ``tailgating`` with one.
+        """
+        kind = EventKind(kind)
+        resolves = kind in (EventKind.ENTRY, EventKind.ANNULLED)
+        if resolves and checkin_id is None:
+            raise ValueError(f"a {kind.value} event names the grant it resolves")
+        if kind is EventKind.TAILGATING and checkin_id is not None:
+            raise ValueError("a tailgating event names no check-in")
+        wall_time = utc_text(at.wall, "at.wall")
+        quality = ClockQuality(at.quality)
+        event_id = str(ids.uuid7())
+        with self._write(f"record a door event ({kind.value})", "door event NOT recorded") as conn:
+            if resolves:
+                deleted = conn.execute(DOOR_PATH_QUERIES["delete_passage_wait"], (checkin_id,))
+                if deleted.rowcount == 0:
+                    return None
+            (seq,) = conn.execute(DOOR_PATH_QUERIES["next_seq"]).fetchone()
+            conn.execute(
+                DOOR_PATH_QUERIES["insert_event"],
+                (
+                    event_id,
+                    seq,
+                    door_id,
+                    kind.value,
+                    checkin_id,
+                    wall_time,
+                    at.boot_id,
+                    at.monotonic_ns,
+                    quality.value,
+                    SyncState.PENDING.value,
+                ),
+            )
+        return DoorEvent(
+            id=event_id,
+            seq=int(seq),
+            door_id=door_id,
+            kind=kind,
+            checkin_id=checkin_id,
+            wall_time=utc_from_text(wall_time),
+            boot_id=at.boot_id,
+            monotonic_ns=at.monotonic_ns,
+            clock_quality=quality,
+            sync_state=SyncState.PENDING,
+        )
+
+    def passage_waits(self, door_id: str | None = None) -> list[PassageWait]:
+        """The grants still waiting for their passage (at ``door_id``, or every door), oldest
+        (lowest seq) first: what a door loop starting up must resolve, confirmed by the next
+        entry passages or annulled at their deadlines. Usually none or a few rows."""
+        sql = (
+            "SELECT checkin_id, seq, door_id, boot_id, deadline_ns, deadline_wall"
+            " FROM passage_waits"
+        )
+        params: tuple = ()
+        if door_id is not None:
+            sql += " WHERE door_id = ?"
+            params = (door_id,)
+        with self._read("read the grants waiting for their passage") as conn:
+            rows = conn.execute(sql + " ORDER BY seq", params).fetchall()
+        return [
+            PassageWait(
+                checkin_id=str(r[0]),
+                seq=int(r[1]),
+                door_id=str(r[2]),
+                boot_id=str(r[3]),
+                deadline_ns=int(r[4]),
+                deadline_wall=utc_from_text(r[5]),
+            )
+            for r in rows
+        ]
+
+    def door_events(self, limit: int = 50) -> list[DoorEvent]:
+        """The newest ``limit`` door events, newest (highest seq) first."""
+        with self._read("read recent door events") as conn:
+            rows = conn.execute(
+                f"SELECT {EVENT_COLUMNS} FROM door_events ORDER BY seq DESC LIMIT ?",  # noqa: S608
+                (max(0, int(limit)),),
+            ).fetchall()
+        return [_event_from_row(row) for row in rows]
+
+    def door_movements(self, since: datetime, door_id: str) -> list[Movement]:
+        """What happened at ``door_id`` from ``since`` on (the door's wall time), as the
+        occupancy counts it (``kiosk.core.occupancy.count``), in one snapshot: each granted
+        check-in that was not annulled and is not an exit-side scanner's (kind ``grant``), and
+        the ``entry``, ``tailgating`` and ``exit`` events. Ranges of the two wall-time indexes
+        plus a probe of the events by check-in per grant: a day is a few thousand rows at most.
+        Raises ValueError for a naive ``since``."""
+        low = utc_text(since, "since")
+        with self._read("read the door's movements") as conn:
+            rows = conn.execute(
+                "SELECT c.wall_time, 'grant' FROM checkins AS c"
+                " WHERE c.wall_time >= ? AND c.door_id = ? AND c.decision = 'granted'"
+                " AND NOT EXISTS (SELECT 1 FROM door_events AS e"
+                "  WHERE e.checkin_id = c.id AND e.kind IN ('annulled', 'exit'))"
+                " UNION ALL"
+                " SELECT wall_time, kind FROM door_events"
+                " WHERE wall_time >= ? AND door_id = ? AND kind IN ('entry', 'tailgating', 'exit')",
+                (low, door_id, low, door_id),
+            ).fetchall()
+        return [Movement(utc_from_text(at), str(kind)) for at, kind in rows]
+
+    def event_counts_by_state(self) -> dict[str, int]:
+        """Door events per sync state, every state present (like ``counts_by_state``)."""
+        counts = {state.value: 0 for state in SyncState}
+        with self._read("count door events by sync state") as conn:
+            for state, count in conn.execute(
+                "SELECT sync_state, COUNT(*) FROM door_events GROUP BY sync_state"
+            ):
+                counts[str(state)] = int(count)
+        return counts
 
     def recent_checkins(self, limit: int = 50) -> list[Checkin]:
         """The newest ``limit`` check-ins, newest (highest seq) first."""
@@ -270,6 +486,28 @@ class Journal(Database):
             ).fetchall()
         return [_checkin_from_row(row) for row in rows]
 
+    def pending_uploads(self, limit: int = 100, *, after_seq: int = 0) -> list[Checkin | DoorEvent]:
+        """The upload queue of protocol 3: the oldest ``limit`` journal rows still pending with
+        a seq above ``after_seq``, check-ins and door events together, lowest seq first (one
+        sequence for the whole journal: the cloud sees them in the order they happened). Settle
+        them with ``mark_synced`` and ``mark_rejected``, which take the ids of both."""
+        count = max(0, int(limit))
+        with self._read("read the upload queue") as conn:
+            checkins = conn.execute(
+                f"SELECT {CHECKIN_COLUMNS} FROM checkins"  # noqa: S608
+                " WHERE sync_state = 'pending' AND seq > ? ORDER BY seq LIMIT ?",
+                (int(after_seq), count),
+            ).fetchall()
+            events = conn.execute(
+                f"SELECT {EVENT_COLUMNS} FROM door_events"  # noqa: S608
+                " WHERE sync_state = 'pending' AND seq > ? ORDER BY seq LIMIT ?",
+                (int(after_seq), count),
+            ).fetchall()
+        rows: list[Checkin | DoorEvent] = [_checkin_from_row(r) for r in checkins]
+        rows += [_event_from_row(r) for r in events]
+        rows.sort(key=lambda row: row.seq)
+        return rows[:count]
+
     def checkin_count(self) -> int:
         """How many check-ins the journal holds (pruned ones are gone)."""
         with self._read("count check-ins") as conn:
@@ -294,9 +532,9 @@ class Journal(Database):
         at: datetime,
         cloud_versions: Mapping[str, int | None] | None = None,
     ) -> int:
-        """Mark pending check-ins as acknowledged by the cloud at ``at``; returns how many changed.
-        Ids that are unknown or no longer pending are skipped, so a repeated acknowledgement is
-        harmless.
+        """Mark pending check-ins and door events as acknowledged by the cloud at ``at``; returns
+        how many changed. Ids that are unknown or no longer pending are skipped, so a repeated
+        acknowledgement is harmless.
 
         ``cloud_versions`` maps an id to the cloud version that carries its side effect (a class
         used): the door keeps counting that class until the replica reaches the version.
@@ -305,54 +543,73 @@ class Journal(Database):
         when the write fails (then nothing changed)."""
         versions = cloud_versions or {}
         at_text = utc_text(at, "at")
+        wanted = list(checkin_ids)
         with self._write("mark check-ins synced", "their sync state is unchanged") as conn:
             cursor = conn.executemany(
                 "UPDATE checkins SET sync_state = 'synced', synced_at = ?, cloud_version = ?"
                 " WHERE id = ? AND sync_state = 'pending'",
-                ((at_text, versions.get(checkin_id), checkin_id) for checkin_id in checkin_ids),
+                ((at_text, versions.get(checkin_id), checkin_id) for checkin_id in wanted),
             )
-            return max(0, cursor.rowcount)
+            changed = max(0, cursor.rowcount)
+            # A door event's side effect (a class given back) lives in the cloud's replica
+            # version, which the next pull brings; there is nothing to count meanwhile.
+            cursor = conn.executemany(
+                "UPDATE door_events SET sync_state = 'synced', synced_at = ?"
+                " WHERE id = ? AND sync_state = 'pending'",
+                ((at_text, event_id) for event_id in wanted),
+            )
+            return changed + max(0, cursor.rowcount)
 
     def mark_rejected(self, checkin_ids: Iterable[str], *, at: datetime) -> int:
-        """Mark pending check-ins as refused by the cloud at ``at`` (kept, never re-sent, never
-        pruned); returns how many changed."""
+        """Mark pending check-ins and door events as refused by the cloud at ``at`` (kept, never
+        re-sent, never pruned); returns how many changed."""
         return self._settle(checkin_ids, SyncState.REJECTED, at)
 
-    def _settle(self, checkin_ids: Iterable[str], state: SyncState, at: datetime) -> int:
+    def _settle(self, row_ids: Iterable[str], state: SyncState, at: datetime) -> int:
         at_text = utc_text(at, "at")
+        wanted = list(row_ids)
+        changed = 0
         with self._write(f"mark check-ins {state.value}", "their sync state is unchanged") as conn:
-            cursor = conn.executemany(
-                "UPDATE checkins SET sync_state = ?, synced_at = ?"
-                " WHERE id = ? AND sync_state = 'pending'",
-                ((state.value, at_text, checkin_id) for checkin_id in checkin_ids),
-            )
-            return max(0, cursor.rowcount)
+            for table in _UPLOADED_TABLES:
+                cursor = conn.executemany(
+                    f"UPDATE {table} SET sync_state = ?, synced_at = ?"  # noqa: S608
+                    " WHERE id = ? AND sync_state = 'pending'",
+                    ((state.value, at_text, row_id) for row_id in wanted),
+                )
+                changed += max(0, cursor.rowcount)
+        return changed
 
     def clock_floor(self) -> datetime | None:
         """The latest wall time the device knows to have happened: the newest wall time in the
-        journal or the replica's sync time, whichever is later; None when there is neither."""
+        journal (check-ins and door events) or the replica's sync time, whichever is later; None
+        when there is none."""
         with self._read("read the clock floor") as conn:
             (newest,) = conn.execute("SELECT MAX(wall_time) FROM checkins").fetchone()
+            (newest_event,) = conn.execute("SELECT MAX(wall_time) FROM door_events").fetchone()
             meta = conn.execute(
                 "SELECT value FROM replica.replica_meta WHERE key = 'synced_at'"
             ).fetchone()
         synced_at = None if meta is None else str(meta[0])
-        candidates = [utc_from_text(text) for text in (newest, synced_at) if text is not None]
+        texts = (newest, newest_event, synced_at)
+        candidates = [utc_from_text(text) for text in texts if text is not None]
         return max(candidates, default=None)
 
     def prune_synced(self, older_than: datetime) -> int:
-        """Delete synced check-ins whose wall time AND sync time are both before ``older_than``;
-        returns how many were deleted. Pending and rejected rows are never deleted. Requiring the
-        sync time too keeps a row recorded with a wrong (early) clock for the full retention
-        period after it reached the cloud."""
+        """Delete synced check-ins and door events whose wall time AND sync time are both
+        before ``older_than``; returns how many were deleted. Pending and rejected rows are never
+        deleted. Requiring the sync time too keeps a row recorded with a wrong (early) clock for
+        the full retention period after it reached the cloud."""
         cutoff = utc_text(older_than, "older_than")
+        deleted = 0
         with self._write("prune synced check-ins", "nothing was deleted") as conn:
-            cursor = conn.execute(
-                "DELETE FROM checkins WHERE sync_state = 'synced'"
-                " AND wall_time < ? AND synced_at < ?",
-                (cutoff, cutoff),
-            )
-            return max(0, cursor.rowcount)
+            for table in _UPLOADED_TABLES:
+                cursor = conn.execute(
+                    f"DELETE FROM {table} WHERE sync_state = 'synced'"  # noqa: S608
+                    " AND wall_time < ? AND synced_at < ?",
+                    (cutoff, cutoff),
+                )
+                deleted += max(0, cursor.rowcount)
+        return deleted
 
     # -- the journal's position and the cloud's answers -------------------------------------------
 
@@ -364,18 +621,29 @@ class Journal(Database):
         return int(last)
 
     def journal_position(self) -> JournalPosition:
-        """Where the journal stands (``JournalPosition``), read in one snapshot; every query is
-        an index lookup."""
+        """Where the journal stands (``JournalPosition``), check-ins and door events together
+        (one sequence), read in one snapshot; every query is an index lookup."""
         with self._read("read the journal's position") as conn:
             (last,) = conn.execute("SELECT last_seq FROM journal_counter WHERE id = 1").fetchone()
-            first_pending = conn.execute(
-                "SELECT seq, wall_time FROM checkins WHERE sync_state = 'pending'"
-                " ORDER BY seq LIMIT 1"
-            ).fetchone()
-            (backlog,) = conn.execute(
-                "SELECT COUNT(*) FROM checkins WHERE sync_state = 'pending'"
-            ).fetchone()
-            (oldest,) = conn.execute("SELECT MIN(seq) FROM checkins").fetchone()
+            firsts = [
+                conn.execute(
+                    f"SELECT seq, wall_time FROM {table} WHERE sync_state = 'pending'"  # noqa: S608
+                    " ORDER BY seq LIMIT 1"
+                ).fetchone()
+                for table in _UPLOADED_TABLES
+            ]
+            backlog = sum(
+                conn.execute(
+                    f"SELECT COUNT(*) FROM {table} WHERE sync_state = 'pending'"  # noqa: S608
+                ).fetchone()[0]
+                for table in _UPLOADED_TABLES
+            )
+            oldests = [
+                conn.execute(f"SELECT MIN(seq) FROM {table}").fetchone()[0]  # noqa: S608
+                for table in _UPLOADED_TABLES
+            ]
+        first_pending = min((row for row in firsts if row is not None), default=None)
+        oldest = min((seq for seq in oldests if seq is not None), default=None)
         last = int(last)
         # Every row pruned: nothing is retained, so the range starts after the last seq.
         retained = int(oldest) if oldest is not None else (last + 1 if last else 0)
@@ -388,17 +656,23 @@ class Journal(Database):
         )
 
     def requeue_from(self, seq: int) -> int:
-        """Put every synced or rejected check-in with a seq of ``seq`` or more back in the upload
-        queue (a cloud restored from a backup asked for them again); returns how many. Their sync
-        time and cloud version are cleared, so pending class uses count again. Raises StoreError
-        when the write fails (then nothing changed)."""
+        """Put every synced or rejected check-in and door event with a seq of ``seq`` or more
+        back in the upload queue (a cloud restored from a backup asked for them again); returns
+        how many. Their sync time and (check-ins') cloud version are cleared, so pending class
+        uses count again. Raises StoreError when the write fails (then nothing changed)."""
         with self._write("queue check-ins again", "nothing was queued again") as conn:
             cursor = conn.execute(
                 "UPDATE checkins SET sync_state = 'pending', synced_at = NULL, cloud_version = NULL"
                 " WHERE seq >= ? AND sync_state IN ('synced', 'rejected')",
                 (int(seq),),
             )
-            return max(0, cursor.rowcount)
+            requeued = max(0, cursor.rowcount)
+            cursor = conn.execute(
+                "UPDATE door_events SET sync_state = 'pending', synced_at = NULL"
+                " WHERE seq >= ? AND sync_state IN ('synced', 'rejected')",
+                (int(seq),),
+            )
+            return requeued + max(0, cursor.rowcount)
 
     def settle_unknown_versions(self, version: int) -> int:
         """After a successful pull at replica ``version``: check-ins acknowledged with

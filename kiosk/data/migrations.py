@@ -9,7 +9,9 @@ migration that preserves the journal (check-ins are the one thing that cannot be
 replica can always be re-pulled). Up to version 3 the replica lived in this file too; version 4
 moves it out (``kiosk.data.database`` carries an existing replica over into a replica file first,
 then this migration drops the old tables). Version 5 adds phone passes: the pass a check-in was
-made with, and the pass codes this door accepted (``pass_uses``, its replay memory).
+made with, and the pass codes this door accepted (``pass_uses``, its replay memory). Version 6
+adds the door events (``door_events``: entry confirmed, annulled, tailgating, exit, in the
+journal's one sequence) and the grants waiting for their passage (``passage_waits``).
 
 **A replica file** (``kiosk.db-replica-<id>``, see ``kiosk.data.database``). Not migrated in
 place: a replica file is built whole, used, and replaced by a newer one; its ``PRAGMA
@@ -367,12 +369,77 @@ _V5_PHONE_PASSES = Migration(
     ),
 )
 
+_V6_DOOR_EVENTS = Migration(
+    version=6,
+    summary="door events (entry confirmed, annulled, tailgating, exit) in the journal's one "
+    "sequence, and the grants waiting for their passage",
+    statements=(
+        # What the turnstile reported about the door (docs/architecture.md#door-events).
+        # Append-only like the check-ins, uploaded like them in the one seq order (the counter is
+        # journal_counter's: one sequence for the whole journal, so the cloud's gap check covers
+        # both). No foreign key to checkins: a synced check-in may be pruned before or after the
+        # event that names it. entry and annulled always name their grant, tailgating never does,
+        # an exit does when it is a grant at an exit-side scanner.
+        f"""
+        CREATE TABLE door_events (
+            id            TEXT PRIMARY KEY,
+            seq           INTEGER NOT NULL UNIQUE,
+            door_id       TEXT NOT NULL,
+            kind          TEXT NOT NULL
+                          CHECK (kind IN ('entry', 'annulled', 'tailgating', 'exit')),
+            checkin_id    TEXT,
+            wall_time     TEXT NOT NULL CHECK (wall_time GLOB {_ISO_UTC}),
+            boot_id       TEXT NOT NULL,
+            monotonic_ns  INTEGER NOT NULL,
+            clock_quality TEXT NOT NULL
+                          CHECK (clock_quality IN ('ntp_synced', 'server_anchored', 'unsynced')),
+            sync_state    TEXT NOT NULL DEFAULT 'pending'
+                          CHECK (sync_state IN ('pending', 'synced', 'rejected')),
+            synced_at     TEXT CHECK (synced_at GLOB {_ISO_UTC}),
+            CHECK (kind NOT IN ('entry', 'annulled') OR checkin_id IS NOT NULL),
+            CHECK (kind != 'tailgating' OR checkin_id IS NULL)
+        )
+        """,
+        # A grant is confirmed or annulled once, never both and never twice.
+        """
+        CREATE UNIQUE INDEX door_events_one_outcome ON door_events (checkin_id)
+        WHERE kind IN ('entry', 'annulled')
+        """,
+        # "Was this grant annulled, or an exit?": the door path's passback, visit and class-use
+        # reads, and the occupancy's; partial, so tailgating and exit passages take no room.
+        """
+        CREATE INDEX door_events_by_checkin ON door_events (checkin_id, kind)
+        WHERE checkin_id IS NOT NULL
+        """,
+        # The day's movements (occupancy, the owner page), the prune and the clock floor.
+        "CREATE INDEX door_events_by_wall_time ON door_events (wall_time)",
+        # The upload queue, oldest first.
+        "CREATE INDEX door_events_upload_queue ON door_events (sync_state, seq)",
+        # A grant waiting for its passage, written in the transaction of the check-in and deleted
+        # in the one of its outcome (entry or annulled), so a door restarted between the two
+        # finds it and resolves it: never lost, never twice. Device-local, never uploaded. The
+        # deadline is kept on both clocks: the monotonic one within the boot that granted, the
+        # wall time after a reboot.
+        f"""
+        CREATE TABLE passage_waits (
+            checkin_id    TEXT PRIMARY KEY,
+            seq           INTEGER NOT NULL,
+            door_id       TEXT NOT NULL,
+            boot_id       TEXT NOT NULL,
+            deadline_ns   INTEGER NOT NULL,
+            deadline_wall TEXT NOT NULL CHECK (deadline_wall GLOB {_ISO_UTC})
+        ) WITHOUT ROWID
+        """,
+    ),
+)
+
 MIGRATIONS: tuple[Migration, ...] = (
     _V1_INITIAL,
     _V2_CLOCK_PROVENANCE,
     _V3_SYNC,
     _V4_REPLICA_OWN_FILE,
     _V5_PHONE_PASSES,
+    _V6_DOOR_EVENTS,
 )
 LATEST_VERSION = MIGRATIONS[-1].version
 
@@ -380,11 +447,14 @@ LATEST_VERSION = MIGRATIONS[-1].version
 
 # A replica file's PRAGMA user_version; a file of another format is never read as it is.
 # 1: plans, members, memberships, hours, closures. 2: phone passes (the table ``passes``).
-REPLICA_FORMAT = 2
+# 3: a plan's visit limit (``plans.max_visits_per_day``).
+REPLICA_FORMAT = 3
 # Older formats whose rows carry over into a new file of this format by table and column name
-# (kiosk.data.database does it when a read-write store opens): every table of format 1 is in
-# format 2 with the same columns, and format 1 holds no passes.
-REPLICA_CARRY_OVER_FORMATS = frozenset({1})
+# (kiosk.data.database does it when a read-write store opens): every column of format 1 and 2
+# is in format 3 under the same name; format 1 holds no passes, and neither holds a visit limit
+# (NULL: none, which is also how the protocol's normal form hashes a plan without one, so the
+# row hashes carried over stay right).
+REPLICA_CARRY_OVER_FORMATS = frozenset({1, 2})
 # The table each kind of replica row lives in (sync.protocol's kinds, in their order); every one
 # has ``id`` and ``row_hash``. A plan's windows live in plan_windows, under its row hash.
 REPLICA_KIND_TABLES: dict[str, str] = {
@@ -400,7 +470,16 @@ REPLICA_KIND_TABLES: dict[str, str] = {
 # computed (sync.protocol.row_hash), plus the replica's facts and the changes staged for the next
 # checkpoint. Same columns as the replica tables of schema 3, so a replica carries over by name.
 REPLICA_SCHEMA: tuple[str, ...] = (
-    "CREATE TABLE plans (id TEXT PRIMARY KEY, name TEXT NOT NULL, row_hash INTEGER)",
+    # max_visits_per_day: the most entries a member of the plan makes in one local day at a
+    # door (NULL: no limit; the protocol's row leaves the key out then).
+    """
+    CREATE TABLE plans (
+        id                 TEXT PRIMARY KEY,
+        name               TEXT NOT NULL,
+        row_hash           INTEGER,
+        max_visits_per_day INTEGER CHECK (max_visits_per_day IS NULL OR max_visits_per_day > 0)
+    )
+    """,
     """
     CREATE TABLE plan_windows (
         plan_id      TEXT NOT NULL REFERENCES plans (id) ON DELETE CASCADE,

@@ -122,9 +122,10 @@ class ReplicaSnapshot:
 # -- the replica's SQL ----------------------------------------------------------------------------
 
 # Each protocol kind's data columns (named like the row's data keys; a plan's windows live in
-# plan_windows). Every table also has ``id`` and ``row_hash`` (kiosk.data.migrations).
+# plan_windows). Every table also has ``id`` and ``row_hash`` (kiosk.data.migrations). Keys the
+# protocol's normal form may leave out (``_OPTIONAL_KEYS``) are stored as NULL then.
 _KIND_COLUMNS = {
-    "plan": ("name",),
+    "plan": ("name", "max_visits_per_day"),
     "member": ("organization_id", "first_name", "last_name", "status", "is_staff", "code_hash"),
     "membership": ("member_id", "plan_id", "type", "start_date", "end_date", "remaining_classes"),
     "pass": ("member_id", "organization_id", "public_key", "period_s", "status"),
@@ -173,11 +174,16 @@ _WINDOWS_INSERT = _json_insert_sql(
 )
 
 
+# A plan without a visit limit leaves the key out (sync.protocol: its hash stays protocol 2's).
+_OPTIONAL_KEYS = frozenset({"max_visits_per_day"})
+
+
 def _row_values(row: ReplicaRow, hashed: int) -> tuple:
     data = row.data
     if data is None:
         raise ValueError(f"{row.kind} {row.id}: a tombstone has no values to store")
-    return (row.id, *(data[c] for c in _KIND_COLUMNS[row.kind]), hashed)
+    values = (data.get(c) if c in _OPTIONAL_KEYS else data[c] for c in _KIND_COLUMNS[row.kind])
+    return (row.id, *values, hashed)
 
 
 def _hashed(rows: Iterable[ReplicaRow], tally: list[int]) -> Iterator[tuple]:
@@ -205,7 +211,10 @@ def snapshot_rows(snapshot: ReplicaSnapshot) -> Iterator[ReplicaRow]:
     """
     for plan in snapshot.plans:
         windows = sorted([w.weekday, w.start_minute, w.end_minute] for w in plan.windows)
-        yield ReplicaRow("plan", plan.id, {"name": plan.name, "windows": windows})
+        data: dict[str, object] = {"name": plan.name, "windows": windows}
+        if plan.max_visits_per_day is not None:  # the normal form leaves "no limit" out
+            data["max_visits_per_day"] = plan.max_visits_per_day
+        yield ReplicaRow("plan", plan.id, data)
     for member, code_hash in snapshot.members:
         yield ReplicaRow(
             "member",
@@ -982,13 +991,21 @@ class Replica(Database):
             (count,) = conn.execute(f"SELECT COUNT(*) FROM {REPLICA}.passes").fetchone()  # noqa: S608
         return int(count)
 
-    def member_facts(self, member_id: str, door_id: str) -> MemberFacts | None:
+    def member_facts(
+        self, member_id: str, door_id: str, *, entries_since: datetime | None = None
+    ) -> MemberFacts | None:
         """What the access policy needs about one member, read in one snapshot: the member, its
-        memberships (in the cloud's order), the plans they reference with their windows, the
-        classes used that the replica's balances do not include yet (by membership id;
-        memberships without any are absent): check-ins still pending upload, and uploaded ones
-        whose cloud version is newer than the replica's, and the newest granted check-in of
-        this member at ``door_id``. None when the replica has no such member."""
+        memberships (in the cloud's order), the plans they reference with their windows and
+        visit limits, the classes used that the replica's balances do not include yet (by
+        membership id; memberships without any are absent): check-ins still pending upload, and
+        uploaded ones whose cloud version is newer than the replica's, never an annulled grant's;
+        the newest granted, not annulled check-in of this member at ``door_id``; and, with
+        ``entries_since``, the wall times of its granted, not annulled check-ins at ``door_id``
+        from then on, newest first (for a plan's visit limit: read newest first down the passback
+        index, stopping at the first older one, so the cost is the member's recent visits, not
+        its history). None when the replica has no such member. ValueError for a naive
+        ``entries_since``."""
+        since = None if entries_since is None else utc_text(entries_since, "entries_since")
         with self._read("read a member's facts") as conn:
             row = conn.execute(DOOR_PATH_QUERIES["member"], (member_id,)).fetchone()
             if row is None:
@@ -1024,7 +1041,12 @@ class Replica(Database):
                     AccessWindow(weekday=w[0], start_minute=w[1], end_minute=w[2])
                     for w in conn.execute(DOOR_PATH_QUERIES["plan_windows"], (ms.plan_id,))
                 )
-                plans[ms.plan_id] = Plan(id=ms.plan_id, name=plan_row[0], windows=windows)
+                plans[ms.plan_id] = Plan(
+                    id=ms.plan_id,
+                    name=plan_row[0],
+                    windows=windows,
+                    max_visits_per_day=None if plan_row[1] is None else int(plan_row[1]),
+                )
             pending_uses = {
                 str(membership_id): int(total)
                 for membership_id, total in conn.execute(
@@ -1033,6 +1055,16 @@ class Replica(Database):
                 if total
             }
             entry = conn.execute(DOOR_PATH_QUERIES["last_entry"], (member_id, door_id)).fetchone()
+            recent: list[datetime] = []
+            if since is not None:
+                # Newest first by seq; a row older than ``since`` ends the walk (the clock may
+                # have stepped, but a visit counted a day late is not worth reading the history).
+                for (wall_text,) in conn.execute(
+                    DOOR_PATH_QUERIES["recent_entries"], (member_id, door_id)
+                ):
+                    if wall_text < since:
+                        break
+                    recent.append(utc_from_text(wall_text))
         last_entry = (
             None
             if entry is None
@@ -1046,6 +1078,7 @@ class Replica(Database):
             plans=plans,
             pending_uses=pending_uses,
             last_entry=last_entry,
+            recent_entries=tuple(recent),
         )
 
     def site_facts(self) -> SiteFacts:

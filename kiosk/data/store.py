@@ -5,9 +5,9 @@ WAL mode so readers never block the door, with the member replica in a file of i
 attached to every store's connection. They hold things of different worth, each kept by its own
 module:
 
-- the **journal** (check-ins and the phone passes' replay memory, ``kiosk.data.journal``): facts
-  recorded at the door, the one thing that cannot be rebuilt; committed with ``synchronous=FULL``
-  before the door acts;
+- the **journal** (check-ins, door events, the grants waiting for their passage and the phone
+  passes' replay memory, ``kiosk.data.journal``): facts recorded at the door, the one thing that
+  cannot be rebuilt; committed with ``synchronous=FULL`` before the door acts;
 - the **replica** (members, memberships, phone passes, plans, hours, closures,
   ``kiosk.data.replica``): a copy of the cloud's data in ``kiosk.db-replica-<id>``, rebuildable
   by pulling again; a new one is built in a new file and switched in by a pointer, so replacing it
@@ -35,16 +35,37 @@ file.
 
 from __future__ import annotations
 
+from datetime import datetime
+
+from kiosk.core.occupancy import Occupancy, OccupancyRules, count, last_reset
+from kiosk.data.day_report import DayReport
 from kiosk.data.journal import Journal
 from kiosk.data.replica import Replica
 from kiosk.data.sync_state import SyncRecords
 
 
-class Store(Journal, Replica, SyncRecords):
+class Store(Journal, Replica, SyncRecords, DayReport):
     """The kiosk's database. Create with ``Store.open``; close with ``close()`` or ``with``.
 
     Safe to share between threads of one process (calls are serialised by a lock); each process
     opens its own ``Store``. Every method raises ``StoreError`` (``kiosk.data.database``) on
     database failures, including a call after ``close()``. Its methods live with their tables:
-    ``Database`` (opening, closing, checks), ``Journal``, ``Replica`` and ``SyncRecords``.
+    ``Database`` (opening, closing, checks), ``Journal``, ``Replica``, ``SyncRecords`` and
+    ``DayReport`` (the owner page's day figures, read only).
     """
+
+    def occupancy(self, door_id: str, rules: OccupancyRules, now: datetime) -> Occupancy:
+        """Who is inside by ``door_id``'s journal at ``now`` (aware; the door's effective time):
+        the movements since the gym's last closing before ``now`` (``Store.door_movements``, the
+        replica's opening hours), counted by ``kiosk.core.occupancy.count`` under ``rules``. The
+        door loop's health report and the sync agent's heartbeat both come from here. Raises
+        StoreError; ValueError for a naive ``now``."""
+        since = last_reset(self.site_facts().opening_hours, now, rules.timezone)
+        return count(
+            self.door_movements(since, door_id),
+            since=since,
+            now=now,
+            confirmed=rules.confirmed,
+            max_visit=rules.max_visit,
+            capacity=rules.capacity,
+        )

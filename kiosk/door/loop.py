@@ -20,8 +20,22 @@ a pointer to it; every frame (``step``) the loop asks the store to follow that p
 millisecond) and re-reads the code salt and the site's hours, never a scan's wait: the journal's
 write lock, which each check-in needs, is never held for a replica.
 
+**The turnstile talks back** (``passage``: the turnstile's PASS contacts through a
+``PassageSensor``, optional). With the entry contact wired, each grant opens a pending
+confirmation, kept in memory and in the journal (``passage_waits``, written with the check-in):
+the next entry passage within ``passage_timeout_s`` confirms the oldest pending grant (an
+``entry`` event), the deadline annuls it (``annulled``: no class used, no anti-passback, no visit
+counted); an entry passage with nothing pending is ``tailgating``, an exit passage an ``exit``.
+The loop never waits for a passage to decide the next code: passages are collected every
+``step`` and matched by their own timestamps, and a grant left pending by a restart is resolved by
+the next process (annulled once its deadline passed, else waited for). At an exit-side scanner
+(``direction = "exit"``) every grant is an ``exit`` event, written with its check-in. The door's
+occupancy (``kiosk.core.occupancy``: the journal's movements since the gym's last closing) is in
+the health report, and refuses members as ``at_capacity`` when the owner set a capacity.
+
 With a ``ControlStore`` (the owner page's control file) the loop also publishes its health (frame
-rate, decode time, decisions per reason; never member data) every ``health_every_s``, and answers
+rate, decode time, decisions per reason, occupancy; never member data) every ``health_every_s``,
+and answers
 the page's "test the door" requests. Neither may ever stall or stop the door: every call to the
 control file is guarded, its failures logged at most every 30 s, and the file is opened with a
 busy timeout of ``CONTROL_BUSY_TIMEOUT_MS`` (``open_control_store``), so a file another process
@@ -40,18 +54,32 @@ import signal
 import threading
 from collections import Counter, deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from hardware.protocols import CameraError, Decoder, Door, Frame, FrameSource, Signal
+from hardware.protocols import (
+    ENTRY,
+    EXIT,
+    CameraError,
+    Decoder,
+    Door,
+    Frame,
+    FrameSource,
+    PassageEvent,
+    PassageSensor,
+    Signal,
+)
 from kiosk.core.clock import AnchoredClock, Clock
 from kiosk.core.debounce import Debouncer
 from kiosk.core.model import (
     Checkin,
     Decision,
+    DoorEvent,
+    EventKind,
+    MemberFacts,
     Now,
     PolicySettings,
     Reason,
@@ -59,10 +87,12 @@ from kiosk.core.model import (
     SiteFacts,
     Verdict,
 )
+from kiosk.core.occupancy import Occupancy, OccupancyRules
 from kiosk.core.passes import PassAccepted, check_pass
 from kiosk.core.policy import decide, effective_time
 from kiosk.data.control import ControlError, ControlStore, RequestKind, shared_wall
 from kiosk.data.database import StoreError
+from kiosk.data.journal import PassageWait
 from kiosk.data.store import Store
 from kiosk.door.systemd import Notifier
 from sync.credentials import (
@@ -86,6 +116,19 @@ CONTROL_LOG_EVERY_S = 30.0
 CONTROL_REOPEN_S = 30.0
 # How long a control-file call may wait for another process's lock (the frame thread makes it).
 CONTROL_BUSY_TIMEOUT_MS = 20
+# A failing journal write of a door event is logged at most this often (it is retried each frame).
+EVENT_LOG_EVERY_S = 30.0
+# Passages not yet journaled (the journal failing) kept at most; the oldest are dropped beyond.
+MAX_UNWRITTEN_PASSAGES = 10_000
+# A plan's visit limit counts the member's entries of today's local date: these are read from the
+# journal (a local day starts at most a day ago, plus time-zone and daylight-saving shifts).
+VISITS_LOOKBACK = timedelta(days=2)
+# A grant's deadline is settled this long after it ran out, not at once: a passage just before it
+# may still be on its way from the pin's event thread (milliseconds), and must confirm the grant,
+# not arrive after its annulment as tailgating.
+PASSAGE_SETTLE_S = 0.25
+# The directions a door scanner can face (config door.direction).
+DOOR_DIRECTIONS = (ENTRY, EXIT)
 
 
 def open_control_store(path: Path) -> ControlStore:
@@ -114,6 +157,20 @@ class ScannerSettings:
     # The control file is asked for a pending "test the door" this often.
     control_poll_s: float = 0.5
     policy: PolicySettings = field(default_factory=PolicySettings)
+    # "entry", or "exit": an exit-side scanner, whose grants are exits (door events).
+    direction: str = ENTRY
+    # With the entry passage input: a grant not passed within this long is annulled.
+    passage_timeout_s: float = 5.0
+    # Without an exit signal: an entry counts as gone from the occupancy after this long (0: never).
+    max_visit_minutes: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.direction not in DOOR_DIRECTIONS:
+            raise ValueError(
+                f"ScannerSettings.direction must be entry or exit, not {self.direction!r}"
+            )
+        if self.passage_timeout_s <= 0:
+            raise ValueError("ScannerSettings.passage_timeout_s must be above 0 s")
 
 
 # What a scanned code was, as ``Outcome.credential`` says it (None: not a credential at all).
@@ -144,6 +201,16 @@ class Outcome:
         return self.checkin.pass_id
 
 
+@dataclass(slots=True)
+class _Waiting:
+    """A grant waiting for its passage, as the loop tracks it: since ``grant_ns`` (0: granted
+    before this process started, in another boot) until ``deadline_ns``, on the loop's clock."""
+
+    checkin_id: str
+    grant_ns: int
+    deadline_ns: int
+
+
 @dataclass(frozen=True, slots=True)
 class _Decided:
     """A decision before it is journaled: what to record with it and what to report."""
@@ -162,6 +229,11 @@ class DoorLoop:
     measures from it); an exception in it is logged and does not stop the door. ``control`` (None:
     none open) receives the health report and supplies "test the door" requests;
     ``open_control`` (None: never reopen) opens it again, lazily, when it is missing or broke.
+    ``passage`` (None: not wired) is the turnstile's passage inputs; ``on_event`` is called for
+    every door event after its commit, like ``on_outcome``.
+
+    Raises StoreError when the journal cannot be read at start (its clock floor, the grants a
+    previous process left waiting for their passage).
     """
 
     def __init__(
@@ -178,6 +250,8 @@ class DoorLoop:
         on_outcome: Callable[[Outcome], None] | None = None,
         control: ControlStore | None = None,
         open_control: Callable[[], ControlStore] | None = None,
+        passage: PassageSensor | None = None,
+        on_event: Callable[[DoorEvent], None] | None = None,
     ) -> None:
         self.source = source
         self.reader = reader
@@ -224,6 +298,19 @@ class DoorLoop:
         self._health_due_ns: int | None = None  # None: publish at the next chance
         self._control_poll_ns: int | None = None
         self._control_logged_ns: int | None = None
+        # -- the turnstile's passages --
+        self.passage = passage
+        self.on_event = on_event
+        # Grants wait for their passage when the entry contact is wired at an entry door.
+        self.confirming = (
+            passage is not None and ENTRY in passage.directions and settings.direction == ENTRY
+        )
+        self._timeout_ns = int(settings.passage_timeout_s * 1e9)
+        self._waiting: deque[_Waiting] = deque()  # oldest grant first
+        self._passages: deque[PassageEvent] = deque()  # collected, not journaled yet
+        self._event_counts: Counter[str] = Counter()
+        self._event_logged_ns: int | None = None
+        self._recover_waits(store.passage_waits(settings.door_id))
 
     # -- the loop ---------------------------------------------------------------------------------
 
@@ -250,6 +337,7 @@ class DoorLoop:
         code in it; then, when due, publish the health report and answer a pending "test the
         door" request."""
         self._follow_replica()
+        self._tend_passages()
         outcomes = self._scan()
         # Not after an exception: a loop on its way out must not pulse for a door test.
         if self.control is not None or self.open_control is not None:
@@ -383,7 +471,42 @@ class DoorLoop:
             "last_verdict": last[1].verdict.value if last else None,
             "last_reason": last[1].reason.value if last else None,
             "decisions": dict(self._decision_counts),
+            # Door events written by this process, by kind; grants waiting for their passage.
+            "events": dict(self._event_counts),
+            "awaiting_passage": len(self._waiting),
+            "occupancy": self._occupancy_report(),
         }
+
+    def occupancy(self) -> Occupancy:
+        """The door's occupancy now (``kiosk.core.occupancy.count``) from the journal's
+        movements since the gym's last closing (``last_reset``, in the gym's time zone): entries
+        confirmed by the turnstile when its entry contact is wired, else the grants; exits; the
+        visit length rule when the door has no exit signal. Raises StoreError."""
+        now = self._now()
+        return self.store.occupancy(
+            self.settings.door_id, self.occupancy_rules, effective_time(now) or now.wall
+        )
+
+    @property
+    def occupancy_rules(self) -> OccupancyRules:
+        """How this loop counts (``kiosk.config.occupancy_rules`` says the same from the
+        configuration)."""
+        entry = self.settings.direction == ENTRY
+        return OccupancyRules(
+            timezone=self.settings.policy.timezone,
+            confirmed=self.confirming,
+            max_visit_minutes=self.settings.max_visit_minutes,
+            capacity=self.settings.policy.capacity if entry else 0,
+        )
+
+    def _occupancy_report(self) -> dict[str, int | None] | None:
+        """``occupancy().report()`` for the health report; None when the journal cannot be read
+        now (the health report must never fail for it)."""
+        try:
+            return self.occupancy().report()
+        except StoreError as exc:
+            log.debug("occupancy not reported: %s", exc)
+            return None
 
     def _publish_health(self, *, stopped: bool = False) -> None:
         if self.control is None:
@@ -492,6 +615,7 @@ class DoorLoop:
             now = self._now()
             decided = self._decide(credential, now, replica)
             decision = decided.decision
+            granted = decision.verdict is Verdict.GRANTED
             checkin = self.store.append_checkin(
                 decision,
                 door_id=self.settings.door_id,
@@ -499,6 +623,10 @@ class DoorLoop:
                 now=now,
                 pass_id=decided.pass_id,
                 pass_use=decided.pass_use,
+                await_passage_s=(
+                    self.settings.passage_timeout_s if granted and self.confirming else None
+                ),
+                exit_event=granted and self.settings.direction == EXIT,
             )
         except StoreError as exc:
             # The replica could not be read or the row not committed (locked too long, disk
@@ -519,6 +647,12 @@ class DoorLoop:
             self._clock_floor = checkin.wall_time
         relay_ms = 0
         if decision.verdict is Verdict.GRANTED:
+            if self.confirming:
+                self._waiting.append(
+                    _Waiting(checkin.id, now.monotonic_ns, now.monotonic_ns + self._timeout_ns)
+                )
+            elif self.settings.direction == EXIT:
+                self._event_counts[EventKind.EXIT.value] += 1
             if held is not None:
                 self._admitted_passes.admit(held, now_ns)
             relay_ms = self.door.pulse(self.settings.pulse_ms)
@@ -541,6 +675,122 @@ class DoorLoop:
             except Exception:
                 log.exception("outcome callback failed (the check-in is recorded)")
         return outcome
+
+    # -- the turnstile's passages -----------------------------------------------------------------
+
+    def _recover_waits(self, waits: list[PassageWait]) -> None:
+        """Take up the grants a previous process left waiting for their passage: within the boot
+        that granted them their deadline stands on the monotonic clock; after a reboot the wall
+        clock says what is left of it (never more than the timeout, in case the clock jumped).
+        Those past their deadline are annulled by the next ``step``."""
+        if not waits:
+            return
+        now = self._now()
+        for wait in waits:
+            if wait.boot_id == now.boot_id:
+                deadline_ns = wait.deadline_ns
+            else:
+                left = (wait.deadline_wall - now.wall).total_seconds()
+                left_ns = int(min(max(left, 0.0), self.settings.passage_timeout_s) * 1e9)
+                deadline_ns = now.monotonic_ns + left_ns
+            self._waiting.append(_Waiting(wait.checkin_id, 0, deadline_ns))
+        log.info(
+            "%d grant(s) from before the restart wait for their passage (annulled at their "
+            "deadline)",
+            len(waits),
+        )
+
+    def _tend_passages(self) -> None:
+        """Collect the sensor's passages and settle everything due, in time order: a deadline
+        that ran out before a passage annuls its grant first, then the passage confirms the
+        oldest grant still waiting (an entry passage), or is tailgating, or an exit. A write that
+        fails stops the round; what is left is tried again in the next frame."""
+        if self.passage is not None:
+            try:
+                self._passages.extend(self.passage.poll())
+            except Exception:  # a sensor glitch must never stop the door
+                self._event_failed("collect the turnstile's passages", None)
+            while len(self._passages) > MAX_UNWRITTEN_PASSAGES:
+                self._passages.popleft()
+                log.error("a passage was dropped: the journal has refused door events for long")
+        while self._passages:
+            event = self._passages[0]
+            if not self._annul_due(event.monotonic_ns):
+                return
+            if not self._write_passage(event):
+                return
+            self._passages.popleft()
+        self._annul_due(self.clock.monotonic_ns() - int(PASSAGE_SETTLE_S * 1e9) + 1)
+
+    def _annul_due(self, before_ns: int) -> bool:
+        """Annul, oldest first, the grants whose deadline is before ``before_ns``; False when a
+        write failed (the rest stay for the next frame)."""
+        while self._waiting and self._waiting[0].deadline_ns < before_ns:
+            waiting = self._waiting[0]
+            if not self._record(EventKind.ANNULLED, waiting.deadline_ns, waiting.checkin_id):
+                return False
+            self._waiting.popleft()
+        return True
+
+    def _write_passage(self, event: PassageEvent) -> bool:
+        if event.direction == EXIT:
+            return self._record(EventKind.EXIT, event.monotonic_ns, None)
+        # The oldest grant that was waiting when the turnstile turned (deadlines before it were
+        # annulled just now); a passage older than every grant is someone without one.
+        for waiting in self._waiting:
+            if waiting.grant_ns <= event.monotonic_ns:
+                if not self._record(EventKind.ENTRY, event.monotonic_ns, waiting.checkin_id):
+                    return False
+                self._waiting.remove(waiting)
+                return True
+        return self._record(EventKind.TAILGATING, event.monotonic_ns, None)
+
+    def _record(self, kind: EventKind, at_ns: int, checkin_id: str | None) -> bool:
+        """Journal one door event that happened at ``at_ns`` (the loop's monotonic clock); False
+        when the journal refused it (logged at most every ``EVENT_LOG_EVERY_S``). A grant's
+        outcome that the journal already holds (``append_event`` answers None) counts as written."""
+        try:
+            written = self.store.append_event(
+                kind, door_id=self.settings.door_id, at=self._now_at(at_ns), checkin_id=checkin_id
+            )
+        except StoreError as exc:
+            self._event_failed(f"record a door event ({kind.value})", exc)
+            return False
+        if written is None:
+            log.info("grant %s was settled already; nothing recorded", checkin_id)
+            return True
+        self._event_counts[kind.value] += 1
+        if kind is EventKind.TAILGATING:
+            log.warning("a passage with no grant waiting: tailgating (or a forced turnstile)")
+        if self.on_event is not None:
+            try:
+                self.on_event(written)
+            except Exception:
+                log.exception("event callback failed (the event is recorded)")
+        return True
+
+    def _event_failed(self, what: str, exc: StoreError | None) -> None:
+        now_ns = self.clock.monotonic_ns()
+        every_ns = EVENT_LOG_EVERY_S * 1e9
+        if self._event_logged_ns is not None and now_ns - self._event_logged_ns < every_ns:
+            return
+        self._event_logged_ns = now_ns
+        if exc is None:
+            log.exception("could not %s; tried again in the next frame", what)
+        else:
+            log.error("could not %s; tried again in the next frame: %s", what, exc)
+
+    def _now_at(self, at_ns: int) -> Now:
+        """The door's view of time at ``at_ns`` on its monotonic clock (a moment just past):
+        the wall time now, less the time since."""
+        now = self._now()
+        since = timedelta(microseconds=(now.monotonic_ns - at_ns) // 1000)
+        return replace(now, wall=now.wall - since, monotonic_ns=at_ns)
+
+    @property
+    def awaiting_passage(self) -> list[str]:
+        """The check-in ids of the grants waiting for their passage, oldest first."""
+        return [waiting.checkin_id for waiting in self._waiting]
 
     def _follow_replica(self) -> None:
         """Attach the new replica file if the sync agent switched it (``Store.follow_replica``),
@@ -587,9 +837,28 @@ class DoorLoop:
             return self._decide_pass(credential, now, replica)
         assert isinstance(credential, StaticCode)
         member_id = self.store.find_member_id(code_hash(credential.code, self._salt))
-        facts = self.store.member_facts(member_id, self.settings.door_id) if member_id else None
-        decision = decide(facts, self._site, replica, now, self.settings.policy)
+        facts = self._member_facts(member_id, now) if member_id else None
+        decision = self._policy(facts, replica, now)
         return _Decided(decision, facts.member.display_name if facts else None, CARD)
+
+    def _member_facts(self, member_id: str, now: Now) -> MemberFacts | None:
+        """The member's facts, with the entries of the last days for a plan's visit limit (none
+        at an exit-side scanner: leaving is not a visit). Raises StoreError."""
+        when = effective_time(now)
+        since = None
+        if when is not None and self.settings.direction == ENTRY:
+            since = when - VISITS_LOOKBACK
+        return self.store.member_facts(member_id, self.settings.door_id, entries_since=since)
+
+    def _policy(self, facts: MemberFacts | None, replica: ReplicaInfo, now: Now) -> Decision:
+        """``decide``, with the door's occupancy when a capacity is set (a known, active member:
+        it costs a read of the day's movements). Grants still waiting for their passage count as
+        inside: they are on their way in. Raises StoreError."""
+        occupancy = 0
+        policy = self.settings.policy
+        if policy.capacity > 0 and facts is not None and self.settings.direction == ENTRY:
+            occupancy = self.occupancy().now + len(self._waiting)
+        return decide(facts, self._site, replica, now, policy, occupancy=occupancy)
 
     def _decide_pass(self, scanned: PhonePass, now: Now, replica: ReplicaInfo) -> _Decided:
         """A phone pass: its record and whether this door already accepted the same code (one
@@ -602,8 +871,8 @@ class DoorLoop:
         checked = check_pass(scanned, record, effective_time(now), used=used)
         if isinstance(checked, Decision):
             return _Decided(checked, None, PASS, scanned.pass_id)
-        facts = self.store.member_facts(checked.member_id, self.settings.door_id)
-        decision = decide(facts, self._site, replica, now, self.settings.policy)
+        facts = self._member_facts(checked.member_id, now)
+        decision = self._policy(facts, replica, now)
         granted = decision.verdict is Verdict.GRANTED
         return _Decided(
             decision,

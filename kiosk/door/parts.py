@@ -8,10 +8,11 @@ from __future__ import annotations
 from hardware.camera.backends import CameraSettings, open_camera
 from hardware.decode.backends import make_decoder
 from hardware.gpio.backends import PinFactoryChoice, make_pin_factory
+from hardware.gpio.passage import GpioPassageSensor
 from hardware.gpio.pins import GpioError
 from hardware.gpio.relay import RelayDoor, force_off
 from hardware.gpio.signal import LedBuzzerSignal
-from hardware.protocols import Decoder, FrameSource
+from hardware.protocols import Decoder, FrameSource, PassageSensor
 from kiosk.config import Config, policy_settings
 from kiosk.core.clock import Clock
 from kiosk.door.loop import ScannerSettings
@@ -21,6 +22,7 @@ __all__ = [
     "GpioError",
     "build_camera",
     "build_door",
+    "build_passage_sensor",
     "build_reader",
     "build_signal",
     "force_relay_off",
@@ -37,6 +39,9 @@ def scanner_settings(config: Config) -> ScannerSettings:
         debounce_s=config.scanner.debounce_s,
         stale_after_s=config.camera.stale_after_s,
         policy=policy_settings(config),
+        direction=config.door.direction,
+        passage_timeout_s=config.door.passage_timeout_s,
+        max_visit_minutes=config.door.max_visit_minutes,
     )
 
 
@@ -58,6 +63,22 @@ def build_signal(gpio, feedback, pin_factory) -> LedBuzzerSignal:
         buzzer_active_high=gpio.buzzer_active_high,
         patterns={"granted": feedback.granted, "denied": feedback.denied, "fault": feedback.fault},
         pin_factory=pin_factory,
+    )
+
+
+def build_passage_sensor(gpio, pin_factory, clock: Clock) -> PassageSensor | None:
+    """The turnstile's passage inputs (``gpio.passage_entry_pin``, ``gpio.passage_exit_pin``),
+    stamped with ``clock``'s monotonic time, the door loop's; None when neither is wired (today's
+    wiring: grants count as entries). Raises ``GpioError`` when a pin cannot be set up."""
+    if gpio.passage_entry_pin is None and gpio.passage_exit_pin is None:
+        return None
+    return GpioPassageSensor(
+        entry_pin=gpio.passage_entry_pin,
+        exit_pin=gpio.passage_exit_pin,
+        pull_up=gpio.passage_pull_up,
+        bounce_ms=gpio.passage_bounce_ms,
+        pin_factory=pin_factory,
+        clock_ns=clock.monotonic_ns,
     )
 
 

@@ -1,14 +1,15 @@
 """The sync agent (``kiosk sync``): pushes the journal, pulls the replica, heartbeats.
 
-One ``cycle()`` is: **push** the pending check-ins, oldest first, in batches (each item marked by
-its own answer: ``created`` / ``duplicate`` → synced, ``rejected`` → kept as rejected and never
+One ``cycle()`` is: **push** the pending journal rows (check-ins and door events, in their one seq
+order), oldest first, in batches (each item marked by its own answer: ``created`` / ``duplicate`` → synced, ``rejected`` → kept as rejected and never
 sent again; a 413 halves the batch); **pull** the changes since the replica's version (a 304 to the
 idle poll changes nothing but the sync time; pages are staged and applied at their checkpoint, in
 one transaction that verifies count and checksum; a mismatch, a 410 or a resnapshot request leads
 to a **snapshot** built in a replica file of its own, its next page asked for while one is written,
 verified the same way and switched in: ``kiosk.data.replica``; the door is never locked out by
-any of it); **heartbeat** (journal position, replica checksum, clock anchors; the answer may ask
-for a re-send from a seq or a resnapshot, done at once). The full checksum computed for the
+any of it); **heartbeat** (journal position, replica checksum, clock anchors, and the scanner's
+occupancy from its fresh health report in the control file; the answer may ask for a re-send from
+a seq or a resnapshot, done at once). The full checksum computed for the
 heartbeat is also compared with the replica's own record of itself, against which changes are
 verified: rows that drifted from it mean a fresh snapshot.
 
@@ -56,7 +57,7 @@ import tenacity
 from kiosk import __version__
 from kiosk.core.clock import AnchoredClock, Clock, plausible_server_time
 from kiosk.core.ids import boot_id
-from kiosk.core.model import Checkin, ClockQuality
+from kiosk.core.model import Checkin, ClockQuality, DoorEvent
 from kiosk.data.control import ControlError, ControlStore, OwnerRequest, RequestKind, shared_wall
 from kiosk.data.database import StoreError
 from kiosk.data.journal import UNKNOWN_CLOUD_VERSION
@@ -77,9 +78,13 @@ from sync.protocol import (
     Anchor,
     ChangePage,
     Checkpoint,
+    EventItem,
     Heartbeat,
+    Occupancy,
+    ProtocolError,
     SnapshotPage,
     UploadItem,
+    parse_occupancy,
     utc_text,
 )
 
@@ -92,6 +97,9 @@ _LAST_ERROR_CHARS = 500
 # The heartbeat's replica checksum is recomputed at least this often even when the version has
 # not moved, so a replica damaged on the device is still noticed by the cloud.
 TOTALS_MAX_AGE_S = 600.0
+# The scanner's occupancy goes up in the heartbeat only from a health report at most this old
+# (the scanner publishes one every 2 s): a count from a scanner that went quiet is not news.
+OCCUPANCY_FRESH_S = 30.0
 # A failing control file is logged at most this often (it fails on every poll while broken).
 CONTROL_LOG_EVERY_S = 30.0
 # A status whose only news is its times (last pull, last heartbeat, updated_at) is written at most
@@ -166,8 +174,21 @@ class SnapshotMismatch(Exception):
     """A snapshot's shadow did not match the cloud's checkpoint (the live replica is unchanged)."""
 
 
-def upload_item(checkin: Checkin) -> UploadItem:
-    """A journal row as the protocol uploads it."""
+def upload_item(row: Checkin | DoorEvent) -> UploadItem | EventItem:
+    """A journal row (a check-in or a door event) as the protocol uploads it."""
+    if isinstance(row, DoorEvent):
+        return EventItem(
+            kind=row.kind.value,
+            id=row.id,
+            seq=row.seq,
+            door_id=row.door_id,
+            checkin_id=row.checkin_id,
+            wall_time=row.wall_time,
+            boot_id=row.boot_id,
+            monotonic_ns=row.monotonic_ns,
+            clock_quality=row.clock_quality.value,
+        )
+    checkin = row
     return UploadItem(
         id=checkin.id,
         seq=checkin.seq,
@@ -460,23 +481,27 @@ class SyncAgent:
         batch = self.settings.batch_size
         after = 0
         while True:
-            rows = self.store.pending_checkins(batch, after_seq=after)
+            # Check-ins and door events in one seq order: an event reaches the cloud with or
+            # after the check-in it names, never before.
+            rows = self.store.pending_uploads(batch, after_seq=after)
             if not rows:
                 break
             try:
                 answer = self.client.upload(
-                    [upload_item(c) for c in rows], anchors=self.store.anchors(MAX_ANCHORS)
+                    [upload_item(r) for r in rows], anchors=self.store.anchors(MAX_ANCHORS)
                 )
             except BatchTooLarge:
                 if batch == 1:
                     raise BadResponse(
-                        "the cloud refuses even a single check-in as too large (HTTP 413)"
+                        "the cloud refuses even a single journal row as too large (HTTP 413)"
                     ) from None
                 batch = max(1, batch // 2)
                 log.info("the cloud found the batch too large; sending %d at a time", batch)
                 continue
             self._online = True
-            used = {c.id: c.classes_used for c in rows}
+            # Only a check-in's class use is counted on the door until the replica has it; a
+            # door event's effect (a class given back) simply arrives with the replica.
+            used = {r.id: r.classes_used if isinstance(r, Checkin) else 0 for r in rows}
             synced: dict[str, int | None] = {}
             rejected: list[str] = []
             for result in answer.results:
@@ -484,7 +509,7 @@ class SyncAgent:
                 if result.status == REJECTED:
                     rejected.append(result.id)
                     log.warning(
-                        "the cloud rejected check-in %s (%s): %s",
+                        "the cloud rejected journal row %s (%s): %s",
                         result.id,
                         result.code,
                         result.detail,
@@ -705,6 +730,7 @@ class SyncAgent:
             # This round's failure so far (a failed push does not stop the heartbeat).
             last_error=_plain(report.error),
             anchors=tuple(self.store.anchors(MAX_ANCHORS)),
+            occupancy=self._occupancy(),
         )
         reply = self.client.heartbeat(beat)
         self._online = True
@@ -712,7 +738,7 @@ class SyncAgent:
         if reply.resend_from_seq is not None:
             report.requeued = self.store.requeue_from(reply.resend_from_seq)
             log.warning(
-                "the cloud asked for check-ins from seq %d again: %d queued",
+                "the cloud asked for the journal from seq %d again: %d rows queued",
                 reply.resend_from_seq,
                 report.requeued,
             )
@@ -726,6 +752,31 @@ class SyncAgent:
             self._record(last_pull_at=utc_text(self.clock.wall()), **self._replica())
         self._restamp_pull()
         self._maybe_prune()
+
+    def _occupancy(self) -> Occupancy | None:
+        """The door's count of people in the gym, for the heartbeat: the ``occupancy`` of the
+        scanner's health report in the control file, when that report is fresh (at most
+        OCCUPANCY_FRESH_S old on the kernel's clock, from a scanner not stopped) and well formed;
+        None otherwise, or without a control file. Never raises: a control file that cannot be
+        read is logged like any other, and the heartbeat goes without."""
+        if self.control is None:
+            return None
+        try:
+            report = self.control.health("scanner")
+        except Exception as exc:
+            self._control_failed("read the scanner's occupancy", exc)
+            return None
+        if report is None or report.data.get("state") == "stopped":
+            return None
+        age = (shared_wall(self.clock) - report.updated_at).total_seconds()
+        raw = report.data.get("occupancy")
+        if raw is None or abs(age) > OCCUPANCY_FRESH_S:
+            return None
+        try:
+            return parse_occupancy(raw, "occupancy")
+        except ProtocolError as exc:
+            log.warning("the scanner's occupancy is not sent: %s", exc)
+            return None
 
     # -- housekeeping ----------------------------------------------------------------------------
 

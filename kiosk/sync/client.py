@@ -40,6 +40,7 @@ from sync.protocol import (
     Anchor,
     ChangePage,
     Enrolment,
+    EventItem,
     Heartbeat,
     HeartbeatReply,
     ProtocolError,
@@ -297,11 +298,11 @@ class CloudClient:
 
     def upload(
         self,
-        items: Sequence[UploadItem],
+        items: Sequence[UploadItem | EventItem],
         clock: tuple[str, int] | None = None,
         anchors: Sequence[Anchor] = (),
     ) -> UploadAnswer:
-        """``POST /v1/checkins``: one result per item, in order. ``clock`` is (boot id, monotonic
+        """``POST /v1/checkins``: check-ins and door events, one result per item, in order. ``clock`` is (boot id, monotonic
         ns) at sending; None reads it now. Raises BatchTooLarge (413) and the other CloudErrors;
         BadResponse when the results do not match the items sent."""
         boot, mono = clock if clock is not None else (self._clock.boot_id, None)

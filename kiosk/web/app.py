@@ -66,7 +66,7 @@ from kiosk.core.clock import Clock, SystemClock
 from kiosk.data.control import RequestKind, control_path
 from kiosk.data.dbfile import quick_check_file
 from kiosk.ops.owner_password import PasswordFileError, load_password_hash
-from kiosk.web import diagnostics, metrics
+from kiosk.web import charts, diagnostics, metrics
 from kiosk.web.audit_limits import AuditLimiter, LogLimiter, skipped_words
 from kiosk.web.auth import (
     DEVICE_LIFETIME_S,
@@ -293,6 +293,8 @@ class OwnerPage:
             trim_blocks=True,
             lstrip_blocks=True,
         )
+        # The picture of the day's geometry (pure; the templates draw it as inline SVG).
+        self.templates.globals["hour_chart"] = charts.hour_chart
 
     def close(self) -> None:
         self.door.close()

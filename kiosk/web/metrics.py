@@ -2,7 +2,9 @@
 
 Counts and gauges only, nothing personal: decisions by reason (the scanner's own counters since it
 started, so they reset when it restarts, as Prometheus counters may), the upload backlog, decode
-time, camera figures, the replica, disk space and each health check's grade. A figure that is
+time, camera figures, the replica, disk space, each health check's grade, how many are in the gym
+(the scanner's occupancy: now, today's maximum, the capacity) and today's passage events by kind
+from the journal (gauges: they fall back to 0 at the gym's local midnight). A figure that is
 unknown right now is left out (its HELP and TYPE lines stay), never reported as a made-up zero.
 """
 
@@ -38,6 +40,10 @@ class MetricFacts:
     replica_members: int | None = None
     disk_free_bytes: int | None = None
     checks: list[Check] = field(default_factory=list)
+    occupancy: int | None = None
+    occupancy_max_today: int | None = None
+    capacity: int | None = None
+    events_today: Mapping[str, int] | None = None
 
 
 def escape_label(value: str) -> str:
@@ -154,4 +160,24 @@ def render_metrics(facts: MetricFacts) -> str:
         "fitflow_scanner_up", "gauge", "1 when the scanner reports and is running.",
         [({}, facts.scanner_up)],
     )  # fmt: skip
+    lines += _family(
+        "fitflow_occupancy", "gauge", "People in the gym now, as the door counts them.",
+        [({}, facts.occupancy)],
+    )  # fmt: skip
+    lines += _family(
+        "fitflow_occupancy_max_today", "gauge", "Most people in the gym at once today.",
+        [({}, facts.occupancy_max_today)],
+    )  # fmt: skip
+    lines += _family(
+        "fitflow_occupancy_capacity", "gauge", "The configured capacity (absent: no limit).",
+        [({}, facts.capacity)],
+    )  # fmt: skip
+    events = sorted((facts.events_today or {}).items())[:_MAX_REASONS]
+    lines += _family(
+        "fitflow_door_events_today",
+        "gauge",
+        "Passage events recorded today (local day), by kind: entry (confirmed), annulled "
+        "(granted but did not go through), tailgating (passage with no check-in), exit.",
+        [({"kind": str(kind)[:64]}, count) for kind, count in events],
+    )
     return "\n".join(lines) + "\n"

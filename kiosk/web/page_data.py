@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Protocol
 from zoneinfo import ZoneInfo
@@ -47,6 +47,7 @@ from kiosk.web.device_health import (
 )
 from kiosk.web.sources import (
     ControlAccess,
+    DaySpans,
     DoorDatabase,
     DoorFacts,
     DoorFactsCache,
@@ -115,10 +116,23 @@ class PageData:
 
     # -- the parts of the page -------------------------------------------------------------------
 
+    def _midnight(self, now: datetime, days_back: int = 0) -> datetime:
+        """Local midnight ``days_back`` days before ``now``'s local date, as aware UTC."""
+        day = now.astimezone(self.zone).date() - timedelta(days=days_back)
+        return datetime(day.year, day.month, day.day, tzinfo=self.zone).astimezone(UTC)
+
     def _day_start(self, now: datetime) -> datetime:
-        local = now.astimezone(self.zone)
-        midnight = datetime(local.year, local.month, local.day, tzinfo=self.zone)
-        return midnight.astimezone(UTC)
+        return self._midnight(now)
+
+    def day_spans(self, now: datetime) -> DaySpans:
+        """Today (local midnight to the next) and the same weekday a week before, as aware UTC:
+        whole local days, so a change of summer time in between moves neither."""
+        return DaySpans(
+            today_start=self._midnight(now),
+            today_end=self._midnight(now, -1),
+            last_week_start=self._midnight(now, 7),
+            last_week_end=self._midnight(now, 6),
+        )
 
     def door_state(self) -> tuple[DoorFacts, datetime]:
         """The door database's facts (cached until another process commits) and the door's
@@ -130,6 +144,7 @@ class PageData:
             day_start=self._day_start(door_now),
             members=self.members,
             monotonic=self.clock.monotonic(),
+            days=self.day_spans(door_now),
         )
         return facts, door_now
 
@@ -217,6 +232,10 @@ class PageData:
                 door_now=door_now,
             ),
             "today": views.today_view(facts.today),
+            "day": None
+            if facts.problem
+            else views.day_view(facts, self.day_spans(door_now), now=door_now, zone=self.zone),
+            "occupancy": views.occupancy_view(report, now=now),
             "decisions": views.decisions_view(
                 facts.decisions, names=self.config.web.names, now=door_now, zone=self.zone
             ),
@@ -271,6 +290,8 @@ class PageData:
             online = False  # a dead agent's last "online" is no longer true
         decisions = data.get("decisions")
         disk = disk_info(self.store_path.parent, self.disk_usage)
+        occupancy = views.occupancy_view(report, now=now)
+        events = None if facts.problem or facts.day is None else facts.day.events
         return metrics.render_metrics(
             metrics.MetricFacts(
                 decisions=decisions if isinstance(decisions, dict) else {},
@@ -286,6 +307,10 @@ class PageData:
                 replica_members=facts.members,
                 disk_free_bytes=disk["free_bytes"],
                 checks=checks,
+                occupancy=occupancy["now"],
+                occupancy_max_today=occupancy["max_today"],
+                capacity=occupancy["capacity"],
+                events_today=events,
             )
         )
 

@@ -27,6 +27,7 @@ from typing import Any
 
 from kiosk.data.control import ControlError, ControlStore
 from kiosk.data.database import StoreError
+from kiosk.data.day_report import DayCounts
 from kiosk.data.journal import DecisionRow, JournalPosition
 from kiosk.data.store import Store
 from sync.protocol import Anchor
@@ -144,10 +145,22 @@ class ControlAccess:
         self.failed()
 
 
+@dataclass(frozen=True, slots=True)
+class DaySpans:
+    """The spans of the page's picture of the day, aware UTC: today (local midnight to the next
+    one) and the same weekday a week before. On the door's clock."""
+
+    today_start: datetime
+    today_end: datetime
+    last_week_start: datetime
+    last_week_end: datetime
+
+
 @dataclass
 class DoorFacts:
     """What the page reads from the door's database in one go; ``problem`` set instead when it
-    cannot be read."""
+    cannot be read. ``day`` and ``last_week``: the journal's entries and passage events today and
+    on the same weekday last week (``Store.day_counts``; None when no spans were asked for)."""
 
     problem: str | None = None
     decisions: list[DecisionRow] = field(default_factory=list)
@@ -157,6 +170,8 @@ class DoorFacts:
     members: int | None = None
     sync: dict[str, Any] = field(default_factory=dict)
     today: dict[tuple[str, str], int] = field(default_factory=dict)
+    day: DayCounts | None = None
+    last_week: DayCounts | None = None
 
 
 class MemberCountCache:
@@ -183,9 +198,10 @@ def read_door(
     recent: int,
     day_start: datetime,
     members: MemberCountCache,
+    days: DaySpans | None = None,
 ) -> DoorFacts:
-    """Read the door's figures; a database that cannot be read gives ``DoorFacts(problem=...)``
-    (and is reopened next time)."""
+    """Read the door's figures (with the picture of the day's counts for ``days``); a database
+    that cannot be read gives ``DoorFacts(problem=...)`` (and is reopened next time)."""
     try:
         store = door.store()
     except DatabaseUnavailable as exc:
@@ -200,6 +216,10 @@ def read_door(
             members=members.get(store, replica.version),
             sync=store.sync_status(),
             today=store.decision_counts(day_start),
+            day=None if days is None else store.day_counts(days.today_start, days.today_end),
+            last_week=None
+            if days is None
+            else store.day_counts(days.last_week_start, days.last_week_end),
         )
     except (StoreError, sqlite3.Error) as exc:
         door.failed()
@@ -237,12 +257,13 @@ class DoorFactsCache:
         day_start: datetime,
         members: MemberCountCache,
         monotonic: float,
+        days: DaySpans | None = None,
     ) -> DoorFacts:
         with self._lock:
             key = None
             try:
                 store = door.store()
-                key = (store.data_version(), day_start, recent)
+                key = (store.data_version(), day_start, recent, days)
             except DatabaseUnavailable:
                 store = None
             except StoreError as exc:
@@ -258,7 +279,7 @@ class DoorFactsCache:
                 and fresh
             ):
                 return self._facts
-            facts = self._read(door, recent=recent, day_start=day_start, members=members)
+            facts = self._read(door, recent=recent, day_start=day_start, members=members, days=days)
             if facts.problem is None and key is not None:
                 self._key, self._store, self._read_at, self._facts = key, store, monotonic, facts
             else:

@@ -14,6 +14,8 @@ are on the kernel's clock (``kiosk.data.control.shared_wall``): they are aged ag
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import asdict
 from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -25,9 +27,11 @@ from kiosk.data.control import (
     OwnerRequest,
     RequestState,
 )
+from kiosk.data.day_report import EVENT_KINDS
 from kiosk.data.journal import DecisionRow
+from kiosk.web.charts import HOURS, gauge, refusal_rows
 from kiosk.web.device_health import HEARTBEAT_PROBLEM_S, Check, overall, sync_silent
-from kiosk.web.sources import DoorFacts
+from kiosk.web.sources import DaySpans, DoorFacts
 from kiosk.web.words import (
     NOT_REPORTING,
     SCANNER_STATE_WORDS,
@@ -36,6 +40,7 @@ from kiosk.web.words import (
     credential_words,
     decision_name,
     error_words,
+    event_words,
     local_time,
     one_line,
     outcome_words,
@@ -154,6 +159,97 @@ def today_view(counts: dict[tuple[str, str], int]) -> dict[str, int]:
     granted = sum(n for (verdict, _), n in counts.items() if verdict == "granted")
     denied = sum(n for (verdict, _), n in counts.items() if verdict == "denied")
     return {"granted": granted, "denied": denied, "total": granted + denied}
+
+
+def hourly(by_minute: Mapping[datetime, int], zone: ZoneInfo) -> list[int]:
+    """Counts per UTC minute (``DayCounts.entries_by_minute``) summed into the 24 hours of the
+    gym's local clock (hour 0 first). On the day the clocks go back, the repeated hour's two
+    halves share one bar; on the day they go forward, the skipped hour stays empty."""
+    hours = [0] * HOURS
+    for minute, count in by_minute.items():
+        hours[minute.astimezone(zone).hour] += count
+    return hours
+
+
+def _whole(value: Any) -> int | None:
+    """A count from another process's report: a non-negative int, else None."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        return None
+    return value
+
+
+def occupancy_view(report: HealthReport | None, *, now: datetime) -> dict[str, Any]:
+    """How many are in the gym, from the scanner's health report (its ``occupancy``: ``now``,
+    ``max_today``, ``entries_today``, ``exits_today``, ``capacity``; aged against ``now``, the
+    kernel's clock). ``known`` is False while the scanner does not report (or reports no
+    occupancy): a figure from a silent scanner is not news. ``fill`` is the bar's length, 0-100,
+    against the capacity (or, without one, today's maximum)."""
+    data = report.data if report is not None else {}
+    fresh = (
+        report is not None
+        and (now - report.updated_at).total_seconds() <= HEARTBEAT_PROBLEM_S
+        and data.get("state") != "stopped"
+    )
+    occupancy = data.get("occupancy")
+    if not isinstance(occupancy, dict):
+        occupancy = {}
+    here = _whole(occupancy.get("now"))
+    if not fresh or here is None:
+        unknown = dict.fromkeys(
+            ("now", "max_today", "entries_today", "exits_today", "capacity", "fill")
+        )
+        why = "the scanner is not reporting" if not fresh else "the scanner does not count it"
+        return {"known": False, **unknown, "words": f"unknown: {why}"}
+    most = _whole(occupancy.get("max_today"))
+    capacity = _whole(occupancy.get("capacity")) or None  # 0 or none: no limit
+    most = max(here, most) if most is not None else here
+    if capacity is not None:
+        words = f"{here} of {capacity} allowed" + (" (full)" if here >= capacity else "")
+    else:
+        words = f"{here} in the gym now"
+    return {
+        "known": True,
+        "now": here,
+        "max_today": most,
+        "entries_today": _whole(occupancy.get("entries_today")),
+        "exits_today": _whole(occupancy.get("exits_today")),
+        "capacity": capacity,
+        "fill": gauge(here, capacity if capacity is not None else most),
+        "words": words,
+    }
+
+
+def day_view(facts: DoorFacts, days: DaySpans, *, now: datetime, zone: ZoneInfo) -> dict[str, Any]:
+    """Today at the door, for the picture of the day: entries per local hour today and on the
+    same weekday last week (``entries_by_hour``, 24 counts each), refusals by reason (most first,
+    in words, with their bar's length), the passage events by kind. ``now`` is the door's notion
+    of now. Counts are 0 while the database cannot be read (the page says why elsewhere)."""
+    today = facts.day
+    before = facts.last_week
+    here = now.astimezone(zone)
+    compare_day = days.last_week_start.astimezone(zone)
+    refused = {reason: n for (verdict, reason), n in facts.today.items() if verdict == "denied"}
+    events = today.events if today is not None else dict.fromkeys(EVENT_KINDS, 0)
+    by_hour = hourly(today.entries_by_minute, zone) if today is not None else [0] * HOURS
+    before_by_hour = hourly(before.entries_by_minute, zone) if before is not None else [0] * HOURS
+    return {
+        "date": here.date().isoformat(),
+        "compare_date": compare_day.date().isoformat(),
+        "compare_words": f"last {compare_day:%A}",
+        "compare_title": f"Last {compare_day:%A}",
+        "current_hour": here.hour,
+        "entries_by_hour": {"today": by_hour, "last_week": before_by_hour},
+        "entries_today": sum(by_hour),
+        "entries_last_week": sum(before_by_hour),
+        "refused_today": sum(refused.values()),
+        "refusals": [asdict(row) for row in refusal_rows(refused)],
+        "events": [
+            {"kind": kind, "words": event_words(kind), "count": int(count)}
+            for kind, count in events.items()
+        ],
+        "annulled_today": int(events.get("annulled", 0)),
+        "tailgating_today": int(events.get("tailgating", 0)),
+    }
 
 
 _SYNC_STATE_WORDS = {

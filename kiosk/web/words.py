@@ -8,7 +8,7 @@ import re
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
-from kiosk.core.model import Reason
+from kiosk.core.model import EventKind, Reason
 from kiosk.ops.status import human_bytes
 from sync.text import one_line
 
@@ -33,6 +33,17 @@ REASON_WORDS: dict[Reason, str] = {
     Reason.TOKEN_REPLAYED: "Phone code already used (a copy or a screenshot?)",
     Reason.BAD_SIGNATURE: "Phone code not genuine (bad signature)",
     Reason.CLOCK_UNTRUSTED: "Door's clock not set yet (no network time since start-up)",
+    Reason.AT_CAPACITY: "Gym full (as many inside as the capacity allows)",
+    Reason.VISIT_LIMIT: "Visits for today used up (the plan's limit per day)",
+}
+
+# The turnstile's passage events (the journal's ``door_events``), in the owner's words. A test
+# checks that every kind has its words.
+EVENT_WORDS: dict[EventKind, str] = {
+    EventKind.ENTRY: "Entry confirmed (the turnstile turned)",
+    EventKind.ANNULLED: "Granted but did not go through",
+    EventKind.TAILGATING: "Passage with no check-in",
+    EventKind.EXIT: "Left the gym (exit)",
 }
 
 VERDICT_WORDS = {"granted": "Admitted", "denied": "Refused"}
@@ -73,6 +84,15 @@ def reason_words(reason: str) -> str:
         return REASON_WORDS[Reason(reason)]
     except ValueError:
         return f"Other reason ({one_line(reason, 60)})"
+
+
+def event_words(kind: str) -> str:
+    """A passage event's kind (``EVENT_WORDS``) in the owner's words; a kind from a newer release
+    keeps its text."""
+    try:
+        return EVENT_WORDS[EventKind(kind)]
+    except ValueError:
+        return f"Other event ({one_line(kind, 40)})"
 
 
 def verdict_words(verdict: str) -> str:
