@@ -40,16 +40,20 @@ from devtools.seed import (
     AFTER_CLOUD_CHANGE,
     CLOUD_CHANGE,
     DEMO_SALT,
+    LEAVING,
     OUTAGE_S,
     SCENARIO,
+    TAILGATES,
+    WALKS_AWAY,
     WHILE_OFFLINE,
     Scan,
     demo_snapshot,
     scenario_with_passes,
 )
-from kiosk.config import Config, default_config
+from kiosk.config import Config, default_config, occupancy_rules
 from kiosk.core.clock import Clock, SimClock, SystemClock
-from kiosk.core.model import Verdict
+from kiosk.core.model import DoorEvent, Verdict
+from kiosk.core.occupancy import Occupancy
 from kiosk.data.control import (
     ControlError,
     ControlStore,
@@ -62,6 +66,7 @@ from kiosk.data.store import Store
 from kiosk.door.loop import DoorLoop, Outcome, stop_on_signals
 from kiosk.door.parts import (
     build_door,
+    build_passage_sensor,
     build_reader,
     build_signal,
     make_pin_factory,
@@ -83,6 +88,44 @@ DOOR_TEST_POLL_S = 0.25  # how often it looks for a finished "test the door", to
 WEB_HOST = "127.0.0.1"  # the demo's page is for this machine only
 WEB_START_TIMEOUT_S = 15.0
 WEB_STOP_TIMEOUT_S = 5.0
+# Bob's class pack: his walked-away entry's class comes back to it in the cloud.
+WALKED_AWAY_MEMBERSHIP = "ms-bob"
+# BCM pins of the simulated turnstile's PASS contacts (free in the default wiring).
+DEMO_ENTRY_PIN, DEMO_EXIT_PIN = 5, 6
+# Between two exits through the simulated turnstile: longer than the contacts' bounce time.
+EXIT_GAP_S = 2.0
+
+
+class Turnstile:
+    """The demo's simulated tripod turnstile: it closes its entry PASS contact (a mock pin) when a
+    granted member goes through, and its exit contact when someone leaves. Closing a contact pulls
+    the pin low (the contacts are wired to ground with the Pi's pull-up) and opens it again at
+    once; ``clock`` is the demo's, so passages carry the door loop's own time."""
+
+    def __init__(self, pin_factory, clock: Clock) -> None:
+        self._entry = pin_factory.pin(DEMO_ENTRY_PIN)
+        self._exit = pin_factory.pin(DEMO_EXIT_PIN)
+        self._clock = clock
+
+    def after(self, outcome: Outcome) -> None:
+        """What the turnstile does after a decision: turns for a grant (unless the member walks
+        away: ``WALKS_AWAY``) and for a refused member who pushes through behind someone
+        (``TAILGATES``)."""
+        member = outcome.checkin.member_id
+        granted = outcome.checkin.decision is Verdict.GRANTED
+        if (granted and member not in WALKS_AWAY) or (not granted and member in TAILGATES):
+            self._turn(self._entry)
+
+    def leave(self, count: int) -> None:
+        """``count`` people leave through the exit side, ``EXIT_GAP_S`` apart."""
+        for _ in range(count):
+            self._clock.sleep(EXIT_GAP_S)
+            self._turn(self._exit)
+
+    @staticmethod
+    def _turn(pin) -> None:
+        pin.drive_low()
+        pin.drive_high()
 
 
 def demo_config(db_path: Path) -> Config:
@@ -95,7 +138,13 @@ def demo_config(db_path: Path) -> Config:
         door=replace(config.door, id="demo-door"),
         camera=replace(config.camera, fps=DEMO_FPS),
         store=replace(config.store, path=str(db_path)),
-        gpio=replace(config.gpio, pin_factory="mock"),
+        # The simulated turnstile's passage contacts (mock pins, like everything else here).
+        gpio=replace(
+            config.gpio,
+            pin_factory="mock",
+            passage_entry_pin=DEMO_ENTRY_PIN,
+            passage_exit_pin=DEMO_EXIT_PIN,
+        ),
     )
 
 
@@ -194,6 +243,7 @@ class _Printer:
         # On the simulated clock no time passes while deciding: a latency figure would be a lie.
         self.real_time = real_time
         self.outcomes: list[Outcome] = []
+        self.events: list[DoorEvent] = []
         self.closed: BrokenPipeError | None = None
         self._on_closed = on_closed
         self._lock = threading.Lock()
@@ -281,6 +331,32 @@ class _Printer:
             f"owner page: {url}  (password: {password})",
         )
 
+    def event(self, event: DoorEvent) -> None:
+        """One door event (the turnstile's report, or its silence), once it is journaled."""
+        self.events.append(event)
+        names = {o.checkin.id: o.member_name for o in self.outcomes}
+        who = names.get(event.checkin_id or "") or "-"
+        record = {
+            "type": "event",
+            "id": event.id,
+            "seq": event.seq,
+            "at": event.wall_time.isoformat(),
+            "kind": event.kind.value,
+            "checkin": event.checkin_id,
+            "name": None if who == "-" else who,
+        }
+        words = {
+            "entry": "went through",
+            "annulled": "did not go through: entry annulled",
+            "tailgating": "passage with no check-in (tailgating)",
+            "exit": "left",
+        }.get(event.kind.value, event.kind.value)
+        self._emit(
+            record,
+            f"{event.wall_time.astimezone():%H:%M:%S}  #{event.seq:<4} turnstile"
+            f" {event.kind.value:<20} {who:<12} {words}",
+        )
+
     def door_test(self, request: OwnerRequest) -> None:
         """A "test the door" from the owner page, answered by the door loop."""
         ok = request.state is RequestState.DONE
@@ -305,7 +381,7 @@ def _sync_in_background(demo_cloud: DemoCloud, printer: _Printer, stop: threadin
             report = demo_cloud.sync()
             due = time.monotonic() + SYNC_EVERY_S
             if report.pushed or not report.ok or asked:
-                printer.sync(report, counts_store.counts_by_state())
+                printer.sync(report, _journal_counts(counts_store))
     finally:
         counts_store.close()
 
@@ -385,6 +461,12 @@ class DemoWeb:
         self._app.state.page.close()
 
 
+def _journal_counts(store: Store) -> dict[str, int]:
+    """The journal's rows by sync state: check-ins and door events together (both go up)."""
+    checkins, events = store.counts_by_state(), store.event_counts_by_state()
+    return {state: checkins.get(state, 0) + events.get(state, 0) for state in checkins | events}
+
+
 def _newest_request_id(control: ControlStore) -> int | None:
     """The id of the newest owner request in the control file (0: none yet; None: unreadable)."""
     try:
@@ -421,24 +503,41 @@ def _report_door_tests(
                 printer.door_test(request)
 
 
-def _story(demo_cloud: DemoCloud, play, clock: Clock, printer: _Printer, store: Store) -> None:
-    """After the scenario, ``--once`` shows the cloud at work: the decisions are uploaded, a change
-    made in the cloud reaches the door, and with the cloud down the door keeps admitting and the
-    agent catches up once it is back."""
-    printer.sync(demo_cloud.sync(), store.counts_by_state())
+def _story(
+    demo_cloud: DemoCloud,
+    play,
+    clock: Clock,
+    printer: _Printer,
+    store: Store,
+    turnstile: Turnstile,
+) -> None:
+    """After the scenario, ``--once`` shows the cloud at work: the decisions are uploaded (Bob's
+    annulled entry gives his class back), a change made in the cloud reaches the door, and with the
+    cloud down some members leave, the door keeps admitting and the agent catches up once it is
+    back."""
+    printer.sync(demo_cloud.sync(), _journal_counts(store))
+    # Bob's grant was annulled (he walked away): the upload gave his class back to the pack.
+    left = demo_cloud.remaining_classes(WALKED_AWAY_MEMBERSHIP)
+    printer.cloud(
+        "class_returned",
+        f"Bob's annulled entry gave his class back: {left} left in the pack",
+        membership=WALKED_AWAY_MEMBERSHIP,
+        remaining_classes=left,
+    )
     demo_cloud.set_member_status(CLOUD_CHANGE.member_id, "ACTIVE")
     printer.cloud("member_changed", CLOUD_CHANGE.words, member=CLOUD_CHANGE.member_id)
-    printer.sync(demo_cloud.sync(), store.counts_by_state())
+    printer.sync(demo_cloud.sync(), _journal_counts(store))
     play([AFTER_CLOUD_CHANGE])
     demo_cloud.stop_cloud()
     printer.cloud("stopped", "stopped (the gym's internet is down)")
+    turnstile.leave(LEAVING)
     # Past the anti-passback window, so Alice's next entry is a new visit.
     clock.sleep(OUTAGE_S)
-    play([WHILE_OFFLINE])
-    printer.sync(demo_cloud.sync(), store.counts_by_state())
+    play(WHILE_OFFLINE)
+    printer.sync(demo_cloud.sync(), _journal_counts(store))
     url = demo_cloud.start()
     printer.cloud("started", f"back at {url}", url=url)
-    printer.sync(demo_cloud.sync(), store.counts_by_state())
+    printer.sync(demo_cloud.sync(), _journal_counts(store))
 
 
 def run_demo(
@@ -486,6 +585,13 @@ def run_demo(
             pins = make_pin_factory("mock")
             door = build_door(config.gpio, pins.factory)
             signal = build_signal(config.gpio, config.feedback, pins.factory)
+            passage = build_passage_sensor(config.gpio, pins.factory, clock)
+            turnstile = Turnstile(pins.factory, clock)
+
+            def after_decision(outcome: Outcome) -> None:
+                printer(outcome)
+                turnstile.after(outcome)
+
             syncer: threading.Thread | None = None
             door_tests: threading.Thread | None = None
             web: DemoWeb | None = None
@@ -497,7 +603,7 @@ def run_demo(
                     url = demo_cloud.start()
                     seeded = "seeded with the demo gym" if demo_cloud.seeded else "existing data"
                     printer.cloud("started", f"reference cloud at {url} ({seeded})", url=url)
-                    printer.sync(demo_cloud.sync(), store.counts_by_state())
+                    printer.sync(demo_cloud.sync(), _journal_counts(store))
                 elif fresh:
                     store.replace_replica(demo_snapshot(clock.wall(), config.site.timezone))
                 if not as_json:
@@ -527,7 +633,9 @@ def run_demo(
                         signal=signal,
                         clock=clock,
                         settings=settings,
-                        on_outcome=printer,
+                        on_outcome=after_decision,
+                        passage=passage,
+                        on_event=printer.event,
                         control=control,
                     )
                     try:
@@ -560,8 +668,8 @@ def run_demo(
                     play(SCENARIO, repeat=True)
                 expected = list(first_round)
                 if demo_cloud is not None and once:
-                    _story(demo_cloud, play, clock, printer, store)
-                    expected += [AFTER_CLOUD_CHANGE, WHILE_OFFLINE]
+                    _story(demo_cloud, play, clock, printer, store, turnstile)
+                    expected += [AFTER_CLOUD_CHANGE, *WHILE_OFFLINE]
             finally:
                 stop.set()
                 if syncer is not None:
@@ -574,10 +682,13 @@ def run_demo(
                     demo_cloud.close()
                 signal.close()
                 door.close()
+                if passage is not None:
+                    passage.close()
                 if control is not None:
                     control.close()
-            counts = store.counts_by_state()
-            code = _summarise(printer, counts, as_json, fresh and once, expected)
+            counts = _journal_counts(store)
+            occupancy = store.occupancy(config.door.id, occupancy_rules(config), clock.wall())
+            code = _summarise(printer, counts, as_json, fresh and once, expected, occupancy)
             if printer.closed is not None:
                 raise printer.closed
             return code
@@ -589,8 +700,10 @@ def _summarise(
     as_json: bool,
     check: bool,
     expected_scans: list[Scan],
+    occupancy: Occupancy,
 ) -> int:
     reasons = Counter(o.checkin.reason.value for o in printer.outcomes)
+    events = Counter(e.kind.value for e in printer.events)
     verdicts = Counter(o.checkin.decision.value for o in printer.outcomes)
     got = [o.checkin.reason for o in printer.outcomes]
     expected = [scan.expect for scan in expected_scans]
@@ -606,6 +719,11 @@ def _summarise(
         "pending": counts.get("pending", 0),
         "synced": counts.get("synced", 0),
         "relay_pulses": sum(1 for o in printer.outcomes if o.relay_ms > 0),
+        # What the turnstile reported: grants it did not turn for, passages with no grant.
+        "annulled": events.get("annulled", 0),
+        "tailgating": events.get("tailgating", 0),
+        "occupancy": occupancy.now,
+        "occupancy_max": occupancy.max,
         "scenario_ok": not mismatch if check else None,
     }
     if as_json:
@@ -615,6 +733,8 @@ def _summarise(
             f"\n{summary['decisions']} decisions: {summary['granted']} granted,"
             f" {summary['denied']} denied; journal: {summary['pending']} pending upload,"
             f" {summary['synced']} synced\n"
+            f"turnstile: {summary['annulled']} entry annulled, {summary['tailgating']} tailgating;"
+            f" in the gym now {summary['occupancy']}, at most {summary['occupancy_max']} today\n"
         )
         if mismatch:
             printer.write(

@@ -176,6 +176,16 @@ class DemoCloud:
             lambda tx: admin.save_member(tx, ORG, member_id, {"status": status}, now)
         )
 
+    def remaining_classes(self, membership_id: str) -> int | None:
+        """The cloud's class balance of a membership (None: not a pack, or no such membership)."""
+        if self._cloud is None:
+            raise RuntimeError("the demo cloud is stopped")
+        row = self._cloud.app.state.cloud.database.transact(
+            lambda tx: admin.get_membership(tx, ORG, membership_id)
+        )
+        remaining = row.get("remaining_classes")
+        return None if remaining is None else int(remaining)
+
     def stop_cloud(self) -> None:
         """Take the cloud away (the device keeps its agent, as in an outage)."""
         if self._cloud is not None:

@@ -101,6 +101,8 @@ def demo_members(now: datetime, timezone: str) -> list[DemoMember]:
                    (ms("ms-judy", "m-judy", sub, start_date=today, end_date=today),)),
         DemoMember(member("m-kim", "Kim", "Kowalski"), "FF-KIM-1011",
                    (ms("ms-kim", "m-kim", sub, plan_id="plan-full"),)),
+        DemoMember(member("m-liam", "Liam", "Lund"), "FF-LIAM-1012",
+                   (ms("ms-liam", "m-liam", sub, plan_id="plan-daily"),)),
     ]  # fmt: skip
 
 
@@ -116,6 +118,8 @@ def demo_snapshot(now: datetime, timezone: str) -> ReplicaSnapshot:
         plans=[
             Plan("plan-full", "Full access"),
             Plan("plan-offpeak", "Off-peak", _off_peak_window_excluding(local_now)),
+            # A plan that answers card sharing: one visit a day.
+            Plan("plan-daily", "One visit a day", max_visits_per_day=1),
         ],
         opening_hours=(),
         closures=(),
@@ -150,8 +154,17 @@ SCENARIO: tuple[Scan, ...] = (
     Scan("FF-HEIDI-1008", Reason.MEMBER_EXPIRED, "member expired"),
     Scan("FF-IVAN-1009", Reason.PERSONAL_TRAINING, "personal-training sessions"),
     Scan("FF-JUDY-1010", Reason.SUBSCRIPTION, "day pass ending today"),
+    Scan("FF-LIAM-1012", Reason.SUBSCRIPTION, "one visit a day: today's first"),
     Scan("FF-ALICE-1001", Reason.PASSBACK, "Alice again, card passed back through the gate"),
 )
+
+# The simulated turnstile (``kiosk demo``'s mock passage contacts): it turns for every grant but
+# Bob's (he walks away: the grant is annulled and his class goes back to the pack after the next
+# sync), and Dave, refused, pushes through behind someone (tailgating). After the scenario some
+# members leave through the exit side, so the gym's occupancy rises and falls.
+WALKS_AWAY = frozenset({"m-bob"})
+TAILGATES = frozenset({"m-dave"})
+LEAVING = 4  # members who leave while the cloud is down
 
 
 def scenario_with_passes(now: datetime) -> tuple[Scan, ...]:
@@ -193,4 +206,7 @@ AFTER_CLOUD_CHANGE = Scan(
     "FF-CAROL-1003", Reason.SUBSCRIPTION, "Carol, her pause lifted in the cloud"
 )
 OUTAGE_S = 11 * 60.0
-WHILE_OFFLINE = Scan("FF-ALICE-1001", Reason.SUBSCRIPTION, "Alice, 11 minutes later, cloud down")
+WHILE_OFFLINE = (
+    Scan("FF-ALICE-1001", Reason.SUBSCRIPTION, "Alice, 11 minutes later, cloud down"),
+    Scan("FF-LIAM-1012", Reason.VISIT_LIMIT, "Liam's second visit today, on a one-a-day plan"),
+)

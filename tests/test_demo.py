@@ -34,12 +34,12 @@ from kiosk.ops.owner_password import load_password_hash, verify_password
 # Alice admitted while the cloud is down.
 # The first round's payloads depend on the time (phone passes); its reasons and length do not.
 FIRST_ROUND = scenario_with_passes(datetime.now(UTC))
-PLAYED = [*FIRST_ROUND, AFTER_CLOUD_CHANGE, WHILE_OFFLINE]
+PLAYED = [*FIRST_ROUND, AFTER_CLOUD_CHANGE, *WHILE_OFFLINE]
 
 REQUIRED = {
     "subscription", "class_pack", "unknown_code", "malformed_code", "member_paused",
     "no_valid_membership", "pack_empty", "outside_hours", "passback", "token_replayed",
-    "token_expired",
+    "token_expired", "visit_limit",
 }  # fmt: skip
 
 
@@ -86,8 +86,10 @@ def test_once_json_plays_the_scenario_and_prints_only_committed_decisions(tmp_pa
     )
     assert "decision" not in summary
     assert summary["decisions"] == len(PLAYED)
-    # Every decision reached the embedded cloud, including the one made while it was down.
-    assert summary["pending"] == 0 and summary["synced"] == len(PLAYED)
+    # Every decision and turnstile event reached the embedded cloud, including those made while
+    # it was down.
+    events = [r for r in records if r["type"] == "event"]
+    assert summary["pending"] == 0 and summary["synced"] == len(PLAYED) + len(events)
     assert summary["scenario_ok"] is True
 
 
@@ -101,7 +103,11 @@ def test_once_tells_the_sync_story(tmp_path):
     kinds = [(r["type"], r.get("event") or r.get("reason")) for r in records]
     syncs = [r for r in records if r["type"] == "sync"]
     assert syncs[0]["ok"] and syncs[0]["pull"] == "snapshot"  # the replica came from the cloud
-    assert syncs[1]["ok"] and syncs[1]["pushed"] == len(FIRST_ROUND) and syncs[1]["pending"] == 0
+    first_sync = records.index(syncs[1])
+    first_round_rows = [r for r in records[:first_sync] if r["type"] in ("decision", "event")]
+    assert len([r for r in first_round_rows if r["type"] == "decision"]) == len(FIRST_ROUND)
+    assert syncs[1]["ok"] and syncs[1]["pushed"] == len(first_round_rows)
+    assert syncs[1]["pending"] == 0
     change = kinds.index(("cloud", "member_changed"))
     carol = kinds.index(("decision", "subscription"), change)
     assert records[carol]["member"] == "m-carol"
@@ -109,14 +115,52 @@ def test_once_tells_the_sync_story(tmp_path):
     alice = kinds.index(("decision", "subscription"), stopped)
     assert records[alice]["member"] == "m-alice" and records[alice]["relay_ms"] > 0
     offline = next(r for r in records[alice:] if r["type"] == "sync")
-    assert not offline["ok"] and offline["pending"] == 2 and "cannot reach" in offline["error"]
-    assert syncs[-1]["ok"] and syncs[-1]["pushed"] == 2 and syncs[-1]["pending"] == 0
+    # Alice's grant, its turn of the turnstile and Liam's refusal wait for the cloud (with the
+    # exits and Carol's turn made after the last upload).
+    assert not offline["ok"] and offline["pending"] >= 3 and "cannot reach" in offline["error"]
+    assert syncs[-1]["ok"] and syncs[-1]["pushed"] == offline["pending"]
+    assert syncs[-1]["pending"] == 0
     # The cloud holds every decision exactly once.
     with sqlite3.connect(tmp_path / "demo-cloud.db") as cloud:
         cloud_ids = {row[0] for row in cloud.execute("SELECT id FROM checkins")}
     with sqlite3.connect(db) as device:
         device_ids = {row[0] for row in device.execute("SELECT id FROM checkins")}
     assert cloud_ids == device_ids and len(device_ids) == len(PLAYED)
+
+
+def test_once_plays_the_turnstile(tmp_path):
+    """The simulated turnstile turns for every grant but Bob's (annulled; his class goes back to
+    the pack in the cloud), Dave tailgates, four people leave, Liam meets his plan's visit limit;
+    the cloud holds every event once."""
+    db = tmp_path / "demo.db"
+    out = io.StringIO()
+    assert run_demo(db=db, as_json=True, once=True, out=out) == 0
+    records = [json.loads(line) for line in out.getvalue().splitlines()]
+    decisions = {r["id"]: r for r in records if r["type"] == "decision"}
+    events = [r for r in records if r["type"] == "event"]
+    granted = [d for d in decisions.values() if d["decision"] == "granted"]
+    by_kind: dict[str, list[dict]] = {}
+    for event in events:
+        by_kind.setdefault(event["kind"], []).append(event)
+    (annulled,) = by_kind["annulled"]
+    assert decisions[annulled["checkin"]]["member"] == "m-bob"
+    # Every other grant was confirmed by its turn, each once.
+    confirmed = [e["checkin"] for e in by_kind["entry"]]
+    assert sorted(confirmed) == sorted(d["id"] for d in granted if d["member"] != "m-bob")
+    assert len(by_kind["tailgating"]) == 1 and by_kind["tailgating"][0]["checkin"] is None
+    assert len(by_kind["exit"]) == 4
+    returned = next(r for r in records if r.get("event") == "class_returned")
+    assert returned["membership"] == "ms-bob" and returned["remaining_classes"] == 5
+    assert [d["member"] for d in decisions.values() if d["reason"] == "visit_limit"] == ["m-liam"]
+    summary = records[-1]
+    assert summary["annulled"] == 1 and summary["tailgating"] == 1
+    # Inside: the confirmed entries and the tailgater, minus the four who left; the peak came
+    # before they left.
+    assert summary["occupancy"] == len(confirmed) + 1 - 4
+    assert summary["occupancy_max"] == summary["occupancy"] + 4 - 1
+    with sqlite3.connect(tmp_path / "demo-cloud.db") as cloud:
+        cloud_events = sorted(row[0] for row in cloud.execute("SELECT id FROM door_events"))
+    assert cloud_events == sorted(e["id"] for e in events)
 
 
 def test_existing_database_is_reused_not_reseeded(tmp_path):
@@ -184,8 +228,9 @@ def test_cli_demo_once_json_exits_zero():
     assert lines[0]["type"] == "web" and set(lines[0]) == {"type", "url", "password"}
     assert re.fullmatch(r"http://127\.0\.0\.1:\d+/", lines[0]["url"])
     assert lines[-1]["type"] == "summary" and lines[-1]["pending"] == 0
-    assert lines[-1]["synced"] == len(PLAYED) and lines[-1]["scenario_ok"] is True
-    assert {line["type"] for line in lines[1:-1]} == {"decision", "sync", "cloud"}
+    events = [line for line in lines if line["type"] == "event"]
+    assert lines[-1]["synced"] == len(PLAYED) + len(events) and lines[-1]["scenario_ok"] is True
+    assert {line["type"] for line in lines[1:-1]} == {"decision", "event", "sync", "cloud"}
     # The outage is told once, by the demo's own sync line: no log warning repeats it.
     assert "WARNING" not in result.stderr, result.stderr
 

@@ -761,7 +761,8 @@ class DoorLoop:
             return True
         self._event_counts[kind.value] += 1
         if kind is EventKind.TAILGATING:
-            log.warning("a passage with no grant waiting: tailgating (or a forced turnstile)")
+            # INFO, not WARNING: it is the owner's news (journaled, on the page), not a fault.
+            log.info("a passage with no grant waiting: tailgating (or a forced turnstile)")
         if self.on_event is not None:
             try:
                 self.on_event(written)
