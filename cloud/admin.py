@@ -761,8 +761,9 @@ def list_checkins(
 def purge(database: db.Database, older_than_days: int, now: datetime) -> dict[str, int]:
     """Delete tombstones older than ``older_than_days`` and raise each organisation's
     ``purged_version``; a device whose version is older then gets 410 and takes a snapshot.
-    Phone pass activation codes that expired that long ago go too (used or not, they are worth
-    nothing). Returns {organisation: purged version} for the organisations touched."""
+    Phone pass activation codes and staff console invites that expired that long ago go too
+    (used or not, they are worth nothing), and every ended console session. Returns
+    {organisation: purged version} for the organisations touched."""
     if older_than_days < 0:
         raise Invalid([("older_than_days", "expected a number of days >= 0")])
     cutoff = utc_text(now - timedelta(days=older_than_days))
@@ -770,6 +771,8 @@ def purge(database: db.Database, older_than_days: int, now: datetime) -> dict[st
     def run(tx: db.Tx) -> dict[str, int]:
         purged = db.purge_tombstones(tx, cutoff)
         db.purge_pass_activations(tx, cutoff)
+        db.purge_staff_invites(tx, cutoff)
+        db.purge_staff_sessions(tx, utc_text(now))
         for org_id, version in purged.items():
             db.raise_purged_version(tx, org_id, version)
         return purged

@@ -3,6 +3,7 @@
 - ``/v1/...``: the device API (sync protocol v3, docs/sync-protocol.md), in ``api_device``;
 - ``/admin/v1/...``: the admin API (an organisation's admin token), in ``api_admin``;
 - ``/pass/``: the member's pass page (static files, docs/passes.md), in ``pass_web``;
+- ``/console/``: the staff console (HTML pages, docs/console.md), in ``cloud.console``;
 - ``/healthz``: ``{"ok": true}`` when the database answers (503 otherwise);
 - ``/openapi.json`` and ``/docs``: the API description.
 
@@ -209,7 +210,7 @@ def create_app(
     URL, DatabaseError when the database cannot be reached or is newer than this code).
     ``clock`` returns aware UTC datetimes (tests inject one). The database pool is closed when
     the app shuts down (``app.state.cloud.database.close()`` does it by hand)."""
-    from cloud import api_admin, api_device, api_pass, pass_web
+    from cloud import api_admin, api_device, api_pass, console, pass_web
 
     database = db.Database(database_url, pool_size=pool_size)
     try:
@@ -239,6 +240,7 @@ def create_app(
     app.include_router(api_admin.router)
     api_pass.install(app)
     app.include_router(pass_web.router)
+    console.install(app)
 
     @app.get(
         "/healthz",

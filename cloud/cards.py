@@ -7,7 +7,9 @@ the organisation's (and optionally a gym's) name, and the code in text under the
   squeezed to fit (``textLength``) when a name is long. Every text is XML-escaped.
 - ``card_png``: the symbol alone (with its 4-module quiet zone) as a black-on-white PNG, for
   card-printing software that lays out the text itself: segno writes PNG without a drawing library,
-  and text needs one (Pillow or Cairo), which the cloud does not carry.
+  and text needs one (Pillow or Cairo), which the cloud does not carry;
+- ``symbol_svg``: any text's symbol alone as a small SVG in module units (the console shows a phone
+  pass activation link with it).
 
 segno (pure Python, a core dependency) makes the symbol: error correction level M, raised when it
 fits in the same version. A sheet of several cards as PDF is not offered: segno does not compose
@@ -169,6 +171,21 @@ def card_svg(
         )
     lines.append("</svg>")
     return "\n".join(lines) + "\n"
+
+
+def symbol_svg(text: str) -> str:
+    """The QR symbol of ``text`` (level M or better) with its quiet zone as an SVG document
+    without an XML declaration, one unit a module (scale it with CSS or width/height): a white
+    square and one path of the dark modules, drawn like the card's (``M x y h w v1 h-w z`` per
+    run)."""
+    modules = qr_modules(text)
+    side = len(modules) + 2 * BORDER_MODULES
+    return (
+        f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {side} {side}" '
+        f'width="{side * 8}" height="{side * 8}">'
+        f'<rect width="{side}" height="{side}" fill="#fff"/>'
+        f'<path d="{_qr_path(modules)}" fill="#000" shape-rendering="crispEdges"/></svg>'
+    )
 
 
 def card_png(code: str, *, module_px: int = PNG_MODULE_PX) -> bytes:

@@ -1,6 +1,6 @@
 """The ``cloud`` commands: run and administer the reference cloud.
 
-    kiosk cloud serve --db URL [--host 127.0.0.1] [--port 8080] [--workers N]
+    kiosk cloud serve --db URL [--host 127.0.0.1] [--port 8080] [--workers N] [--public-url URL]
     kiosk cloud migrate --db URL
     kiosk cloud init --db URL --org NAME --gym NAME [--timezone Europe/Berlin] [--json]
     kiosk cloud admin-token --db URL --org ORG_ID [--json]
@@ -10,18 +10,20 @@
     kiosk cloud revoke-pass --db URL --pass ID [--json]
     kiosk cloud card --db URL --member ID [--gym GYM_ID] [--format svg|png] --output FILE
     kiosk cloud purge --db URL [--older-than-days 30]
+    kiosk cloud invite --db URL --org ORG_ID --email E --role owner|staff|trainer [--base-url URL] [--json]
 
-(``python -m cloud.cli ACTION ...`` works the same.) ``--db`` defaults to
+``invite`` makes a single-use, 72-hour link to the staff console (docs/console.md): the first owner
+of an organisation comes from here. (``python -m cloud.cli ACTION ...`` works the same.) ``--db`` defaults to
 ``$FITFLOW_CLOUD_DB``; prefer the variable for a PostgreSQL URL with a password, which would
 otherwise show in the process list. Secrets (admin tokens, enrolment and pass activation codes)
-are printed once, to stdout, and never logged. A member or pass is named by its id; ``--org``
+and invite links are printed once, to stdout, and never logged. A member or pass is named by its id; ``--org``
 picks the organisation when several hold that id.
 
 ``serve --workers N`` runs N worker processes on one port (``cloud.serve``); more than one needs
 PostgreSQL.
 
 Exit codes: 0 success; 2 usage or configuration error (bad URL, unknown organisation, gym,
-member or pass, invalid name or time zone, a member at their limit of passes, ``--workers`` above
+member or pass, invalid name, email, role or time zone, an email that already has an account, a member at their limit of passes, ``--workers`` above
 1 on SQLite, a port that cannot be bound, a card file that cannot be written); 3 database error
 (unreachable, damaged, newer schema, a worker that could not start).
 """
@@ -103,6 +105,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
             "(and bind this service to 127.0.0.1 behind it).",
             file=sys.stderr,
         )
+    from cloud.console.auth import PUBLIC_URL_ENV, public_origin
+
+    try:
+        public = public_origin(args.public_url)
+    except ValueError:
+        return _fail(
+            "--public-url: expected the address browsers use, like https://cloud.example.com",
+            EXIT_USAGE,
+        )
+    if public is not None:
+        # Read by every worker's app (cloud.console.install): the console's origin and cookies.
+        os.environ[PUBLIC_URL_ENV] = public
     try:
         return serve(
             args.db,
@@ -331,6 +345,55 @@ def cmd_card(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _base_url(text: str | None) -> str | None:
+    """The cloud's public address from ``--base-url`` (no trailing slash); ValueError if it is
+    not one."""
+    if text is None:
+        return None
+    base = text.strip().rstrip("/")
+    parts = urllib.parse.urlsplit(base)
+    if parts.scheme not in ("https", "http") or not parts.netloc or parts.query:
+        raise ValueError(base)
+    return base
+
+
+@_guarded
+def cmd_invite(args: argparse.Namespace) -> int:
+    from cloud.console import accounts, audit
+
+    try:
+        base = _base_url(args.base_url)
+    except ValueError:
+        return _fail(
+            "--base-url: expected the cloud's address, like https://cloud.example", EXIT_USAGE
+        )
+    database = _open(args.db)
+    try:
+        made = database.transact(
+            lambda tx: accounts.create_invite(
+                tx, args.org, args.email, args.role, None, _now(), audit.CLI_ADDRESS
+            )
+        )
+    finally:
+        database.close()
+    data: dict[str, Any] = {
+        "organization_id": made.organization_id,
+        "email": made.email,
+        "role": made.role,
+        "expires_at": made.expires_at,
+        "invite_path": made.path,
+    }
+    lines = [f"invite for {made.email} ({made.role}), single use, valid until {made.expires_at}"]
+    if base is not None:
+        data["link"] = base + made.path
+        lines.append(f"link: {data['link']}")
+    else:
+        lines.append(f"link: <cloud address>{made.path}")
+    lines.append("Send the link now: it is shown only this once.")
+    _print(args, data, lines)
+    return EXIT_OK
+
+
 @_guarded
 def cmd_purge(args: argparse.Namespace) -> int:
     from cloud.admin import purge
@@ -369,6 +432,13 @@ def _add_actions(sub: Any) -> None:
         help="worker processes sharing the port (default 1; more than 1 needs PostgreSQL)",
     )
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.add_argument(
+        "--public-url",
+        default=os.environ.get("FITFLOW_CLOUD_PUBLIC_URL"),
+        metavar="URL",
+        help="the address browsers use for the staff console behind a TLS proxy, like "
+        "https://cloud.example.com (default: $FITFLOW_CLOUD_PUBLIC_URL)",
+    )
     p.set_defaults(func=cmd_serve)
 
     p = with_db(sub.add_parser("migrate", help="apply the database schema migrations"))
@@ -453,6 +523,28 @@ def _add_actions(sub: Any) -> None:
     p.add_argument("--output", required=True, metavar="FILE", help="the file to write")
     p.set_defaults(func=cmd_card)
 
+    p = with_db(
+        sub.add_parser(
+            "invite", help="make a single-use link to join the staff console (the first owner)"
+        )
+    )
+    p.add_argument("--org", required=True, metavar="ORG_ID", help="organisation id")
+    p.add_argument("--email", required=True, help="the person's email address (their sign-in)")
+    p.add_argument(
+        "--role",
+        required=True,
+        choices=["owner", "staff", "trainer"],
+        help="owner: everything; staff: the front desk; trainer: their assigned members",
+    )
+    p.add_argument(
+        "--base-url",
+        default=None,
+        metavar="URL",
+        help="the cloud's public address (https://...): print the whole link",
+    )
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cmd_invite)
+
     p = with_db(sub.add_parser("purge", help="delete old tombstones (devices behind re-snapshot)"))
     p.add_argument(
         "--older-than-days", type=int, default=30, help="tombstone age in days (default 30)"
@@ -464,7 +556,8 @@ def register(subparsers: Any) -> None:
     """Add the ``cloud`` command tree to a parser's subparsers (``kiosk cloud ...``)."""
     parser = subparsers.add_parser(
         "cloud",
-        help="the reference cloud service: serve, migrate, init, tokens, enrolment codes, passes, cards",
+        help="the reference cloud service: serve, migrate, init, tokens, enrolment codes, passes, cards, "
+        "console invites",
     )
     _add_actions(parser.add_subparsers(dest="cloud_command", required=True, metavar="ACTION"))
 

@@ -38,7 +38,7 @@ import threading
 import time
 import urllib.parse
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -1603,3 +1603,815 @@ def organizations_with_row(tx: Tx, kind: str, row_id: str) -> list[str]:
 def purge_pass_activations(tx: Tx, cutoff: str) -> int:
     """Delete activation codes that expired before ``cutoff`` (spent or not); how many."""
     return tx.run("DELETE FROM pass_activations WHERE expires_at < ?", (cutoff,))
+
+
+# -- console: accounts -----------------------------------------------------------------------------
+# The staff console's own tables (docs/console.md): staff, invites, sessions, trainers' members and
+# the audit log. Every query names the organisation, except the few a secret alone selects (an
+# invite, a session, a sign-in's email), whose callers then work inside the organisation found.
+
+# The search indexes of migration 5 hold lower-case text in byte order; a query compares
+# ``lower(column)`` followed by this collation (PostgreSQL; nothing on SQLite) with the bounds of
+# ``prefix_range``.
+SEARCH_COLLATE = {SQLITE: "", POSTGRES: ' COLLATE "C"'}
+
+
+def prefix_range(prefix: str) -> tuple[str, str]:
+    """(low, high) such that ``low <= text < high`` in byte order holds exactly for the texts
+    starting with ``prefix`` (non-empty): an index range instead of a LIKE, on both databases.
+    ValueError for an empty prefix."""
+    if not prefix:
+        raise ValueError("an empty prefix matches everything")
+    last = prefix[-1]
+    if ord(last) == 0x10FFFF:
+        return prefix, prefix + "\U0010ffff"
+    nxt = ord(last) + 1
+    if 0xD800 <= nxt <= 0xDFFF:  # surrogates cannot be stored; the next storable one
+        nxt = 0xE000
+    return prefix, prefix[:-1] + chr(nxt)
+
+
+_STAFF = "SELECT id, organization_id, email, name, role, created_at, disabled_at FROM staff"
+
+
+def insert_staff(
+    tx: Tx,
+    staff_id: str,
+    org_id: str,
+    email: str,
+    name: str,
+    role: str,
+    password_hash: str,
+    now: str,
+) -> None:
+    """A new staff account. Conflict when the organisation already has this email."""
+    tx.run(
+        "INSERT INTO staff (id, organization_id, email, name, role, password_hash, created_at)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?)",
+        (staff_id, org_id, email, name, role, password_hash, now),
+    )
+
+
+def reactivate_staff(
+    tx: Tx, org_id: str, staff_id: str, name: str, role: str, password_hash: str
+) -> bool:
+    """A disabled account taken up again (through a new invite): new name, role and password."""
+    return (
+        tx.run(
+            "UPDATE staff SET name = ?, role = ?, password_hash = ?, disabled_at = NULL"
+            " WHERE organization_id = ? AND id = ? AND disabled_at IS NOT NULL",
+            (name, role, password_hash, org_id, staff_id),
+        )
+        > 0
+    )
+
+
+def staff_member(tx: Tx, org_id: str, staff_id: str) -> dict[str, Any] | None:
+    """One staff account of the organisation (enabled or not), without its password hash."""
+    return tx.one(f"{_STAFF} WHERE organization_id = ? AND id = ?", (org_id, staff_id))
+
+
+def staff_by_email(tx: Tx, org_id: str, email: str) -> dict[str, Any] | None:
+    return tx.one(f"{_STAFF} WHERE organization_id = ? AND email = ?", (org_id, email))
+
+
+def staff_list(tx: Tx, org_id: str) -> list[dict[str, Any]]:
+    """Every account of the organisation, enabled first, then by name."""
+    return tx.all(
+        f"{_STAFF} WHERE organization_id = ?"
+        " ORDER BY CASE WHEN disabled_at IS NULL THEN 0 ELSE 1 END, name, id",
+        (org_id,),
+    )
+
+
+def staff_for_login(tx: Tx, email: str, limit: int) -> list[dict[str, Any]]:
+    """The enabled accounts with this email, in any organisation (sign-in names no organisation),
+    oldest first, at most ``limit``, with their password hashes."""
+    return tx.all(
+        "SELECT id, organization_id, email, name, role, password_hash FROM staff"
+        " WHERE email = ? AND disabled_at IS NULL ORDER BY created_at, id LIMIT ?",
+        (email, limit),
+    )
+
+
+def set_staff_role(tx: Tx, org_id: str, staff_id: str, role: str) -> bool:
+    return (
+        tx.run(
+            "UPDATE staff SET role = ? WHERE organization_id = ? AND id = ?",
+            (role, org_id, staff_id),
+        )
+        > 0
+    )
+
+
+def disable_staff(tx: Tx, org_id: str, staff_id: str, now: str) -> bool:
+    """Disable an enabled account and end its sessions; False when there was none to disable."""
+    changed = tx.run(
+        "UPDATE staff SET disabled_at = ? WHERE organization_id = ? AND id = ?"
+        " AND disabled_at IS NULL",
+        (now, org_id, staff_id),
+    )
+    tx.run(
+        "DELETE FROM staff_sessions WHERE organization_id = ? AND staff_id = ?", (org_id, staff_id)
+    )
+    return changed > 0
+
+
+def enabled_owner_ids(tx: Tx, org_id: str) -> list[str]:
+    """The enabled owners of an organisation (it must always keep one)."""
+    rows = tx.all(
+        "SELECT id FROM staff WHERE organization_id = ? AND role = 'owner'"
+        " AND disabled_at IS NULL ORDER BY id",
+        (org_id,),
+    )
+    return [row["id"] for row in rows]
+
+
+def insert_staff_invite(
+    tx: Tx,
+    token_hash: str,
+    org_id: str,
+    email: str,
+    role: str,
+    created_by: str | None,
+    now: str,
+    expires_at: str,
+) -> None:
+    tx.run(
+        "INSERT INTO staff_invites (token_hash, organization_id, email, role, created_by,"
+        " created_at, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        (token_hash, org_id, email, role, created_by, now, expires_at),
+    )
+
+
+def claim_staff_invite(tx: Tx, token_hash: str, now: str) -> dict[str, Any] | None:
+    """Mark an unused, unexpired invite used; its {organization_id, email, role, created_by}, or
+    None. One conditional UPDATE: of two browsers racing for one invite exactly one wins."""
+    return tx.one(
+        "UPDATE staff_invites SET used_at = ?"
+        " WHERE token_hash = ? AND used_at IS NULL AND expires_at > ?"
+        " RETURNING organization_id, email, role, created_by",
+        (now, token_hash, now),
+    )
+
+
+def staff_invite(tx: Tx, token_hash: str, now: str) -> dict[str, Any] | None:
+    """An unused, unexpired invite: {organization_id, organization_name, email, role,
+    expires_at}, or None (claim it with ``claim_staff_invite``)."""
+    return tx.one(
+        "SELECT i.organization_id, o.name AS organization_name, i.email, i.role, i.expires_at"
+        " FROM staff_invites i JOIN organizations o ON o.id = i.organization_id"
+        " WHERE i.token_hash = ? AND i.used_at IS NULL AND i.expires_at > ?",
+        (token_hash, now),
+    )
+
+
+def open_staff_invites(tx: Tx, org_id: str, now: str) -> list[dict[str, Any]]:
+    """The organisation's unused, unexpired invites, soonest to expire first (no hashes)."""
+    return tx.all(
+        "SELECT i.email, i.role, i.created_at, i.expires_at, s.name AS created_by_name"
+        " FROM staff_invites i LEFT JOIN staff s ON s.id = i.created_by"
+        " WHERE i.organization_id = ? AND i.used_at IS NULL AND i.expires_at > ?"
+        " ORDER BY i.expires_at, i.email",
+        (org_id, now),
+    )
+
+
+def insert_staff_session(
+    tx: Tx,
+    token_hash: str,
+    staff_id: str,
+    org_id: str,
+    csrf_token: str,
+    now: str,
+    expires_at: str,
+    address: str,
+) -> None:
+    tx.run(
+        "INSERT INTO staff_sessions (token_hash, staff_id, organization_id, csrf_token,"
+        " created_at, last_seen_at, expires_at, address) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        (token_hash, staff_id, org_id, csrf_token, now, now, expires_at, address),
+    )
+
+
+def staff_session(tx: Tx, token_hash: str, now: str, created_after: str) -> dict[str, Any] | None:
+    """The live session with this token hash and its enabled account: {token_hash, staff_id,
+    organization_id, csrf_token, created_at, last_seen_at, expires_at, email, name, role,
+    organization_name}, or None (unknown, ended, started at or before ``created_after``, or its
+    account disabled)."""
+    return tx.one(
+        "SELECT s.token_hash, s.staff_id, s.organization_id, s.csrf_token, s.created_at,"
+        " s.last_seen_at, s.expires_at, st.email, st.name, st.role, o.name AS organization_name"
+        " FROM staff_sessions s"
+        " JOIN staff st ON st.id = s.staff_id AND st.organization_id = s.organization_id"
+        " JOIN organizations o ON o.id = s.organization_id"
+        " WHERE s.token_hash = ? AND s.expires_at > ? AND s.created_at > ?"
+        " AND st.disabled_at IS NULL",
+        (token_hash, now, created_after),
+    )
+
+
+def touch_staff_session(tx: Tx, token_hash: str, now: str, expires_at: str) -> None:
+    tx.run(
+        "UPDATE staff_sessions SET last_seen_at = ?, expires_at = ? WHERE token_hash = ?",
+        (now, expires_at, token_hash),
+    )
+
+
+def delete_staff_session(tx: Tx, token_hash: str) -> None:
+    tx.run("DELETE FROM staff_sessions WHERE token_hash = ?", (token_hash,))
+
+
+def trim_staff_sessions(tx: Tx, staff_id: str, keep: int) -> int:
+    """Delete all but the ``keep`` newest sessions of one account; how many went."""
+    return tx.run(
+        "DELETE FROM staff_sessions WHERE staff_id = ? AND token_hash NOT IN"
+        " (SELECT token_hash FROM staff_sessions WHERE staff_id = ?"
+        " ORDER BY created_at DESC, token_hash LIMIT ?)",
+        (staff_id, staff_id, keep),
+    )
+
+
+def purge_staff_sessions(tx: Tx, now: str) -> int:
+    """Delete every session that has ended (``expires_at`` passed); how many."""
+    return tx.run("DELETE FROM staff_sessions WHERE expires_at <= ?", (now,))
+
+
+def purge_staff_invites(tx: Tx, cutoff: str) -> int:
+    """Delete invites that expired before ``cutoff`` (used or not); how many."""
+    return tx.run("DELETE FROM staff_invites WHERE expires_at < ?", (cutoff,))
+
+
+def assign_trainer_member(tx: Tx, staff_id: str, member_id: str) -> bool:
+    """Give a trainer a member (idempotent); True when it is new. The caller has checked that
+    both belong to its organisation."""
+    return (
+        tx.run(
+            "INSERT INTO trainer_members (staff_id, member_id) VALUES (?, ?)"
+            " ON CONFLICT DO NOTHING",
+            (staff_id, member_id),
+        )
+        > 0
+    )
+
+
+def unassign_trainer_member(tx: Tx, org_id: str, staff_id: str, member_id: str) -> bool:
+    return (
+        tx.run(
+            "DELETE FROM trainer_members WHERE staff_id = ? AND member_id = ?"
+            " AND staff_id IN (SELECT id FROM staff WHERE organization_id = ?)",
+            (staff_id, member_id, org_id),
+        )
+        > 0
+    )
+
+
+def trainer_member_rows(tx: Tx, org_id: str, staff_id: str) -> list[dict[str, Any]]:
+    """The live members assigned to a trainer of the organisation: {id, first_name, last_name,
+    status}, by name."""
+    return tx.all(
+        "SELECT m.id, m.first_name, m.last_name, m.status FROM trainer_members t"
+        " JOIN staff s ON s.id = t.staff_id AND s.organization_id = ?"
+        " JOIN members m ON m.organization_id = s.organization_id AND m.id = t.member_id"
+        " WHERE t.staff_id = ? AND m.deleted = FALSE ORDER BY m.last_name, m.first_name, m.id",
+        (org_id, staff_id),
+    )
+
+
+def trainer_has_member(tx: Tx, org_id: str, staff_id: str, member_id: str) -> bool:
+    """True when the organisation's trainer ``staff_id`` is assigned the live member."""
+    return (
+        tx.one(
+            "SELECT 1 AS ok FROM trainer_members t"
+            " JOIN staff s ON s.id = t.staff_id AND s.organization_id = ?"
+            " JOIN members m ON m.organization_id = s.organization_id AND m.id = t.member_id"
+            " WHERE t.staff_id = ? AND t.member_id = ? AND m.deleted = FALSE",
+            (org_id, staff_id, member_id),
+        )
+        is not None
+    )
+
+
+def insert_audit(
+    tx: Tx,
+    org_id: str,
+    staff_id: str | None,
+    action: str,
+    target: str,
+    detail: str,
+    at: str,
+    address: str,
+) -> None:
+    tx.run(
+        "INSERT INTO audit_log (organization_id, staff_id, action, target, detail, at, address)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?)",
+        (org_id, staff_id, action, target, detail, at, address),
+    )
+
+
+def audit_page(tx: Tx, org_id: str, before_id: int | None, limit: int) -> list[dict[str, Any]]:
+    """The organisation's audit rows newest first (by id), those with an id below ``before_id``
+    when given, at most ``limit``; each with the acting account's name and email (None for the
+    command line)."""
+    where = "a.organization_id = ?"
+    params: list[Any] = [org_id]
+    if before_id is not None:
+        where += " AND a.id < ?"
+        params.append(before_id)
+    return tx.all(
+        "SELECT a.id, a.staff_id, a.action, a.target, a.detail, a.at, a.address,"  # noqa: S608
+        " s.name AS staff_name, s.email AS staff_email FROM audit_log a"
+        f" LEFT JOIN staff s ON s.id = a.staff_id WHERE {where} ORDER BY a.id DESC LIMIT ?",
+        (*params, limit),
+    )
+
+
+# -- console: search -------------------------------------------------------------------------------
+# Member search for the console (cloud.console.search holds the rules, these the queries). Each
+# kind of search is one index range of migration 5, scoped to the organisation (and, for a
+# trainer, to ``trainer_members``): a name prefix on ``lower(first_name)`` or ``lower(last_name)``
+# (byte order, ``SEARCH_COLLATE``), a card code on ``lower(card_code)``, a phone number's last four
+# digits on ``substr(phone, length(phone) - 3)``. Every value is a placeholder; the LIKE patterns
+# of the name filter escape ``%``, ``_`` and ``\``.
+
+MEMBER_SEARCH_COLUMNS = "id, first_name, last_name, status, is_staff, card_code, phone"
+_FOLDS_KEY = ("console", "lower() folds non-ASCII")
+
+
+def lower_folds_non_ascii(tx: Tx) -> bool:
+    """Whether this database's ``lower()`` folds letters beyond ASCII (PostgreSQL with a UTF-8
+    ctype does, SQLite and a C-locale PostgreSQL do not): a search folds its words the same way,
+    or an index range would miss. Asked once per ``Database`` (cached)."""
+    if tx.dialect == SQLITE:
+        return False
+    cached = tx.cache.get(_FOLDS_KEY)
+    if cached is None:
+        cached = tx.value("SELECT lower(?) AS folded", ("\u00c4",)) == "\u00e4"
+        tx.cache.put(_FOLDS_KEY, cached)
+    return bool(cached)
+
+
+def _trainer_scope(org_id: str, trainer_id: str | None) -> tuple[str, list[Any]]:
+    """The clause keeping a trainer's search to the members assigned to them (the staff row's
+    organisation is checked too, so another organisation's trainer id finds nothing)."""
+    if trainer_id is None:
+        return "", []
+    return (
+        " AND id IN (SELECT t.member_id FROM trainer_members t JOIN staff s ON s.id = t.staff_id"
+        " WHERE t.staff_id = ? AND s.organization_id = ?)",
+        [trainer_id, org_id],
+    )
+
+
+def _like_escape(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+def _member_search_sql(
+    dialect: str,
+    org_id: str,
+    by: str,
+    terms: Sequence[str],
+    limit: int,
+    trainer_id: str | None,
+) -> tuple[str, list[Any]]:
+    """(SQL, parameters) of one member search; see ``member_search``."""
+    c = SEARCH_COLLATE[dialect]
+    scope_sql, scope = _trainer_scope(org_id, trainer_id)
+    base = f"SELECT {MEMBER_SEARCH_COLUMNS} FROM members"  # noqa: S608
+    base += " WHERE organization_id = ? AND deleted = FALSE"
+    if by == "code":
+        (code,) = terms
+        sql = f"{base} AND lower(card_code){c} = ?{scope_sql} ORDER BY card_code, id LIMIT ?"
+        return sql, [org_id, code, *scope, limit]
+    if by == "phone":
+        (digits,) = terms
+        # The index finds the last four digits; the longer ending (or the whole number) filters.
+        sql = (
+            f"{base} AND phone IS NOT NULL AND substr(phone, length(phone) - 3) = ?"
+            f" AND substr(phone, length(phone) - ?) = ?{scope_sql}"
+            " ORDER BY last_name, first_name, id LIMIT ?"
+        )
+        return sql, [org_id, digits[-4:], len(digits) - 1, digits, *scope, limit]
+    if by != "name":
+        raise ValueError(f"no member search by {by}")
+    # Every word starts the first name, the last name or a word within either; the longest word
+    # drives an index range on each name column (the others only filter), each branch in index
+    # order with its own LIMIT, so a short common prefix still reads at most ``limit`` rows a
+    # branch.
+    words = list(terms)
+    driver = max(words, key=len)
+    low, high = prefix_range(driver)
+    filters = ""
+    filter_params: list[Any] = []
+    whole = "(' ' || lower(first_name) || ' ' || lower(last_name))"
+    for word in words:
+        pattern = _like_escape(word)
+        filters += f" AND ({whole} LIKE ? ESCAPE '\\' OR {whole} LIKE ? ESCAPE '\\')"
+        filter_params += [f"% {pattern}%", f"%-{pattern}%"]
+    branches = []
+    params: list[Any] = []
+    for column in ("last_name", "first_name"):
+        key = f"lower({column}){c}"
+        branches.append(
+            f"SELECT * FROM ({base} AND {key} >= ? AND {key} < ?{filters}{scope_sql}"  # noqa: S608
+            f" ORDER BY {key} LIMIT ?) AS by_{column}"
+        )
+        params += [org_id, low, high, *filter_params, *scope, limit]
+    return " UNION ".join(branches), params
+
+
+def member_search(
+    tx: Tx,
+    org_id: str,
+    by: str,
+    terms: Sequence[str],
+    *,
+    limit: int,
+    trainer_id: str | None = None,
+) -> list[dict[str, Any]]:
+    """Live members of the organisation matching one search, at most ``limit`` (a name search:
+    up to twice that, the union of its two branches; the caller sorts and cuts). ``by``:
+    ``code`` (``terms`` = the lower-case code: equal, any case), ``phone`` (the digits: the
+    stored number ends with them), ``name`` (folded words, non-empty: each starts a word of the
+    name, the longest starts the first or the last name). ``trainer_id``: only that trainer's
+    members. Rows: {id, first_name, last_name, status, is_staff, card_code, phone}."""
+    sql, params = _member_search_sql(tx.dialect, org_id, by, terms, limit, trainer_id)
+    rows = tx.all(sql, params)
+    for row in rows:
+        row["is_staff"] = bool(row["is_staff"])
+    return rows
+
+
+def member_search_plan(
+    tx: Tx,
+    org_id: str,
+    by: str,
+    terms: Sequence[str],
+    *,
+    limit: int,
+    trainer_id: str | None = None,
+) -> list[str]:
+    """The database's plan for ``member_search`` with these arguments, one line per step
+    (SQLite ``EXPLAIN QUERY PLAN``, PostgreSQL ``EXPLAIN``): for the tests and the bench, which
+    check that every search is an index range."""
+    sql, params = _member_search_sql(tx.dialect, org_id, by, terms, limit, trainer_id)
+    if tx.dialect == SQLITE:
+        return [row["detail"] for row in tx.all(f"EXPLAIN QUERY PLAN {sql}", params)]
+    return [row["QUERY PLAN"] for row in tx.all(f"EXPLAIN {sql}", params)]
+
+
+def set_member_phones(tx: Tx, org_id: str, phones: Mapping[str, str | None]) -> None:
+    """Store live members' phone numbers, {member id: number} (normalised by the caller:
+    ``cloud.console.search.normal_phone``; None clears one), one prepared statement for the lot.
+    Not replicated: the version does not move. Unknown members are skipped."""
+    tx.run_many(
+        "UPDATE members SET phone = ? WHERE organization_id = ? AND id = ? AND deleted = FALSE",
+        [(phone, org_id, member_id) for member_id, phone in phones.items()],
+    )
+
+
+# -- console: live ---------------------------------------------------------------------------------
+# The live attendance feed (cloud.console.live): what arrived since a cursor, by ``received_at``
+# (the cloud's clock when the upload arrived), read with the ``*_by_received`` indexes of
+# migration 5. Check-ins and passage events are two tables with one cursor: (received_at, table
+# order, id), the table order being LIVE_TABLES' (check-ins first).
+
+LIVE_TABLES = ("checkins", "door_events")
+
+_LIVE_SELECT = {
+    "checkins": (
+        "SELECT x.id, x.organization_id, x.gym_id, x.device_id, x.door_id, x.decision, x.reason,"
+        " x.member_id, x.pass_id, x.classes_used, x.overdraft, x.annulled, x.confirmed,"
+        " x.occurred_at, x.received_at, m.first_name, m.last_name, d.name AS device_name"
+        " FROM checkins x"
+        " LEFT JOIN members m ON m.organization_id = x.organization_id AND m.id = x.member_id"
+        " LEFT JOIN devices d ON d.id = x.device_id"
+    ),
+    "door_events": (
+        "SELECT x.id, x.organization_id, x.gym_id, x.device_id, x.door_id, x.kind, x.checkin_id,"
+        " x.occurred_at, x.received_at, c.member_id, m.first_name, m.last_name,"
+        " d.name AS device_name FROM door_events x"
+        " LEFT JOIN checkins c ON c.id = x.checkin_id AND c.organization_id = x.organization_id"
+        " LEFT JOIN members m ON m.organization_id = x.organization_id AND m.id = c.member_id"
+        " LEFT JOIN devices d ON d.id = x.device_id"
+    ),
+}
+
+
+def _live_row(table: str, row: dict[str, Any]) -> dict[str, Any]:
+    if table == "checkins":
+        for flag in ("overdraft", "annulled", "confirmed"):
+            row[flag] = bool(row[flag])
+    return row
+
+
+def live_keys(tx: Tx, table: str, org_ids: Sequence[str], since: str) -> list[tuple[str, str, str]]:
+    """(organisation, received_at, id) of the rows of ``table`` (one of LIVE_TABLES) these
+    organisations received at or after ``since``: read from the index alone (the poll's
+    overlap re-reads a window of keys every time, never whole rows)."""
+    if table not in LIVE_TABLES:
+        raise ValueError(f"not a live table: {table}")
+    out: list[tuple[str, str, str]] = []
+    unique = sorted(set(org_ids))
+    for start in range(0, len(unique), 500):
+        chunk = unique[start : start + 500]
+        marks = ", ".join("?" * len(chunk))
+        rows = tx.all(
+            f"SELECT organization_id, received_at, id FROM {table}"  # noqa: S608
+            f" WHERE organization_id IN ({marks}) AND received_at >= ?",
+            (*chunk, since),
+        )
+        out.extend((r["organization_id"], r["received_at"], r["id"]) for r in rows)
+    return out
+
+
+def live_rows(tx: Tx, table: str, ids: Sequence[str]) -> list[dict[str, Any]]:
+    """The rows of ``table`` (one of LIVE_TABLES) with these ids, each with its member's
+    ``first_name`` and ``last_name`` and its door's ``device_name`` (None when unknown); a
+    passage event carries its check-in's ``member_id``."""
+    if table not in LIVE_TABLES:
+        raise ValueError(f"not a live table: {table}")
+    out: list[dict[str, Any]] = []
+    unique = sorted(set(ids))
+    for start in range(0, len(unique), 500):
+        chunk = unique[start : start + 500]
+        marks = ", ".join("?" * len(chunk))
+        rows = tx.all(f"{_LIVE_SELECT[table]} WHERE x.id IN ({marks})", chunk)
+        out.extend(_live_row(table, row) for row in rows)
+    return out
+
+
+def live_after(
+    tx: Tx,
+    table: str,
+    org_id: str,
+    gym_id: str | None,
+    cursor: tuple[str, int, str],
+    limit: int,
+) -> list[dict[str, Any]]:
+    """Rows of ``table`` the organisation (one gym's, with ``gym_id``) received after
+    ``cursor`` = (received_at, table order, id) in (received_at, id) order, at most ``limit``, as
+    ``live_rows`` has them: a console that reconnects is sent what it missed."""
+    if table not in LIVE_TABLES:
+        raise ValueError(f"not a live table: {table}")
+    at, order, after_id = cursor
+    own = LIVE_TABLES.index(table)
+    where = "x.organization_id = ?"
+    params: list[Any] = [org_id]
+    if own > order:
+        where += " AND x.received_at >= ?"
+        params.append(at)
+    elif own < order:
+        where += " AND x.received_at > ?"
+        params.append(at)
+    else:
+        where += " AND (x.received_at > ? OR (x.received_at = ? AND x.id > ?))"
+        params += [at, at, after_id]
+    if gym_id is not None:
+        where += " AND x.gym_id = ?"
+        params.append(gym_id)
+    rows = tx.all(
+        f"{_LIVE_SELECT[table]} WHERE {where} ORDER BY x.received_at, x.id LIMIT ?",
+        (*params, limit),
+    )
+    return [_live_row(table, row) for row in rows]
+
+
+# -- console: members ------------------------------------------------------------------------------
+# The members pages (cloud.console.members): the list in name order, a member's stored phone, and a
+# member's check-ins newest first. The list reads the ``members_by_last_name`` index of migration 5
+# (keyset pages, no OFFSET), a member's check-ins ``checkins_by_member``; ``*_plan`` show the
+# database's plans (tests).
+
+
+def _member_list_sql(
+    dialect: str,
+    org_id: str,
+    after: tuple[str, str] | None,
+    limit: int,
+    trainer_id: str | None,
+) -> tuple[str, list[Any]]:
+    c = SEARCH_COLLATE[dialect]
+    key = f"lower(last_name){c}"
+    scope_sql, scope = _trainer_scope(org_id, trainer_id)
+    where = "organization_id = ? AND deleted = FALSE"
+    params: list[Any] = [org_id]
+    if after is not None:
+        # ``key >= ?`` starts the index range; the OR only drops the ties already shown.
+        where += f" AND {key} >= ? AND ({key} > ? OR id > ?)"
+        params += [after[0], after[0], after[1]]
+    sql = f"SELECT {MEMBER_SEARCH_COLUMNS}, {key} AS sort_key FROM members"  # noqa: S608
+    sql += f" WHERE {where}{scope_sql} ORDER BY {key}, id LIMIT ?"
+    return sql, [*params, *scope, limit]
+
+
+def member_list_page(
+    tx: Tx,
+    org_id: str,
+    after: tuple[str, str] | None,
+    limit: int,
+    trainer_id: str | None = None,
+) -> list[dict[str, Any]]:
+    """Live members of the organisation (only ``trainer_id``'s, when given) ordered by their
+    folded last name (``sort_key``, byte order) and id, after the keyset ``after`` = (sort_key,
+    id) of the previous page's last row, at most ``limit``. Rows: MEMBER_SEARCH_COLUMNS and
+    ``sort_key``."""
+    sql, params = _member_list_sql(tx.dialect, org_id, after, limit, trainer_id)
+    rows = tx.all(sql, params)
+    for row in rows:
+        row["is_staff"] = bool(row["is_staff"])
+    return rows
+
+
+def member_phone(tx: Tx, org_id: str, member_id: str) -> str | None:
+    """A live member's stored phone number (None: none, or no such member)."""
+    return tx.value(
+        "SELECT phone FROM members WHERE organization_id = ? AND id = ? AND deleted = FALSE",
+        (org_id, member_id),
+    )
+
+
+def _member_checkins_sql(
+    org_id: str, member_id: str, before: tuple[str, str] | None, limit: int
+) -> tuple[str, list[Any]]:
+    where = "c.organization_id = ? AND c.member_id = ?"
+    params: list[Any] = [org_id, member_id]
+    if before is not None:
+        where += " AND c.occurred_at <= ? AND (c.occurred_at < ? OR c.id < ?)"
+        params += [before[0], before[0], before[1]]
+    sql = (
+        "SELECT c.id, c.gym_id, c.device_id, c.door_id, c.decision, c.reason, c.membership_id,"
+        " c.classes_used, c.occurred_at, c.received_at, c.overdraft, c.annulled, c.confirmed,"
+        " c.pass_id, d.name AS device_name FROM checkins c"
+        " LEFT JOIN devices d ON d.id = c.device_id AND d.organization_id = c.organization_id"
+    )
+    sql += f" WHERE {where} ORDER BY c.occurred_at DESC, c.id DESC LIMIT ?"
+    return sql, [*params, limit]
+
+
+def member_checkins(
+    tx: Tx, org_id: str, member_id: str, before: tuple[str, str] | None, limit: int
+) -> list[dict[str, Any]]:
+    """A member's check-ins (granted and refused), newest first by (occurred_at, id), before the
+    keyset ``before`` = (occurred_at, id) of the previous page's last row, at most ``limit``;
+    each with its door's ``device_name`` (None when the device is unknown)."""
+    sql, params = _member_checkins_sql(org_id, member_id, before, limit)
+    return [_checkin(row) for row in tx.all(sql, params)]
+
+
+def _plan(tx: Tx, sql: str, params: Sequence[Any]) -> list[str]:
+    if tx.dialect == SQLITE:
+        return [row["detail"] for row in tx.all(f"EXPLAIN QUERY PLAN {sql}", params)]
+    return [row["QUERY PLAN"] for row in tx.all(f"EXPLAIN {sql}", params)]
+
+
+def member_list_plan(
+    tx: Tx, org_id: str, after: tuple[str, str] | None, limit: int, trainer_id: str | None = None
+) -> list[str]:
+    """The database's plan for ``member_list_page`` (one line per step)."""
+    return _plan(tx, *_member_list_sql(tx.dialect, org_id, after, limit, trainer_id))
+
+
+def member_checkins_plan(
+    tx: Tx, org_id: str, member_id: str, before: tuple[str, str] | None, limit: int
+) -> list[str]:
+    """The database's plan for ``member_checkins`` (one line per step)."""
+    return _plan(tx, *_member_checkins_sql(org_id, member_id, before, limit))
+
+
+# -- console: today and doors ----------------------------------------------------------------------
+# Today's attendance (cloud.console.today) and the doors' overdrafts (cloud.console.doors). Every
+# function takes the organisation; with ``trainer_id`` only check-ins of the members assigned to
+# that trainer are read. A day is read per gym, [since, until) on ``occurred_at``: the
+# ``checkins_by_gym_time`` index range; open overdrafts are the ``checkins_overdrafts`` partial
+# index.
+
+_DAY_CHECKINS = (
+    "SELECT c.id, c.gym_id, c.device_id, c.door_id, c.decision, c.reason, c.member_id,"
+    " c.membership_id, c.pass_id, c.classes_used, c.overdraft, c.annulled, c.confirmed,"
+    " c.occurred_at, c.received_at, m.first_name, m.last_name, d.name AS device_name"
+    " FROM checkins c"
+    " LEFT JOIN members m ON m.organization_id = c.organization_id AND m.id = c.member_id"
+    " LEFT JOIN devices d ON d.id = c.device_id AND d.organization_id = c.organization_id"
+)
+
+
+def _day_scope(
+    org_id: str, gym_id: str, since: str, until: str, trainer_id: str | None
+) -> tuple[str, list[Any]]:
+    where = "c.organization_id = ? AND c.gym_id = ? AND c.occurred_at >= ? AND c.occurred_at < ?"
+    params: list[Any] = [org_id, gym_id, since, until]
+    if trainer_id is not None:
+        # The trainer's own rows only (trainer_members has no organisation: the staff row has).
+        where += (
+            " AND c.member_id IN (SELECT t.member_id FROM trainer_members t"
+            " JOIN staff s ON s.id = t.staff_id AND s.organization_id = ? WHERE t.staff_id = ?)"
+        )
+        params += [org_id, trainer_id]
+    return where, params
+
+
+def day_checkins(
+    tx: Tx,
+    org_id: str,
+    gym_id: str,
+    since: str,
+    until: str,
+    limit: int,
+    trainer_id: str | None = None,
+) -> list[dict[str, Any]]:
+    """A gym's check-ins that happened in [since, until) (stored UTC texts), newest first by
+    (occurred_at, id), at most ``limit``; each with its member's ``first_name``/``last_name``
+    and its door's ``device_name`` (None when unknown)."""
+    where, params = _day_scope(org_id, gym_id, since, until, trainer_id)
+    rows = tx.all(
+        f"{_DAY_CHECKINS} WHERE {where} ORDER BY c.occurred_at DESC, c.id DESC LIMIT ?",
+        (*params, limit),
+    )
+    return [_checkin(row) for row in rows]
+
+
+def day_counts(
+    tx: Tx, org_id: str, gym_id: str, since: str, until: str, trainer_id: str | None = None
+) -> list[dict[str, Any]]:
+    """How many check-ins a gym had in [since, until), by (decision, reason, annulled):
+    rows {decision, reason, annulled, n}."""
+    where, params = _day_scope(org_id, gym_id, since, until, trainer_id)
+    rows = tx.all(
+        "SELECT c.decision, c.reason, c.annulled, COUNT(*) AS n FROM checkins c"  # noqa: S608
+        f" WHERE {where} GROUP BY c.decision, c.reason, c.annulled",
+        params,
+    )
+    for row in rows:
+        row["annulled"] = bool(row["annulled"])
+        row["n"] = int(row["n"])
+    return rows
+
+
+_OVERDRAFTS = (
+    "SELECT c.id, c.gym_id, c.device_id, c.door_id, c.member_id, c.membership_id,"
+    " c.classes_used, c.overdraft, c.occurred_at, c.received_at, m.first_name, m.last_name,"
+    " d.name AS device_name, ms.remaining_classes, ms.type AS membership_type,"
+    " ms.deleted AS membership_deleted FROM checkins c"
+    " LEFT JOIN members m ON m.organization_id = c.organization_id AND m.id = c.member_id"
+    " LEFT JOIN devices d ON d.id = c.device_id AND d.organization_id = c.organization_id"
+    " LEFT JOIN memberships ms ON ms.organization_id = c.organization_id"
+    " AND ms.id = c.membership_id"
+)
+
+
+def _overdraft_row(row: dict[str, Any]) -> dict[str, Any]:
+    row["overdraft"] = bool(row["overdraft"])
+    if row["membership_deleted"]:
+        row["remaining_classes"] = row["membership_type"] = None
+    row.pop("membership_deleted")
+    return row
+
+
+def open_overdrafts(tx: Tx, org_id: str, limit: int) -> list[dict[str, Any]]:
+    """The organisation's check-ins still flagged as overdrafts (a class pack or PT balance taken
+    below zero), newest first, at most ``limit``; each with the member's name, the door's
+    ``device_name``, and the membership's current ``remaining_classes`` and ``type`` (None when
+    the membership is gone)."""
+    rows = tx.all(
+        f"{_OVERDRAFTS} WHERE c.organization_id = ? AND c.overdraft = TRUE"
+        " ORDER BY c.occurred_at DESC, c.id DESC LIMIT ?",
+        (org_id, limit),
+    )
+    return [_overdraft_row(row) for row in rows]
+
+
+def count_overdrafts(tx: Tx, org_id: str) -> int:
+    """How many of the organisation's check-ins are flagged as overdrafts."""
+    return int(
+        tx.value(
+            "SELECT COUNT(*) AS n FROM checkins WHERE organization_id = ? AND overdraft = TRUE",
+            (org_id,),
+        )
+    )
+
+
+def overdraft_checkin(tx: Tx, org_id: str, checkin_id: str) -> dict[str, Any] | None:
+    """A check-in of the organisation as ``open_overdrafts`` has it, flagged or not (its
+    ``overdraft``), or None when the organisation has no such check-in."""
+    row = tx.one(
+        f"{_OVERDRAFTS} WHERE c.organization_id = ? AND c.id = ?",
+        (org_id, checkin_id),
+    )
+    return None if row is None else _overdraft_row(row)
+
+
+def settle_overdraft(tx: Tx, org_id: str, checkin_id: str) -> bool:
+    """Clear a check-in's overdraft flag (the desk has dealt with it); the balance is left as the
+    doors spent it. True when this call cleared it, False when it was not flagged (settled
+    before, or cleared by an annulment) or is no check-in of the organisation. One conditional
+    UPDATE: two desks settling at once record it once."""
+    return (
+        tx.run(
+            "UPDATE checkins SET overdraft = FALSE WHERE organization_id = ? AND id = ?"
+            " AND overdraft = TRUE",
+            (org_id, checkin_id),
+        )
+        > 0
+    )

@@ -19,7 +19,7 @@ import time
 from typing import Any
 
 from cloud.app import Clock, create_app
-from cloud.serve import ServeError, listen
+from cloud.serve import ServeError, listen, uvicorn_server
 
 START_TIMEOUT_S = 15.0
 STOP_TIMEOUT_S = 10.0
@@ -75,7 +75,7 @@ class EmbeddedCloud:
             lifespan="on",
             timeout_graceful_shutdown=2,
         )
-        self._server = uvicorn.Server(config)
+        self._server = uvicorn_server(config)
         self._thread = threading.Thread(
             target=self._server.run,
             kwargs={"sockets": [sock]},

@@ -31,12 +31,15 @@ _WORDS = {
         "BIGINT": "INTEGER",
         "REAL": "REAL",
         "SERIAL_PK": "INTEGER PRIMARY KEY AUTOINCREMENT",
+        "C": "",
     },
     dbm.POSTGRES: {
         "BOOL": "BOOLEAN",
         "BIGINT": "BIGINT",
         "REAL": "DOUBLE PRECISION",
         "SERIAL_PK": "BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY",
+        # Byte order for the search indexes: a prefix is then exactly a range (db.prefix_range).
+        "C": ' COLLATE "C"',
     },
 }
 # Any constant; PostgreSQL advisory locks are keyed by a 64-bit integer.
@@ -359,7 +362,100 @@ _V4 = Migration(
     ),
 )
 
-MIGRATIONS: tuple[Migration, ...] = (_V1, _V2, _V3, _V4)
+# The staff console (docs/console.md). Staff accounts belong to one organisation (an email is unique
+# per organisation, stored lower case); invites and sessions are stored as the SHA-256 of their
+# secret, like every other token here. A session's ``expires_at`` is when it ends unless used
+# again (the idle limit, capped by the absolute one), so expired sessions are one range to delete.
+# ``trainer_members`` lists the members a trainer may see. ``audit_log`` keeps every staff action.
+# ``members.phone`` is a stored extra column like ``card_code`` (not replicated). The search
+# indexes hold lower-case names and card codes in byte order (COLLATE "C" on PostgreSQL, SQLite's
+# default): a search compares ``lower(column)`` (with ``db.SEARCH_COLLATE``) against
+# ``db.prefix_range(text)``, an index range on either database.
+_V5 = Migration(
+    5,
+    "staff console: staff, invites, sessions, trainer members, audit log, member phone and search",
+    (
+        """
+        CREATE TABLE staff (
+            id TEXT PRIMARY KEY,
+            organization_id TEXT NOT NULL REFERENCES organizations (id),
+            email TEXT NOT NULL,
+            name TEXT NOT NULL,
+            role TEXT NOT NULL,
+            password_hash TEXT NOT NULL,
+            created_at TEXT NOT NULL,
+            disabled_at TEXT
+        )
+        """,
+        "CREATE UNIQUE INDEX staff_by_email ON staff (organization_id, email)",
+        # Sign-in names an email, not an organisation.
+        "CREATE INDEX staff_by_login ON staff (email)",
+        """
+        CREATE TABLE staff_invites (
+            token_hash TEXT PRIMARY KEY,
+            organization_id TEXT NOT NULL REFERENCES organizations (id),
+            email TEXT NOT NULL,
+            role TEXT NOT NULL,
+            created_by TEXT,
+            created_at TEXT NOT NULL,
+            expires_at TEXT NOT NULL,
+            used_at TEXT
+        )
+        """,
+        "CREATE INDEX staff_invites_by_org ON staff_invites (organization_id, expires_at)",
+        """
+        CREATE TABLE staff_sessions (
+            token_hash TEXT PRIMARY KEY,
+            staff_id TEXT NOT NULL REFERENCES staff (id),
+            organization_id TEXT NOT NULL,
+            csrf_token TEXT NOT NULL,
+            created_at TEXT NOT NULL,
+            last_seen_at TEXT NOT NULL,
+            expires_at TEXT NOT NULL,
+            address TEXT NOT NULL
+        )
+        """,
+        "CREATE INDEX staff_sessions_by_staff ON staff_sessions (staff_id, created_at)",
+        "CREATE INDEX staff_sessions_by_expiry ON staff_sessions (expires_at)",
+        """
+        CREATE TABLE trainer_members (
+            staff_id TEXT NOT NULL REFERENCES staff (id),
+            member_id TEXT NOT NULL,
+            PRIMARY KEY (staff_id, member_id)
+        )
+        """,
+        "CREATE INDEX trainer_members_by_member ON trainer_members (member_id)",
+        """
+        CREATE TABLE audit_log (
+            id {SERIAL_PK},
+            organization_id TEXT NOT NULL,
+            staff_id TEXT,
+            action TEXT NOT NULL,
+            target TEXT NOT NULL,
+            detail TEXT NOT NULL,
+            at TEXT NOT NULL,
+            address TEXT NOT NULL
+        )
+        """,
+        "CREATE INDEX audit_log_by_org ON audit_log (organization_id, id)",
+        "ALTER TABLE members ADD COLUMN phone TEXT",
+        "CREATE INDEX members_by_first_name ON members (organization_id, lower(first_name){C})",
+        "CREATE INDEX members_by_last_name ON members (organization_id, lower(last_name){C})",
+        "CREATE INDEX members_by_card_code ON members (organization_id, lower(card_code){C})",
+        # A phone search names the last digits (``members.phone`` holds digits, a leading + at
+        # most: cloud.console.search.normal_phone): the index holds each number's last four, a
+        # full number or any longer ending is that range filtered (cloud.console.search).
+        "CREATE INDEX members_by_phone_tail ON members"
+        " (organization_id, substr(phone, length(phone) - 3))",
+        # The live attendance feed reads what arrived since its cursor (cloud.console.live).
+        "CREATE INDEX checkins_by_received ON checkins (organization_id, received_at, id)",
+        "CREATE INDEX door_events_by_received ON door_events (organization_id, received_at, id)",
+        # A member's last visits and refusals, newest first (cloud.console.members).
+        "CREATE INDEX checkins_by_member ON checkins (organization_id, member_id, occurred_at, id)",
+    ),
+)
+
+MIGRATIONS: tuple[Migration, ...] = (_V1, _V2, _V3, _V4, _V5)
 LATEST_VERSION = MIGRATIONS[-1].version
 
 _CREATE_HISTORY = (

@@ -99,6 +99,27 @@ def _uvicorn_config(app: Any, log_level: str) -> Any:
     return uvicorn.Config(app, log_level=log_level, proxy_headers=False, lifespan="on")
 
 
+def uvicorn_server(config: Any) -> Any:
+    """A uvicorn server for ``config`` that, when it begins to shut down, first calls the app's
+    ``state.before_shutdown`` hooks (the console's live feed ends its open streams there).
+    uvicorn waits for every request in flight before it stops, and never tells a streaming
+    response that it is stopping: without the hooks an open event stream would hold the
+    shutdown until the supervisor's kill."""
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+            state = getattr(self.config.app, "state", None)
+            for hook in list(getattr(state, "before_shutdown", ())):
+                try:
+                    hook()
+                except Exception:
+                    log.exception("a shutdown hook failed")
+            await super().shutdown(sockets)
+
+    return Server(config)
+
+
 def serve(
     database_url: str,
     *,
@@ -113,8 +134,6 @@ def serve(
     Returns an exit code: 0 after a signal, ``EXIT_DATABASE`` when a worker could not start.
     Raises ServeError (bad ``workers``, a port that cannot be bound) and the database's errors
     (``DatabaseUrlError``, ``DatabaseError``) when the migrations cannot be applied."""
-    import uvicorn
-
     from cloud.app import create_app
     from cloud.db import Database
     from cloud.migrations import migrate
@@ -130,7 +149,7 @@ def serve(
         if workers == 1:
             app = create_app(database_url)
             say(f"cloud: serving on {where} (1 process)")
-            uvicorn.Server(_uvicorn_config(app, log_level)).run(sockets=[sock])
+            uvicorn_server(_uvicorn_config(app, log_level)).run(sockets=[sock])
             return EXIT_OK
         # Migrate once here, so the workers (each migrates at start-up) find nothing to do and
         # never race a schema change among themselves.
@@ -149,8 +168,6 @@ def _worker(sock: socket.socket, database_url: str, log_level: str, ready: Any) 
     """One worker process: its own app and database pool, serving on the shared socket until
     SIGTERM or SIGINT (uvicorn's own handlers). Exits with WORKER_START_FAILED when the app
     cannot be built."""
-    import uvicorn
-
     from cloud.app import create_app
     from cloud.db import DatabaseError, DatabaseUrlError
 
@@ -160,7 +177,7 @@ def _worker(sock: socket.socket, database_url: str, log_level: str, ready: Any) 
         print(f"cloud: worker {os.getpid()} cannot start: {exc}", file=sys.stderr, flush=True)
         sys.exit(WORKER_START_FAILED)
     ready.set()
-    uvicorn.Server(_uvicorn_config(app, log_level)).run(sockets=[sock])
+    uvicorn_server(_uvicorn_config(app, log_level)).run(sockets=[sock])
 
 
 def replace_worker(*, served: bool, exitcode: int | None) -> bool:

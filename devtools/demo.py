@@ -331,6 +331,13 @@ class _Printer:
             f"owner page: {url}  (password: {password})",
         )
 
+    def console(self, url: str, email: str, password: str) -> None:
+        """Where the front-desk console is, and this run's owner login."""
+        self._emit(
+            {"type": "console", "url": url, "email": email, "password": password},
+            f"console: {url}  (owner: {email}, password: {password})",
+        )
+
     def event(self, event: DoorEvent) -> None:
         """One door event (the turnstile's report, or its silence), once it is journaled."""
         self.events.append(event)
@@ -603,6 +610,7 @@ def run_demo(
                     url = demo_cloud.start()
                     seeded = "seeded with the demo gym" if demo_cloud.seeded else "existing data"
                     printer.cloud("started", f"reference cloud at {url} ({seeded})", url=url)
+                    printer.console(*demo_cloud.console_login())
                     printer.sync(demo_cloud.sync(), _journal_counts(store))
                 elif fresh:
                     store.replace_replica(demo_snapshot(clock.wall(), config.site.timezone))

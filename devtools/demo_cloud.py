@@ -18,6 +18,8 @@ from pathlib import Path
 
 from cloud import admin
 from cloud import db as cloud_db
+from cloud.console.accounts import add_staff
+from cloud.console.auth import hash_password, new_password
 from cloud.embedded import EmbeddedCloud
 from devtools.seed import DEMO_SALT, ORG, demo_members, demo_snapshot
 from kiosk import __version__
@@ -29,6 +31,9 @@ from kiosk.sync.agent import CycleReport, SyncAgent, SyncSettings
 from kiosk.sync.client import CloudClient
 from kiosk.sync.identity import DeviceIdentity, load_identity, save_identity
 from sync.protocol import utc_text
+
+# The demo organisation's owner in the front-desk console (a new password every run).
+CONSOLE_EMAIL = "owner@demo-gym.example"
 
 GYM = "gym-demo"
 # The demo's requests go to 127.0.0.1; a stopped cloud answers "connection refused" at once, so a
@@ -125,6 +130,29 @@ class DemoCloud:
         if self.agent is None:
             self._connect(url, cloud)
         return url
+
+    def console_login(self) -> tuple[str, str, str]:
+        """The front-desk console's address and a login for this run: the demo organisation's
+        owner account (``CONSOLE_EMAIL``) with a new random password each run, made on first
+        use and taken up again with the new password on a reused database. Returns (url, email,
+        password); the password is shown once, never stored in clear."""
+        if self._cloud is None:
+            raise RuntimeError("start the demo cloud first")
+        password = new_password()
+        hashed = hash_password(password)
+        now = self.clock.wall()
+
+        def login(tx: cloud_db.Tx) -> None:
+            existing = cloud_db.staff_by_email(tx, ORG, CONSOLE_EMAIL)
+            if existing is None:
+                add_staff(tx, ORG, CONSOLE_EMAIL, "Demo owner", "owner", hashed, now, "127.0.0.1")
+                return
+            # The same account, a new password: disabled and taken up again in one transaction.
+            cloud_db.disable_staff(tx, ORG, existing["id"], utc_text(now))
+            cloud_db.reactivate_staff(tx, ORG, existing["id"], "Demo owner", "owner", hashed)
+
+        self._cloud.app.state.cloud.database.transact(login)
+        return f"{self._cloud.url}/console/", CONSOLE_EMAIL, password
 
     def _connect(self, url: str, cloud: EmbeddedCloud) -> None:
         if self.paths.identity.exists():

@@ -136,7 +136,7 @@ def test_percentiles_by_nearest_rank():
 @pytest.mark.parametrize(
     ("argv", "words"),
     [
-        (["--fleet", "--sync"], "choose one of --sync, --web and --fleet"),
+        (["--fleet", "--sync"], "choose one of --sync, --web, --fleet and --console"),
         (["--workers", "2"], "--workers only applies with --fleet"),
         (["--fleet", "--members", "100"], "--members only apply with --sync"),
     ],

@@ -230,7 +230,13 @@ def test_cli_demo_once_json_exits_zero():
     assert lines[-1]["type"] == "summary" and lines[-1]["pending"] == 0
     events = [line for line in lines if line["type"] == "event"]
     assert lines[-1]["synced"] == len(PLAYED) + len(events) and lines[-1]["scenario_ok"] is True
-    assert {line["type"] for line in lines[1:-1]} == {"decision", "event", "sync", "cloud"}
+    kinds = {line["type"] for line in lines[1:-1]}
+    assert kinds == {"console", "decision", "event", "sync", "cloud"}
+    # The front-desk console's address and this run's owner login, among the first lines.
+    console = next(line for line in lines[:5] if line["type"] == "console")
+    assert set(console) == {"type", "url", "email", "password"}
+    assert re.fullmatch(r"http://127\.0\.0\.1:\d+/console/", console["url"])
+    assert console["email"] == "owner@demo-gym.example" and len(console["password"]) >= 16
     # The outage is told once, by the demo's own sync line: no log warning repeats it.
     assert "WARNING" not in result.stderr, result.stderr
 
@@ -412,3 +418,38 @@ def test_a_demo_piped_into_head_ends_quietly_when_the_pipe_closes():
         demo.kill()
         demo.wait()
     assert "Traceback" not in err and "BrokenPipeError" not in err, err
+
+
+def test_the_console_login_signs_in_and_a_second_run_gets_a_new_password(tmp_path):
+    """The printed owner login works in the console, and a reused database's owner gets this
+    run's password (the previous one no longer signs in)."""
+    import httpx
+
+    from devtools.demo_cloud import DemoCloud
+    from kiosk.core.clock import SimClock
+
+    def signs_in(base: str, email: str, password: str) -> bool:
+        with httpx.Client(base_url=base) as client:
+            page = client.get("/console/login")
+            token = re.search(r'name="csrf" value="([^"]+)"', page.text)
+            form = {"email": email, "password": password}
+            if token:
+                form["csrf"] = token.group(1)
+            client.post("/console/login", data=form, headers={"Origin": base})
+            return client.get("/console/").status_code == 200
+
+    db = tmp_path / "demo.db"
+    logins = []
+    for _ in range(2):
+        demo_cloud = DemoCloud(db, SimClock(), "UTC")
+        try:
+            demo_cloud.start()
+            url, email, password = demo_cloud.console_login()
+            base = url.removesuffix("/console/")
+            logins.append(password)
+            assert signs_in(base, email, password)
+            if len(logins) == 2:
+                assert not signs_in(base, email, logins[0])
+        finally:
+            demo_cloud.close()
+    assert logins[0] != logins[1]

@@ -125,6 +125,7 @@ class FleetSettings:
     max_doors: int = MAX_DOORS
     max_steps: int = MAX_STEPS
     gym_members: int = GYM_MEMBERS
+    doors_per_gym: int = DOORS_PER_GYM
     target_p99_ms: float = TARGET_P99_MS
     seed: int = 1
 
@@ -174,11 +175,15 @@ class CloudProcess:
         tail = "\n".join(self._lines)
         return BenchError(f"the cloud {what}:\n{tail}" if tail else f"the cloud {what}")
 
+    def command(self) -> list[str]:
+        """The service's command line (the database URL goes in its environment)."""
+        return [sys.executable, "-m", "cloud.cli", "serve", "--host", "127.0.0.1", "--port", "0",
+                "--workers", str(self.workers), "--log-level", "warning"]  # fmt: skip
+
     def start(self) -> str:
         env = {**os.environ, "FITFLOW_CLOUD_DB": self.database_url}
         self._process = subprocess.Popen(  # noqa: S603 - our own interpreter and module
-            [sys.executable, "-m", "cloud.cli", "serve", "--host", "127.0.0.1", "--port", "0",
-             "--workers", str(self.workers), "--log-level", "warning"],
+            self.command(),
             env=env,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
@@ -603,7 +608,7 @@ class Fleet:
         if missing <= 0:
             return
         now = datetime.now(UTC)
-        wanted_gyms = math.ceil(count / DOORS_PER_GYM)
+        wanted_gyms = math.ceil(count / self.settings.doors_per_gym)
         while len(self.gyms) < wanted_gyms:
             n = len(self.gyms)
             org, gym = seed_organization(
@@ -620,7 +625,7 @@ class Fleet:
             return str(made["code"])
 
         def enrol(index: int) -> Door:
-            gym = self.gyms[index // DOORS_PER_GYM]
+            gym = self.gyms[index // self.settings.doors_per_gym]
             code = code_for(gym)
             clock = _DoorClock(f"fleet-{secrets.token_hex(8)}")
             with CloudClient(self.url, None, clock=clock, software_version=__version__) as c:

@@ -83,7 +83,8 @@ COMMANDS: dict[str, Command] = {
     "bench": Command(
         "kiosk.cli.dev",
         "measure decoders, scan-to-relay latency, idle cost and memory; with --sync, the sync "
-        "agent against the reference cloud; with --web, the owner page",
+        "agent against the reference cloud; with --web, the owner page; with --console, the "
+        "cloud console's search and live feed",
     ),
     "enrol": Command(
         "kiosk.cli.sync",
@@ -95,7 +96,8 @@ COMMANDS: dict[str, Command] = {
     ),
     "cloud": Command(
         "kiosk.cli.cloud",
-        "the reference cloud service: serve, migrate, init, tokens, enrolment codes, passes, cards",
+        "the reference cloud service: serve, migrate, init, tokens, enrolment codes, passes, cards, "
+        "console invites",
     ),
     "relay-off": Command("kiosk.cli.door", "force the relay output off (systemd ExecStopPost)"),
     "provision": Command(

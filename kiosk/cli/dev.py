@@ -78,17 +78,36 @@ def cmd_decode(args: argparse.Namespace) -> int:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     setup_logging("WARNING")
-    chosen = [f"--{name}" for name in ("sync", "web", "fleet") if getattr(args, name)]
+    chosen = [f"--{name}" for name in ("sync", "web", "fleet", "console") if getattr(args, name)]
     if len(chosen) > 1:
-        print(f"bench: choose one of --sync, --web and --fleet (given: {' '.join(chosen)})",
-              file=sys.stderr)  # fmt: skip
+        print(f"bench: choose one of --sync, --web, --fleet and --console (given: "
+              f"{' '.join(chosen)})", file=sys.stderr)  # fmt: skip
         return EXIT_CONFIG
     if args.checkins is not None and not args.web:
         print("bench: --checkins only applies with --web", file=sys.stderr)
         return EXIT_CONFIG
-    if args.workers is not None and not args.fleet:
-        print("bench: --workers only applies with --fleet", file=sys.stderr)
+    if args.workers is not None and not (args.fleet or args.console):
+        print("bench: --workers only applies with --fleet or --console", file=sys.stderr)
         return EXIT_CONFIG
+    if args.console:
+        if args.backlog is not None:
+            print("bench: --backlog only applies with --sync", file=sys.stderr)
+            return EXIT_CONFIG
+        # The reference cloud (the `cloud` extra) loads when the bench reaches it.
+        from devtools.bench.console import console_settings, run_console_bench
+        from devtools.bench.sync import BenchError
+
+        given = {"members": args.members, "workers": args.workers}
+        try:
+            return run_console_bench(
+                as_json=args.json,
+                postgres_url=args.postgres,
+                out=sys.stdout,
+                settings=console_settings(**{k: v for k, v in given.items() if v is not None}),
+            )
+        except BenchError as exc:
+            print(f"bench: {exc}", file=sys.stderr)
+            return EXIT_RUNTIME
     if args.fleet:
         given = [f"--{name}" for name in ("members", "backlog") if getattr(args, name) is not None]
         if given:
@@ -125,7 +144,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         given = [f"--{name}" for name in ("postgres", "members", "backlog")
                  if getattr(args, name) is not None]  # fmt: skip
         if given:
-            print(f"bench: {', '.join(given)} only apply with --sync or --fleet", file=sys.stderr)
+            print(f"bench: {', '.join(given)} only apply with --sync, --fleet or --console",
+                  file=sys.stderr)  # fmt: skip
             return EXIT_CONFIG
         from devtools.bench.run import run_bench
 
@@ -198,14 +218,15 @@ def _bench(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--postgres",
         metavar="URL",
-        help="with --sync or --fleet: also measure on this PostgreSQL server "
+        help="with --sync, --fleet or --console: also measure on this PostgreSQL server "
         "(postgresql://user@host:port/db; a scratch database is created there and dropped)",
     )
     p.add_argument(
         "--members",
         type=at_least(10),
         metavar="N",
-        help=f"with --sync: members in the snapshot (default {BENCH_MEMBERS:,})",
+        help=f"with --sync: members in the snapshot; with --console: members searched "
+        f"(default {BENCH_MEMBERS:,})",
     )
     p.add_argument(
         "--backlog",
@@ -236,8 +257,15 @@ def _bench(p: argparse.ArgumentParser) -> None:
         "--workers",
         type=at_least(1),
         metavar="N",
-        help="with --fleet: the cloud's worker processes on PostgreSQL (default 1; SQLite "
-        "always runs one)",
+        help="with --fleet or --console: the cloud's worker processes on PostgreSQL (default 1 "
+        "with --fleet, 2 with --console; SQLite always runs one)",
+    )
+    p.add_argument(
+        "--console",
+        action="store_true",
+        help="measure the cloud's front-desk console instead: member search p50/p95 over "
+        "100,000 members (name, card code, phone) and the live attendance feed with 50 consoles "
+        "open while 20 doors upload (delivery latency, exactly once, the cloud's CPU)",
     )
     p.set_defaults(func=cmd_bench)
 
