@@ -1179,12 +1179,20 @@ _CHECKIN_CHUNK = 250  # rows per multi-row INSERT (20 columns: well under every 
 def insert_checkins(tx: Tx, rows: Sequence[Sequence[Any]]) -> set[str]:
     """Insert check-ins (tuples in CHECKIN_COLUMNS order) by id, skipping ids already stored;
     returns the ids actually inserted. Multi-row statements: one round trip per chunk."""
+    return _insert_new(tx, "checkins", CHECKIN_COLUMNS, rows)
+
+
+def _insert_new(
+    tx: Tx, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]
+) -> set[str]:
+    """Insert journal rows (tuples in ``columns`` order) into ``table`` by id, skipping ids
+    already stored; returns the ids actually inserted. One multi-row INSERT per chunk."""
     created: set[str] = set()
-    one = "(" + ", ".join("?" * len(CHECKIN_COLUMNS)) + ")"
+    one = "(" + ", ".join("?" * len(columns)) + ")"
     for start in range(0, len(rows), _CHECKIN_CHUNK):
         chunk = rows[start : start + _CHECKIN_CHUNK]
         sql = (
-            f"INSERT INTO checkins ({', '.join(CHECKIN_COLUMNS)})"  # noqa: S608
+            f"INSERT INTO {table} ({', '.join(columns)})"  # noqa: S608 - our own names
             f" VALUES {', '.join([one] * len(chunk))} ON CONFLICT DO NOTHING RETURNING id"
         )
         params = [value for row in chunk for value in row]
@@ -1309,17 +1317,7 @@ EVENT_COLUMNS = (
 def insert_events(tx: Tx, rows: Sequence[Sequence[Any]]) -> set[str]:
     """Insert passage events (tuples in EVENT_COLUMNS order) by id, skipping ids already stored;
     returns the ids actually inserted."""
-    created: set[str] = set()
-    one = "(" + ", ".join("?" * len(EVENT_COLUMNS)) + ")"
-    for start in range(0, len(rows), _CHECKIN_CHUNK):
-        chunk = rows[start : start + _CHECKIN_CHUNK]
-        sql = (
-            f"INSERT INTO door_events ({', '.join(EVENT_COLUMNS)})"  # noqa: S608
-            f" VALUES {', '.join([one] * len(chunk))} ON CONFLICT DO NOTHING RETURNING id"
-        )
-        params = [value for row in chunk for value in row]
-        created.update(row["id"] for row in tx.all(sql, params))
-    return created
+    return _insert_new(tx, "door_events", EVENT_COLUMNS, rows)
 
 
 def event_holders(tx: Tx, ids: Sequence[str]) -> dict[str, dict[str, Any]]:
