@@ -98,11 +98,11 @@ class PgServer:
         parts = urllib.parse.urlsplit(self.admin_url)
         return urllib.parse.urlunsplit(parts._replace(path=f"/{dbname}"))
 
-    def execute(self, sql: str) -> None:
+    def execute(self, sql: str, params: tuple[object, ...] = ()) -> None:
         import psycopg
 
         with psycopg.connect(self.admin_url, autocommit=True, connect_timeout=10) as conn:
-            conn.execute(sql)
+            conn.execute(sql, params or None)
 
     def stop(self) -> None:
         if self.data_dir is None or self._pg_ctl is None:
@@ -276,9 +276,20 @@ def fresh_pg_database(server: PgServer) -> str:
 
 
 def drop_pg_database(server: PgServer, url: str) -> None:
+    """Done with a test's database. On a shared server (``FITFLOW_TEST_PG_URL``) it is dropped. On
+    the private one it is only disconnected (a connection a test leaked ends) and stays until the
+    whole cluster is removed at the end: a ``CREATE DATABASE`` right after a ``DROP DATABASE`` costs
+    the server about 0.3 s of CPU instead of 0.1 s, and the suite makes hundreds of them."""
     name = urllib.parse.urlsplit(url).path.lstrip("/")
     with contextlib.suppress(Exception):
-        server.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        if server.data_dir is None:
+            server.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        else:
+            server.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE datname = %s AND pid <> pg_backend_pid()",
+                (name,),
+            )
 
 
 @pytest.fixture(params=BACKENDS, name="cloud_db_url")
