@@ -11,7 +11,7 @@ the device pairs it with the moment it receives the answer.
 from __future__ import annotations
 
 import dataclasses
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
@@ -20,7 +20,7 @@ from starlette.concurrency import run_in_threadpool
 
 from cloud import db, replica, uploads
 from cloud.app import Cloud, cloud_of
-from cloud.errors import BadRequest, TooLarge
+from cloud.errors import BadRequest, TooLarge, Unauthorized
 from sync.protocol import (
     MAX_BATCH_ITEMS,
     MAX_REQUEST_BYTES,
@@ -129,6 +129,28 @@ async def enrol(request: Request) -> JSONResponse:
 
 def _device(cloud: Cloud, credentials: HTTPAuthorizationCredentials | None) -> uploads.DeviceAuth:
     return uploads.authenticate_device(cloud.database, _token(credentials), cloud.now())
+
+
+# Uploads and heartbeats authenticate inside their own write transaction, after the body is read
+# and parsed: no round trips of their own on the way that matters. The answers stay those of a
+# token checked first: a missing token is refused before the body is read, and a body refused
+# (400, 413) is refused as 401 instead when its token is unknown or revoked (checked then, on
+# that error path only).
+
+
+async def _read_device_body(request: Request, cloud: Cloud, token: str | None) -> bytes:
+    if not token:
+        raise Unauthorized("missing bearer token")
+    try:
+        return await read_body(request, MAX_REQUEST_BYTES)
+    except TooLarge:
+        await run_in_threadpool(uploads.authenticate_device, cloud.database, token, cloud.now())
+        raise
+
+
+def _refuse_body(cloud: Cloud, token: str | None, refusal: Exception) -> NoReturn:
+    uploads.authenticate_device(cloud.database, token, cloud.now())
+    raise refusal from None
 
 
 @router.get(
@@ -251,18 +273,20 @@ async def checkins(
 ) -> JSONResponse:
     cloud = cloud_of(request)
     now = cloud.now()
-    device = await run_in_threadpool(_device, cloud, credentials)
-    body = await read_body(request, MAX_REQUEST_BYTES)
+    token = _token(credentials)
+    body = await _read_device_body(request, cloud, token)
 
     def work() -> dict[str, Any]:
         try:
             envelope = parse_upload_envelope(_json(body, "the upload"))
         except BatchTooLarge as exc:
-            raise TooLarge(str(exc), max_items=MAX_BATCH_ITEMS) from None
+            _refuse_body(cloud, token, TooLarge(str(exc), max_items=MAX_BATCH_ITEMS))
         except ProtocolError as exc:
-            raise BadRequest(str(exc)) from None
+            _refuse_body(cloud, token, BadRequest(str(exc)))
+        except BadRequest as exc:
+            _refuse_body(cloud, token, exc)
         results = cloud.database.transact(
-            lambda tx: uploads.receive_checkins(tx, device, envelope, now)
+            lambda tx: uploads.receive_upload(tx, token, envelope, now)
         )
         return {"results": [r.to_wire() for r in results], "server_time": utc_text(cloud.now())}
 
@@ -308,15 +332,17 @@ async def heartbeat(
 ) -> JSONResponse:
     cloud = cloud_of(request)
     now = cloud.now()
-    device = await run_in_threadpool(_device, cloud, credentials)
-    body = await read_body(request, MAX_REQUEST_BYTES)
+    token = _token(credentials)
+    body = await _read_device_body(request, cloud, token)
 
     def work() -> dict[str, Any]:
         try:
             beat = parse_heartbeat(_json(body, "the heartbeat"))
         except ProtocolError as exc:
-            raise BadRequest(str(exc)) from None
-        reply = uploads.receive_heartbeat(cloud.database, device, beat, now)
+            _refuse_body(cloud, token, BadRequest(str(exc)))
+        except BadRequest as exc:
+            _refuse_body(cloud, token, exc)
+        reply = uploads.receive_heartbeat(cloud.database, token, beat, now)
         return dataclasses.replace(reply, server_time=cloud.now()).to_wire()
 
     return JSONResponse(await run_in_threadpool(work))

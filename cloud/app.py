@@ -11,13 +11,23 @@ Every answer carries ``FitFlow-Protocol: 3``; a device request announcing anothe
 version answers 426. Errors are ``{"error": code, "detail": plain words}`` (plus ``fields`` for
 invalid admin input). A busy or unreachable database answers 503 with ``Retry-After``; nothing a
 client sends can produce a 500 short of a bug.
+
+The device API has a budget per process (``DeviceLoad``): past it a device request is answered
+503 with ``Retry-After`` at once, before its body is read, instead of queueing behind requests the
+process cannot start soon (the door's agent waits and tries again). The admin API, the console, the
+pass page and ``/healthz`` are never shed. A client that goes away before its body arrived is one
+INFO line in the log, not an internal error.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
-from collections.abc import AsyncIterator, Callable
+import random
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -28,9 +38,10 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from cloud import db
-from cloud.errors import ServiceError, TooLarge
+from cloud.errors import ServiceError, TooLarge, Unavailable
 from cloud.migrations import migrate
 from sync.protocol import MAX_BATCH_ITEMS, PROTOCOL_HEADER, PROTOCOL_VERSION
 
@@ -115,14 +126,7 @@ class ProtocolHeaderMiddleware:
             await send(message)
 
         async def answer(status: int, payload: dict[str, Any]) -> None:
-            body = json.dumps(payload).encode()
-            headers = [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-            ]
-            headers.append(ours)
-            await send({"type": "http.response.start", "status": status, "headers": headers})
-            await send({"type": "http.response.body", "body": body})
+            await send_json(send, status, payload, [ours])
 
         headers = dict(scope.get("headers", []))
         if scope["path"].startswith("/v1/"):
@@ -145,6 +149,147 @@ class ProtocolHeaderMiddleware:
         await self.app(scope, capped_receive, send_with_header)
 
 
+async def send_json(
+    send: Any, status: int, payload: dict[str, Any], headers: Iterable[tuple[bytes, bytes]] = ()
+) -> None:
+    """Answers a whole JSON response through an ASGI ``send`` (for the plain ASGI middleware)."""
+    body = json.dumps(payload).encode()
+    start = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        *headers,
+    ]
+    await send({"type": "http.response.start", "status": status, "headers": start})
+    await send({"type": "http.response.body", "body": body})
+
+
+# -- the device API's budget -----------------------------------------------------------------------
+
+# The threads Starlette runs blocking work on: every sync route and ``run_in_threadpool`` call takes
+# one of anyio's default thread limiter (tests/test_cloud_overload.py checks the number still holds).
+REQUEST_THREADS = 40
+# Threads the device API leaves to the admin API, the console and /healthz: device load alone can
+# never make them wait for a thread.
+RESERVED_THREADS = 8
+# At most this many device requests in flight: with the pool's 8 connections a new one already
+# waits for about 4 before it; more would only queue longer for a thread or a connection.
+DEFAULT_MAX_IN_FLIGHT = REQUEST_THREADS - RESERVED_THREADS
+# With the pool's worth in flight, an oldest request older than this means the queue no longer
+# drains (a slow or locked database): new requests are shed until it does. A door gives up after
+# 10 s, and the cloud would still do the work of a request nobody waits for.
+DEFAULT_MAX_WAIT_S = 2.0
+# A shed answer's Retry-After, in whole seconds, picked uniformly: doors shed together come back
+# spread over the range instead of together.
+SHED_RETRY_AFTER_S = (1, 5)
+# Shedding is logged once, then at most once this often (with the count since), never per request.
+SHED_LOG_EVERY_S = 10.0
+
+
+def _shed_retry_after() -> int:
+    return random.randint(*SHED_RETRY_AFTER_S)
+
+
+class DeviceLoad:
+    """This process's budget for the device API (``/v1/...``): which of its requests are in flight
+    and whether a new one is admitted (``admit``) or answered 503 at once (shed).
+
+    A new request is shed when ``max_in_flight`` are in flight, or when at least ``wait_floor``
+    are (the database pool's connections: fewer cannot be queueing for one) and the oldest has
+    been in flight more than ``max_wait_s`` seconds. ``retry_after()`` gives each shed answer's
+    ``Retry-After`` in whole seconds (default: 1 to 5 at random); ``clock`` is monotonic seconds
+    (tests inject both). ``in_flight`` and ``shed`` (a running total) are for tests and reports.
+    Thread-safe: a served process runs one event loop, but the test client may run several."""
+
+    def __init__(
+        self,
+        max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
+        *,
+        max_wait_s: float = DEFAULT_MAX_WAIT_S,
+        wait_floor: int = db.DEFAULT_POOL_SIZE,
+        retry_after: Callable[[], int] = _shed_retry_after,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if max_in_flight < 1:
+            raise ValueError(f"max_in_flight must be at least 1, not {max_in_flight}")
+        self.max_in_flight = max_in_flight
+        self.max_wait_s = max_wait_s
+        self.wait_floor = max(1, wait_floor)
+        self.retry_after = retry_after
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._tickets = itertools.count()
+        # ticket -> start time; insertion order is start order, so the first is the oldest.
+        self._started: dict[int, float] = {}
+        self.shed = 0
+        self._unreported = 0
+        self._reported_at: float | None = None
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._started)
+
+    def admit(self) -> int | None:
+        """A ticket for a new device request (hand it to ``done`` when the request ends), or
+        None when the request is to be shed."""
+        now = self._clock()
+        with self._lock:
+            count = len(self._started)
+            waited = now - next(iter(self._started.values())) if self._started else 0.0
+            if count < self.max_in_flight and (
+                count < self.wait_floor or waited <= self.max_wait_s
+            ):
+                ticket = next(self._tickets)
+                self._started[ticket] = now
+                return ticket
+            self.shed += 1
+            self._unreported += 1
+            if self._reported_at is not None and now - self._reported_at < SHED_LOG_EVERY_S:
+                return None
+            shed, self._unreported, self._reported_at = self._unreported, 0, now
+        log.warning(
+            "device API busy: %d request(s) answered 503 since the last report; %d in flight "
+            "(cap %d), the oldest for %.1f s (limit %.1f s once %d are in flight)",
+            shed,
+            count,
+            self.max_in_flight,
+            waited,
+            self.max_wait_s,
+            self.wait_floor,
+        )
+        return None
+
+    def done(self, ticket: int) -> None:
+        with self._lock:
+            del self._started[ticket]
+
+
+class DeviceLoadMiddleware:
+    """Sheds device requests (``/v1/...``) past this process's ``DeviceLoad``: 503, ``Retry-After``
+    and ``{"error": "unavailable", ...}`` before the body is read or the database is touched.
+    Every other path passes untouched: the admin API, the console, the pass page and /healthz are
+    light, and an operator (or a proxy's health check) must reach a process that sheds load;
+    ``RESERVED_THREADS`` keeps threads free for them. Plain ASGI: next to nothing per request."""
+
+    def __init__(self, app: Any, load: DeviceLoad) -> None:
+        self.app = app
+        self.load = load
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or not scope["path"].startswith("/v1/"):
+            await self.app(scope, receive, send)
+            return
+        ticket = self.load.admit()
+        if ticket is None:
+            busy = Unavailable("the cloud is busy with other doors: try again after Retry-After")
+            retry = str(int(self.load.retry_after())).encode()
+            await send_json(send, busy.status, busy.body(), [(b"retry-after", retry)])
+            return
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.load.done(ticket)
+
+
 def error_response(status: int, body: dict[str, Any], headers: dict[str, str] | None = None):
     return JSONResponse(body, status_code=status, headers=headers)
 
@@ -157,6 +302,16 @@ def _field(loc: tuple[Any, ...] | list[Any]) -> str:
     for part in parts:
         text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
     return text or "body"
+
+
+def _client_went_away(request: Request) -> JSONResponse:
+    """One log line for a client that closed its connection before its request body arrived (a
+    door that timed out, a closed browser tab): nothing failed on this side. The path only: no
+    query string, no header, so no token or code reaches the log."""
+    log.info("client went away before its request arrived: %s %s", request.method, request.url.path)
+    # Nobody reads this answer: uvicorn drops whatever is sent on a closed connection.
+    body = {"error": "client_disconnected", "detail": "the connection closed before the body"}
+    return error_response(400, body)
 
 
 def _install_error_handlers(app: FastAPI) -> None:
@@ -172,8 +327,15 @@ def _install_error_handlers(app: FastAPI) -> None:
         detail = "; ".join(f"{f['field']}: {f['problem']}" for f in fields)
         return error_response(422, {"error": "invalid_request", "detail": detail, "fields": fields})
 
+    @app.exception_handler(ClientDisconnect)
+    async def client_gone(request: Request, _exc: ClientDisconnect) -> JSONResponse:
+        return _client_went_away(request)
+
     @app.exception_handler(StarletteHTTPException)
-    async def http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if isinstance(exc.__cause__, ClientDisconnect):
+            # FastAPI turns any error while it reads a route's body into a 400.
+            return _client_went_away(request)
         codes = {404: "not_found", 405: "method_not_allowed"}
         body = {"error": codes.get(exc.status_code, "http_error"), "detail": str(exc.detail)}
         return error_response(exc.status_code, body, getattr(exc, "headers", None))
@@ -181,8 +343,8 @@ def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(db.DatabaseBusy)
     async def busy(_request: Request, exc: db.DatabaseBusy) -> JSONResponse:
         log.warning("database busy: %s", exc)
-        body = {"error": "unavailable", "detail": "the database is busy: try again shortly"}
-        return error_response(503, body, {"Retry-After": str(RETRY_AFTER_S)})
+        busy = Unavailable("the database is busy: try again shortly")
+        return error_response(busy.status, busy.body(), {"Retry-After": str(RETRY_AFTER_S)})
 
     @app.exception_handler(db.InvalidValue)
     async def invalid_value(_request: Request, exc: db.InvalidValue) -> JSONResponse:
@@ -204,12 +366,18 @@ def _install_error_handlers(app: FastAPI) -> None:
 
 
 def create_app(
-    database_url: str, *, clock: Clock | None = None, pool_size: int = db.DEFAULT_POOL_SIZE
+    database_url: str,
+    *,
+    clock: Clock | None = None,
+    pool_size: int = db.DEFAULT_POOL_SIZE,
+    device_load: DeviceLoad | None = None,
 ) -> FastAPI:
     """The cloud on this database: migrations are applied now (raises DatabaseUrlError for a bad
     URL, DatabaseError when the database cannot be reached or is newer than this code).
-    ``clock`` returns aware UTC datetimes (tests inject one). The database pool is closed when
-    the app shuts down (``app.state.cloud.database.close()`` does it by hand)."""
+    ``clock`` returns aware UTC datetimes (tests inject one). ``device_load`` is the device API's
+    budget (default: ``DeviceLoad(wait_floor=pool_size)``), kept as ``app.state.device_load``.
+    The database pool is closed when the app shuts down (``app.state.cloud.database.close()``
+    does it by hand)."""
     from cloud import api_admin, api_device, api_pass, console, pass_web
 
     database = db.Database(database_url, pool_size=pool_size)
@@ -234,6 +402,10 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.cloud = Cloud(database, clock or utc_now)
+    app.state.device_load = device_load or DeviceLoad(wait_floor=pool_size)
+    # Inside the protocol middleware (added last, so outermost): a shed answer carries the
+    # protocol header, and a 426 or 413 is answered before the budget is counted.
+    app.add_middleware(DeviceLoadMiddleware, load=app.state.device_load)
     app.add_middleware(ProtocolHeaderMiddleware)
     _install_error_handlers(app)
     app.include_router(api_device.router)

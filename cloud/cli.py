@@ -1,6 +1,6 @@
 """The ``cloud`` commands: run and administer the reference cloud.
 
-    kiosk cloud serve --db URL [--host 127.0.0.1] [--port 8080] [--workers N] [--public-url URL]
+    kiosk cloud serve --db URL [--host 127.0.0.1] [--port 8080] [--workers N] [--max-in-flight N] [--public-url URL]
     kiosk cloud migrate --db URL
     kiosk cloud init --db URL --org NAME --gym NAME [--timezone Europe/Berlin] [--json]
     kiosk cloud admin-token --db URL --org ORG_ID [--json]
@@ -20,10 +20,11 @@ and invite links are printed once, to stdout, and never logged. A member or pass
 picks the organisation when several hold that id.
 
 ``serve --workers N`` runs N worker processes on one port (``cloud.serve``); more than one needs
-PostgreSQL.
+PostgreSQL. ``--max-in-flight N`` (default ``$FITFLOW_CLOUD_MAX_IN_FLIGHT``, else 32) caps each
+process's device requests in flight: past it a device request is answered 503 with Retry-After.
 
 Exit codes: 0 success; 2 usage or configuration error (bad URL, unknown organisation, gym,
-member or pass, invalid name, email, role or time zone, an email that already has an account, a member at their limit of passes, ``--workers`` above
+member or pass, invalid name, email, role or time zone, an email that already has an account, a member at their limit of passes, ``--max-in-flight`` below 1, ``--workers`` above
 1 on SQLite, a port that cannot be bound, a card file that cannot be written); 3 database error
 (unreachable, damaged, newer schema, a worker that could not start).
 """
@@ -41,6 +42,8 @@ from typing import Any
 
 EXIT_OK, EXIT_USAGE, EXIT_DATABASE = 0, 2, 3
 DB_ENV = "FITFLOW_CLOUD_DB"
+# The serve option's default (``--max-in-flight``); the value is per process (per worker).
+MAX_IN_FLIGHT_ENV = "FITFLOW_CLOUD_MAX_IN_FLIGHT"
 
 
 def _now() -> datetime:
@@ -124,6 +127,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             port=args.port,
             workers=args.workers,
             log_level=args.log_level,
+            max_in_flight=args.max_in_flight,
         )
     except ServeError as exc:
         return _fail(str(exc), EXIT_USAGE)
@@ -430,6 +434,14 @@ def _add_actions(sub: Any) -> None:
         default=1,
         metavar="N",
         help="worker processes sharing the port (default 1; more than 1 needs PostgreSQL)",
+    )
+    p.add_argument(
+        "--max-in-flight",
+        type=int,
+        default=os.environ.get(MAX_IN_FLIGHT_ENV),
+        metavar="N",
+        help="device requests each process serves at once; past them a device request is "
+        f"answered 503 with Retry-After at once (default: ${MAX_IN_FLIGHT_ENV}, else 32)",
     )
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.add_argument(

@@ -473,10 +473,15 @@ class Database:
         finally:
             self._pool.release(conn, broken=broken)
 
-    def write(self) -> contextlib.AbstractContextManager[Tx]:
-        """A write transaction: SQLite BEGIN IMMEDIATE, PostgreSQL READ COMMITTED."""
+    def write(self, *, snapshot: bool = False) -> contextlib.AbstractContextManager[Tx]:
+        """A write transaction: SQLite BEGIN IMMEDIATE, PostgreSQL READ COMMITTED, or with
+        ``snapshot`` REPEATABLE READ (every read sees one state, the one of its first statement;
+        a row another transaction changed since cannot be updated: DatabaseBusy with
+        ``retry_now``, which ``transact`` runs again). SQLite's writer is alone either way."""
         if self.dialect == SQLITE:
             return self._transaction("BEGIN IMMEDIATE")
+        if snapshot:
+            return self._transaction("BEGIN ISOLATION LEVEL REPEATABLE READ")
         return self._transaction("BEGIN ISOLATION LEVEL READ COMMITTED")
 
     def read(self) -> contextlib.AbstractContextManager[Tx]:
@@ -485,13 +490,13 @@ class Database:
             return self._transaction("BEGIN")
         return self._transaction("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
 
-    def transact(self, fn: Callable[[Tx], T], *, write: bool = True) -> T:
-        """``fn(tx)`` in one transaction, run again (up to TRANSACT_ATTEMPTS times) when the
-        server rolled it back for a deadlock or serialisation failure. ``fn`` must not have side
-        effects outside the database."""
+    def transact(self, fn: Callable[[Tx], T], *, write: bool = True, snapshot: bool = False) -> T:
+        """``fn(tx)`` in one transaction (``write(snapshot=...)`` or ``read()``), run again (up
+        to TRANSACT_ATTEMPTS times) when the server rolled it back for a deadlock or
+        serialisation failure. ``fn`` must not have side effects outside the database."""
         for attempt in range(1, TRANSACT_ATTEMPTS + 1):
             try:
-                with self.write() if write else self.read() as tx:
+                with self.write(snapshot=snapshot) if write else self.read() as tx:
                     return fn(tx)
             except DatabaseBusy as exc:
                 if not exc.retry_now or attempt == TRANSACT_ATTEMPTS:
@@ -970,6 +975,12 @@ HEARTBEAT_COLUMNS = (
 )
 
 
+# The heartbeat's record of a device's journal (cloud.uploads.check_journal): the span of seqs
+# found held, and how many held rows were removed since the device was enrolled (triggers count
+# them; migration 6).
+_JOURNAL_MARK = ("journal_verified_from", "journal_verified_seq", "journal_losses")
+
+
 def _device(row: dict[str, Any] | None) -> dict[str, Any] | None:
     if row is not None:
         row["resnapshot_requested"] = bool(row["resnapshot_requested"])
@@ -996,8 +1007,9 @@ def insert_device(
 def device_by_token(tx: Tx, token_hash: str) -> dict[str, Any] | None:
     """The device holding this token hash, with its organisation's replica ``org_version`` and
     ``org_purged_version`` read by the same statement (one consistent state: the idle poll
-    needs nothing else)."""
-    columns = ", ".join(f"d.{c.strip()}" for c in _DEVICE_COLUMNS.split(","))
+    needs nothing else), and the heartbeat's journal bookkeeping (``journal_verified_from``,
+    ``journal_verified_seq``, ``journal_losses``: migration 6)."""
+    columns = ", ".join(f"d.{c.strip()}" for c in (*_DEVICE_COLUMNS.split(","), *_JOURNAL_MARK))
     return _device(
         tx.one(
             f"SELECT {columns}, o.version AS org_version, o.purged_version AS org_purged_version"  # noqa: S608
@@ -1058,29 +1070,45 @@ def set_resnapshot(tx: Tx, org_id: str, device_id: str, wanted: bool) -> bool:
     )
 
 
-def record_heartbeat(tx: Tx, device_id: str, fields: dict[str, Any]) -> bool | None:
+_OCCUPANCY_COLUMNS = (
+    "occ_now",
+    "occ_entries_today",
+    "occ_exits_today",
+    "occ_max_today",
+    "occ_capacity",
+)
+
+
+def record_heartbeat(
+    tx: Tx,
+    device_id: str,
+    fields: dict[str, Any],
+    *,
+    occupancy: Sequence[Any] | None = None,
+    verified: tuple[int, int] | None = None,
+) -> bool | None:
     """Store a heartbeat's ``fields`` (exactly HEARTBEAT_COLUMNS) on the device, and its time
-    ``hb_at`` as the device's ``last_seen_at``. Returns whether an admin asked the device for a
-    fresh snapshot (read by the same statement), or None when there is no such device."""
+    ``hb_at`` as the device's ``last_seen_at``; with ``occupancy`` (now, entries today, exits
+    today, max today, capacity or None) the door's count too, reported at ``hb_at`` (replacing
+    the device's previous report); with ``verified`` the span of its journal found held
+    (``journal_verified_from``, ``journal_verified_seq``). One statement, which also returns
+    whether an admin asked the device for a fresh snapshot; None when there is no such device."""
     if set(fields) != set(HEARTBEAT_COLUMNS):
         raise ValueError(f"heartbeat fields must be exactly {HEARTBEAT_COLUMNS}")
-    sets = ", ".join(f"{name} = ?" for name in HEARTBEAT_COLUMNS)
+    names = [*HEARTBEAT_COLUMNS, "last_seen_at"]
+    values = [*(fields[name] for name in HEARTBEAT_COLUMNS), fields["hb_at"]]
+    if occupancy is not None:
+        names += ["occ_at", *_OCCUPANCY_COLUMNS]
+        values += [fields["hb_at"], *occupancy]
+    if verified is not None:
+        names += ["journal_verified_from", "journal_verified_seq"]
+        values += list(verified)
+    sets = ", ".join(f"{name} = ?" for name in names)
     row = tx.one(
-        f"UPDATE devices SET {sets}, last_seen_at = ? WHERE id = ?"  # noqa: S608
-        " RETURNING resnapshot_requested",
-        (*(fields[name] for name in HEARTBEAT_COLUMNS), fields["hb_at"], device_id),
+        f"UPDATE devices SET {sets} WHERE id = ? RETURNING resnapshot_requested",  # noqa: S608
+        (*values, device_id),
     )
     return None if row is None else bool(row["resnapshot_requested"])
-
-
-def record_occupancy(tx: Tx, device_id: str, at: str, occupancy: Sequence[Any]) -> None:
-    """Keep the occupancy a heartbeat reported at ``at``: (now, entries today, exits today,
-    max today, capacity or None), replacing the device's previous report."""
-    tx.run(
-        "UPDATE devices SET occ_at = ?, occ_now = ?, occ_entries_today = ?, occ_exits_today = ?,"
-        " occ_max_today = ?, occ_capacity = ? WHERE id = ?",
-        (at, *occupancy, device_id),
-    )
 
 
 def gym_occupancy_reports(tx: Tx, org_id: str, gym_id: str) -> list[dict[str, Any]]:
@@ -1101,52 +1129,56 @@ def gym_occupancy_reports(tx: Tx, org_id: str, gym_id: str) -> list[dict[str, An
 _INT64_MAX = 2**63 - 1
 
 
-def has_anchor_near(tx: Tx, device_id: str, boot_id: str, monotonic_ns: int, window: int) -> bool:
-    """True when the boot has an anchor within ``window`` ns of ``monotonic_ns``. The bounds are
-    clamped to a signed 64-bit integer, so no reading can overflow the query's parameters."""
-    low = max(0, monotonic_ns - window)
-    high = min(_INT64_MAX, monotonic_ns + window)
-    return (
-        tx.value(
-            "SELECT 1 FROM device_anchors WHERE device_id = ? AND boot_id = ?"
-            " AND monotonic_ns BETWEEN ? AND ? LIMIT 1",
-            (device_id, boot_id, low, high),
+def anchors_near(
+    tx: Tx, device_id: str, readings: Sequence[tuple[str, int]], window: int
+) -> list[bool]:
+    """For each (boot id, monotonic ns) reading, whether its boot has a stored anchor within
+    ``window`` ns of it, all in one statement. The bounds are clamped to a signed 64-bit
+    integer, so no reading can overflow the query's parameters."""
+    if not readings:
+        return []
+    parts = []
+    params: list[Any] = []
+    for n, (boot_id, monotonic_ns) in enumerate(readings):
+        parts.append(
+            "SELECT CAST(? AS INTEGER) AS n WHERE EXISTS (SELECT 1 FROM device_anchors"
+            " WHERE device_id = ? AND boot_id = ? AND monotonic_ns BETWEEN ? AND ?)"
         )
-        is not None
-    )
+        low = max(0, monotonic_ns - window)
+        high = min(_INT64_MAX, monotonic_ns + window)
+        params += [n, device_id, boot_id, low, high]
+    near = {int(row["n"]) for row in tx.all(" UNION ALL ".join(parts), params)}
+    return [n in near for n in range(len(readings))]
 
 
-def insert_anchor(
-    tx: Tx, device_id: str, boot_id: str, monotonic_ns: int, server_time: str
-) -> None:
-    tx.run(
+def insert_anchors(tx: Tx, device_id: str, anchors: Iterable[tuple[str, int, str]]) -> None:
+    """Store (boot id, monotonic ns, server time) anchors; one already stored is left."""
+    tx.run_many(
         "INSERT INTO device_anchors (device_id, boot_id, monotonic_ns, server_time)"
         " VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
-        (device_id, boot_id, monotonic_ns, server_time),
+        [(device_id, *anchor) for anchor in anchors],
     )
 
 
 def anchors_around(
     tx: Tx, device_id: str, boot_id: str, low_ns: int, high_ns: int
 ) -> list[tuple[int, str]]:
-    """A boot's anchors in [low, high] plus the nearest one on either side, (monotonic, time)."""
-    base = (
-        "SELECT monotonic_ns, server_time FROM device_anchors WHERE device_id = ? AND boot_id = ?"
-    )
-    rows = tx.all(
-        f"{base} AND monotonic_ns BETWEEN ? AND ? ORDER BY monotonic_ns",
-        (device_id, boot_id, low_ns, high_ns),
-    )
-    below = tx.one(
-        f"{base} AND monotonic_ns < ? ORDER BY monotonic_ns DESC LIMIT 1",
-        (device_id, boot_id, low_ns),
-    )
-    above = tx.one(
-        f"{base} AND monotonic_ns > ? ORDER BY monotonic_ns LIMIT 1",
-        (device_id, boot_id, high_ns),
-    )
-    found = [r for r in (below, *rows, above) if r is not None]
-    return [(int(r["monotonic_ns"]), r["server_time"]) for r in found]
+    """A boot's anchors in [low, high] plus the nearest one on either side, (monotonic, time),
+    in monotonic order. One statement."""
+    params = (device_id, boot_id, low_ns, device_id, boot_id, low_ns, high_ns)
+    rows = tx.all(_ANCHORS_AROUND, (*params, device_id, boot_id, high_ns))
+    return [(int(r["monotonic_ns"]), r["server_time"]) for r in rows]
+
+
+_ANCHORS_AROUND = (
+    "SELECT * FROM (SELECT monotonic_ns, server_time FROM device_anchors WHERE device_id = ?"
+    " AND boot_id = ? AND monotonic_ns < ? ORDER BY monotonic_ns DESC LIMIT 1) AS below"
+    " UNION ALL SELECT monotonic_ns, server_time FROM device_anchors WHERE device_id = ?"
+    " AND boot_id = ? AND monotonic_ns BETWEEN ? AND ?"
+    " UNION ALL SELECT * FROM (SELECT monotonic_ns, server_time FROM device_anchors WHERE"
+    " device_id = ? AND boot_id = ? AND monotonic_ns > ? ORDER BY monotonic_ns LIMIT 1) AS above"
+    " ORDER BY monotonic_ns"
+)
 
 
 # -- check-ins -------------------------------------------------------------------------------------
@@ -1253,19 +1285,20 @@ def mark_checkin_effects(tx: Tx, effects: Iterable[tuple[int, bool, str]]) -> No
 JOURNAL_TABLES = ("checkins", "door_events")
 
 
-def unanchored_checkins(
-    tx: Tx, device_id: str, boot_id: str, table: str = "checkins"
-) -> list[tuple[str, int]]:
-    """(id, monotonic ns) of a boot's rows placed without an anchor, in ``table`` (one of
-    JOURNAL_TABLES: check-ins or passage events)."""
-    if table not in JOURNAL_TABLES:
-        raise ValueError(f"not a journal table: {table}")
-    rows = tx.all(
-        f"SELECT id, monotonic_ns FROM {table} WHERE device_id = ? AND boot_id = ?"  # noqa: S608
-        " AND time_source <> 'anchored'",
-        (device_id, boot_id),
+def unanchored_journal(tx: Tx, device_id: str, boot_id: str) -> dict[str, list[tuple[str, int]]]:
+    """(id, monotonic ns) of a boot's rows placed without an anchor, in every journal table:
+    {table: rows}, every table of JOURNAL_TABLES a key (check-ins and passage events). One
+    statement."""
+    parts = " UNION ALL ".join(
+        f"SELECT CAST(? AS TEXT) AS t, id, monotonic_ns FROM {table}"  # noqa: S608
+        " WHERE device_id = ? AND boot_id = ? AND time_source <> 'anchored'"
+        for table in JOURNAL_TABLES
     )
-    return [(row["id"], int(row["monotonic_ns"])) for row in rows]
+    params = [p for table in JOURNAL_TABLES for p in (table, device_id, boot_id)]
+    out: dict[str, list[tuple[str, int]]] = {table: [] for table in JOURNAL_TABLES}
+    for row in tx.all(parts, params):
+        out[row["t"]].append((row["id"], int(row["monotonic_ns"])))
+    return out
 
 
 def set_placements(
@@ -1416,6 +1449,27 @@ def journal_seqs_held(tx: Tx, device_ids: str | Sequence[str], low: int, high: i
         tx.value(
             f"SELECT COUNT(*) AS n FROM ({parts}) AS held",  # noqa: S608
             (*ids, low, high) * 3,
+        )
+    )
+
+
+def kiosk_seqs_held(tx: Tx, device_id: str, low: int, high: int, also: Sequence[str] = ()) -> int:
+    """How many distinct seqs in [low, high] the cloud holds as check-ins, passage events or
+    rejections under a device, the earlier enrolments recorded for it (read by the same
+    statement: no round trip of their own) and the devices ``also`` (about to be linked). Index
+    range counts on (device_id, seq), as ``journal_seqs_held``."""
+    extra = sorted(set(also) - {device_id})
+    ids = "SELECT CAST(? AS TEXT) AS d UNION SELECT predecessor_id FROM device_predecessors"
+    ids += " WHERE device_id = ?"
+    ids += "".join(" UNION SELECT CAST(? AS TEXT)" for _ in extra)
+    parts = " UNION ".join(
+        f"SELECT seq FROM {table} WHERE device_id IN ({ids}) AND seq BETWEEN ? AND ?"  # noqa: S608
+        for table in ("checkins", "door_events", "rejections")
+    )
+    return int(
+        tx.value(
+            f"SELECT COUNT(*) AS n FROM ({parts}) AS held",  # noqa: S608
+            (device_id, device_id, *extra, low, high) * 3,
         )
     )
 
@@ -2413,3 +2467,115 @@ def settle_overdraft(tx: Tx, org_id: str, checkin_id: str) -> bool:
         )
         > 0
     )
+
+
+# == bench and test seeding =========================================================================
+# Not used by the service: the fleet bench (devtools.bench.fleet) and tests give a door a long
+# journal already stored, as a door keeping 90 days would have, without uploading it row by row.
+
+# The seeded rows' decisions by seq: 19 grants in 20, the 20th a refusal (passback, then an
+# expired member, in turn): a door's refusals are a few percent. Each row names a live
+# membership of the organisation, picked by seq * _SEED_STRIDE + seq / 20 modulo their count (a
+# prime stride spreads them, deterministically; the second term keeps a member from always
+# landing on the same decision).
+_SEED_STRIDE = 7919
+_PG_UTC_TEXT = 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'  # to_char's picture of the stored time text
+
+
+def seed_journal_history(
+    tx: Tx,
+    device_id: str,
+    org_id: str,
+    gym_id: str,
+    door_id: str,
+    first_seq: int,
+    count: int,
+    first_at_us: int,
+    last_at_us: int,
+    *,
+    replica_version: int = 0,
+) -> int:
+    """Store ``count`` check-ins of a door's past under ``device_id``, seqs ``first_seq`` ..
+    ``first_seq + count - 1``, with one set-based INSERT (PostgreSQL ``generate_series``, SQLite a
+    recursive CTE): fast enough for hundreds of thousands of rows a door. **For benches and tests
+    only**: nothing in the service calls it.
+
+    The rows look uploaded and placed: times spread evenly from ``first_at_us`` to
+    ``last_at_us`` (microseconds since the Unix epoch, UTC) in seq order, ``time_source``
+    ``anchored``, received when they occurred, boot ``history-<device id>`` with its monotonic
+    time one second a seq; 19 grants in 20 (``subscription``), the rest refusals (``passback``,
+    ``member_expired``); members and memberships are the organisation's live memberships. They
+    spend no class and carry no effect: balances are left as they are. Ids are lowercase UUIDs
+    (version 7, as a door's): 88 bits of the device id's SHA-256, then the seq in hex (8
+    digits), so they are unique per device while seqs stay below 2**32 and one door's ids are
+    neighbours in the primary key (an append, not inserts all over it).
+
+    Returns the rows inserted (``count``). Raises ValueError for an empty or out-of-range seq
+    range or an organisation without live memberships, ``Conflict`` when an id is already
+    stored (the seqs were seeded before), ``DatabaseError`` for the database's failures."""
+    last_seq = first_seq + count - 1
+    if count < 1 or first_seq < 1 or last_seq >= 2**32:
+        raise ValueError(f"seqs {first_seq}..{last_seq}: expected 1 <= seq < 2**32, count >= 1")
+    live = tx.value(
+        "SELECT COUNT(*) AS n FROM memberships WHERE organization_id = ? AND deleted = FALSE",
+        (org_id,),
+    )
+    if not live:
+        raise ValueError(f"organisation {org_id} has no live membership to seed check-ins for")
+    step_us = (last_at_us - first_at_us) // (count - 1) if count > 1 else 0
+    import hashlib  # here: the service never seeds
+
+    h = hashlib.sha256(device_id.encode()).hexdigest()
+    id_prefix = f"{h[:8]}-{h[8:12]}-7{h[12:15]}-8{h[15:18]}-{h[18:22]}"  # + 8 hex digits: a UUID
+    if tx.dialect == POSTGRES:
+        recursive = ""
+        seqs = "generate_series(CAST(? AS BIGINT), CAST(? AS BIGINT)) AS s(seq)"
+        row_id = "CAST(? AS TEXT) || lpad(to_hex(s.seq), 8, '0')"
+        at = "TIMESTAMP '1970-01-01 00:00:00' + x.t * INTERVAL '1 microsecond'"
+        stamp = f"to_char({at}, '{_PG_UTC_TEXT}')"
+        # A hash join with the memberships.
+        member, membership, source = "m.member_id", "m.id", "AS s JOIN m ON m.k = s.k"
+    else:
+        recursive = "RECURSIVE s(seq) AS (SELECT CAST(? AS INTEGER) UNION ALL"
+        recursive += " SELECT seq + 1 FROM s WHERE seq < ?),"
+        seqs = "s"
+        row_id = "CAST(? AS TEXT) || printf('%08x', s.seq)"
+        stamp = "strftime('%Y-%m-%dT%H:%M:%S', x.t / 1000000, 'unixepoch')"
+        stamp += " || printf('.%06dZ', x.t % 1000000)"
+        # Correlated lookups, on an automatic index SQLite builds once: as a join it scans the
+        # memberships for every row.
+        member = "(SELECT member_id FROM m WHERE m.k = s.k)"
+        membership = "(SELECT id FROM m WHERE m.k = s.k)"
+        source = "AS s"
+    # Each seq with its membership's rank (k) and its time as stored text (at), formatted once
+    # for the three time columns from microseconds (t).
+    timed = (
+        f"SELECT x.seq, x.k, {stamp} AS at FROM (SELECT seq,"  # noqa: S608
+        " CAST(? AS BIGINT) + (seq - CAST(? AS BIGINT)) * CAST(? AS BIGINT) AS t,"
+        f" (seq * {_SEED_STRIDE} + seq / 20) % (SELECT COUNT(*) FROM m) AS k FROM {seqs}) AS x"
+    )
+    sql = (
+        # INSERT first: sqlite3 reports no row count for a statement that starts with WITH.
+        f"INSERT INTO checkins ({', '.join(CHECKIN_COLUMNS)})"  # noqa: S608
+        f" WITH {recursive} m AS (SELECT id, member_id, ROW_NUMBER() OVER (ORDER BY id) - 1 AS k"
+        " FROM memberships WHERE organization_id = ? AND deleted = FALSE)"
+        f" SELECT {row_id}, ?, ?, ?, s.seq, ?,"
+        " CASE WHEN s.seq % 20 < 19 THEN 'granted' ELSE 'denied' END,"
+        " CASE WHEN s.seq % 20 < 19 THEN 'subscription' WHEN s.seq % 40 = 19 THEN 'passback'"
+        " ELSE 'member_expired' END,"
+        f" {member}, {membership}, 0, CAST(? AS BIGINT), s.at, ?,"
+        " s.seq * 1000000000, 'ntp_synced', s.at, 'anchored', s.at, NULL"
+        f" FROM ({timed}) {source}"
+    )
+    # The placeholders in the order they appear in the text.
+    params: list[Any] = [first_seq, last_seq] if recursive else []
+    params += [org_id]  # m
+    params += [id_prefix, org_id, gym_id, device_id, door_id, replica_version]
+    params += [f"history-{device_id}"]  # boot_id
+    params += [first_at_us, first_seq, step_us]  # timed
+    if not recursive:
+        params += [first_seq, last_seq]  # generate_series
+    inserted = tx.run(sql, params)
+    if inserted != count:
+        raise DatabaseError(f"seeding seqs {first_seq}..{last_seq} stored {inserted} rows")
+    return count

@@ -67,6 +67,14 @@ class TooLarge(ServiceError):
         return {"error": self.code, "max_items": self.max_items, "detail": self.detail}
 
 
+class Unavailable(ServiceError):
+    """The cloud cannot take the request now and trying again after ``Retry-After`` seconds may
+    succeed (503): the database is busy, or this process already has as many device requests in
+    flight as it serves in good time."""
+
+    status, code = 503, "unavailable"
+
+
 class Invalid(ServiceError):
     """Field values that cannot be stored; ``fields`` pairs each dotted field path with what is
     wrong (422)."""

@@ -18,8 +18,8 @@ kept up to date by every write so the checkpoint is one aggregate query).
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from cloud import db as dbm
@@ -52,12 +52,19 @@ class SchemaTooNew(dbm.DatabaseError):
 
 @dataclass(frozen=True, slots=True)
 class Migration:
+    """``statements`` run on both databases, then ``only`` (by dialect) where the two differ too
+    much for a few words (triggers)."""
+
     version: int
     name: str
     statements: tuple[str, ...]
+    only: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
     def sql(self, dialect: str) -> list[str]:
-        return [stmt.format(**_WORDS[dialect]) for stmt in self.statements]
+        return [
+            stmt.format(**_WORDS[dialect])
+            for stmt in (*self.statements, *self.only.get(dialect, ()))
+        ]
 
 
 def _replica_table(name: str, columns: str, *, per_gym: bool) -> tuple[str, ...]:
@@ -455,7 +462,87 @@ _V5 = Migration(
     ),
 )
 
-MIGRATIONS: tuple[Migration, ...] = (_V1, _V2, _V3, _V4, _V5)
+# The heartbeat's gap check remembers per device the span of seqs it found held, so it counts only
+# what lies outside it (cloud.uploads.check_journal): ``journal_verified_from`` ..
+# ``journal_verified_seq`` (empty unless 1 <= from <= seq). The held seqs of a device only grow
+# (rows are inserted, never deleted, by the service; predecessor links are only added), so the
+# span stays true. Whatever removes one anyway (an operator's DELETE or TRUNCATE, an UPDATE of a
+# row's device or seq, an unlinked predecessor) goes through these triggers, which cut the span
+# of every device counting that row below the row's seq and add one to ``journal_losses``, so a
+# count made before it is never taken for the truth after it.
+_JOURNAL_ROW_GONE = """
+    UPDATE devices SET journal_losses = journal_losses + 1,
+        journal_verified_seq = CASE
+            WHEN journal_verified_from <= OLD.seq AND journal_verified_seq >= OLD.seq
+            THEN OLD.seq - 1 ELSE journal_verified_seq END
+    WHERE id = OLD.device_id OR id IN
+        (SELECT device_id FROM device_predecessors WHERE predecessor_id = OLD.device_id)
+"""
+_PREDECESSOR_GONE = """
+    UPDATE devices SET journal_losses = journal_losses + 1, journal_verified_seq = 0
+    WHERE id = OLD.device_id
+"""
+_JOURNAL_TABLES = ("checkins", "door_events", "rejections")
+
+
+def _sqlite_triggers() -> tuple[str, ...]:
+    out = []
+    for table in _JOURNAL_TABLES:
+        out.append(
+            f"CREATE TRIGGER {table}_gone AFTER DELETE ON {table} BEGIN {_JOURNAL_ROW_GONE}; END"
+        )
+        out.append(
+            f"CREATE TRIGGER {table}_moved AFTER UPDATE OF device_id, seq ON {table}"
+            f" BEGIN {_JOURNAL_ROW_GONE}; END"
+        )
+    out.append(
+        "CREATE TRIGGER device_predecessors_gone AFTER DELETE ON device_predecessors"
+        f" BEGIN {_PREDECESSOR_GONE}; END"
+    )
+    out.append(
+        "CREATE TRIGGER device_predecessors_moved AFTER UPDATE ON device_predecessors"
+        f" BEGIN {_PREDECESSOR_GONE}; END"
+    )
+    return tuple(out)
+
+
+def _postgres_triggers() -> tuple[str, ...]:
+    out = [
+        "CREATE FUNCTION journal_row_gone() RETURNS trigger LANGUAGE plpgsql AS $$"
+        f" BEGIN {_JOURNAL_ROW_GONE}; RETURN NULL; END $$",
+        "CREATE FUNCTION journal_predecessor_gone() RETURNS trigger LANGUAGE plpgsql AS $$"
+        f" BEGIN {_PREDECESSOR_GONE}; RETURN NULL; END $$",
+        # TRUNCATE fires no row triggers: it forgets every span.
+        "CREATE FUNCTION journal_truncated() RETURNS trigger LANGUAGE plpgsql AS $$"
+        " BEGIN UPDATE devices SET journal_losses = journal_losses + 1,"
+        " journal_verified_seq = 0 WHERE journal_verified_seq <> 0; RETURN NULL; END $$",
+    ]
+    for table in (*_JOURNAL_TABLES, "device_predecessors"):
+        gone = "journal_predecessor_gone" if table == "device_predecessors" else "journal_row_gone"
+        columns = "" if table == "device_predecessors" else " OF device_id, seq"
+        out.append(
+            f"CREATE TRIGGER {table}_gone AFTER DELETE OR UPDATE{columns} ON {table}"
+            f" FOR EACH ROW EXECUTE FUNCTION {gone}()"
+        )
+        out.append(
+            f"CREATE TRIGGER {table}_truncated AFTER TRUNCATE ON {table}"
+            " FOR EACH STATEMENT EXECUTE FUNCTION journal_truncated()"
+        )
+    return tuple(out)
+
+
+_V6 = Migration(
+    6,
+    "the heartbeat's verified journal span per device, kept honest by triggers",
+    (
+        "ALTER TABLE devices ADD COLUMN journal_verified_from {BIGINT} NOT NULL DEFAULT 0",
+        "ALTER TABLE devices ADD COLUMN journal_verified_seq {BIGINT} NOT NULL DEFAULT 0",
+        "ALTER TABLE devices ADD COLUMN journal_losses {BIGINT} NOT NULL DEFAULT 0",
+    ),
+    only={dbm.SQLITE: _sqlite_triggers(), dbm.POSTGRES: _postgres_triggers()},
+)
+
+MIGRATIONS: tuple[Migration, ...] = (_V1, _V2, _V3, _V4, _V5, _V6)
 LATEST_VERSION = MIGRATIONS[-1].version
 
 _CREATE_HISTORY = (

@@ -23,6 +23,11 @@ the app afresh and builds its own database pool) and then only watches them:
 - SIGTERM or SIGINT stops every worker gracefully (uvicorn finishes the requests in flight),
   then the parent returns 0. A worker still running after ``STOP_TIMEOUT_S`` is killed.
 
+Each process sheds device requests past its own budget (``max_in_flight``, default
+``cloud.app.DEFAULT_MAX_IN_FLIGHT``; see ``cloud.app.DeviceLoad``): 503 with ``Retry-After`` at
+once rather than a queue the doors time out in. uvicorn runs on uvloop and httptools when they are
+installed (the ``cloud`` extra installs them), else on asyncio and h11: both serve the same.
+
 The workers share no memory: all shared state is in the database. What each process keeps for
 itself is a cache of replica totals keyed by (organisation, gym, version) and verified against
 the version read in the same transaction (``cloud.replica.checkpoint``), so another worker's
@@ -72,6 +77,20 @@ def check_workers(database_url: str, workers: int) -> None:
             "SQLite with one worker (the default), or move the cloud to PostgreSQL "
             "(--db postgresql://USER@HOST/DBNAME) to run several workers or machines"
         )
+
+
+def check_max_in_flight(max_in_flight: int | None) -> None:
+    """ServeError unless ``max_in_flight`` is None (the default budget) or at least 1."""
+    if max_in_flight is not None and max_in_flight < 1:
+        raise ServeError(f"--max-in-flight must be at least 1, not {max_in_flight}")
+
+
+def _app(database_url: str, max_in_flight: int | None) -> Any:
+    """The cloud's app with this process's device API budget."""
+    from cloud.app import DeviceLoad, create_app
+
+    load = DeviceLoad() if max_in_flight is None else DeviceLoad(max_in_flight)
+    return create_app(database_url, device_load=load)
 
 
 def listen(host: str, port: int) -> socket.socket:
@@ -127,18 +146,21 @@ def serve(
     port: int,
     workers: int = 1,
     log_level: str = "info",
+    max_in_flight: int | None = None,
     announce: Callable[[str], None] | None = None,
 ) -> int:
     """Serve the cloud on ``host:port`` with ``workers`` processes until SIGTERM or SIGINT.
+    ``max_in_flight`` caps each process's device requests in flight (None: the default budget).
     ``announce`` receives one line once the socket is bound (default: printed on stderr).
     Returns an exit code: 0 after a signal, ``EXIT_DATABASE`` when a worker could not start.
-    Raises ServeError (bad ``workers``, a port that cannot be bound) and the database's errors
-    (``DatabaseUrlError``, ``DatabaseError``) when the migrations cannot be applied."""
-    from cloud.app import create_app
+    Raises ServeError (bad ``workers`` or ``max_in_flight``, a port that cannot be bound) and the
+    database's errors (``DatabaseUrlError``, ``DatabaseError``) when the migrations cannot be
+    applied."""
     from cloud.db import Database
     from cloud.migrations import migrate
 
     check_workers(database_url, workers)
+    check_max_in_flight(max_in_flight)
     say = announce or (lambda line: print(line, file=sys.stderr, flush=True))
     sock = listen(host, port)
     try:
@@ -147,7 +169,7 @@ def serve(
             f"http://[{bound[0]}]:{bound[1]}" if ":" in bound[0] else f"http://{host}:{bound[1]}"
         )
         if workers == 1:
-            app = create_app(database_url)
+            app = _app(database_url, max_in_flight)
             say(f"cloud: serving on {where} (1 process)")
             uvicorn_server(_uvicorn_config(app, log_level)).run(sockets=[sock])
             return EXIT_OK
@@ -159,20 +181,21 @@ def serve(
         finally:
             database.close()
         say(f"cloud: serving on {where} ({workers} worker processes)")
-        return Supervisor(sock, database_url, workers, log_level).run()
+        return Supervisor(sock, database_url, workers, log_level, max_in_flight).run()
     finally:
         sock.close()
 
 
-def _worker(sock: socket.socket, database_url: str, log_level: str, ready: Any) -> None:
-    """One worker process: its own app and database pool, serving on the shared socket until
-    SIGTERM or SIGINT (uvicorn's own handlers). Exits with WORKER_START_FAILED when the app
-    cannot be built."""
-    from cloud.app import create_app
+def _worker(
+    sock: socket.socket, database_url: str, log_level: str, max_in_flight: int | None, ready: Any
+) -> None:
+    """One worker process: its own app, database pool and device API budget, serving on the
+    shared socket until SIGTERM or SIGINT (uvicorn's own handlers). Exits with
+    WORKER_START_FAILED when the app cannot be built."""
     from cloud.db import DatabaseError, DatabaseUrlError
 
     try:
-        app = create_app(database_url)
+        app = _app(database_url, max_in_flight)
     except (DatabaseError, DatabaseUrlError) as exc:
         print(f"cloud: worker {os.getpid()} cannot start: {exc}", file=sys.stderr, flush=True)
         sys.exit(WORKER_START_FAILED)
@@ -193,11 +216,19 @@ class Supervisor:
     """Starts ``workers`` worker processes on ``sock`` and keeps them running (see the module
     docstring). ``run()`` returns the exit code."""
 
-    def __init__(self, sock: socket.socket, database_url: str, workers: int, log_level: str):
+    def __init__(
+        self,
+        sock: socket.socket,
+        database_url: str,
+        workers: int,
+        log_level: str,
+        max_in_flight: int | None = None,
+    ):
         self._sock = sock
         self._url = database_url
         self._count = workers
         self._log_level = log_level
+        self._max_in_flight = max_in_flight
         self._context = multiprocessing.get_context("spawn")
         self._workers: list[tuple[Any, Any]] = []  # (process, its "serving" event)
         self._wake_r, self._wake_w = os.pipe()
@@ -207,7 +238,7 @@ class Supervisor:
         ready = self._context.Event()
         process = self._context.Process(
             target=_worker,
-            args=(self._sock, self._url, self._log_level, ready),
+            args=(self._sock, self._url, self._log_level, self._max_in_flight, ready),
             name="cloud-worker",
         )
         process.start()

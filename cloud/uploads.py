@@ -59,13 +59,64 @@ from sync.protocol import (
 # healthy device at the default 30 s interval never pays for it; this bounds how stale it gets for
 # a device whose heartbeats fail, or whose rounds are further apart.
 LAST_SEEN_EVERY = timedelta(seconds=120)
+# A heartbeat whose journal check would count more seqs than this (a door's first heartbeat with
+# a long journal, after an upgrade or a re-enrolment; a door restored from an old backup) counts
+# them in a read transaction first, outside the write transaction (SQLite's single writer would
+# otherwise wait on the count), and only uses the count if nothing was removed meanwhile. Counting
+# a few thousand index entries takes about a millisecond.
+COUNT_IN_WRITE_MAX_SEQS = 2_000
 _BIG = 2**63 - 1
+
+
+@dataclass(frozen=True, slots=True)
+class JournalSpan:
+    """Seqs ``low`` .. ``high`` of a device's journal that the cloud was found to hold (under
+    the device or its earlier enrolments); empty unless ``1 <= low <= high``."""
+
+    low: int = 0
+    high: int = 0
+
+    @property
+    def empty(self) -> bool:
+        return not 1 <= self.low <= self.high
+
+    def unverified(self, retained_from: int, synced_through: int) -> list[tuple[int, int]]:
+        """The parts of [retained_from, synced_through] outside this span, lowest first (none,
+        one or two closed ranges): what a check must count. Nothing for an empty journal
+        (``retained_from`` 0) or range."""
+        low, high = max(retained_from, 1), synced_through
+        if retained_from == 0 or high < low:
+            return []
+        if self.empty or self.high < low or self.low > high:
+            return [(low, high)]
+        parts = []
+        if low < self.low:
+            parts.append((low, self.low - 1))
+        if self.high < high:
+            parts.append((self.high + 1, high))
+        return parts
+
+    def after(self, retained_from: int, synced_through: int, missing: int | None) -> JournalSpan:
+        """The span once a check of [retained_from, synced_through] found ``missing`` the first
+        seq not held (None: none): everything in the range below it is held. Joined to this span
+        when they touch; otherwise the one reaching higher is kept (heartbeats move up)."""
+        low = max(retained_from, 1)
+        high = synced_through if missing is None else missing - 1
+        if retained_from == 0 or high < low:
+            return self
+        if self.empty:
+            return JournalSpan(low, high)
+        if low <= self.high + 1 and self.low <= high + 1:
+            return JournalSpan(min(low, self.low), max(high, self.high))
+        return JournalSpan(low, high) if high >= self.high else self
 
 
 @dataclass(frozen=True, slots=True)
 class DeviceAuth:
     """The device a token belongs to, and its organisation's replica version and purged
-    version as they were when it was authenticated (one statement read both)."""
+    version as they were when it was authenticated (one statement read both), with the
+    heartbeat's record of its journal: the span found held and ``journal_losses``, how many
+    held rows were removed since enrolment (cloud/migrations.py, migration 6)."""
 
     id: str
     organization_id: str
@@ -74,6 +125,8 @@ class DeviceAuth:
     last_seen_at: str | None
     org_version: int = 0
     org_purged_version: int = 0
+    journal_span: JournalSpan = JournalSpan()
+    journal_losses: int = 0
 
 
 # -- enrolment and authentication ------------------------------------------------------------------
@@ -143,44 +196,82 @@ def enrol(tx: db.Tx, request: EnrolRequest, now: datetime) -> Enrolment:
 def authenticate_device(database: db.Database, token: str | None, now: datetime) -> DeviceAuth:
     """The device holding ``token``; Unauthorized for a missing, unknown or revoked token. One
     statement (no transaction around it), which also reads the organisation's version. Keeps
-    ``last_seen_at`` current to within LAST_SEEN_EVERY."""
+    ``last_seen_at`` current to within LAST_SEEN_EVERY (when it is older, one more statement,
+    on its own)."""
     if not token:
         raise Unauthorized("missing bearer token")
     with database.single() as tx:
-        row = db.device_by_token(tx, tokens.sha256_hex(token))
+        device = _device_auth(db.device_by_token(tx, tokens.sha256_hex(token)))
+        if _stale(device, now):
+            # Its own statement too: a time seen needs no consistency with the read (the later
+            # write wins, and any of them is recent), so no transaction around the two.
+            db.touch_device(tx, device.id, utc_text(now))
+    return device
+
+
+def authenticate(tx: db.Tx, token: str | None, now: datetime, *, touch: bool = True) -> DeviceAuth:
+    """``authenticate_device`` inside the caller's (write) transaction, so a request's
+    authentication costs no transaction of its own: the same answers and Unauthorized
+    messages, the device's ``last_seen_at`` kept the same way (in ``tx``; not with ``touch``
+    False, for a caller that writes it anyway). The organisation's version is read by the
+    request's first statement, in its snapshot."""
+    if not token:
+        raise Unauthorized("missing bearer token")
+    device = _device_auth(db.device_by_token(tx, tokens.sha256_hex(token)))
+    if touch and _stale(device, now):
+        db.touch_device(tx, device.id, utc_text(now))
+    return device
+
+
+def _device_auth(row: dict[str, Any] | None) -> DeviceAuth:
     if row is None or row["revoked_at"] is not None:
         raise Unauthorized("unknown or revoked device token: enrol the device again")
-    seen = row["last_seen_at"]
-    if seen is None or seen < utc_text(now - LAST_SEEN_EVERY):
-        with database.write() as tx:
-            db.touch_device(tx, row["id"], utc_text(now))
     return DeviceAuth(
         id=row["id"],
         organization_id=row["organization_id"],
         gym_id=row["gym_id"],
         resnapshot_requested=row["resnapshot_requested"],
-        last_seen_at=seen,
+        last_seen_at=row["last_seen_at"],
         org_version=int(row["org_version"]),
         org_purged_version=int(row["org_purged_version"]),
+        journal_span=JournalSpan(
+            int(row["journal_verified_from"]), int(row["journal_verified_seq"])
+        ),
+        journal_losses=int(row["journal_losses"]),
     )
+
+
+def _stale(device: DeviceAuth, now: datetime) -> bool:
+    seen = device.last_seen_at
+    return seen is None or seen < utc_text(now - LAST_SEEN_EVERY)
 
 
 # -- anchors and placement -------------------------------------------------------------------------
 
 
 def record_anchors(tx: db.Tx, device_id: str, anchors: Iterable[Anchor]) -> set[str]:
-    """Store anchors (skipping any within ANCHOR_SPACING_NS of a stored one of the same boot);
-    returns the boots that got a new anchor."""
-    fresh: set[str] = set()
+    """Store anchors (skipping any within ANCHOR_SPACING_NS of a stored one of the same boot, or
+    of one stored just before it from this list); returns the boots that got a new anchor. One
+    statement looks for all of them, one more stores the new ones (none when none is new)."""
+    spacing = placement.ANCHOR_SPACING_NS
     # A fixed order, so two requests storing the same anchors cannot deadlock each other.
-    for a in sorted(anchors, key=lambda a: (a.boot_id, a.monotonic_ns)):
-        if db.has_anchor_near(
-            tx, device_id, a.boot_id, a.monotonic_ns, placement.ANCHOR_SPACING_NS
-        ):
+    ordered = sorted(anchors, key=lambda a: (a.boot_id, a.monotonic_ns))
+    near = db.anchors_near(tx, device_id, [(a.boot_id, a.monotonic_ns) for a in ordered], spacing)
+    new: list[Anchor] = []
+    for a, stored_near in zip(ordered, near, strict=True):
+        if stored_near:
             continue
-        db.insert_anchor(tx, device_id, a.boot_id, a.monotonic_ns, utc_text(a.server_time))
-        fresh.add(a.boot_id)
-    return fresh
+        if (
+            new
+            and new[-1].boot_id == a.boot_id
+            and a.monotonic_ns - new[-1].monotonic_ns <= spacing
+        ):
+            continue  # near the one just taken from this list (sorted: the nearest of them)
+        new.append(a)
+    db.insert_anchors(
+        tx, device_id, [(a.boot_id, a.monotonic_ns, utc_text(a.server_time)) for a in new]
+    )
+    return {a.boot_id for a in new}
 
 
 def _anchors(tx: db.Tx, device_id: str, boot_id: str, low: int, high: int) -> list[Anchor]:
@@ -194,9 +285,10 @@ def replace_unanchored(tx: db.Tx, device_id: str, boots: Iterable[str]) -> int:
     """Place again the check-ins and passage events of these boots that were placed without an
     anchor; returns how many were moved."""
     moved = 0
-    for boot in boots:
+    for boot in sorted(boots):
+        unanchored = db.unanchored_journal(tx, device_id, boot)
         for table in db.JOURNAL_TABLES:
-            pending = db.unanchored_checkins(tx, device_id, boot, table)
+            pending = unanchored[table]
             if not pending:
                 continue
             monos = [mono for _, mono in pending]
@@ -344,6 +436,14 @@ def receive_checkins(
     db.insert_rejections(tx, rejections)
     replace_unanchored(tx, device.id, fresh_boots)
     return [r for r in results if r is not None]
+
+
+def receive_upload(
+    tx: db.Tx, token: str | None, envelope: UploadEnvelope, now: datetime
+) -> list[UploadResult]:
+    """``receive_checkins`` for the device holding ``token``, authenticated in the same
+    transaction (``authenticate``: Unauthorized for a missing, unknown or revoked token)."""
+    return receive_checkins(tx, authenticate(tx, token, now), envelope, now)
 
 
 def _place(
@@ -605,31 +705,91 @@ def _payable(spending: Sequence[UploadItem], found: dict[str, dict[str, Any]]) -
 
 
 def first_missing_seq(
-    tx: db.Tx, device_ids: str | Sequence[str], retained_from: int, synced_through: int
+    tx: db.Tx, device_id: str, parts: Sequence[tuple[int, int]], also: Sequence[str] = ()
 ) -> int | None:
-    """The first seq in [retained_from, synced_through] the cloud holds no check-in, passage
-    event or rejection for under these devices (a kiosk and its earlier enrolments), or None. One count
-    when nothing is missing; a binary search of counts (about log2 of the range) when something
-    is."""
-    low, high = max(retained_from, 1), synced_through
-    if retained_from == 0 or high < low:
-        return None
-    if db.journal_seqs_held(tx, device_ids, low, high) >= high - low + 1:
-        return None
-    a, b = low, high
-    while a < b:
-        mid = (a + b) // 2
-        if db.journal_seqs_held(tx, device_ids, low, mid) < mid - low + 1:
-            b = mid
-        else:
-            a = mid + 1
-    return a
+    """The first seq in these closed ranges (lowest first) the cloud holds no check-in, passage
+    event or rejection for under the device, its recorded earlier enrolments or the devices
+    ``also``, or None. One count per range when nothing is missing; a binary search of counts
+    (about log2 of its length) in the range where something is."""
+    for low, high in parts:
+        if db.kiosk_seqs_held(tx, device_id, low, high, also) >= high - low + 1:
+            continue
+        a, b = low, high
+        while a < b:
+            mid = (a + b) // 2
+            if db.kiosk_seqs_held(tx, device_id, low, mid, also) < mid - low + 1:
+                b = mid
+            else:
+                a = mid + 1
+        return a
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class JournalCheck:
+    """What a heartbeat's journal check found: the first seq to re-send (None: nothing), the
+    devices of the gym to link as earlier enrolments (the same machine), and the device's
+    journal span afterwards."""
+
+    missing: int | None
+    link: tuple[str, ...]
+    span: JournalSpan
+
+
+def check_journal(tx: db.Tx, device: DeviceAuth, hb: Heartbeat) -> JournalCheck:
+    """The first seq in [retained_from_seq, synced_through_seq] the cloud holds nothing for
+    under the device or its earlier enrolments, counting only outside ``device.journal_span``.
+    When one is missing, other devices of the gym that ran in this very boot (the same machine)
+    are counted as earlier enrolments too and returned to be linked. Reads only.
+
+    The span is sound because what a device holds only grows: rows are inserted and never
+    deleted or moved by the service, predecessor links are only added. Anything that removes a
+    held row anyway is caught by triggers that cut the span below it (migration 6). So the
+    answer is the one a count of the whole range would give. A door restored from a backup
+    (its range moved back, even below the span) needs nothing: the rows it lost are still held;
+    a retained range below the span is counted; one above it is fine. The span only grows up to
+    the first missing seq, never past it."""
+    retained, synced = hb.retained_from_seq, hb.synced_through_seq
+    parts = device.journal_span.unverified(retained, synced)
+    missing = first_missing_seq(tx, device.id, parts)
+    link: list[str] = []
+    if missing is not None:
+        same_machine = db.devices_sharing_boot(
+            tx, device.organization_id, device.gym_id, device.id, hb.boot_id
+        )
+        held_by = {device.id, *db.predecessors(tx, device.id)}
+        link = sorted(set(same_machine) - held_by)
+        if link:
+            # Below ``missing`` all is held already; more holders only fill gaps above it.
+            above = [(max(low, missing), high) for low, high in parts if high >= missing]
+            missing = first_missing_seq(tx, device.id, above, link)
+    span = device.journal_span.after(retained, synced, missing)
+    return JournalCheck(missing, tuple(link), span)
+
+
+@dataclass(frozen=True, slots=True)
+class _CountFirst:
+    """A heartbeat's journal check too long for the write transaction (COUNT_IN_WRITE_MAX_SEQS):
+    the device as that transaction read it."""
+
+    device: DeviceAuth
+
+
+@dataclass(frozen=True, slots=True)
+class _Counted:
+    """A journal check made in a read transaction, for the device's span and losses then."""
+
+    span: JournalSpan
+    losses: int
+    check: JournalCheck
 
 
 def replica_status(tx: db.Tx, device: DeviceAuth, hb: Heartbeat) -> str:
     """``match`` / ``mismatch`` when the device is at the cloud's version (its checksum and count
-    compared with the cloud's, read in ``tx``), else ``behind`` / ``ahead``."""
-    version, _ = db.org_versions(tx, device.organization_id)
+    compared with the cloud's, read in ``tx``), else ``behind`` / ``ahead``. The version is the
+    one ``device`` was authenticated with, which must be in ``tx`` (its first statement), so
+    the checksum is read in the same snapshot."""
+    version = device.org_version
     if hb.replica_version < version:
         return "behind"
     if hb.replica_version > version:
@@ -641,71 +801,86 @@ def replica_status(tx: db.Tx, device: DeviceAuth, hb: Heartbeat) -> str:
 
 
 def receive_heartbeat(
-    database: db.Database, device: DeviceAuth, hb: Heartbeat, now: datetime
+    database: db.Database, token: str | None, hb: Heartbeat, now: datetime
 ) -> HeartbeatReply:
-    """Record the device's health, anchors and occupancy (the latest report replaces the one
-    before; a heartbeat without one leaves it); answer resnapshot / resend_from_seq. The checksum
-    comparison and the journal count run in one read transaction (REPEATABLE READ), the record
-    in a write transaction. Seqs held under the kiosk's earlier enrolments count as held; when
-    some seem missing, other devices of the gym that ran in this very boot (the same machine)
-    are recorded as earlier enrolments first. ``server_time`` is ``now``; the HTTP layer
-    stamps it again when it answers."""
-    retained, synced = hb.retained_from_seq, hb.synced_through_seq
+    """Authenticate the device holding ``token`` (Unauthorized as ``authenticate_device``),
+    record its health, anchors and occupancy (the latest report replaces the one before; a
+    heartbeat without one leaves it) and answer resnapshot / resend_from_seq (``check_journal``,
+    with its same-machine links recorded).
 
-    def inspect(tx: db.Tx) -> tuple[str, list[str], int | None]:
-        held_by = [device.id, *db.predecessors(tx, device.id)]
-        return (
-            replica_status(tx, device, hb),
-            held_by,
-            first_missing_seq(tx, held_by, retained, synced),
-        )
+    One write transaction, at REPEATABLE READ on PostgreSQL (the version, checksum and journal
+    counts read in one snapshot; a serialisation failure runs it again), in which the device's
+    row is written once (its health, ``last_seen_at``, occupancy and journal span, and the
+    admin's re-snapshot request read back); anchors are written only when new, and rows
+    re-placed only for a boot with a new anchor. A journal check longer than
+    COUNT_IN_WRITE_MAX_SEQS is counted in a read transaction first, and used when the device's
+    span and losses are still those it was counted for (else it is counted again, inside).
+    ``server_time`` is ``now``; the HTTP layer stamps it again when it answers."""
 
-    status, held_by, missing = database.transact(inspect, write=False)
-
-    def record(tx: db.Tx) -> tuple[bool, int | None]:
+    def beat(tx: db.Tx, counted: _Counted | None) -> HeartbeatReply | _CountFirst:
+        device = authenticate(tx, token, now, touch=False)  # the heartbeat writes last_seen_at
+        span = device.journal_span
+        if counted is not None and (counted.span, counted.losses) == (span, device.journal_losses):
+            check = counted.check
+        elif counted is None and _count_size(span, hb) > COUNT_IN_WRITE_MAX_SEQS:
+            return _CountFirst(device)
+        else:
+            check = check_journal(tx, device, hb)
+        status = replica_status(tx, device, hb)
         fresh = record_anchors(
             tx, device.id, [*hb.anchors, Anchor(hb.boot_id, hb.monotonic_ns, now)]
         )
         replace_unanchored(tx, device.id, fresh)
+        db.link_predecessors(tx, device.id, check.link, utc_text(now))
+        occupancy = None
+        if hb.occupancy is not None:
+            o = hb.occupancy
+            occupancy = (o.now, o.entries_today, o.exits_today, o.max_today, o.capacity)
         requested = db.record_heartbeat(
             tx,
             device.id,
-            {
-                "hb_at": utc_text(now),
-                "hb_boot_id": hb.boot_id,
-                "hb_device_time": utc_text(hb.device_time),
-                "hb_clock_quality": hb.clock_quality,
-                "hb_backlog": hb.backlog,
-                "hb_oldest_pending_age_s": hb.oldest_pending_age_s,
-                "hb_replica_version": hb.replica_version,
-                "hb_replica_checksum": hb.replica_checksum,
-                "hb_replica_count": hb.replica_count,
-                "hb_replica_status": status,
-                "hb_last_seq": hb.last_seq,
-                "hb_synced_through_seq": hb.synced_through_seq,
-                "hb_retained_from_seq": hb.retained_from_seq,
-                "hb_last_error": hb.last_error,
-                "software_version": hb.software_version,
-            },
+            _health(hb, now, status),
+            occupancy=occupancy,
+            verified=None if check.span == span else (check.span.low, check.span.high),
         )
-        if hb.occupancy is not None:
-            o = hb.occupancy
-            counts = (o.now, o.entries_today, o.exits_today, o.max_today, o.capacity)
-            db.record_occupancy(tx, device.id, utc_text(now), counts)
-        resend_from = missing
-        if missing is not None:
-            same_machine = db.devices_sharing_boot(
-                tx, device.organization_id, device.gym_id, device.id, hb.boot_id
-            )
-            fresh = sorted(set(same_machine) - set(held_by))
-            if fresh:
-                db.link_predecessors(tx, device.id, fresh, utc_text(now))
-                resend_from = first_missing_seq(tx, [*held_by, *fresh], retained, synced)
-        return bool(requested), resend_from
+        return HeartbeatReply(
+            server_time=now,
+            resnapshot=bool(requested) or status == "mismatch",
+            resend_from_seq=check.missing,
+        )
 
-    requested, resend_from = database.transact(record, write=True)
-    return HeartbeatReply(
-        server_time=now,
-        resnapshot=requested or status == "mismatch",
-        resend_from_seq=resend_from,
-    )
+    outcome = database.transact(lambda tx: beat(tx, None), snapshot=True)
+    if isinstance(outcome, _CountFirst):
+        device = outcome.device
+        check = database.transact(lambda tx: check_journal(tx, device, hb), write=False)
+        counted = _Counted(device.journal_span, device.journal_losses, check)
+        outcome = database.transact(lambda tx: beat(tx, counted), snapshot=True)
+    assert isinstance(outcome, HeartbeatReply)
+    return outcome
+
+
+def _count_size(span: JournalSpan, hb: Heartbeat) -> int:
+    """How many seqs a journal check of this heartbeat counts (at most)."""
+    parts = span.unverified(hb.retained_from_seq, hb.synced_through_seq)
+    return sum(high - low + 1 for low, high in parts)
+
+
+def _health(hb: Heartbeat, now: datetime, status: str) -> dict[str, Any]:
+    """The heartbeat's fields as db.HEARTBEAT_COLUMNS."""
+    return {
+        "hb_at": utc_text(now),
+        "hb_boot_id": hb.boot_id,
+        "hb_device_time": utc_text(hb.device_time),
+        "hb_clock_quality": hb.clock_quality,
+        "hb_backlog": hb.backlog,
+        "hb_oldest_pending_age_s": hb.oldest_pending_age_s,
+        "hb_replica_version": hb.replica_version,
+        "hb_replica_checksum": hb.replica_checksum,
+        "hb_replica_count": hb.replica_count,
+        "hb_replica_status": status,
+        "hb_last_seq": hb.last_seq,
+        "hb_synced_through_seq": hb.synced_through_seq,
+        "hb_retained_from_seq": hb.retained_from_seq,
+        "hb_last_error": hb.last_error,
+        "software_version": hb.software_version,
+    }

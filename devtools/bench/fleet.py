@@ -26,10 +26,29 @@ when they were due). The door count doubles from ``START_DOORS`` until a step fa
 bisected, at most ``MAX_STEPS`` steps and ``MAX_DOORS`` doors: bounded in count and time (about a
 minute a step at the default interval), and it stops by itself.
 
+A failed round backs off as the agent does (full jitter, doubling, never sooner than a
+``Retry-After``); a step answered 503 (load shed) goes on with the pull and the heartbeat, as the
+agent's does. Requests are sorted by outcome: good (2xx, 304), shed (503), timeouts and other.
+
+Three settings change what is measured (``kiosk bench --fleet`` options):
+
+- ``retained_rows`` (``--retained-rows``): each door starts with that many check-ins already in
+  the cloud, seqs 1..N over the last ``RETAINED_DAYS``, seeded with set-based SQL
+  (``cloud.db.seed_journal_history``) before its first round; its journal continues at N+1 and
+  its heartbeats name the whole retained range. The seeding is timed (``seed_s``).
+- ``scale_interval`` (``--interval``): rounds every S seconds, each door carrying the load of
+  ``interval / S`` doors (``door_load``), reported as ``door_equivalents``; ``--max-doors``
+  bounds the search, and with retained rows the disk a SQLite cloud needs is checked first.
+- ``saturation`` (``--saturation``): after the search, a step at 1.5x and one at 2x the capacity
+  found (``SATURATION_LOADS``), reported with good answers a second, 503s, timeouts, other errors
+  and the good answers' p99; **flat** when the 2x step keeps ``FLAT_SHARE`` of the capacity
+  step's good answers a second without a timeout, else **falls**.
+
 At the end every door's pending check-ins are sent until acknowledged (``DRAIN_ROUNDS`` at most),
 then the cloud's database is counted: **exactly once** means every check-in a door made is
-stored, under that door, once, and nothing else is; and each class use lowered its pack's
-balance once.
+stored, under that door, once, and nothing else is (a door with seeded history holds each of its
+seqs once: the seeded ones are accounted for, not counted as made); and each class use lowered
+its pack's balance once.
 
 Figures measured on one machine include the generator's own CPU: on a 2-core machine it competes
 with the cloud for the cores, so they are a lower bound for the cloud alone. Failures of the
@@ -47,6 +66,7 @@ import os
 import random
 import resource
 import secrets
+import shutil
 import ssl
 import subprocess
 import sys
@@ -75,7 +95,7 @@ from devtools.bench.sync import (
 )
 from kiosk import __version__
 from kiosk.core.ids import uuid7
-from kiosk.sync.client import CloudClient, CloudError, NotModified
+from kiosk.sync.client import BadResponse, CloudClient, CloudError, NotModified, RetryableError
 from sync.protocol import (
     REJECTED,
     Anchor,
@@ -99,6 +119,12 @@ CLOUD_START_TIMEOUT_S = 120.0
 CLOUD_STOP_TIMEOUT_S = 30.0
 ENROL_TTL_MINUTES = 1440
 SETUP_THREADS = 8
+RETAINED_DAYS = 90.0  # a door keeps its journal this long (seeded history spans it)
+# Disk a seeded check-in takes in a SQLite cloud, row and indexes (measured: about 0.9 KB).
+SEEDED_ROW_BYTES = 1000
+SATURATION_LOADS = (1.5, 2.0)  # the capacity found, times these
+# "flat": the 2x step answers at least this share of the capacity step's good requests a second.
+FLAT_SHARE = 0.9
 
 POSTGRES_HINT = (
     "not measured: add --postgres postgresql://USER@HOST:PORT/DBNAME to include it (the bench "
@@ -128,6 +154,13 @@ class FleetSettings:
     doors_per_gym: int = DOORS_PER_GYM
     target_p99_ms: float = TARGET_P99_MS
     seed: int = 1
+    backoff_max_s: float = 300.0
+    # Each simulated door's load in doors at the configured interval (``scale_interval``).
+    door_load: float = 1.0
+    # Check-ins each door already holds in the cloud when it starts (``Fleet.ensure`` seeds them).
+    retained_rows: int = 0
+    retained_days: float = RETAINED_DAYS
+    saturation: bool = False
 
 
 def fleet_settings(**overrides: Any) -> FleetSettings:
@@ -142,8 +175,36 @@ def fleet_settings(**overrides: Any) -> FleetSettings:
         request_timeout_s=sync.request_timeout_s,
         batch_size=sync.batch_size,
         page_rows=sync.page_rows,
+        backoff_max_s=sync.backoff_max_s,
     )
     return replace(base, **overrides)
+
+
+def scale_interval(settings: FleetSettings, interval_s: float) -> FleetSettings:
+    """``settings`` with rounds every ``interval_s`` seconds, each door carrying the load of
+    ``settings.interval_s / interval_s`` doors (``door_load``): the check-in rate scaled up and
+    the wake poll down by that factor (a door's rounds, requests and uploads a second are then
+    those of that many doors: the rounds of a door are a renewal process whose rate scales with
+    both), and the warm-up and measured windows scaled in intervals so that they last as many
+    seconds as before. The request timeout and the backoff are times the cloud sees: unscaled.
+    Raises ValueError for an interval that is not positive. Pure."""
+    if not interval_s > 0:
+        raise ValueError(f"the interval must be positive, not {interval_s}")
+    factor = settings.interval_s / interval_s
+    return replace(
+        settings,
+        interval_s=interval_s,
+        wake_poll_s=settings.wake_poll_s / factor,
+        checkins_per_min=settings.checkins_per_min * factor,
+        warmup_intervals=settings.warmup_intervals * factor,
+        window_intervals=settings.window_intervals * factor,
+        door_load=settings.door_load * factor,
+    )
+
+
+def door_equivalents(doors: int, settings: FleetSettings) -> int:
+    """The doors at the configured interval that ``doors`` simulated ones stand for. Pure."""
+    return round(doors * settings.door_load)
 
 
 # -- the cloud, as `kiosk cloud serve` ----------------------------------------------------------
@@ -252,12 +313,17 @@ class CloudProcess:
 @dataclass(slots=True)
 class Exchange:
     """One request: when it was sent (``time.monotonic()``), how long until its answer's body was
-    read (ms), its path and status (None: no answer)."""
+    read (ms), its path and status (None: no answer, then ``failure`` says why: ``timeout`` or
+    ``transport``, a refused or broken connection)."""
 
     started: float
     ms: float
     path: str
     status: int | None
+    failure: str | None = None
+
+
+TIMEOUT, TRANSPORT = "timeout", "transport"
 
 
 class _TimedBody(httpx.SyncByteStream):
@@ -285,24 +351,38 @@ class _TimedBody(httpx.SyncByteStream):
 
 class DoorTransport(httpx.HTTPTransport):
     """The real HTTP transport of one door, appending an ``Exchange`` per request to ``sink``
-    (shared by the fleet: list.append is atomic)."""
+    (shared by the fleet: list.append is atomic). ``inner``: another transport to send through
+    instead of the network (a test's fake cloud), timed and recorded the same way."""
 
-    def __init__(self, sink: list[Exchange], ssl_context: ssl.SSLContext) -> None:
+    def __init__(
+        self,
+        sink: list[Exchange],
+        ssl_context: ssl.SSLContext,
+        inner: httpx.BaseTransport | None = None,
+    ) -> None:
         # One SSL context for the fleet: building one per door costs milliseconds and memory.
         super().__init__(verify=ssl_context)
         self._sink = sink
+        self._inner = inner
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         started = time.monotonic()
         path = request.url.path
 
-        def record(status: int | None) -> None:
-            self._sink.append(Exchange(started, (time.monotonic() - started) * 1e3, path, status))
+        def record(status: int | None, failure: str | None = None) -> None:
+            ms = (time.monotonic() - started) * 1e3
+            self._sink.append(Exchange(started, ms, path, status, failure))
 
         try:
-            response = super().handle_request(request)
+            if self._inner is not None:
+                response = self._inner.handle_request(request)
+            else:
+                response = super().handle_request(request)
+        except httpx.TimeoutException:
+            record(None, TIMEOUT)
+            raise
         except Exception:
-            record(None)
+            record(None, TRANSPORT)
             raise
         assert isinstance(response.stream, httpx.SyncByteStream)
         response.stream = _TimedBody(response.stream, lambda: record(response.status_code))
@@ -374,12 +454,21 @@ class Door:
         self.checksum = "0" * 16
         self.count = 0
         self.last_seq = 0
-        self.journal: dict[int, Journaled] = {}  # seq -> check-in (every one is retained)
+        # Seqs 1..seeded: history stored in the cloud before the run (``Fleet.ensure``), retained
+        # by the door but not held here (it never needs to send them again).
+        self.seeded = 0
+        self.journal: dict[int, Journaled] = {}  # seq -> check-in made in this run
         self.pending: dict[int, Journaled] = {}  # seq -> not acknowledged yet
         self.rejected: list[str] = []
         self.errors: list[tuple[float, str]] = []  # (when, plain words)
         self.resnapshots = 0
+        self.resend_requests: list[int] = []  # every resend_from_seq the cloud answered
         self.next_checkin_at = math.inf
+        # The agent's backoff: consecutive failed rounds, the largest Retry-After the last one
+        # was answered with (s), and when the next try is due (monotonic s).
+        self.failures = 0
+        self.retry_after: float | None = None
+        self.backoff_until = 0.0
 
     # -- the schedule's inputs -----------------------------------------------------------------
 
@@ -390,9 +479,12 @@ class Door:
         )
 
     def due_after(self, ended: float) -> float:
-        """When the next round starts, as the agent decides after a round that ``ended`` then: at
+        """When the next round starts, as the agent decides after a round that ``ended`` then:
+        after a failed round, when its backoff ends (a check-in does not cut it short); else at
         once for a check-in journaled during it (after its push read the queue), else within
         ``wake_poll_s`` of the next check-in, and at the latest ``interval_s`` after it."""
+        if self.failures:
+            return max(ended, self.backoff_until)
         if self.next_checkin_at <= ended:
             return ended
         woken = self.next_checkin_at + self.rng.uniform(0.0, self.settings.wake_poll_s)
@@ -436,17 +528,40 @@ class Door:
     # -- one round: push, pull, heartbeat ------------------------------------------------------
 
     def round(self) -> bool:
-        """One agent round; False when it failed (the error is kept in ``errors``)."""
+        """One agent round (``kiosk.sync.agent``'s cycle); False when it failed (the first error
+        is kept in ``errors``, and the backoff set). As the agent, a step answered with an error
+        (a 5xx such as a 503 that sheds load) does not stop the later steps, a request that got
+        no answer (a timeout, no connection) or a non-retryable error does."""
+        failed: list[CloudError] = []
         try:
-            self._push()
-            self._pull()
-            self._heartbeat()
-            return True
-        except CloudError as exc:
-            self.errors.append((time.monotonic(), str(exc)))
-            return False
+            for step in (self._push, self._pull, self._heartbeat):
+                try:
+                    step()
+                except RetryableError as exc:
+                    failed.append(exc)
+                    if exc.status is None and not isinstance(exc, BadResponse):
+                        break  # no answer at all: the later steps would only wait too
+                except CloudError as exc:
+                    failed.append(exc)
+                    break
         finally:
             self.transport.end_round()
+        if not failed:
+            self.failures, self.retry_after = 0, None
+            return True
+        self.errors.append((time.monotonic(), str(failed[0])))
+        self.failures += 1
+        waits = [e.retry_after for e in failed if isinstance(e, RetryableError) and e.retry_after]
+        self.retry_after = max(waits, default=None)
+        self.backoff_until = time.monotonic() + self.backoff_s()
+        return False
+
+    def backoff_s(self) -> float:
+        """The agent's wait after ``failures`` failed rounds in a row: full jitter (tenacity's
+        ``wait_random_exponential(multiplier=1, max=backoff_max_s)``: uniform up to 2**(n-1) s,
+        capped) and never less than the Retry-After the cloud sent (s)."""
+        high = min(self.settings.backoff_max_s, 2.0 ** min(self.failures - 1, 30))
+        return max(self.rng.uniform(0.0, high), self.retry_after or 0.0)
 
     def _push(self) -> None:
         while self.pending:
@@ -511,6 +626,11 @@ class Door:
         )
         reply = self.client.heartbeat(beat)
         if reply.resend_from_seq is not None:
+            self.resend_requests.append(reply.resend_from_seq)
+            if reply.resend_from_seq <= self.seeded:
+                # The cloud holds the seeded history: asking for it again is a defect (the
+                # door could send it; the bench keeps no copy).
+                self.rejected.append(f"resend from seq {reply.resend_from_seq}: seeded history")
             for seq, made in self.journal.items():
                 if seq >= reply.resend_from_seq:
                     self.pending[seq] = made
@@ -545,6 +665,15 @@ class StepResult:
     seconds: float
     cloud_cpu_percent: float | None = None
     bench_cpu_percent: float | None = None
+    # The measured requests by outcome: answered 2xx or 304 (a second, and their p99), 503
+    # (shed: the door backs off as asked), no answer in time, and the rest (other statuses, no
+    # connection, rejected check-ins); and the doors they stand for (``door_equivalents``).
+    good_per_s: float | None = None
+    good_p99_ms: float | None = None
+    shed: int = 0
+    timeouts: int = 0
+    other_errors: int = 0
+    door_equivalents: int | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -565,7 +694,40 @@ class StepResult:
             "seconds": self.seconds,
             "cloud_cpu_percent": self.cloud_cpu_percent,
             "bench_cpu_percent": self.bench_cpu_percent,
+            "good_per_s": self.good_per_s,
+            "good_p99_ms": self.good_p99_ms,
+            "shed": self.shed,
+            "timeouts": self.timeouts,
+            "other_errors": self.other_errors,
+            "door_equivalents": self.door_equivalents,
         }
+
+
+@dataclass(frozen=True, slots=True)
+class Outcomes:
+    """Requests by outcome (see ``StepResult``); ``good_ms`` the answered ones' latencies."""
+
+    good_ms: list[float]
+    shed: int
+    timeouts: int
+    other: int
+
+
+def outcomes(exchanges: list[Exchange]) -> Outcomes:
+    """Sort requests by outcome: 2xx and 304 are good, 503 shed, no answer in time a timeout,
+    anything else (another status, no connection) other. Pure."""
+    good: list[float] = []
+    shed = timeouts = other = 0
+    for e in exchanges:
+        if e.status is not None and (200 <= e.status < 300 or e.status == 304):
+            good.append(e.ms)
+        elif e.status == 503:
+            shed += 1
+        elif e.status is None and e.failure == TIMEOUT:
+            timeouts += 1
+        else:
+            other += 1
+    return Outcomes(good, shed, timeouts, other)
 
 
 def percentile(values: list[float], q: float) -> float | None:
@@ -597,6 +759,18 @@ class Fleet:
         self.doors: list[Door] = []
         self.gyms: list[Gym] = []
         self._ssl = ssl.create_default_context()
+        self.seed_s = 0.0  # time spent seeding retained history (s)
+        self.seeded_rows = 0
+        self.progress: ProgressFn = lambda _msg: None
+        self.saturation_skipped: str | None = None
+
+    def disk_shortfall(self, count: int) -> str | None:
+        """Why seeding the doors needed for ``count`` would not fit a SQLite cloud's disk, or
+        None (PostgreSQL: not checked)."""
+        if self.database.dialect != "sqlite":
+            return None
+        directory = Path(self.database.url.target).parent
+        return disk_shortfall(self.settings, directory, count - len(self.doors))
 
     # -- setup ---------------------------------------------------------------------------------
 
@@ -654,6 +828,33 @@ class Fleet:
         with ThreadPoolExecutor(SETUP_THREADS, thread_name_prefix="fleet-enrol") as pool:
             self.doors.extend(pool.map(enrol, range(first, count)))
         self.sink.clear()  # the enrolments are not part of any step
+        if self.settings.retained_rows > 0:
+            self._seed_history(self.doors[first:], now)
+
+    def _seed_history(self, doors: list[Door], now: datetime) -> None:
+        """Store each door's retained journal in the cloud, seqs 1..retained_rows spread over
+        the last ``retained_days`` (``cloud.db.seed_journal_history``), before its first round:
+        its journal continues after them and its heartbeats name them all. One transaction a
+        door, one door at a time: SQLite has one writer, and on PostgreSQL the cores are busy
+        enough with one set-based INSERT."""
+        from cloud import db
+
+        rows = self.settings.retained_rows
+        span_us = int(self.settings.retained_days * 86400e6)
+        last_us = int(now.timestamp() * 1e6) - span_us // rows
+        self.progress(f"seeding {rows:,} retained check-ins for each of {len(doors)} doors")
+        started = time.perf_counter()
+        for door in doors:
+            self.database.transact(
+                lambda tx, d=door: db.seed_journal_history(
+                    tx, d.device_id, d.gym.organization_id, d.gym.gym_id, f"door-{d.index}",
+                    1, rows, last_us - span_us + span_us // rows, last_us,
+                    replica_version=d.version,
+                )
+            )  # fmt: skip
+            door.seeded = door.last_seq = rows
+            self.seeded_rows += rows
+        self.seed_s += time.perf_counter() - started
 
     # -- one step ------------------------------------------------------------------------------
 
@@ -726,6 +927,7 @@ class Fleet:
         samples = [text for d in doors for _, text in d.errors[-1:]][:3]
         samples += [text for d in doors for text in d.rejected[-1:]][: 3 - len(samples)]
         latencies = [e.ms for e in measured]
+        sorted_out = outcomes(measured)
         paths: dict[str, list[float]] = {}
         for e in measured:
             paths.setdefault(e.path, []).append(e.ms)
@@ -735,6 +937,8 @@ class Fleet:
         errors = failed + rejected
         if errors:
             served, reason = False, f"{errors} failed rounds or rejected check-ins"
+            if sorted_out.shed:
+                reason += f" ({sorted_out.shed} answers 503)"
         elif p99 is None:
             served, reason = False, "no request was measured"
         elif p99 >= s.target_p99_ms:
@@ -762,27 +966,45 @@ class Fleet:
             seconds=round(seconds, 1),
             cloud_cpu_percent=cloud_share,
             bench_cpu_percent=bench_share,
+            good_per_s=round(len(sorted_out.good_ms) / window, 1) if window > 0 else 0.0,
+            good_p99_ms=percentile(sorted_out.good_ms, 0.99),
+            shed=sorted_out.shed,
+            timeouts=sorted_out.timeouts,
+            other_errors=sorted_out.other + rejected,
+            door_equivalents=door_equivalents(count, s),
         )
 
     # -- the end -------------------------------------------------------------------------------
 
     def drain(self) -> int:
         """Send every door's pending check-ins until acknowledged (``DRAIN_ROUNDS`` tries at
-        most); returns how many are still pending."""
+        most); returns how many are still pending. A door whose last round failed waits out
+        the Retry-After it was given, not its jitter (nothing is measured here: it would only
+        make the end slower)."""
+
+        def settle(door: Door) -> None:
+            if door.failures:
+                wait = min(door.backoff_until - time.monotonic(), door.retry_after or 0.0)
+                time.sleep(max(0.0, wait))
+            door.round()
+
         waiting = [d for d in self.doors if d.pending]
         for _ in range(DRAIN_ROUNDS):
             if not waiting:
                 break
             with ThreadPoolExecutor(SETUP_THREADS, thread_name_prefix="fleet-drain") as pool:
-                list(pool.map(lambda d: d.round(), waiting))
+                list(pool.map(settle, waiting))
             waiting = [d for d in waiting if d.pending]
         return sum(len(d.pending) for d in self.doors)
 
     def verify(self) -> dict[str, Any]:
-        """Count what the cloud holds against what the doors made (see the module docstring)."""
+        """Count what the cloud holds against what the doors made (see the module docstring).
+        Seeded history is accounted for exactly, not counted as made: every door must hold
+        seqs 1..last_seq once, its seeded rows and each check-in it made under its own id."""
         from cloud import db
 
-        made = sum(d.last_seq for d in self.doors)
+        made = sum(d.last_seq - d.seeded for d in self.doors)
+        seeded = sum(d.seeded for d in self.doors)
         ids = {j.item.id: d.device_id for d in self.doors for j in d.journal.values()}
         uses: dict[tuple[str, str], int] = {}
         for d in self.doors:
@@ -808,18 +1030,26 @@ class Fleet:
 
         holders, counts, spent = self.database.transact(read, write=False)
         misplaced = sum(1 for i, dev in ids.items() if holders.get(i, {}).get("device_id") != dev)
-        stored = sum(counts.values())
+        stored = sum(counts.values()) - seeded
+        # Per door: a door short of rows and another with extra ones must not cancel out.
+        uneven = sum(1 for d in self.doors if counts.get(d.device_id, 0) != d.last_seq)
         class_uses = sum(uses.values())
         return {
             "checkins_made": made,
             "checkins_stored": stored,
+            "checkins_seeded": seeded,
+            "doors_miscounted": uneven,
             "missing_or_misplaced": misplaced,
             "class_uses": class_uses,
             "class_uses_in_cloud": spent,
             "pending_after_drain": sum(len(d.pending) for d in self.doors),
             "rejected": sum(len(d.rejected) for d in self.doors),
             "resnapshots": sum(d.resnapshots for d in self.doors),
-            "exactly_once": stored == made == len(ids) and misplaced == 0 and spent == class_uses,
+            "resend_requests": sum(len(d.resend_requests) for d in self.doors),
+            "exactly_once": stored == made == len(ids)
+            and uneven == 0
+            and misplaced == 0
+            and spent == class_uses,
         }
 
     def close(self) -> None:
@@ -881,6 +1111,78 @@ def summary(steps: list[StepResult]) -> dict[str, Any]:
     }  # fmt: skip
 
 
+def capacity_step(steps: list[StepResult]) -> StepResult | None:
+    """The served step with the most doors (the capacity found), or None. Pure."""
+    served = [r for r in steps if r.served]
+    return max(served, key=lambda r: r.doors) if served else None
+
+
+def saturation_doors(capacity: int) -> list[int]:
+    """The saturation steps' door counts: ``SATURATION_LOADS`` times ``capacity``, always past
+    it. Pure."""
+    return [max(capacity + 1, round(capacity * load)) for load in SATURATION_LOADS]
+
+
+def saturate(fleet: Fleet, capacity: int, progress: ProgressFn, label: str) -> list[StepResult]:
+    """One step at each of ``SATURATION_LOADS`` times ``capacity`` doors, past what was served
+    (none when nothing was, or when their retained history would not fit on the disk: the
+    reason is then in ``fleet.saturation_skipped``): how the cloud answers more than it can
+    serve."""
+    steps: list[StepResult] = []
+    if capacity <= 0:
+        return steps
+    short = fleet.disk_shortfall(max(saturation_doors(capacity)))
+    if short is not None:
+        fleet.saturation_skipped = short
+        progress(f"{label}: no saturation steps: {short}")
+        return steps
+    for load, doors in zip(SATURATION_LOADS, saturation_doors(capacity), strict=True):
+        progress(f"{label}: saturation, {doors} doors ({load:g}x the capacity found)")
+        result = fleet.run_step(doors)
+        steps.append(result)
+        progress(
+            f"{label}: {doors} doors: {result.good_per_s} good requests/s, {result.shed} answers "
+            f"503, {result.timeouts} timeouts, {result.other_errors} other errors"
+        )
+    return steps
+
+
+def saturation_report(
+    capacity: StepResult | None, steps: list[StepResult], skipped: str | None = None
+) -> tuple[list[dict[str, Any]], dict[str, str]]:
+    """The saturation steps as reported, led by the capacity step (load 1, from the search), and
+    the verdict: ``flat`` when the last step (2x) answers at least ``FLAT_SHARE`` of the capacity
+    step's good requests a second and no saturation step had a timeout, else ``falls``; ``not
+    measured`` without a capacity or steps (``skipped``: why they were not run). Pure."""
+    if capacity is None:
+        return [], {"verdict": "not measured", "reason": "no step was served: no capacity"}
+    if len(steps) < len(SATURATION_LOADS):
+        return [], {"verdict": "not measured", "reason": skipped or "the steps did not run"}
+    rows = [
+        {
+            "load": load,
+            "doors": r.doors,
+            "door_equivalents": r.door_equivalents,
+            "good_per_s": r.good_per_s,
+            "shed_503": r.shed,
+            "timeouts": r.timeouts,
+            "other_errors": r.other_errors,
+            "p99_ms": r.good_p99_ms,
+            "requests_per_s": r.requests_per_s,
+        }
+        for load, r in zip((1.0, *SATURATION_LOADS), (capacity, *steps), strict=True)
+    ]
+    base, last = capacity.good_per_s or 0.0, steps[-1].good_per_s or 0.0
+    share = last / base if base > 0 else 0.0
+    timeouts = sum(r.timeouts for r in steps)
+    words = (
+        f"{SATURATION_LOADS[-1]:g}x the capacity answers {share:.0%} of its good requests a "
+        f"second, {timeouts} timeouts"
+    )
+    flat = timeouts == 0 and share >= FLAT_SHARE
+    return rows, {"verdict": "flat" if flat else "falls", "reason": words}
+
+
 def measure_backend(
     label: str,
     database_url: str,
@@ -895,13 +1197,19 @@ def measure_backend(
     from cloud.migrations import migrate
 
     database = Database(database_url, pool_size=SETUP_THREADS)
+    name = f"{label} ({workers} worker(s))"
+    saturation: list[StepResult] = []
     try:
         migrate(database)
         with CloudProcess(database_url, workers) as cloud:
             assert cloud.url is not None
             fleet = Fleet(cloud.url, database, settings, cloud.cpu_seconds)
+            fleet.progress = lambda msg: progress(f"{label}: {msg}")
             try:
-                steps = search(fleet, progress, f"{label} ({workers} worker(s))")
+                steps = search(fleet, progress, name)
+                if settings.saturation:
+                    found = capacity_step(steps)
+                    saturation = saturate(fleet, found.doors if found else 0, progress, name)
                 progress(f"{label}: sending what is pending, counting the cloud's rows")
                 fleet.drain()
                 verified = fleet.verify()
@@ -909,14 +1217,23 @@ def measure_backend(
                 fleet.close()
     finally:
         database.close()
+    head = summary(steps)
+    rows, judged = saturation_report(capacity_step(steps), saturation, fleet.saturation_skipped)
     return {
         "database": description,
         "workers": workers,
-        **summary(steps),
+        **head,
+        "door_equivalents": door_equivalents(head["doors"], settings),
+        "interval_s": settings.interval_s,
+        "retained_rows": settings.retained_rows,
+        "seed_s": round(fleet.seed_s, 1),
         "exactly_once": verified["exactly_once"],
         "verification": verified,
         "doors_enrolled": len(fleet.doors),
         "steps": [r.to_json() for r in steps],
+        "saturation": rows,
+        "saturation_verdict": judged if settings.saturation else None,
+        "saturation_steps": [r.to_json() for r in saturation],
     }
 
 
@@ -927,6 +1244,35 @@ def _raise_open_files() -> None:
     if hard == resource.RLIM_INFINITY or soft < hard:
         with contextlib.suppress(ValueError, OSError):
             resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def disk_shortfall(settings: FleetSettings, directory: str | Path, doors: int) -> str | None:
+    """Why the retained history of ``doors`` more doors would not fit in ``directory``'s free
+    space as a SQLite cloud (``SEEDED_ROW_BYTES`` a row), or None when it fits or nothing is
+    seeded."""
+    if settings.retained_rows <= 0 or doors <= 0:
+        return None
+    need = doors * settings.retained_rows * SEEDED_ROW_BYTES
+    free = shutil.disk_usage(directory).free
+    if need <= free:
+        return None
+    return (
+        f"--retained-rows {settings.retained_rows:,} for {doors:,} doors needs about "
+        f"{need / 1e9:,.1f} GB for the SQLite cloud and {directory} has {free / 1e9:,.1f} GB free"
+    )
+
+
+def check_disk(settings: FleetSettings, directory: str | Path) -> None:
+    """Raise BenchError when the retained history of the most doors the search may enrol
+    (``max_doors``) would not fit in ``directory`` as a SQLite cloud: better refused before
+    than a full disk after an hour. (The saturation steps check again for their own doors;
+    PostgreSQL's disk is the server's, not checked.)"""
+    short = disk_shortfall(settings, directory, settings.max_doors)
+    if short is not None:
+        raise BenchError(
+            f"{short}: bound the doors with --max-doors (and --interval, so that fewer doors "
+            f"carry the same load)"
+        )
 
 
 def collect_fleet(
@@ -943,6 +1289,9 @@ def collect_fleet(
     s = settings or fleet_settings()
     if workers < 1:
         raise BenchError("--workers must be at least 1")
+    if s.retained_rows < 0:
+        raise BenchError("--retained-rows must be at least 0")
+    check_disk(s, tempfile.gettempdir())
     _raise_open_files()
     results: dict[str, Any] = {
         "machine": machine(),
@@ -954,6 +1303,12 @@ def collect_fleet(
         "gym_members": s.gym_members,
         "warmup_s": s.interval_s * s.warmup_intervals,
         "window_s": s.interval_s * s.window_intervals,
+        "door_load": s.door_load,
+        "reference_interval_s": s.interval_s * s.door_load,
+        "retained_rows": s.retained_rows,
+        "retained_days": s.retained_days,
+        "max_doors": s.max_doors,
+        "saturation_loads": list(SATURATION_LOADS) if s.saturation else [],
         "backends": {},
         "postgres": POSTGRES_HINT,
     }
@@ -986,6 +1341,14 @@ def report_fleet(r: dict[str, Any], out: TextIO) -> None:
       f"{r['checkins_per_door_per_min']:g} check-ins a minute each (upload + pull + heartbeat), "
       f"{r['doors_per_gym']} doors a gym of {r['gym_members']} members; each step "
       f"{r['warmup_s']:g} s warm-up, {r['window_s']:g} s measured\n")  # fmt: skip
+    load = r.get("door_load", 1.0)
+    if load != 1.0:
+        w(f"each simulated door carries the load of {load:g} doors at the "
+          f"{r['reference_interval_s']:g} s interval: door equivalents = doors x {load:g}\n")  # fmt: skip
+    if r.get("retained_rows"):
+        w(f"each door starts with {r['retained_rows']:,} check-ins already in the cloud (seqs "
+          f"1..{r['retained_rows']:,} over {r['retained_days']:g} days, seeded, not counted as "
+          f"made), its journal continuing after them\n")  # fmt: skip
     heads = {"sqlite": "SQLite", "postgres": "PostgreSQL"}
     for name, b in r["backends"].items():
         w(f"\n{heads.get(name, name)}, {b['workers']} worker process(es): {b['database']}\n")
@@ -996,17 +1359,38 @@ def report_fleet(r: dict[str, Any], out: TextIO) -> None:
               f"{_num(step['p99_ms'], 2):>9} {_num(step['max_ms'], 2):>9} {step['errors']:>7} "
               f"{_num(step['lag_p99_ms'], 0):>12} {_num(step['cloud_cpu_percent'], 0):>12} "
               f"{_num(step['bench_cpu_percent'], 0):>12}  {step['reason']}\n")  # fmt: skip
+        if b.get("saturation"):
+            w("  saturation: the capacity step, then past it\n"
+              "     load   doors  door eq.  good req/s  503s  timeouts  other  p99 ms (good)\n")  # fmt: skip
+            for row in b["saturation"]:
+                w(f"  {row['load']:>6.1f}x {row['doors']:>6} {row['door_equivalents']:>9,} "
+                  f"{_num(row['good_per_s']):>11} {row['shed_503']:>5} {row['timeouts']:>9} "
+                  f"{row['other_errors']:>6} {_num(row['p99_ms'], 2):>14}\n")  # fmt: skip
+        if b.get("saturation_verdict"):
+            sv = b["saturation_verdict"]
+            w(f"  saturation verdict: {sv['verdict']} ({sv['reason']})\n")
         v = b["verification"]
-        w(f"  check-ins: {v['checkins_made']:,} made, {v['checkins_stored']:,} stored; class "
-          f"uses {v['class_uses_in_cloud']}/{v['class_uses']} in the cloud\n")  # fmt: skip
+        seeded = v.get("checkins_seeded", 0)
+        w(f"  check-ins: {v['checkins_made']:,} made, {v['checkins_stored']:,} stored"
+          + (f" (besides {seeded:,} seeded in {b['seed_s']:g} s)" if seeded else "")
+          + f"; class uses {v['class_uses_in_cloud']}/{v['class_uses']} in the cloud\n")  # fmt: skip
     if "postgres" not in r["backends"]:
         w(f"\nPostgreSQL: {r['postgres']}\n")
     w("\n")
     for name, b in r["backends"].items():
         ok = b["doors"] > 0 and b["errors"] == 0 and b["exactly_once"]
+        equivalents = (
+            f" ({b['door_equivalents']:,} door equivalents at {r['reference_interval_s']:g} s)"
+            if load != 1.0 else ""
+        )  # fmt: skip
         w(f"[{verdict(ok)}] {heads.get(name, name)} ({b['workers']} worker(s)): {b['doors']:,} "
-          f"doors with p99 {_num(b['p99_ms'], 1)} ms (target < {r['target_p99_ms']:.0f} ms), "
-          f"{b['errors']} errors, exactly once: {'yes' if b['exactly_once'] else 'NO'}\n")  # fmt: skip
+          f"doors{equivalents} with p99 {_num(b['p99_ms'], 1)} ms (target < "
+          f"{r['target_p99_ms']:.0f} ms), {b['errors']} errors, exactly once: "
+          f"{'yes' if b['exactly_once'] else 'NO'}\n")  # fmt: skip
+        if b.get("saturation_verdict"):
+            sv = b["saturation_verdict"]
+            w(f"[{verdict(sv['verdict'] == 'flat')}] {heads.get(name, name)} past its capacity: "
+              f"{sv['verdict']} ({sv['reason']})\n")  # fmt: skip
 
 
 def run_fleet_bench(

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 from kiosk.cli.common import (
@@ -23,6 +25,23 @@ from kiosk.cli.common import (
 )
 
 BENCH_MEMBERS, BENCH_BACKLOG = 100_000, 10_000
+# `kiosk bench --fleet`'s own options (argparse destinations).
+_FLEET_OPTIONS = ("retained_rows", "interval", "max_doors", "saturation")
+
+
+def at_least_seconds(low: float, high: float = 3600.0) -> Callable[[str], float]:
+    """An argparse type: a number of seconds, ``low`` to ``high``."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected seconds, got {text!r}") from None
+        if not low <= value <= high:  # also refuses nan
+            raise argparse.ArgumentTypeError(f"expected {low:g} to {high:g} s, got {text}")
+        return value
+
+    return parse
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -89,6 +108,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.workers is not None and not (args.fleet or args.console):
         print("bench: --workers only applies with --fleet or --console", file=sys.stderr)
         return EXIT_CONFIG
+    fleet_only = [f"--{name.replace('_', '-')}" for name in _FLEET_OPTIONS
+                  if getattr(args, name) not in (None, False)]  # fmt: skip
+    if fleet_only and not args.fleet:
+        print(f"bench: {', '.join(fleet_only)} only apply with --fleet", file=sys.stderr)
+        return EXIT_CONFIG
     if args.console:
         if args.backlog is not None:
             print("bench: --backlog only applies with --sync", file=sys.stderr)
@@ -114,15 +138,23 @@ def cmd_bench(args: argparse.Namespace) -> int:
             print(f"bench: {', '.join(given)} only apply with --sync", file=sys.stderr)
             return EXIT_CONFIG
         # The reference cloud (the `cloud` extra) loads when the bench reaches it.
-        from devtools.bench.fleet import run_fleet_bench
+        from devtools.bench.fleet import fleet_settings, run_fleet_bench, scale_interval
         from devtools.bench.sync import BenchError
 
+        settings = fleet_settings(saturation=args.saturation)
+        if args.retained_rows is not None:
+            settings = replace(settings, retained_rows=args.retained_rows)
+        if args.max_doors is not None:
+            settings = replace(settings, max_doors=args.max_doors)
+        if args.interval is not None:
+            settings = scale_interval(settings, args.interval)
         try:
             return run_fleet_bench(
                 as_json=args.json,
                 postgres_url=args.postgres,
                 workers=args.workers if args.workers is not None else 1,
                 out=sys.stdout,
+                settings=settings,
             )
         except BenchError as exc:
             print(f"bench: {exc}", file=sys.stderr)
@@ -252,6 +284,33 @@ def _bench(p: argparse.ArgumentParser) -> None:
         help="measure the reference cloud instead: how many simulated doors (idle pulls, "
         "heartbeats, a busy gym's check-ins, at the default sync interval) one setup serves "
         "with p99 under 250 ms and no errors, and that every check-in is stored exactly once",
+    )
+    p.add_argument(
+        "--retained-rows",
+        type=at_least(0),
+        metavar="N",
+        help="with --fleet: every door starts with N check-ins already stored in the cloud "
+        "(seeded, spread over 90 days), as a door keeping 90 days would (default 0)",
+    )
+    p.add_argument(
+        "--interval",
+        type=at_least_seconds(0.1),
+        metavar="S",
+        help="with --fleet: doors sync every S seconds with the check-in rate scaled to match, "
+        "each carrying the load of (sync interval / S) doors, reported as door equivalents "
+        "(default: the configured sync interval, 30 s)",
+    )
+    p.add_argument(
+        "--max-doors",
+        type=at_least(1),
+        metavar="N",
+        help="with --fleet: the most doors the search tries (default 12,800)",
+    )
+    p.add_argument(
+        "--saturation",
+        action="store_true",
+        help="with --fleet: after the search, steps at 1.5x and 2x the capacity found: good "
+        "answers a second, 503s (doors back off as asked), timeouts, other errors",
     )
     p.add_argument(
         "--workers",
