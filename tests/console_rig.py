@@ -65,10 +65,15 @@ CSRF_FIELD = re.compile(r'name="csrf" value="([^"]+)"')
 SECRET_MARK = "Zanzibar"  # noqa: S105 - not a password
 
 
+# scrypt's cost for the rig's accounts: every sign-in of a test verifies one, at a millisecond
+# each instead of 50. The console's own cost is tested in tests/test_console_auth.py.
+RIG_SCRYPT_N = 2**10
+
+
 @lru_cache(maxsize=1)
 def password_hash() -> str:
     """PASSWORD's scrypt hash, made once per test process (every rig account shares it)."""
-    return auth.hash_password(PASSWORD)
+    return auth.hash_password(PASSWORD, n=RIG_SCRYPT_N)
 
 
 @dataclass(frozen=True)

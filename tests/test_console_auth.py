@@ -88,6 +88,10 @@ def test_passwords_are_scrypt_hashed_with_a_salt_and_checked():
     assert not auth.verify_password(PASSWORD, encoded.replace("$16384$", f"${2**24}$"))
     assert auth.check_passwords(PASSWORD, ["junk", encoded]) == 1
     assert auth.check_passwords("wrong one entirely", [encoded]) is None
+    # The cost is read from the stored form: a cheaper one (the test rig's) still verifies.
+    cheap = auth.hash_password(PASSWORD, n=2**10)
+    assert cheap.split("$")[1] == "1024" and auth.verify_password(PASSWORD, cheap)
+    assert not auth.verify_password("wrong one entirely", cheap)
     assert auth.check_passwords("anything at all", []) is None
 
 

@@ -23,6 +23,7 @@ import threading
 import time
 from datetime import datetime, timedelta
 
+import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from gpiozero.pins.mock import MockFactory
 
@@ -39,6 +40,9 @@ from kiosk.data.store import Store
 from kiosk.door.loop import DoorLoop, ScannerSettings
 from sync.credentials import code_hash
 from sync.passes import pass_id_text, pass_payload, step_at
+
+# A long file: it starts first on a fresh clone (tests/conftest.py orders the files).
+pytestmark = pytest.mark.slow
 
 # Not KIOSK_*: that prefix is the configuration's, and strict loading rejects unknown names.
 KILLS = int(os.environ.get("FITFLOW_TEST_CRASH_KILLS", "200"))

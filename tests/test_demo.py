@@ -33,6 +33,9 @@ from kiosk.ops.owner_password import load_password_hash, verify_password
 # --once plays the scenario, then the sync story: Carol admitted after a change made in the cloud,
 # Alice admitted while the cloud is down.
 # The first round's payloads depend on the time (phone passes); its reasons and length do not.
+# A long file: it starts first on a fresh clone (tests/conftest.py orders the files).
+pytestmark = pytest.mark.slow
+
 FIRST_ROUND = scenario_with_passes(datetime.now(UTC))
 PLAYED = [*FIRST_ROUND, AFTER_CLOUD_CHANGE, *WHILE_OFFLINE]
 

@@ -25,6 +25,9 @@ from pathlib import Path
 import pytest
 from test_units import parse_unit
 
+# A long file: it starts first on a fresh clone (tests/conftest.py orders the files).
+pytestmark = pytest.mark.slow
+
 REPO = Path(__file__).resolve().parent.parent
 INSTALL = REPO / "deploy" / "install.sh"
 UNINSTALL = REPO / "deploy" / "uninstall.sh"

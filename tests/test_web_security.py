@@ -34,7 +34,10 @@ from kiosk.web.auth import (
     same_origin,
 )
 
-pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+pytestmark = [
+    pytest.mark.filterwarnings("ignore::DeprecationWarning"),
+    pytest.mark.slow,  # a long file: it starts first on a fresh clone (tests/conftest.py)
+]
 
 
 @pytest.fixture
