@@ -34,6 +34,7 @@ from datetime import UTC, datetime
 from importlib import metadata
 from typing import Any
 
+import anyio
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -166,17 +167,21 @@ async def send_json(
 # -- the device API's budget -----------------------------------------------------------------------
 
 # The threads Starlette runs blocking work on: every sync route and ``run_in_threadpool`` call takes
-# one of anyio's default thread limiter (tests/test_cloud_overload.py checks the number still holds).
-REQUEST_THREADS = 40
+# one of anyio's default thread limiter, which the app's lifespan sets to this many (anyio's own
+# default, 40, made the device API's cap a burst size: measured with the fleet bench, doors'
+# rounds arrive 32 at once while the oldest has waited 0.1 s, far from overload). A thread waiting
+# for a database connection costs little memory; the queue is bounded by the budget below.
+REQUEST_THREADS = 136
 # Threads the device API leaves to the admin API, the console and /healthz: device load alone can
 # never make them wait for a thread.
 RESERVED_THREADS = 8
-# At most this many device requests in flight: with the pool's 8 connections a new one already
-# waits for about 4 before it; more would only queue longer for a thread or a connection.
+# At most this many device requests in flight: a bound on the threads and the request bodies
+# (at most 1 MiB each) a burst can hold. Overload itself is the age rule's to find.
 DEFAULT_MAX_IN_FLIGHT = REQUEST_THREADS - RESERVED_THREADS
 # With the pool's worth in flight, an oldest request older than this means the queue no longer
-# drains (a slow or locked database): new requests are shed until it does. A door gives up after
-# 10 s, and the cloud would still do the work of a request nobody waits for.
+# drains (the cores are saturated, or the database is slow or locked): new requests are shed until
+# it does. A door gives up after 10 s, and the cloud would still do the work of a request nobody
+# waits for.
 DEFAULT_MAX_WAIT_S = 2.0
 # A shed answer's Retry-After, in whole seconds, picked uniformly: doors shed together come back
 # spread over the range instead of together.
@@ -235,9 +240,8 @@ class DeviceLoad:
         with self._lock:
             count = len(self._started)
             waited = now - next(iter(self._started.values())) if self._started else 0.0
-            if count < self.max_in_flight and (
-                count < self.wait_floor or waited <= self.max_wait_s
-            ):
+            full = count >= self.max_in_flight
+            if not full and (count < self.wait_floor or waited <= self.max_wait_s):
                 ticket = next(self._tickets)
                 self._started[ticket] = now
                 return ticket
@@ -246,9 +250,12 @@ class DeviceLoad:
             if self._reported_at is not None and now - self._reported_at < SHED_LOG_EVERY_S:
                 return None
             shed, self._unreported, self._reported_at = self._unreported, 0, now
+        # Which rule shed this one: the operator's next step differs (raise --max-in-flight for
+        # bursts; add workers or a faster database for a queue that no longer drains).
         log.warning(
-            "device API busy: %d request(s) answered 503 since the last report; %d in flight "
-            "(cap %d), the oldest for %.1f s (limit %.1f s once %d are in flight)",
+            "device API busy (%s): %d request(s) answered 503 since the last report; %d in "
+            "flight (cap %d), the oldest for %.1f s (limit %.1f s once %d are in flight)",
+            "the cap of requests in flight" if full else "the oldest request waited too long",
             shed,
             count,
             self.max_in_flight,
@@ -389,6 +396,8 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        # Per event loop: the served process's, or a test client's.
+        anyio.to_thread.current_default_thread_limiter().total_tokens = REQUEST_THREADS
         yield
         database.close()
 

@@ -20,7 +20,7 @@ and invite links are printed once, to stdout, and never logged. A member or pass
 picks the organisation when several hold that id.
 
 ``serve --workers N`` runs N worker processes on one port (``cloud.serve``); more than one needs
-PostgreSQL. ``--max-in-flight N`` (default ``$FITFLOW_CLOUD_MAX_IN_FLIGHT``, else 32) caps each
+PostgreSQL. ``--max-in-flight N`` (default ``$FITFLOW_CLOUD_MAX_IN_FLIGHT``, else 128) caps each
 process's device requests in flight: past it a device request is answered 503 with Retry-After.
 
 Exit codes: 0 success; 2 usage or configuration error (bad URL, unknown organisation, gym,
@@ -441,7 +441,7 @@ def _add_actions(sub: Any) -> None:
         default=os.environ.get(MAX_IN_FLIGHT_ENV),
         metavar="N",
         help="device requests each process serves at once; past them a device request is "
-        f"answered 503 with Retry-After at once (default: ${MAX_IN_FLIGHT_ENV}, else 32)",
+        f"answered 503 with Retry-After at once (default: ${MAX_IN_FLIGHT_ENV}, else 128)",
     )
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.add_argument(

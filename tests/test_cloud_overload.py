@@ -216,6 +216,19 @@ def test_past_its_cap_a_device_request_is_answered_503_at_once_and_others_pass(s
         app.state.cloud.database.close()
 
 
+def test_the_shed_report_names_the_cap_when_the_cap_sheds(caplog):
+    clock = FakeMonotonic()
+    load = DeviceLoad(2, max_wait_s=2.0, wait_floor=1, retry_after=lambda: 1, clock=clock)
+    tickets = [load.admit(), load.admit()]
+    assert None not in tickets
+    with caplog.at_level(logging.WARNING, logger="cloud"):
+        assert load.admit() is None  # two in flight, the oldest 0 s old: the cap, not the age
+    (report,) = [r.getMessage() for r in caplog.records if "device API busy" in r.getMessage()]
+    assert "(the cap of requests in flight)" in report and "2 in flight (cap 2)" in report
+    load.done(tickets[0])
+    assert load.admit() is not None and load.shed == 1
+
+
 def test_a_queue_that_no_longer_drains_is_shed_before_the_cap(sqlite_url, caplog):
     clock = FakeMonotonic()
     load = DeviceLoad(10, max_wait_s=2.0, wait_floor=2, retry_after=lambda: 1, clock=clock)
@@ -242,6 +255,7 @@ def test_a_queue_that_no_longer_drains_is_shed_before_the_cap(sqlite_url, caplog
         reports = [r for r in caplog.records if "device API busy" in r.getMessage()]
         assert len(reports) == 1 and "1 request(s)" in reports[0].getMessage()
         assert "oldest for 5.0 s" in reports[0].getMessage()
+        assert "(the oldest request waited too long)" in reports[0].getMessage()
         clock.advance(10.0)
         with caplog.at_level(logging.WARNING, logger="cloud"):
             assert (await call(app, "GET", "/v1/replica/changes"))[0] == 503
@@ -272,11 +286,14 @@ def test_a_queue_that_no_longer_drains_is_shed_before_the_cap(sqlite_url, caplog
 
 
 def test_the_default_budget_leaves_threads_to_the_admin_api_and_the_console(sqlite_url, capsys):
-    async def default_threads() -> int:
-        return int(anyio.to_thread.current_default_thread_limiter().total_tokens)
+    app = create_app(sqlite_url, pool_size=5)
 
-    # The number the default is derived from is still what Starlette runs its threads with.
-    assert anyio.run(default_threads) == REQUEST_THREADS
+    async def threads_while_serving() -> int:
+        # What Starlette's thread pool holds once the app has started, as uvicorn starts it.
+        async with app.router.lifespan_context(app):
+            return int(anyio.to_thread.current_default_thread_limiter().total_tokens)
+
+    assert anyio.run(threads_while_serving) == REQUEST_THREADS
     assert 0 < DEFAULT_MAX_IN_FLIGHT < REQUEST_THREADS
     app = create_app(sqlite_url, pool_size=5)
     try:
