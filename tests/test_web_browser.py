@@ -17,6 +17,7 @@ from playwright.sync_api import Error as PlaywrightError
 from playwright.sync_api import expect, sync_playwright
 
 from kiosk.data.control import ControlStore, RequestKind, control_path
+from kiosk.web.auth import LoginThrottle
 from webrig import (
     LAPTOP,
     PHONE,
@@ -197,9 +198,13 @@ def test_a_wrong_password_flood_is_refused(context, web):
     )
     elapsed = time.monotonic() - started
     assert len(statuses) == FLOOD and set(statuses) <= {401, 429}, sorted(set(statuses))
-    refused = statuses.count(429)
-    assert refused >= 0.99 * FLOOD, f"only {refused} of {FLOOD} refused"
-    assert elapsed < 60, f"the flood took {elapsed:.0f} s"
+    # However long the flood took on this machine, only the throttle's schedule got through:
+    # the elapsed time measured here can only be longer than the server's, so the bound is safe.
+    checked = statuses.count(401)
+    allowed = most_checks(LoginThrottle(), elapsed)
+    assert checked <= allowed, (
+        f"{checked} of {FLOOD} checked in {elapsed:.1f} s (at most {allowed})"
+    )
 
     # The owner (same address) now sees the throttle in the form itself. If the last lockout ran
     # out while the flood's answers were being read, the next wrong password starts a longer one.
@@ -219,6 +224,18 @@ def test_a_wrong_password_flood_is_refused(context, web):
 
     after = page.request.get(web.url + "healthz")
     assert after.status == before.status and set(after.json()) == {"ok", "checks"}
+
+
+def most_checks(throttle: LoginThrottle, seconds: float) -> int:
+    """The most wrong passwords one address can have checked within ``seconds`` (>= 0) under
+    ``throttle``'s settings: the free ones, then one each time a lockout (doubling from the
+    first wait, up to the longest) has run out. The global cap only lowers it further."""
+    checks, waited, wait = throttle.free_failures, 0.0, throttle.first_wait_s
+    while waited + wait <= seconds:
+        waited += wait
+        checks += 1
+        wait = min(throttle.max_wait_s, wait * 2)
+    return checks
 
 
 def door_test_records(db) -> tuple[int, int]:
