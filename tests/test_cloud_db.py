@@ -163,3 +163,63 @@ def test_sqlite_runs_in_wal_mode_with_a_busy_timeout(tmp_path):
             assert tx.value("PRAGMA synchronous") == 2  # FULL
     finally:
         database.close()
+
+
+def test_sqlite_writers_of_one_process_take_turns(tmp_path):
+    # More writers than connections, all at once: each goes in when the one before commits
+    # (queued in the process, not polling SQLite's lock), none is refused, none is lost, and
+    # holding a connection while waiting for the turn never starves the writer that has it.
+    database = db.Database(f"sqlite:///{tmp_path / 'c.db'}", pool_size=3)
+    try:
+        database.transact(lambda tx: tx.run("CREATE TABLE counter (n INTEGER NOT NULL)"))
+        database.transact(lambda tx: tx.run("INSERT INTO counter (n) VALUES (0)"))
+        failures: list[BaseException] = []
+
+        def add(tx):
+            n = tx.value("SELECT n FROM counter")
+            tx.run("UPDATE counter SET n = ?", (n + 1,))
+
+        def writer():
+            try:
+                for _ in range(40):
+                    database.transact(add)
+            except BaseException as exc:  # reported below
+                failures.append(exc)
+
+        threads = [threading.Thread(target=writer) for _ in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert failures == []
+        assert database.transact(lambda tx: tx.value("SELECT n FROM counter"), write=False) == 240
+    finally:
+        database.close()
+
+
+def test_a_sqlite_writer_that_waits_too_long_is_told_busy_and_gives_its_connection_back(tmp_path):
+    database = db.Database(f"sqlite:///{tmp_path / 'c.db'}", pool_size=2, busy_timeout_s=0.05)
+    try:
+        outcome: list[BaseException | None] = []
+
+        def second_writer():
+            try:
+                with database.write():
+                    outcome.append(None)
+            except BaseException as exc:  # checked below
+                outcome.append(exc)
+
+        with database.write() as tx:
+            tx.run("CREATE TABLE t (x INTEGER)")
+            waiting = threading.Thread(target=second_writer)
+            waiting.start()
+            waiting.join()  # it gives up while this write still holds the turn
+        assert len(outcome) == 1 and isinstance(outcome[0], db.DatabaseBusy)
+        assert "another write held the database too long" in str(outcome[0])
+        # Its connection went back to the pool: both connections can be held again.
+        with database.write() as tx, database.read() as other:
+            tx.run("INSERT INTO t (x) VALUES (1)")
+            assert other.value("SELECT COUNT(*) FROM t") == 0
+        assert database.transact(lambda tx: tx.value("SELECT COUNT(*) FROM t"), write=False) == 1
+    finally:
+        database.close()
