@@ -385,9 +385,10 @@ class Database:
         self._pool = _Pool(connect, pool_size, pool_timeout_s)
         # SQLite lets one writer in at a time; a writer that finds the lock taken sleeps in
         # SQLite's busy handler for up to 100 ms a try and is not woken when the lock frees, so
-        # under contention the lock sits idle while writers sleep (good answers a second fell by
-        # a fifth at twice the fleet's capacity). Writers of this process queue here instead and
-        # go in the moment the last one commits; the busy timeout still covers other processes.
+        # under contention the lock sits idle while writers sleep, requests age, and at twice the
+        # fleet bench's capacity the cloud shed load it could have served. Writers of this
+        # process queue here instead and go in the moment the last one commits; the busy
+        # timeout still covers other processes.
         self._sqlite_writer = threading.Lock()
         # Values derived from (organisation, gym, version), which never change once committed.
         self.cache = BoundedCache(TOTALS_CACHE_SIZE)

@@ -86,6 +86,11 @@ def test_each_backend_reports_doors_p99_errors_and_exactly_once(figures, backend
         }
         assert "/v1/heartbeat" in step["by_path_p99_ms"]
         assert step["p50_ms"] <= step["p99_ms"] <= step["max_ms"]
+    # Check-ins acknowledged in the measured windows: some, and never more than were made.
+    every = b["steps"] + b["saturation_steps"]
+    acknowledged = [s["settled_per_s"] * figures["window_s"] for s in every]
+    assert min(acknowledged) >= 0 and sum(acknowledged) > 0
+    assert sum(acknowledged) <= v["checkins_made"] + 0.5 * len(every)  # rounded to 0.1 a second
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -418,7 +423,11 @@ def test_outcomes_sort_answers_from_failures():
 # -- the saturation steps and their verdict, pure --------------------------------------------------
 
 
-def loaded(doors: int, good: float, *, shed: int = 0, timeouts: int = 0) -> StepResult:
+def loaded(
+    doors: int, good: float, *, settled: float | None = None, shed: int = 0, timeouts: int = 0
+) -> StepResult:
+    """A step past the knee: ``good`` answers a second carrying ``settled`` check-ins a second
+    (by default ten a request)."""
     r = step(doors, served=False)
     r.good_per_s, r.good_p99_ms, r.shed, r.timeouts, r.door_equivalents = (
         good,
@@ -427,6 +436,7 @@ def loaded(doors: int, good: float, *, shed: int = 0, timeouts: int = 0) -> Step
         timeouts,
         doors,
     )
+    r.settled_per_s = 10 * good if settled is None else settled
     return r
 
 
@@ -448,20 +458,30 @@ def test_saturation_runs_past_the_capacity_found():
     assert rows == [] and judged == {"verdict": "not measured", "reason": "needs about 80 GB"}
 
 
-def test_saturation_is_flat_when_twice_the_load_keeps_its_good_answers_without_timeouts():
+def test_saturation_is_flat_when_twice_the_load_keeps_its_check_ins_without_timeouts():
     cap = loaded(100, 200.0)
     rows, judged = fleet.saturation_report(
         cap, [loaded(150, 205.0, shed=40), loaded(200, 190.0, shed=90)]
     )
-    assert judged["verdict"] == "flat" and "95%" in judged["reason"]
+    assert judged["verdict"] == "flat" and "acknowledges 95% of its check-ins" in judged["reason"]
     assert [r["load"] for r in rows] == [1.0, 1.5, 2.0]
     assert rows[2] == {
-        "load": 2.0, "doors": 200, "door_equivalents": 200, "good_per_s": 190.0, "shed_503": 90,
-        "timeouts": 0, "other_errors": 0, "p99_ms": 90.0, "requests_per_s": 1.0,
+        "load": 2.0, "doors": 200, "door_equivalents": 200, "settled_per_s": 1900.0,
+        "good_per_s": 190.0, "shed_503": 90, "timeouts": 0, "other_errors": 0, "p99_ms": 90.0,
+        "requests_per_s": 1.0,
     }  # fmt: skip
-    # Fewer good answers, or any timeout, and it falls.
+    # Late doors send bigger batches: fewer good answers carrying as many check-ins is flat.
+    _, judged = fleet.saturation_report(
+        cap, [loaded(150, 180.0, settled=2000.0), loaded(200, 150.0, settled=1950.0)]
+    )
+    assert judged["verdict"] == "flat"
+    assert (
+        "acknowledges 98% of its check-ins a second in 75% of its good requests"
+        in (judged["reason"])
+    )
+    # Fewer check-ins acknowledged, or any timeout, and it falls.
     _, judged = fleet.saturation_report(cap, [loaded(150, 200.0), loaded(200, 170.0)])
-    assert judged["verdict"] == "falls" and "85%" in judged["reason"]
+    assert judged["verdict"] == "falls" and "acknowledges 85%" in judged["reason"]
     _, judged = fleet.saturation_report(cap, [loaded(150, 200.0, timeouts=1), loaded(200, 200.0)])
     assert judged["verdict"] == "falls" and "1 timeouts" in judged["reason"]
     rows, judged = fleet.saturation_report(None, [])

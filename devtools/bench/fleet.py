@@ -40,9 +40,11 @@ Three settings change what is measured (``kiosk bench --fleet`` options):
   ``interval / S`` doors (``door_load``), reported as ``door_equivalents``; ``--max-doors``
   bounds the search, and with retained rows the disk a SQLite cloud needs is checked first.
 - ``saturation`` (``--saturation``): after the search, a step at 1.5x and one at 2x the capacity
-  found (``SATURATION_LOADS``), reported with good answers a second, 503s, timeouts, other errors
-  and the good answers' p99; **flat** when the 2x step keeps ``FLAT_SHARE`` of the capacity
-  step's good answers a second without a timeout, else **falls**.
+  found (``SATURATION_LOADS``), reported with check-ins acknowledged a second, good answers a
+  second, 503s, timeouts, other errors and the good answers' p99; **flat** when the 2x step
+  still acknowledges ``FLAT_SHARE`` of the check-ins a second the capacity step did, without a
+  timeout, else **falls**. Check-ins, not requests, measure the work: past the knee doors' rounds
+  start late and carry bigger batches, so fewer requests can carry more check-ins.
 
 At the end every door's pending check-ins are sent until acknowledged (``DRAIN_ROUNDS`` at most),
 then the cloud's database is counted: **exactly once** means every check-in a door made is
@@ -57,6 +59,7 @@ machinery (a cloud that does not start) raise ``BenchError``; a missed target is
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import heapq
 import itertools
@@ -123,7 +126,7 @@ RETAINED_DAYS = 90.0  # a door keeps its journal this long (seeded history spans
 # Disk a seeded check-in takes in a SQLite cloud, row and indexes (measured: about 0.9 KB).
 SEEDED_ROW_BYTES = 1000
 SATURATION_LOADS = (1.5, 2.0)  # the capacity found, times these
-# "flat": the 2x step answers at least this share of the capacity step's good requests a second.
+# "flat": the 2x step acknowledges at least this share of the capacity step's check-ins a second.
 FLAT_SHARE = 0.9
 
 POSTGRES_HINT = (
@@ -460,6 +463,9 @@ class Door:
         self.journal: dict[int, Journaled] = {}  # seq -> check-in made in this run
         self.pending: dict[int, Journaled] = {}  # seq -> not acknowledged yet
         self.rejected: list[str] = []
+        # When the cloud acknowledged each check-in (monotonic s, in order: a door's rounds run
+        # one at a time): the work it did, however the doors batched it.
+        self.settled_at: list[float] = []
         self.errors: list[tuple[float, str]] = []  # (when, plain words)
         self.resnapshots = 0
         self.resend_requests: list[int] = []  # every resend_from_seq the cloud answered
@@ -569,13 +575,15 @@ class Door:
             anchors = (self.anchor,) if self.anchor is not None else ()
             answer = self.client.upload([j.item for j in batch], anchors=anchors)
             by_id = {j.item.id: j for j in batch}
+            answered = time.monotonic()
             for result in answer.results:
                 made = by_id[result.id or ""]
                 # Created or duplicate: settled. Rejected: settled too, as the agent keeps it (a
                 # rejection here is a defect, counted as an error of the step).
                 if result.status == REJECTED:
                     self.rejected.append(f"{made.item.id}: {result.code} {result.detail}")
-                self.pending.pop(made.item.seq, None)
+                if self.pending.pop(made.item.seq, None) is not None:
+                    self.settled_at.append(answered)
 
     def _pull(self) -> None:
         first = self.client.changes(
@@ -670,6 +678,9 @@ class StepResult:
     # connection, rejected check-ins); and the doors they stand for (``door_equivalents``).
     good_per_s: float | None = None
     good_p99_ms: float | None = None
+    # Check-ins the cloud acknowledged a second in the measured window: its useful work, which
+    # good answers a second understate once late doors send bigger batches.
+    settled_per_s: float | None = None
     shed: int = 0
     timeouts: int = 0
     other_errors: int = 0
@@ -696,6 +707,7 @@ class StepResult:
             "bench_cpu_percent": self.bench_cpu_percent,
             "good_per_s": self.good_per_s,
             "good_p99_ms": self.good_p99_ms,
+            "settled_per_s": self.settled_per_s,
             "shed": self.shed,
             "timeouts": self.timeouts,
             "other_errors": self.other_errors,
@@ -928,6 +940,10 @@ class Fleet:
         samples += [text for d in doors for text in d.rejected[-1:]][: 3 - len(samples)]
         latencies = [e.ms for e in measured]
         sorted_out = outcomes(measured)
+        settled = sum(
+            bisect.bisect_left(d.settled_at, end) - bisect.bisect_left(d.settled_at, measure_from)
+            for d in doors
+        )
         paths: dict[str, list[float]] = {}
         for e in measured:
             paths.setdefault(e.path, []).append(e.ms)
@@ -968,6 +984,7 @@ class Fleet:
             bench_cpu_percent=bench_share,
             good_per_s=round(len(sorted_out.good_ms) / window, 1) if window > 0 else 0.0,
             good_p99_ms=percentile(sorted_out.good_ms, 0.99),
+            settled_per_s=round(settled / window, 1) if window > 0 else 0.0,
             shed=sorted_out.shed,
             timeouts=sorted_out.timeouts,
             other_errors=sorted_out.other + rejected,
@@ -1141,8 +1158,9 @@ def saturate(fleet: Fleet, capacity: int, progress: ProgressFn, label: str) -> l
         result = fleet.run_step(doors)
         steps.append(result)
         progress(
-            f"{label}: {doors} doors: {result.good_per_s} good requests/s, {result.shed} answers "
-            f"503, {result.timeouts} timeouts, {result.other_errors} other errors"
+            f"{label}: {doors} doors: {result.settled_per_s} check-ins acknowledged/s, "
+            f"{result.good_per_s} good requests/s, {result.shed} answers 503, "
+            f"{result.timeouts} timeouts, {result.other_errors} other errors"
         )
     return steps
 
@@ -1151,8 +1169,8 @@ def saturation_report(
     capacity: StepResult | None, steps: list[StepResult], skipped: str | None = None
 ) -> tuple[list[dict[str, Any]], dict[str, str]]:
     """The saturation steps as reported, led by the capacity step (load 1, from the search), and
-    the verdict: ``flat`` when the last step (2x) answers at least ``FLAT_SHARE`` of the capacity
-    step's good requests a second and no saturation step had a timeout, else ``falls``; ``not
+    the verdict: ``flat`` when the last step (2x) acknowledges at least ``FLAT_SHARE`` of the
+    capacity step's check-ins a second and no saturation step had a timeout, else ``falls``; ``not
     measured`` without a capacity or steps (``skipped``: why they were not run). Pure."""
     if capacity is None:
         return [], {"verdict": "not measured", "reason": "no step was served: no capacity"}
@@ -1163,6 +1181,7 @@ def saturation_report(
             "load": load,
             "doors": r.doors,
             "door_equivalents": r.door_equivalents,
+            "settled_per_s": r.settled_per_s,
             "good_per_s": r.good_per_s,
             "shed_503": r.shed,
             "timeouts": r.timeouts,
@@ -1172,14 +1191,18 @@ def saturation_report(
         }
         for load, r in zip((1.0, *SATURATION_LOADS), (capacity, *steps), strict=True)
     ]
-    base, last = capacity.good_per_s or 0.0, steps[-1].good_per_s or 0.0
-    share = last / base if base > 0 else 0.0
+
+    def share(value: Callable[[StepResult], float | None]) -> float:
+        base, last = value(capacity) or 0.0, value(steps[-1]) or 0.0
+        return last / base if base > 0 else 0.0
+
+    settled, good = share(lambda r: r.settled_per_s), share(lambda r: r.good_per_s)
     timeouts = sum(r.timeouts for r in steps)
     words = (
-        f"{SATURATION_LOADS[-1]:g}x the capacity answers {share:.0%} of its good requests a "
-        f"second, {timeouts} timeouts"
+        f"{SATURATION_LOADS[-1]:g}x the capacity acknowledges {settled:.0%} of its check-ins a "
+        f"second in {good:.0%} of its good requests a second, {timeouts} timeouts"
     )
-    flat = timeouts == 0 and share >= FLAT_SHARE
+    flat = timeouts == 0 and settled >= FLAT_SHARE
     return rows, {"verdict": "flat" if flat else "falls", "reason": words}
 
 
@@ -1361,10 +1384,12 @@ def report_fleet(r: dict[str, Any], out: TextIO) -> None:
               f"{_num(step['bench_cpu_percent'], 0):>12}  {step['reason']}\n")  # fmt: skip
         if b.get("saturation"):
             w("  saturation: the capacity step, then past it\n"
-              "     load   doors  door eq.  good req/s  503s  timeouts  other  p99 ms (good)\n")  # fmt: skip
+              "     load   doors  door eq.  check-ins/s  good req/s  503s  timeouts  other"
+              "  p99 ms (good)\n")  # fmt: skip
             for row in b["saturation"]:
                 w(f"  {row['load']:>6.1f}x {row['doors']:>6} {row['door_equivalents']:>9,} "
-                  f"{_num(row['good_per_s']):>11} {row['shed_503']:>5} {row['timeouts']:>9} "
+                  f"{_num(row['settled_per_s']):>12} {_num(row['good_per_s']):>11} "
+                  f"{row['shed_503']:>5} {row['timeouts']:>9} "
                   f"{row['other_errors']:>6} {_num(row['p99_ms'], 2):>14}\n")  # fmt: skip
         if b.get("saturation_verdict"):
             sv = b["saturation_verdict"]

@@ -309,8 +309,9 @@ def _bench(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--saturation",
         action="store_true",
-        help="with --fleet: after the search, steps at 1.5x and 2x the capacity found: good "
-        "answers a second, 503s (doors back off as asked), timeouts, other errors",
+        help="with --fleet: after the search, steps at 1.5x and 2x the capacity found: "
+        "check-ins acknowledged a second, good answers a second, 503s (doors back off as "
+        "asked), timeouts, other errors",
     )
     p.add_argument(
         "--workers",
