@@ -38,6 +38,24 @@ def test_a_connection_failure_never_shows_the_password():
     assert "***" in str(failed.value)
 
 
+def run_at_once(fn, threads: int) -> list[BaseException]:
+    """``fn()`` on ``threads`` threads started together; what they raised."""
+    raised: list[BaseException] = []
+
+    def run():
+        try:
+            fn()
+        except BaseException as exc:  # returned to the test
+            raised.append(exc)
+
+    started = [threading.Thread(target=run) for _ in range(threads)]
+    for t in started:
+        t.start()
+    for t in started:
+        t.join()
+    return raised
+
+
 @pytest.fixture
 def database(cloud_db_url):
     database = db.Database(cloud_db_url, pool_size=3, pool_timeout_s=0.2)
@@ -52,20 +70,7 @@ def test_migrations_are_recorded_and_idempotent(database):
     assert migrations.schema_version(database) == migrations.LATEST_VERSION
     assert migrations.migrate(database) == []
     # Two processes starting at once: both succeed, the schema is applied once.
-    errors = []
-
-    def again():
-        try:
-            migrations.migrate(database)
-        except Exception as exc:  # reported below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=again) for _ in range(3)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert errors == []
+    assert run_at_once(lambda: migrations.migrate(database), 3) == []
     with database.read() as tx:
         assert tx.value("SELECT COUNT(*) FROM schema_migrations") == len(migrations.MIGRATIONS)
 
@@ -173,25 +178,16 @@ def test_sqlite_writers_of_one_process_take_turns(tmp_path):
     try:
         database.transact(lambda tx: tx.run("CREATE TABLE counter (n INTEGER NOT NULL)"))
         database.transact(lambda tx: tx.run("INSERT INTO counter (n) VALUES (0)"))
-        failures: list[BaseException] = []
 
         def add(tx):
             n = tx.value("SELECT n FROM counter")
             tx.run("UPDATE counter SET n = ?", (n + 1,))
 
         def writer():
-            try:
-                for _ in range(40):
-                    database.transact(add)
-            except BaseException as exc:  # reported below
-                failures.append(exc)
+            for _ in range(40):
+                database.transact(add)
 
-        threads = [threading.Thread(target=writer) for _ in range(6)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        assert failures == []
+        assert run_at_once(writer, 6) == []
         assert database.transact(lambda tx: tx.value("SELECT n FROM counter"), write=False) == 240
     finally:
         database.close()
