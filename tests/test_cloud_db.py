@@ -171,9 +171,10 @@ def test_sqlite_runs_in_wal_mode_with_a_busy_timeout(tmp_path):
 
 
 def test_sqlite_writers_of_one_process_take_turns(tmp_path):
-    # More writers than connections, all at once: each goes in when the one before commits
-    # (queued in the process, not polling SQLite's lock), none is refused, none is lost, and
-    # holding a connection while waiting for the turn never starves the writer that has it.
+    # More writers than connections, all at once, each holding a connection while it waits for
+    # its turn: none is refused, no increment is lost, and they never deadlock (the writer whose
+    # turn it is already has its connection). That the wait is the process's own queue, not
+    # SQLite's busy handler, is the next test's.
     database = db.Database(f"sqlite:///{tmp_path / 'c.db'}", pool_size=3)
     try:
         database.transact(lambda tx: tx.run("CREATE TABLE counter (n INTEGER NOT NULL)"))
