@@ -6,6 +6,7 @@ The cloud is ``tests/fakecloud.py`` behind ``httpx.MockTransport``, or a one-off
 from __future__ import annotations
 
 import json
+import ssl
 from datetime import UTC, datetime
 
 import httpx
@@ -26,6 +27,7 @@ from kiosk.sync.client import (
     UnsupportedProtocol,
     check_cloud_url,
     parse_retry_after,
+    tls_context,
 )
 from sync.protocol import (
     MAX_RESPONSE_BYTES,
@@ -107,6 +109,14 @@ def test_requests_carry_the_protocol_header_and_token_and_answers_are_parsed():
         f'"v{cloud.version}"'
     )
     assert cloud.requests[-1].headers["If-None-Match"] == f'"v{cloud.version}"'
+
+
+def test_clients_share_one_tls_context_that_checks_the_certificate_and_the_host():
+    """Building a TLS context parses the whole CA bundle (a Pi feels it), so a process builds one;
+    sharing it must not loosen what every client checks."""
+    context = tls_context()
+    assert tls_context() is context
+    assert context.verify_mode == ssl.CERT_REQUIRED and context.check_hostname
 
 
 def test_enrol_sends_no_token_and_a_used_code_is_refused():
