@@ -95,6 +95,17 @@ MAX_CONCURRENT_CHECKS = 1  # scrypt takes 32 MiB and ~0.1 s: one login check at 
 # (plus one at a time for known devices, so a flood's checks never make the owner wait)
 BODY_CACHE_S = 1.0  # /healthz and /metrics answer from a body this fresh (monotonic s)
 HERE = Path(__file__).resolve().parent
+# One environment a process: its compiled templates serve every page object (the tests make
+# hundreds), and it holds nothing of a page's own.
+TEMPLATES = jinja2.Environment(
+    loader=jinja2.FileSystemLoader(HERE / "templates"),
+    autoescape=True,
+    undefined=jinja2.StrictUndefined,
+    trim_blocks=True,
+    lstrip_blocks=True,
+)
+# The picture of the day's geometry (pure; the templates draw it as inline SVG).
+TEMPLATES.globals["hour_chart"] = charts.hour_chart
 
 CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
@@ -286,15 +297,6 @@ class OwnerPage:
         self._bodies: dict[str, tuple[float, int, bytes, str]] = {}
         self._password_key: tuple[int, ...] | None = None
         self._password_state = PasswordState(None, None, None)
-        self.templates = jinja2.Environment(
-            loader=jinja2.FileSystemLoader(HERE / "templates"),
-            autoescape=True,
-            undefined=jinja2.StrictUndefined,
-            trim_blocks=True,
-            lstrip_blocks=True,
-        )
-        # The picture of the day's geometry (pure; the templates draw it as inline SVG).
-        self.templates.globals["hour_chart"] = charts.hour_chart
 
     def close(self) -> None:
         self.door.close()
@@ -337,7 +339,7 @@ class OwnerPage:
         context.setdefault("door_id", self.config.door.id)
         context.setdefault("refresh_s", self.config.web.refresh_s)
         context.setdefault("version", self.version)
-        html = self.templates.get_template(name).render(**context)
+        html = TEMPLATES.get_template(name).render(**context)
         return HTMLResponse(html, status_code=status)
 
     def setup_page(self, state: PasswordState) -> HTMLResponse:
