@@ -1,5 +1,6 @@
-"""Shared pytest setup: the Hypothesis profile, a clean KIOSK_* environment, and the order of the
-test files (longest first, so parallel workers finish together).
+"""Shared pytest setup: the Hypothesis profile, a clean KIOSK_* environment, a browser for the
+browser tests, and the order of the test files (longest first, so parallel workers finish
+together).
 
 ``./dev test`` runs the suite on pytest-xdist workers, one test file per work unit (``--dist
 loadfile``: a file's module fixtures are set up once, on one worker), handed out in collection
@@ -92,3 +93,21 @@ def _no_kiosk_overrides(monkeypatch):
     """In-process tests never see the developer's KIOSK_* overrides either."""
     for name in [k for k in os.environ if k.startswith("KIOSK_")]:
         monkeypatch.delenv(name)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Debian's Chromium under Playwright (``webrig.launch_chromium``) for one test file's browser
+    tests; each test opens its own context or page in it, so cookies and storage never pass
+    between tests. Never longer than a file: while Playwright's sync API is open, its event loop
+    counts as running in this thread, and a later file's ``asyncio.run`` would fail."""
+    from playwright.sync_api import sync_playwright
+
+    from webrig import launch_chromium
+
+    with sync_playwright() as playwright:
+        chromium = launch_chromium(playwright)
+        try:
+            yield chromium
+        finally:
+            chromium.close()

@@ -39,9 +39,8 @@ import urllib.parse
 from datetime import UTC, datetime, timedelta
 from itertools import count
 
-import pytest
 from gpiozero.pins.mock import MockFactory
-from playwright.sync_api import expect, sync_playwright
+from playwright.sync_api import expect
 
 from cloud import admin
 from cloud import cli as cloud_cli
@@ -62,7 +61,7 @@ from kiosk.sync.client import CloudClient
 from pass_capture import PassPhone, decode_png
 from pg import FakeClock
 from phone_frames import FPS, ScriptedCamera, empty_scene, phone_frame
-from webrig import LAPTOP, HostileSite, auto_post_page, launch_chromium
+from webrig import LAPTOP, HostileSite, auto_post_page
 
 # A weekday morning, 4 s into a pass's 15 s step.
 T0 = datetime(2026, 5, 6, 9, 0, 4, tzinfo=UTC)
@@ -81,16 +80,6 @@ HTTP_TIMEOUT_S = 60.0
 
 def unix(moment: datetime) -> float:
     return moment.timestamp()
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with sync_playwright() as playwright:
-        chromium = launch_chromium(playwright)
-        try:
-            yield chromium
-        finally:
-            chromium.close()
 
 
 class Door:

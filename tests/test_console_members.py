@@ -41,7 +41,6 @@ from console_rig import (
 from kiosk.core.model import Reason
 from pg import make_event, make_item
 from sync.passes import public_key_text
-from webrig import launch_chromium
 
 OFFERED_CODE = re.compile(r'name="code" value="([^"]*)"')
 VERSION = re.compile(r'name="version" value="(\d+)"')
@@ -722,12 +721,10 @@ def test_staff_of_another_organisation_get_404_for_every_member_route(console):
 WAIT_MS = 10_000
 
 
-def test_in_a_browser_the_search_follows_the_typing_and_the_card_prints(tmp_path):
+def test_in_a_browser_the_search_follows_the_typing_and_the_card_prints(tmp_path, browser):
     """Debian's Chromium against the app served on 127.0.0.1: the script (under the console's
     CSP) fills in the results as one types and moves the address along; the card page's print
     button appears only with the script."""
-    from playwright.sync_api import sync_playwright
-
     rig = ConsoleRig(f"sqlite:///{tmp_path / 'cloud.db'}")
     for first, last, code in (("Ann", "Smith", "ANN-0001"), ("Bob", "Jones", "BOB-0002")):
         rig.member(rig.a, first, last, code)
@@ -742,31 +739,29 @@ def test_in_a_browser_the_search_follows_the_typing_and_the_card_prints(tmp_path
         time.sleep(0.005)
     base = f"http://127.0.0.1:{sock.getsockname()[1]}"
     problems: list[str] = []
+    page = browser.new_page()
     try:
-        with sync_playwright() as playwright:
-            browser = launch_chromium(playwright)
-            page = browser.new_page()
-            page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
-            page.on("pageerror", lambda e: problems.append(str(e)))
-            page.goto(f"{base}/console/login?next=/console/members")
-            page.fill("input[name=email]", rig.a.people["staff"].email)
-            page.fill("input[name=password]", PASSWORD)
-            page.click("button[type=submit]")
-            page.wait_for_url(f"{base}/console/members", timeout=WAIT_MS)
-            assert page.locator("#member-results tbody tr").count() == 2
-            page.locator("input[name=q]").press_sequentially("smi")
-            page.wait_for_url(f"{base}/console/members?q=smi", timeout=WAIT_MS)
-            page.wait_for_function(
-                "() => document.querySelectorAll('#member-results tbody tr').length === 1",
-                timeout=WAIT_MS,
-            )
-            assert page.locator("#member-results").inner_text().count("Smith, Ann") == 1
-            page.click("text=Smith, Ann")
-            page.click("text=Print the card")
-            page.wait_for_selector("button[data-print]:not([hidden])", timeout=WAIT_MS)
-            assert page.locator("img.member-card").evaluate("img => img.naturalWidth") > 0
-            browser.close()
+        page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
+        page.on("pageerror", lambda e: problems.append(str(e)))
+        page.goto(f"{base}/console/login?next=/console/members")
+        page.fill("input[name=email]", rig.a.people["staff"].email)
+        page.fill("input[name=password]", PASSWORD)
+        page.click("button[type=submit]")
+        page.wait_for_url(f"{base}/console/members", timeout=WAIT_MS)
+        assert page.locator("#member-results tbody tr").count() == 2
+        page.locator("input[name=q]").press_sequentially("smi")
+        page.wait_for_url(f"{base}/console/members?q=smi", timeout=WAIT_MS)
+        page.wait_for_function(
+            "() => document.querySelectorAll('#member-results tbody tr').length === 1",
+            timeout=WAIT_MS,
+        )
+        assert page.locator("#member-results").inner_text().count("Smith, Ann") == 1
+        page.click("text=Smith, Ann")
+        page.click("text=Print the card")
+        page.wait_for_selector("button[data-print]:not([hidden])", timeout=WAIT_MS)
+        assert page.locator("img.member-card").evaluate("img => img.naturalWidth") > 0
     finally:
+        page.close()
         server.should_exit = True
         thread.join(WAIT_MS / 1000)
         rig.close()

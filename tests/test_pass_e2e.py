@@ -25,9 +25,7 @@ from datetime import UTC, datetime, timedelta
 from itertools import count
 
 import httpx
-import pytest
 from gpiozero.pins.mock import MockFactory
-from playwright.sync_api import sync_playwright
 
 from cloud import admin
 from cloud import db as cloud_db
@@ -48,7 +46,6 @@ from pass_capture import Capture, PassPhone
 from pg import FakeClock
 from phone_frames import FPS, ScriptedCamera, empty_scene, phone_frame
 from sync.passes import DEFAULT_SKEW_STEPS, public_key_from_text
-from webrig import launch_chromium
 
 # 4 s into a 15 s step (09:00:00 is a step boundary), a weekday morning.
 T0 = datetime(2026, 5, 6, 9, 0, 4, tzinfo=UTC)
@@ -66,16 +63,6 @@ HTTP_TIMEOUT_S = 60.0
 
 def unix(moment: datetime) -> float:
     return moment.timestamp()
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with sync_playwright() as playwright:
-        chromium = launch_chromium(playwright)
-        try:
-            yield chromium
-        finally:
-            chromium.close()
 
 
 class Device:

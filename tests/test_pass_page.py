@@ -17,7 +17,7 @@ from html.parser import HTMLParser
 
 import httpx
 import pytest
-from playwright.sync_api import expect, sync_playwright
+from playwright.sync_api import expect
 
 from cloud import admin, db, pass_web
 from cloud import passes as cloud_passes
@@ -30,7 +30,6 @@ from sync.passes import (
     signed_message,
     verify_signature,
 )
-from webrig import launch_chromium
 
 expect.set_options(timeout=WAIT_MS)
 
@@ -98,16 +97,6 @@ def gym(tmp_path_factory):
         yield Gym(cloud, clock)
     finally:
         cloud.stop()
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with sync_playwright() as playwright:
-        chromium = launch_chromium(playwright)
-        try:
-            yield chromium
-        finally:
-            chromium.close()
 
 
 @pytest.fixture

@@ -16,10 +16,8 @@ import pytest
 import segno
 import zxingcpp
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from playwright.sync_api import sync_playwright
 
 from sync.passes import pass_payload
-from webrig import launch_chromium
 
 QR_JS = Path(__file__).resolve().parents[1] / "cloud" / "pass_page" / "qr.js"
 ORIGIN = "http://qr.test"  # answered by route interception: nothing leaves the browser
@@ -43,45 +41,43 @@ DATA_CODEWORDS = {
 
 
 @pytest.fixture(scope="module")
-def encoder():
+def encoder(browser):
     """``encode(cases)``: each case ``{"text", "options"}`` through qr.js's ``encodeText`` in
     one page; each answer is the symbol (rows as strings of 0/1) or ``{"error": name}``."""
     source = QR_JS.read_text(encoding="utf-8")
-    with sync_playwright() as playwright:
-        browser = launch_chromium(playwright)
-        page = browser.new_page()
+    page = browser.new_page()
 
-        def serve(route):
-            if route.request.url == f"{ORIGIN}/qr.js":
-                route.fulfill(body=source, content_type="text/javascript")
-            else:
-                route.fulfill(body="<!doctype html><title>qr</title>", content_type="text/html")
+    def serve(route):
+        if route.request.url == f"{ORIGIN}/qr.js":
+            route.fulfill(body=source, content_type="text/javascript")
+        else:
+            route.fulfill(body="<!doctype html><title>qr</title>", content_type="text/html")
 
-        page.route(f"{ORIGIN}/**", serve)
-        page.goto(f"{ORIGIN}/")
+    page.route(f"{ORIGIN}/**", serve)
+    page.goto(f"{ORIGIN}/")
 
-        def encode(cases: list[dict]) -> list[dict]:
-            return page.evaluate(
-                """async (cases) => {
-                    const qr = await import("/qr.js");
-                    return cases.map(({text, options}) => {
-                        try {
-                            const s = qr.encodeText(text, options);
-                            const rows = s.rows.map(r => r.map(d => (d ? "1" : "0")).join(""));
-                            return {version: s.version, level: s.level, mask: s.mask,
-                                    mode: s.mode, size: s.size, rows};
-                        } catch (error) {
-                            return {error: error.name};
-                        }
-                    });
-                }""",
-                cases,
-            )
+    def encode(cases: list[dict]) -> list[dict]:
+        return page.evaluate(
+            """async (cases) => {
+                const qr = await import("/qr.js");
+                return cases.map(({text, options}) => {
+                    try {
+                        const s = qr.encodeText(text, options);
+                        const rows = s.rows.map(r => r.map(d => (d ? "1" : "0")).join(""));
+                        return {version: s.version, level: s.level, mask: s.mask,
+                                mode: s.mode, size: s.size, rows};
+                    } catch (error) {
+                        return {error: error.name};
+                    }
+                });
+            }""",
+            cases,
+        )
 
-        try:
-            yield encode
-        finally:
-            browser.close()
+    try:
+        yield encode
+    finally:
+        page.close()
 
 
 def image_of(rows: list[str]) -> np.ndarray:

@@ -14,7 +14,7 @@ import time
 
 import pytest
 from playwright.sync_api import Error as PlaywrightError
-from playwright.sync_api import expect, sync_playwright
+from playwright.sync_api import expect
 
 from kiosk.data.control import ControlStore, RequestKind, control_path
 from kiosk.web.auth import LoginThrottle
@@ -24,7 +24,6 @@ from webrig import (
     HostileSite,
     auto_post_page,
     free_port,
-    launch_chromium,
     log_in,
     screenshot_folder,
     start_demo,
@@ -42,16 +41,6 @@ FLOOD = 300
 A_PASSWORD = secrets.token_urlsafe(16)  # what the owner types (never printed by the page)
 
 expect.set_options(timeout=WAIT_MS)
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with sync_playwright() as playwright:
-        chromium = launch_chromium(playwright)
-        try:
-            yield chromium
-        finally:
-            chromium.close()
 
 
 @pytest.fixture

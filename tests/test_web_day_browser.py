@@ -16,13 +16,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from playwright.sync_api import expect, sync_playwright
+from playwright.sync_api import expect
 
 from kiosk.core.model import ClockQuality, Decision, EventKind, Now, Reason, Verdict
 from kiosk.data.control import ControlStore, control_path
 from kiosk.data.store import Store
 from sync.protocol import utc_text
-from webrig import LAPTOP, PHONE, launch_chromium, log_in, start_web
+from webrig import LAPTOP, PHONE, log_in, start_web
 
 WAIT_MS = 20_000  # generous for a loaded machine; a passing run takes a fraction of it
 A_PASSWORD = secrets.token_urlsafe(16)
@@ -36,16 +36,6 @@ CSP_WATCH = (
     "document.addEventListener('securitypolicyviolation',"
     " e => window.__refused.push(e.violatedDirective + ' ' + e.blockedURI));"
 )
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with sync_playwright() as playwright:
-        chromium = launch_chromium(playwright)
-        try:
-            yield chromium
-        finally:
-            chromium.close()
 
 
 @pytest.fixture
