@@ -358,25 +358,27 @@ class SyntheticCamera:
     def _variants(self, payload: str | None) -> list[np.ndarray]:
         cached = self._scenes.get(payload)
         if cached is None:
+            # One scene (a given seed always composes the same pixels); the variants differ from
+            # it only by their sensor noise.
+            scene = compose_frame(
+                payload,
+                width=self._width,
+                height=self._height,
+                code_fraction=0.35,
+                rotation_deg=7.0,
+                tilt=0.05,
+                blur_px=0.6,
+                noise=2.0,
+                background="texture",
+                seed=self._seed,
+            )
             cached = []
             for variant in range(self._VARIANTS):
-                pixels = compose_frame(
-                    payload,
-                    width=self._width,
-                    height=self._height,
-                    code_fraction=0.35,
-                    rotation_deg=7.0,
-                    tilt=0.05,
-                    blur_px=0.6,
-                    noise=2.0,
-                    background="texture",
-                    # Same scene seed for every variant (only the noise should differ).
-                    seed=self._seed,
-                )
+                pixels = scene
                 if variant:
                     rng = np.random.default_rng(self._seed + variant)
-                    jitter = rng.integers(-2, 3, size=pixels.shape, dtype=np.int16)
-                    pixels = np.clip(pixels.astype(np.int16) + jitter, 0, 255).astype(np.uint8)
+                    jitter = rng.integers(-2, 3, size=scene.shape, dtype=np.int16)
+                    pixels = np.clip(scene.astype(np.int16) + jitter, 0, 255).astype(np.uint8)
                 pixels.flags.writeable = False
                 cached.append(pixels)
             self._scenes[payload] = cached
