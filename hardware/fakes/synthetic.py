@@ -9,6 +9,7 @@ used where those optional ``vision`` extras are installed (demo, bench, tests).
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -43,18 +44,30 @@ def render_code(payload: str, module_px: int, border_modules: int = 4) -> np.nda
         raise ValueError(f"render_code: module_px must be >= 1 pixel, got {module_px}")
     if border_modules < 0:
         raise ValueError(f"render_code: border_modules must be >= 0, got {border_modules}")
-    try:
-        qr = segno.make_qr(payload, error="m", boost_error=False)
-    except segno.DataOverflowError as exc:
-        raise ValueError(f"render_code: payload of {len(payload)} characters does not fit") from exc
-    dark = np.array([list(row) for row in qr.matrix], dtype=bool)
-    dark = np.pad(dark, border_modules, constant_values=False)
+    dark = np.pad(_symbol(payload), border_modules, constant_values=False)
     image = np.where(dark, 0, 255).astype(np.uint8)
     return np.repeat(np.repeat(image, module_px, axis=0), module_px, axis=1)
 
 
+@functools.lru_cache(maxsize=256)
+def _symbol(payload: str) -> np.ndarray:
+    """The QR symbol of ``payload`` at level M, without quiet zone: True for a dark module.
+    Encoding (choosing among eight masks) costs milliseconds, and the simulated camera and the
+    benches draw the same few payloads again and again. Read-only (it is shared). ValueError when
+    the payload fits no QR version."""
+    try:
+        qr = segno.make_qr(payload, error="m", boost_error=False)
+    except segno.DataOverflowError as exc:
+        raise ValueError(
+            f"a payload of {len(payload)} characters does not fit in a QR code"
+        ) from exc
+    dark = np.array([list(row) for row in qr.matrix], dtype=bool)
+    dark.flags.writeable = False
+    return dark
+
+
 def _modules(payload: str) -> int:
-    return segno.make_qr(payload, error="m", boost_error=False).symbol_size(border=0)[0]
+    return _symbol(payload).shape[0]
 
 
 def _texture_scene(width: int, height: int, rng: np.random.Generator) -> np.ndarray:
