@@ -119,6 +119,7 @@ if [ "$1 $2 $3" = "-m pip install" ]; then
   for a; do src=$a; done
   [ -f "$src/pyproject.toml" ] && [ -d "$src/kiosk" ] || { echo "no source in $src"; exit 1; }
   [ ! -e "$src/.venv" ] || { echo "the copy of the source holds .venv"; exit 1; }
+  [ ! -e "$src/tests" ] && [ ! -e "$src/docs" ] || { echo "the copy holds the tests or docs"; exit 1; }
   echo "$src" >>"$STUB_STATE/pip-sources"
   cp "$STUB_BIN/kiosk.template" "$(dirname "$0")/kiosk"
   chmod +x "$(dirname "$0")/kiosk"
