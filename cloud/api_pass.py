@@ -129,10 +129,10 @@ class PassHeadersMiddleware:
 
 
 def install(app: FastAPI) -> None:
-    """Serve the pass API on ``app``: the routes, the headers and this app's attempt budget."""
+    """The pass API's headers and this app's attempt budget on ``app`` (its routes, ``router``,
+    come with the others: ``cloud.app``)."""
     app.state.pass_attempts = AttemptBudget()
     app.add_middleware(PassHeadersMiddleware)
-    app.include_router(router)
 
 
 def _client(request: Request) -> str:

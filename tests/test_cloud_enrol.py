@@ -7,7 +7,14 @@ from datetime import timedelta
 
 import pytest
 
-from pg import Device, cloud_db_url_fixture, cloud_fixture, pg_server_fixture  # noqa: F401
+from pg import (  # noqa: F401
+    Device,
+    Harness,
+    cloud_db_url_fixture,
+    cloud_fixture,
+    heartbeat_body,
+    pg_server_fixture,
+)
 from sync.protocol import PROTOCOL_VERSION, parse_enrolment
 
 
@@ -168,3 +175,23 @@ def test_the_clock_is_used_for_expiry_not_the_machine_time(cloud):
     code = cloud.enrolment_code(ttl=1)
     cloud.clock.advance(30)
     assert _enrol(cloud, code).status_code == 201
+
+
+def test_apps_in_one_process_share_routes_but_never_state(tmp_path):
+    """The routes are assembled once per process (``cloud.app``); each app still answers from its
+    own database and budgets: a device or an admin token of one cloud is unknown to the other."""
+    one, other = Harness(f"sqlite:///{tmp_path}/one.db"), Harness(f"sqlite:///{tmp_path}/other.db")
+    try:
+        device = one.enrol()
+        one.heartbeat(device)  # asserts a 200
+        answer = other.client.post("/v1/heartbeat", json=heartbeat_body(), headers=device.headers)
+        assert answer.status_code == 401
+        assert other.admin("GET", "/devices", token=one.admin_token).status_code == 401
+        assert device.id in one.admin("GET", "/devices").text
+        assert device.id not in other.admin("GET", "/devices").text
+        assert one.client.get("/openapi.json").json() == other.client.get("/openapi.json").json()
+        assert other.app.state.pass_attempts is not one.app.state.pass_attempts
+        assert other.app.state.console_throttle is not one.app.state.console_throttle
+    finally:
+        one.close()
+        other.close()

@@ -9,10 +9,10 @@ from ``/console/static/``, no third-party anything.
 - ``pages``: ``router``, ``render``, the security headers and error pages, and the sign-in,
   invite, staff and audit pages.
 
-``install(app)`` is the one call ``cloud.app.create_app`` makes. A new part of the console adds its
-``APIRouter`` (prefix ``/console``, ``include_in_schema=False``) to the list ``routers()``
-returns; its routes are then covered by the route-table tests (tests/test_console_routes.py)
-automatically.
+``cloud.app.create_app`` serves the routers ``routers()`` returns and calls ``install(app)`` for
+the rest. A new part of the console adds its ``APIRouter`` (prefix ``/console``,
+``include_in_schema=False``) to that list; its routes are then covered by the route-table tests
+(tests/test_console_routes.py) automatically.
 """
 
 from __future__ import annotations
@@ -21,18 +21,18 @@ from typing import Any
 
 
 def routers() -> list[Any]:
-    """Every router of the console, included by ``install``."""
+    """Every router of the console, served by ``cloud.app.create_app``."""
     from cloud.console import doors, members, pages, today
 
     return [pages.router, today.router, doors.router, members.router]
 
 
 def install(app: Any, public_url: str | None = None) -> None:
-    """Serve the console on ``app``: its routers, security headers, error pages and this
-    process's sign-in throttle (``app.state.console_throttle``). ``public_url`` (default
-    ``$FITFLOW_CLOUD_PUBLIC_URL``) is the address browsers use, as ``https://cloud.example.com``:
-    needed behind a TLS-terminating proxy, where this process sees plain HTTP; ValueError when
-    it is not such an address."""
+    """The console's security headers, error pages and this process's sign-in throttle
+    (``app.state.console_throttle``) on ``app``; its routes, ``routers()``, come with the others
+    (``cloud.app``). ``public_url`` (default ``$FITFLOW_CLOUD_PUBLIC_URL``) is the address
+    browsers use, as ``https://cloud.example.com``: needed behind a TLS-terminating proxy, where
+    this process sees plain HTTP; ValueError when it is not such an address."""
     import os
 
     from cloud.console import auth, pages
@@ -43,5 +43,3 @@ def install(app: Any, public_url: str | None = None) -> None:
     app.state.console_throttle = auth.LoginThrottle()
     app.add_middleware(pages.ConsoleHeaders)
     pages.install_handlers(app)
-    for router in routers():
-        app.include_router(router)

@@ -1,4 +1,4 @@
-"""The console's HTML side: ``router`` (mounted under ``/console`` by ``cloud.console.install``),
+"""The console's HTML side: ``router`` (served under ``/console`` by ``cloud.app``),
 ``render``, the security headers, the error pages, and the pages of the accounts part: sign-in,
 sign-out, taking up an invite, staff (owners) and the audit log (owners).
 
