@@ -30,6 +30,7 @@ and browsers signed in as any of them through the real sign-in form.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import re
 import warnings
@@ -134,13 +135,15 @@ class ConsoleRig:
         self.clock = clock or FakeClock()
         self.app = create_app(url, clock=self.clock)
         self.database = self.app.state.cloud.database
-        self._clients: list[TestClient] = []
+        # Every client is opened (as ``with`` does): one event loop thread for its life and the
+        # app's lifespan, as a served cloud has. Used unopened, a TestClient starts a thread and
+        # an event loop for every request: 3 ms of CPU for a /healthz here, against 1.5 opened.
+        self._clients = contextlib.ExitStack()
         self.a = self.new_org(f"Acme {SECRET_MARK} Fitness", "Main")
         self.b = self.new_org("Brawn Gym", "Central")
 
     def close(self) -> None:
-        for client in self._clients:
-            client.close()
+        self._clients.close()  # each lifespan's end closes the database too
         self.database.close()
 
     # -- organisations and people --------------------------------------------------------------
@@ -298,9 +301,9 @@ class ConsoleRig:
         every request (browsers send it on every POST) unless ``origin`` is False."""
         base = HTTPS_ORIGIN if https else ORIGIN
         headers = {"Origin": base} if origin else {}
-        client = TestClient(self.app, base_url=base, headers=headers, client=(address, 50000))
-        self._clients.append(client)
-        return client
+        return self._clients.enter_context(
+            TestClient(self.app, base_url=base, headers=headers, client=(address, 50000))
+        )
 
     def login(self, client: TestClient, email: str, password: str = PASSWORD, next_path: str = ""):
         """Fill in and send the sign-in form (the answer, not followed)."""

@@ -477,7 +477,11 @@ class Harness:
         self.clock = clock or FakeClock()
         self.app = create_app(url, clock=self.clock)
         self.database = self.app.state.cloud.database
-        self.client = TestClient(self.app)
+        # Opened (as ``with`` does): one event loop thread for the client's life and the app's
+        # lifespan, as a served cloud has. Used unopened, a TestClient starts a thread and an
+        # event loop for every request: 3 ms of CPU for a /healthz here, against 1.5 opened.
+        self._opened = contextlib.ExitStack()
+        self.client = self.open_client()
         org = self.new_org("Acme", "Main")
         self.org_id, self.gym_id, self.admin_token = org
 
@@ -487,8 +491,13 @@ class Harness:
         made = create_organization(self.database, name, gym, "Europe/Berlin", self.clock())
         return made.organization_id, made.gym_id, made.admin_token
 
+    def open_client(self, **options) -> TestClient:
+        """Another client of this cloud (TestClient ``options``), opened like ``client`` and closed
+        with the harness."""
+        return self._opened.enter_context(TestClient(self.app, **options))
+
     def close(self) -> None:
-        self.client.close()
+        self._opened.close()  # the lifespan's end closes the database too
         self.database.close()
 
     # admin API

@@ -501,7 +501,7 @@ def test_pass_settings_are_validated_and_apply_to_new_passes(cloud):
 
 def test_failed_attempts_are_throttled_per_client_address(cloud):
     alice = member(cloud)
-    mallory = TestClient(cloud.app, client=("203.0.113.9", 40000))
+    mallory = cloud.open_client(client=("203.0.113.9", 40000))
     for n in range(api_pass.ATTEMPT_BUDGET):
         # Unknown codes (410) and bad keys (400) alike spend an attempt.
         wrong = activate(cloud, "A" * 16, new_key()[1] if n % 2 else "x", mallory)
@@ -580,13 +580,12 @@ HOSTILE_BODIES = [
 
 
 def test_hostile_bodies_never_get_a_5xx(cloud):
-    client = TestClient(cloud.app, raise_server_exceptions=False)
+    client = cloud.open_client(raise_server_exceptions=False)
     for path in ("/pass/v1/activate", "/pass/v1/status"):
         for raw in HOSTILE_BODIES:
             cloud.app.state.pass_attempts = api_pass.AttemptBudget()
             response = client.post(path, content=raw, headers={"Content-Type": "application/json"})
             assert 400 <= response.status_code < 500, (path, raw[:60], response.text)
-    client.close()
 
 
 def test_activation_codes_are_never_logged(cloud, caplog):
