@@ -14,7 +14,8 @@ Faults are drawn from a seeded ``random.Random``, one draw per request and nothi
 generator (the status of an ``error`` comes from a second one), so the first N requests get the
 same N faults whatever their timing or order: a test that asserts on ``stats`` after N requests
 cannot flake, and a failing run can be replayed. The proxy counts what it did per fault in
-``stats`` (thread-safe).
+``stats`` (thread-safe), and a test waits for its n-th request with ``wait_for_requests`` (woken
+by the request itself, never by polling).
 """
 
 from __future__ import annotations
@@ -23,7 +24,9 @@ import http.client
 import random
 import select
 import threading
+import time
 from collections import Counter
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit
 
@@ -63,6 +66,7 @@ class FaultyProxy:
         self._random = random.Random(seed)
         self._status_random = random.Random(seed + 1)
         self._lock = threading.Lock()
+        self._arrived = threading.Condition(self._lock)  # notified as each request arrives
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -72,7 +76,37 @@ class FaultyProxy:
             if self._random.random() < self.fault_rate:
                 fault = self._random.choice(self.faults)
             self.stats[fault] += 1
+            self._arrived.notify_all()
             return fault
+
+    def requests_seen(self) -> int:
+        """Requests that have reached the proxy so far (a fault was chosen for each)."""
+        with self._lock:
+            return sum(self.stats.values())
+
+    def wait_for_requests(
+        self,
+        count: int,
+        timeout_s: float,
+        what: str,
+        *,
+        unless: Callable[[], bool] = lambda: False,
+        check_s: float = 0.1,
+    ) -> bool:
+        """Block until ``count`` requests in all have reached the proxy (True), woken by the
+        request that makes it ``count``; or until ``unless()`` holds (False), looked at every
+        ``check_s`` seconds (e.g. the client process has exited). Fails the test naming ``what``
+        after ``timeout_s`` seconds: a bound on a hang, never a delay a test relies on."""
+        deadline = time.monotonic() + timeout_s
+        with self._arrived:
+            while sum(self.stats.values()) < count:
+                if unless():
+                    return False
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
+                self._arrived.wait(min(check_s, left))
+        return True
 
     def start(self) -> str:
         proxy = self

@@ -94,3 +94,20 @@ def test_fault_rate_is_respected_and_seeded(upstream):
     assert draws[0] == draws[1]
     faulted = sum(1 for d in draws[0] if d != "pass") / 500
     assert 0.33 < faulted < 0.47
+
+
+def test_a_wait_for_requests_ends_with_the_request_that_completes_the_count(upstream):
+    url, _ = upstream
+    proxy = FaultyProxy(url, fault_rate=0.0)
+    with proxy as base:
+        posted = threading.Thread(target=lambda: [_post(base) for _ in range(3)])
+        posted.start()
+        assert proxy.wait_for_requests(3, 60.0, "three requests") is True
+        posted.join()
+        assert proxy.requests_seen() == 3
+        # A count already reached returns at once; one never reached ends by ``unless`` (the
+        # client is gone) or, past the deadline, fails the test saying what never happened.
+        assert proxy.wait_for_requests(2, 0.0, "two requests") is True
+        assert proxy.wait_for_requests(4, 60.0, "a fourth", unless=lambda: True) is False
+        with pytest.raises(AssertionError, match="waiting for a fourth request"):
+            proxy.wait_for_requests(4, 0.0, "a fourth request")

@@ -123,10 +123,6 @@ def drain(kiosk: Kiosk, attempts: int = 5) -> None:
     )
 
 
-def requests_seen(proxy: FaultyProxy) -> int:
-    return sum(proxy.stats.values())
-
-
 # -- 1. every check-in exactly once, through faults and kills --------------------------------------
 
 
@@ -174,7 +170,7 @@ def _write_while_killing(kiosk, journal, proxy, rng, *, total: int, kills: int) 
     proxy.fault_rate = FAULT_RATE
     during = total - total // 4 - 2
     life = 0
-    while life < kills or requests_seen(proxy) < MIN_FAULT_REQUESTS:
+    while life < kills or proxy.requests_seen() < MIN_FAULT_REQUESTS:
         share = during * (life + 1) // kills - during * life // kills if life < kills else 0
         _one_life(kiosk, journal, proxy, rng, log, share=share, life=life)
         if life == kills // 3:
@@ -196,33 +192,31 @@ def _one_life(kiosk, journal, proxy, rng, log, *, share: int, life: int) -> None
     ``HANG_S`` bounds a hang and fails saying what never happened."""
     agent = start_agent(kiosk, log)
     try:
-        seen = requests_seen(proxy)
+        seen = proxy.requests_seen()
         requests = rng.randint(1, MAX_REQUESTS_PER_LIFE)
         portions = [share * (k + 1) // requests - share * k // requests for k in range(requests)]
         by_ack = share > 0 and rng.random() < 0.3
 
-        def gone_or(condition: Callable[[], bool]) -> Callable[[], bool]:
-            return lambda: agent.poll() is not None or condition()
-
         if by_ack:
             acked = _acknowledged(kiosk)  # before writing: the new rows keep some pending
             journal.write(share)
-            wait_until(
-                gone_or(lambda: _acknowledged(kiosk) > acked),
+            wait_until(  # the journal is another process's: looked at every 2 ms
+                lambda: agent.poll() is not None or _acknowledged(kiosk) > acked,
                 HANG_S,
-                f"agent life {life} to mark rows acknowledged ({requests_seen(proxy) - seen}"
+                f"agent life {life} to mark rows acknowledged ({proxy.requests_seen() - seen}"
                 f" requests so far)",
                 poll_s=0.002,
             )
         else:
             for n, portion in enumerate(portions, start=1):
                 journal.write(portion)
-                wait_until(
-                    gone_or(lambda n=n: requests_seen(proxy) >= seen + n),
+                if not proxy.wait_for_requests(
+                    seen + n,
                     HANG_S,
                     f"request {n} of agent life {life} at the proxy",
-                    poll_s=0.002,
-                )
+                    unless=lambda: agent.poll() is not None,
+                ):
+                    break  # the agent is gone: said below
         alive = agent.poll() is None
     finally:
         agent.send_signal(signal.SIGKILL)
@@ -581,11 +575,11 @@ def test_an_agent_fed_only_broken_answers_keeps_running_and_its_queue_then_recov
             log = tmp_path / "agent.log"
             agent = start_agent(kiosk, log)
             try:
-                seen = requests_seen(proxy)
-                wait_until(
-                    lambda: agent.poll() is not None or requests_seen(proxy) >= seen + 8,
+                proxy.wait_for_requests(
+                    proxy.requests_seen() + 8,
                     HANG_S,
                     "eight more broken answers",
+                    unless=lambda: agent.poll() is not None,
                 )
                 assert agent.poll() is None, f"the agent gave up:\n{tail(log)}"
                 assert proxy.stats["garbage"] > 0 and proxy.stats["truncate"] > 0
