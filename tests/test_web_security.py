@@ -268,18 +268,22 @@ def test_a_flood_of_1000_wrong_passwords_in_60_s_is_at_least_99_percent_refused(
     assert len(caplog.records) <= 8
 
 
+def _owner_signs_in(client: TestClient):
+    """The owner's sign-in from ``client``: the login form, then the right password; the answer
+    (303 when signed in), not followed."""
+    page = client.get("/login")
+    return client.post(
+        "/login", data={"csrf": form_token(page.text), "password": PASSWORD}, follow_redirects=False
+    )
+
+
 def test_a_flood_from_200_rotating_addresses_is_refused_and_the_owners_device_still_signs_in(
     site: Site,
 ):
     wrapped = FromAddress(site.app)
     owner = TestClient(wrapped)
     # The owner signed in from this phone before: it now carries a known-device cookie.
-    page = owner.get("/login")
-    answer = owner.post(
-        "/login",
-        data={"csrf": form_token(page.text), "password": PASSWORD},
-        follow_redirects=False,
-    )
+    answer = _owner_signs_in(owner)
     assert answer.status_code == 303
     device = owner.cookies[DEVICE_COOKIE]
     header = next(h for h in answer.headers.get_list("set-cookie") if h.startswith(DEVICE_COOKIE))
@@ -314,13 +318,7 @@ def test_a_flood_from_200_rotating_addresses_is_refused_and_the_owners_device_st
                 )
                 assert refused.status_code == 429
                 calls = site.verify.calls
-                owner_page = owner.get("/login")
-                signed_in = owner.post(
-                    "/login",
-                    data={"csrf": form_token(owner_page.text), "password": PASSWORD},
-                    follow_redirects=False,
-                )
-                assert signed_in.status_code == 303
+                assert _owner_signs_in(owner).status_code == 303
                 assert owner.get("/", follow_redirects=False).status_code == 200
                 assert owner.cookies[DEVICE_COOKIE] == device  # the same device, renewed
                 checked_before += site.verify.calls - calls
