@@ -223,13 +223,19 @@ def test_the_total_bound_holds_across_addresses(caplog):
 # -- the request-head timeout (slowloris) and the keep-alive timeout ----------------------------
 
 
+CLOCK_SKEW_S = 0.01
+
+
 def test_half_a_request_head_is_closed_after_the_header_timeout():
     with served(header_timeout_s=0.5) as page:
         opened = time.monotonic()  # before connecting: the server's timer starts later
         with connect(page.port) as slow:
             slow.sendall(HALF_A_HEAD)
             assert read_until_closed(slow) == b""  # closed without an answer
-            assert time.monotonic() - opened >= 0.5  # by the timer, never before it
+            # By the timer, never before it, give or take the granularity of timers read in
+            # two threads: a busy CI run measured 0.49992 s. A close 10 ms early is still the
+            # timer's, not a refusal of the connection.
+            assert time.monotonic() - opened >= 0.5 - CLOCK_SKEW_S
         with connect(page.port) as silent:  # a connection that sends nothing at all
             assert read_until_closed(silent) == b""
         with connect(page.port) as prompt:  # a whole head in time is served
