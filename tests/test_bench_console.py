@@ -119,6 +119,7 @@ def test_delivery_figures_count_duplicates_missing_and_strangers():
         (["--console", "--backlog", "10"], "--backlog only applies with --sync"),
         (["--console", "--checkins", "10"], "--checkins only applies with --web"),
         (["--workers", "2"], "--workers only applies with --fleet or --console"),
+        (["--sync", "--scans", "10"], "--scans only applies to the door bench"),
     ],
 )
 def test_bench_options_that_do_not_go_together_are_refused(argv, words, capsys):

@@ -102,6 +102,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
         print(f"bench: choose one of --sync, --web, --fleet and --console (given: "
               f"{' '.join(chosen)})", file=sys.stderr)  # fmt: skip
         return EXIT_CONFIG
+    if args.scans is not None and chosen:
+        print("bench: --scans only applies to the door bench (without --sync, --web, --fleet "
+              "or --console)", file=sys.stderr)  # fmt: skip
+        return EXIT_CONFIG
     if args.checkins is not None and not args.web:
         print("bench: --checkins only applies with --web", file=sys.stderr)
         return EXIT_CONFIG
@@ -179,9 +183,15 @@ def cmd_bench(args: argparse.Namespace) -> int:
             print(f"bench: {', '.join(given)} only apply with --sync, --fleet or --console",
                   file=sys.stderr)  # fmt: skip
             return EXIT_CONFIG
+        from devtools.bench.loop import GRANTS
         from devtools.bench.run import run_bench
 
-        return run_bench(as_json=args.json, frames_per_size=args.frames, out=sys.stdout)
+        return run_bench(
+            as_json=args.json,
+            frames_per_size=args.frames,
+            scans=args.scans if args.scans is not None else GRANTS,
+            out=sys.stdout,
+        )
     # The reference cloud (the `cloud` extra) loads when the bench reaches it.
     from devtools.bench.sync import BenchError, run_sync_bench
 
@@ -238,9 +248,19 @@ def _decode(p: argparse.ArgumentParser) -> None:
 
 
 def _bench(p: argparse.ArgumentParser) -> None:
+    # Only when `kiosk bench` is the command (the parser is built for the command given).
+    from devtools.bench.loop import GRANTS
+
     p.add_argument("--json", action="store_true", help="print one JSON object with all figures")
     p.add_argument(
         "--frames", type=int, default=168, help="generated frames per resolution (default 168)"
+    )
+    p.add_argument(
+        "--scans",
+        type=at_least(1),
+        metavar="N",
+        help=f"members shown to the door loop for scan-to-relay (default {GRANTS}, every third "
+        "with a phone pass); fewer make a quicker run with coarser percentiles",
     )
     p.add_argument(
         "--sync",
