@@ -830,3 +830,20 @@ def test_the_systemd_check_explains_itself():
     assert result.returncode == 0
     for text in ("--workdir DIR", "--mirror URL", "--keep", "PASS/FAIL", "before each release"):
         assert text in result.stdout
+
+
+def test_an_installed_config_made_invalid_is_reported_and_the_update_still_succeeds(rig):
+    rig.make_pi()
+    rig.install()
+    config = rig.path("/etc/fitflow-kiosk/kiosk.toml")
+    config.write_text(config.read_text() + '\n[relay]\ncolour = "red"\n')
+    rig.log.unlink()
+    result = rig.install()
+    assert "WARNING: /etc/fitflow-kiosk/kiosk.toml is not valid: the door will not start" in (
+        result.stdout
+    )
+    # Its camera.backend cannot be trusted: OpenCV is neither added nor guessed.
+    assert "cannot tell camera.backend from /etc/fitflow-kiosk/kiosk.toml" in result.stdout
+    assert opencv_installs(rig) == []
+    assert "unknown section [relay]" in rig.path("/var/log/fitflow-kiosk-install.log").read_text()
+    assert config.read_text().endswith('colour = "red"\n')  # the owner's file is left as it was
