@@ -37,7 +37,7 @@ WAIT_MS = 20_000  # generous for a loaded CI machine; a passing run takes a frac
 # Wrong passwords the browser sends at once. The volume figure (1,000 in a minute, at least 99%
 # refused) is proven in-process by tests/test_web_security.py; here the point is that a real
 # browser's flood is refused and the owner then sees the throttle in the form.
-FLOOD = 300
+FLOOD = 100
 A_PASSWORD = secrets.token_urlsafe(16)  # what the owner types (never printed by the page)
 
 expect.set_options(timeout=WAIT_MS)
