@@ -22,6 +22,7 @@ from test_web_app import (
     make_site,
 )
 
+from inthread_client import InThreadClient
 from kiosk.ops.owner_password import hash_password, save_password_hash
 from kiosk.web.app import COOKIE, CSP, DEVICE_COOKIE
 from kiosk.web.audit_limits import AuditLimiter
@@ -242,17 +243,20 @@ class FromAddress:
 
 def test_a_flood_of_1000_wrong_passwords_in_60_s_is_at_least_99_percent_refused(site: Site, caplog):
     caplog.set_level(logging.INFO, logger="kiosk.web")
-    token = site.login_csrf()
     statuses = []
     retry_after = []
-    for _ in range(1000):
-        answer = site.client.post(
-            "/login", data={"csrf": token, "password": "guess-guess-guess"}, follow_redirects=False
-        )
-        statuses.append(answer.status_code)
-        if answer.status_code == 429:
-            retry_after.append(int(answer.headers["retry-after"]))
-        site.clock.advance(0.060)
+    with InThreadClient(site.app) as client:  # a flood: the app in this thread (inthread_client)
+        token = form_token(client.get("/login").text)
+        for _ in range(1000):
+            answer = client.post(
+                "/login",
+                data={"csrf": token, "password": "guess-guess-guess"},
+                follow_redirects=False,
+            )
+            statuses.append(answer.status_code)
+            if answer.status_code == 429:
+                retry_after.append(int(answer.headers["retry-after"]))
+            site.clock.advance(0.060)
     refused = statuses.count(429)
     assert refused >= 990, f"only {refused} of 1000 refused"
     assert statuses.count(401) == 1000 - refused
@@ -290,8 +294,9 @@ def test_a_flood_from_200_rotating_addresses_is_refused_and_the_owners_device_st
     assert "HttpOnly" in header and "SameSite=lax" in header and "Max-Age=2592000" in header
     owner.cookies.delete(COOKIE)  # signed out since (the session is gone, the device cookie not)
 
-    # Opened: one event loop each for the whole flood (unopened, each request starts its own).
-    with TestClient(wrapped) as attacker, TestClient(wrapped) as stranger:
+    # The flood runs the app in this thread (inthread_client); the stranger's browser is opened:
+    # one event loop thread for its requests (unopened, each request starts its own).
+    with InThreadClient(wrapped) as attacker, TestClient(wrapped) as stranger:
         token = form_token(attacker.get("/login").text)
         stranger_token = form_token(stranger.get("/login").text)
         addresses = [f"198.51.100.{n}" for n in range(100)]
@@ -528,7 +533,7 @@ def test_sessions_are_bounded_per_pool_and_new_ids_are_random():
 
 
 def test_a_flood_of_login_page_visits_does_not_sign_the_owner_out(signed_in: Site):
-    with TestClient(signed_in.app) as stranger:
+    with InThreadClient(signed_in.app) as stranger:  # a flood: the app in this thread
         for _ in range(1000):  # twice the page's cap on unsigned sessions (500)
             stranger.cookies.clear()
             assert stranger.get("/login").status_code == 200
@@ -550,7 +555,7 @@ POST_ROUTES = (
 def test_cookieless_posts_leave_no_audit_rows_and_a_bounded_log(site: Site, caplog):
     caplog.set_level(logging.DEBUG, logger="kiosk")
     before = len(site.audit())
-    with TestClient(site.app) as client:  # one event loop for all: fast
+    with InThreadClient(site.app) as client:  # a flood: the app in this thread (inthread_client)
         for path in POST_ROUTES:
             for n in range(200):
                 client.cookies.clear()
@@ -574,7 +579,7 @@ def test_cookieless_posts_leave_no_audit_rows_and_a_bounded_log(site: Site, capl
 def test_a_signed_in_sessions_refusals_are_collapsed_per_minute(signed_in: Site, caplog):
     caplog.set_level(logging.DEBUG, logger="kiosk")
     before = len(signed_in.audit())
-    with TestClient(signed_in.app, cookies=signed_in.client.cookies) as client:
+    with InThreadClient(signed_in.app, cookies=signed_in.client.cookies) as client:  # a flood
         for path in POST_ROUTES[1:]:
             for _ in range(250):
                 answer = client.post(path, data={"csrf": "not-the-token"}, follow_redirects=False)
