@@ -17,6 +17,8 @@ WebSocket) and, like TestClient's ``raise_server_exceptions``, raises what the a
 from __future__ import annotations
 
 import asyncio
+import threading
+from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
 import httpx
@@ -30,7 +32,11 @@ USER_AGENT = "testclient"
 
 class InThreadClient:
     """``get``, ``post`` and ``request`` as on httpx.Client (redirects followed unless told, as
-    TestClient does); ``cookies`` is the jar. Close it, or use it in a ``with`` block."""
+    TestClient does); ``cookies`` is the jar. Close it, or use it in a ``with`` block.
+
+    Each thread that sends through it gets an event loop and an httpx client of its own (its own
+    jar too, starting from ``cookies``), so test threads can send at once as TestClient allows;
+    the app must be thread-safe for that, as a served app is under its thread pool."""
 
     def __init__(
         self,
@@ -39,24 +45,42 @@ class InThreadClient:
         cookies: httpx.Cookies | dict[str, str] | None = None,
         raise_app_exceptions: bool = True,
     ) -> None:
-        self._loop = asyncio.new_event_loop()
-        transport = httpx.ASGITransport(
-            app=app, raise_app_exceptions=raise_app_exceptions, client=CLIENT_ADDRESS
-        )
-        self._client = httpx.AsyncClient(
-            transport=transport,
-            base_url=BASE_URL,
-            cookies=cookies,
-            headers={"user-agent": USER_AGENT},
-            follow_redirects=True,
-        )
+        self._app = app
+        self._cookies = httpx.Cookies(cookies)
+        self._raise = raise_app_exceptions
+        self._mine = threading.local()
+        self._lock = threading.Lock()
+        self._made: list[tuple[asyncio.AbstractEventLoop, httpx.AsyncClient]] = []
+
+    def _own(self) -> tuple[asyncio.AbstractEventLoop, httpx.AsyncClient]:
+        """The calling thread's loop and client, made on its first request."""
+        own = getattr(self._mine, "own", None)
+        if own is None:
+            transport = httpx.ASGITransport(
+                app=self._app, raise_app_exceptions=self._raise, client=CLIENT_ADDRESS
+            )
+            client = httpx.AsyncClient(
+                transport=transport,
+                base_url=BASE_URL,
+                cookies=self._cookies,
+                headers={"user-agent": USER_AGENT},
+                follow_redirects=True,
+            )
+            own = self._mine.own = (asyncio.new_event_loop(), client)
+            with self._lock:
+                self._made.append(own)
+        return own
 
     @property
     def cookies(self) -> httpx.Cookies:
-        return self._client.cookies
+        return self._own()[1].cookies
 
     def request(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
-        return self._loop.run_until_complete(self._client.request(method, url, **kwargs))
+        content = kwargs.get("content")
+        if isinstance(content, Iterable) and not isinstance(content, str | bytes):
+            kwargs["content"] = _chunks(content)  # a body in chunks, as TestClient takes it
+        loop, client = self._own()
+        return loop.run_until_complete(client.request(method, url, **kwargs))
 
     def get(self, url: str, **kwargs: Any) -> httpx.Response:
         return self.request("GET", url, **kwargs)
@@ -65,13 +89,22 @@ class InThreadClient:
         return self.request("POST", url, **kwargs)
 
     def close(self) -> None:
-        try:
-            self._loop.run_until_complete(self._client.aclose())
-        finally:
-            self._loop.close()
+        """Closes every thread's client and loop (the threads must be done sending)."""
+        with self._lock:
+            made, self._made = self._made, []
+        for loop, client in made:
+            try:
+                loop.run_until_complete(client.aclose())
+            finally:
+                loop.close()
 
     def __enter__(self) -> InThreadClient:
         return self
 
     def __exit__(self, *_exc: object) -> None:
         self.close()
+
+
+async def _chunks(chunks: Iterable[bytes]) -> AsyncIterator[bytes]:
+    for chunk in chunks:
+        yield chunk
