@@ -1,4 +1,4 @@
-"""The staff console's test rig: the real cloud app (FastAPI TestClient, no server), on SQLite and on
+"""The staff console's test rig: the real cloud app (in-process, no server), on SQLite and on
 PostgreSQL, with two organisations, each with an owner, a front-desk member of staff and a trainer,
 and browsers signed in as any of them through the real sign-in form.
 
@@ -16,8 +16,10 @@ and browsers signed in as any of them through the real sign-in form.
 
 - ``console.a`` / ``console.b``: ``Org`` (id, name, gym_id, admin_token, ``people[role]``);
   ``console.clock``: the app's FakeClock (advance it; nothing sleeps).
-- ``console.browser()``: a fresh anonymous TestClient that sends this site's ``Origin`` (as a
-  browser does on a POST); ``https=True`` for ``https://testserver``.
+- ``console.browser()``: a fresh anonymous browser that sends this site's ``Origin`` (as a
+  browser does on a POST); ``https=True`` for ``https://testserver``. It runs the app in the
+  test's thread (``inthread_client``); ``live=True`` gives a TestClient instead, for the live
+  feed's event stream or a WebSocket (``console.sign_in(..., live=True)`` likewise).
 - ``console.member(org, ...)``: a member made through the admin service functions;
   ``console.assign(org, member_id)``: give it to the org's trainer; ``console.phone_pass(org,
   member_id)``: an ACTIVE phone pass of it, activated as a phone does.
@@ -43,6 +45,7 @@ import pytest
 
 from cloud.admin import create_organization, save_member
 from cloud.console import accounts, auth
+from inthread_client import InThreadClient
 from pg import (
     Device,
     FakeClock,
@@ -100,7 +103,7 @@ class Org:
 class Desk:
     """A browser signed in as ``person``; ``csrf`` is its session's form token."""
 
-    client: TestClient
+    client: InThreadClient | TestClient
     person: Person
     csrf: str
 
@@ -135,15 +138,16 @@ class ConsoleRig:
         self.clock = clock or FakeClock()
         self.app = create_app(url, clock=self.clock)
         self.database = self.app.state.cloud.database
-        # Every client is opened (as ``with`` does): one event loop thread for its life and the
-        # app's lifespan, as a served cloud has. Used unopened, a TestClient starts a thread and
-        # an event loop for every request: 3 ms of CPU for a /healthz here, against 1.5 opened.
+        # Browsers run the app in the test's thread (tests/inthread_client.py): 2-3 ms of CPU
+        # less per request than a TestClient's thread hand-offs, and nothing to start. A live
+        # browser's TestClient is opened (as ``with`` does): one event loop thread for its life;
+        # unopened, each request would start its own.
         self._clients = contextlib.ExitStack()
         self.a = self.new_org(f"Acme {SECRET_MARK} Fitness", "Main")
         self.b = self.new_org("Brawn Gym", "Central")
 
     def close(self) -> None:
-        self._clients.close()  # each lifespan's end closes the database too
+        self._clients.close()
         self.database.close()
 
     # -- organisations and people --------------------------------------------------------------
@@ -219,7 +223,7 @@ class ConsoleRig:
         body = answer.json()
         return Device(body["device_id"], body["token"], body["gym_id"])
 
-    def device_client(self) -> TestClient:
+    def device_client(self) -> InThreadClient:
         if not hasattr(self, "_device_client"):
             self._device_client = self.browser(origin=False)
         return self._device_client
@@ -295,17 +299,30 @@ class ConsoleRig:
     # -- browsers ------------------------------------------------------------------------------
 
     def browser(
-        self, *, https: bool = False, origin: bool = True, address: str = "testclient"
-    ) -> TestClient:
+        self,
+        *,
+        https: bool = False,
+        origin: bool = True,
+        address: str = "testclient",
+        live: bool = False,
+    ) -> InThreadClient | TestClient:
         """A fresh, anonymous browser at client ``address``. It sends this site's Origin on
-        every request (browsers send it on every POST) unless ``origin`` is False."""
+        every request (browsers send it on every POST) unless ``origin`` is False. ``live``: a
+        TestClient, which can hold an event stream or a WebSocket open."""
         base = HTTPS_ORIGIN if https else ORIGIN
         headers = {"Origin": base} if origin else {}
+        kind = TestClient if live else InThreadClient
         return self._clients.enter_context(
-            TestClient(self.app, base_url=base, headers=headers, client=(address, 50000))
+            kind(self.app, base_url=base, headers=headers, client=(address, 50000))
         )
 
-    def login(self, client: TestClient, email: str, password: str = PASSWORD, next_path: str = ""):
+    def login(
+        self,
+        client: InThreadClient | TestClient,
+        email: str,
+        password: str = PASSWORD,
+        next_path: str = "",
+    ):
         """Fill in and send the sign-in form (the answer, not followed)."""
         page = client.get("/console/login")
         assert page.status_code == 200, page.text
@@ -320,15 +337,23 @@ class ConsoleRig:
             follow_redirects=False,
         )
 
-    def sign_in(self, role: str = "owner", org: Org | None = None, *, https: bool = False) -> Desk:
-        """A new browser signed in as ``org``'s (default: A's) ``role``, through the form."""
+    def sign_in(
+        self,
+        role: str = "owner",
+        org: Org | None = None,
+        *,
+        https: bool = False,
+        live: bool = False,
+    ) -> Desk:
+        """A new browser signed in as ``org``'s (default: A's) ``role``, through the form
+        (``live``: a TestClient, as ``browser`` says)."""
         person = (org or self.a).people[role]
-        client = self.browser(https=https)
+        client = self.browser(https=https, live=live)
         answer = self.login(client, person.email)
         assert answer.status_code == 303, answer.text
         return Desk(client, person, self.session_csrf(client))
 
-    def session_csrf(self, client: TestClient) -> str:
+    def session_csrf(self, client: InThreadClient | TestClient) -> str:
         """The CSRF token of the session ``client``'s cookie names (read from the database)."""
         token = client.cookies.get(auth.SESSION_COOKIE) or client.cookies.get(
             auth.SECURE_PREFIX + auth.SESSION_COOKIE

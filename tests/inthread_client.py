@@ -23,16 +23,18 @@ from typing import Any
 
 import httpx
 
-# What TestClient sends and claims, so an app (its allowed hosts, its per-address throttles)
-# cannot tell the two clients apart.
+# What TestClient sends and claims by default, so an app (its allowed hosts, its per-address
+# throttles) cannot tell the two clients apart.
 BASE_URL = "http://testserver"
 CLIENT_ADDRESS = ("testclient", 50000)
 USER_AGENT = "testclient"
 
 
 class InThreadClient:
-    """``get``, ``post`` and ``request`` as on httpx.Client (redirects followed unless told, as
-    TestClient does); ``cookies`` is the jar. Close it, or use it in a ``with`` block.
+    """``request`` and its verbs (``get``, ``post``, ...) as on httpx.Client (redirects followed unless told, as
+    TestClient does); ``cookies`` is the jar. ``base_url``, ``headers`` (sent on every request)
+    and ``client`` (the address the app sees) as TestClient takes them. Close it, or use it in a
+    ``with`` block.
 
     Each thread that sends through it gets an event loop and an httpx client of its own (its own
     jar too, starting from ``cookies``), so test threads can send at once as TestClient allows;
@@ -42,10 +44,16 @@ class InThreadClient:
         self,
         app: Any,
         *,
+        base_url: str = BASE_URL,
+        headers: dict[str, str] | None = None,
+        client: tuple[str, int] = CLIENT_ADDRESS,
         cookies: httpx.Cookies | dict[str, str] | None = None,
         raise_app_exceptions: bool = True,
     ) -> None:
         self._app = app
+        self._base_url = base_url
+        self._headers = {"user-agent": USER_AGENT, **(headers or {})}
+        self._address = client
         self._cookies = httpx.Cookies(cookies)
         self._raise = raise_app_exceptions
         self._mine = threading.local()
@@ -57,13 +65,13 @@ class InThreadClient:
         own = getattr(self._mine, "own", None)
         if own is None:
             transport = httpx.ASGITransport(
-                app=self._app, raise_app_exceptions=self._raise, client=CLIENT_ADDRESS
+                app=self._app, raise_app_exceptions=self._raise, client=self._address
             )
             client = httpx.AsyncClient(
                 transport=transport,
-                base_url=BASE_URL,
+                base_url=self._base_url,
                 cookies=self._cookies,
-                headers={"user-agent": USER_AGENT},
+                headers=self._headers,
                 follow_redirects=True,
             )
             own = self._mine.own = (asyncio.new_event_loop(), client)
@@ -74,6 +82,10 @@ class InThreadClient:
     @property
     def cookies(self) -> httpx.Cookies:
         return self._own()[1].cookies
+
+    @cookies.setter
+    def cookies(self, cookies: httpx.Cookies | dict[str, str]) -> None:
+        self._own()[1].cookies = cookies
 
     def request(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
         content = kwargs.get("content")
@@ -87,6 +99,21 @@ class InThreadClient:
 
     def post(self, url: str, **kwargs: Any) -> httpx.Response:
         return self.request("POST", url, **kwargs)
+
+    def put(self, url: str, **kwargs: Any) -> httpx.Response:
+        return self.request("PUT", url, **kwargs)
+
+    def patch(self, url: str, **kwargs: Any) -> httpx.Response:
+        return self.request("PATCH", url, **kwargs)
+
+    def delete(self, url: str, **kwargs: Any) -> httpx.Response:
+        return self.request("DELETE", url, **kwargs)
+
+    def head(self, url: str, **kwargs: Any) -> httpx.Response:
+        return self.request("HEAD", url, **kwargs)
+
+    def options(self, url: str, **kwargs: Any) -> httpx.Response:
+        return self.request("OPTIONS", url, **kwargs)
 
     def close(self) -> None:
         """Closes every thread's client and loop (the threads must be done sending)."""

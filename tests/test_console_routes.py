@@ -176,13 +176,14 @@ class SharedRig(ConsoleRig):
 
     def __init__(self, url: str) -> None:
         super().__init__(url)
-        self._desks: dict[tuple[str, str], Desk] = {}
+        self._desks: dict[tuple[str, str, bool], Desk] = {}
 
-    def desk(self, role: str, org: Org | None = None) -> Desk:
+    def desk(self, role: str, org: Org | None = None, *, live: bool = False) -> Desk:
+        """``live``: a TestClient's, for a WebSocket (``ConsoleRig.browser``)."""
         org = org or self.a
-        key = (org.id, role)
+        key = (org.id, role, live)
         if key not in self._desks:
-            self._desks[key] = self.sign_in(role, org)
+            self._desks[key] = self.sign_in(role, org, live=live)
         return self._desks[key]
 
     def path_for(self, case: Case, org: Org) -> str:
@@ -245,7 +246,7 @@ def _most_able(case: Case) -> str:
 def test_anonymous_requests_are_refused(rig: SharedRig, case: Case):
     _usable(case)
     path = rig.path_for(case, rig.a)
-    browser = rig.browser()
+    browser = rig.browser(live=case.method == "WS")
     if case.method == "WS":
         _refused_socket(browser, path)
         return
@@ -299,7 +300,7 @@ def test_roles_below_the_route_are_refused(rig: SharedRig, case: Case):
     for role in ROLES:
         if case.roles is not None and role in case.roles:
             continue
-        desk = rig.desk(role)
+        desk = rig.desk(role, live=case.method == "WS")
         if case.method == "WS":
             _refused_socket(desk.client, path)
             continue
@@ -334,7 +335,7 @@ def test_ids_of_another_organisation_are_not_found(rig: SharedRig, case: Case):
     _usable(case)
     path = rig.path_for(case, rig.a)  # org A's ids ...
     for role in sorted(case.roles or ()):
-        desk = rig.desk(role, rig.b)  # ... asked for by org B's staff
+        desk = rig.desk(role, rig.b, live=case.method == "WS")  # ... asked by org B's staff
         if case.method == "WS":
             _refused_socket(desk.client, path)
             continue
@@ -409,10 +410,10 @@ def test_a_websocket_needs_a_session_of_this_origin(console):
     console.app.include_router(_extra_router())
     with (
         pytest.raises(WebSocketDisconnect),
-        console.browser().websocket_connect("/console/extra/feed") as ws,
+        console.browser(live=True).websocket_connect("/console/extra/feed") as ws,
     ):
         ws.receive_text()
-    desk = console.sign_in("trainer")
+    desk = console.sign_in("trainer", live=True)
     with desk.client.websocket_connect("/console/extra/feed") as ws:
         assert ws.receive_text() == desk.person.name
     with (

@@ -237,7 +237,10 @@ def test_an_uploaded_checkin_reaches_a_signed_in_console_once(console: ConsoleRi
     ann = console.member(a, "Ann", "Archer")
     door = console.door(a, "Front turnstile")
     b_door = console.door(console.b, "Brawn door")
-    desk, theirs = console.sign_in("staff"), console.sign_in("owner", console.b)
+    desk, theirs = (
+        console.sign_in("staff", live=True),
+        console.sign_in("owner", console.b, live=True),
+    )
     with (
         desk.client.stream("GET", "/console/live") as answer,
         theirs.client.stream("GET", "/console/live") as b_answer,
@@ -289,7 +292,7 @@ def test_a_trainers_live_feed_carries_only_their_members(console: ConsoleRig, fe
     ann, bob = console.member(a, "Ann", "Archer"), console.member(a, "Bob", "Baker")
     console.assign(a, ann)
     door = console.door(a)
-    trainer = console.sign_in("trainer")
+    trainer = console.sign_in("trainer", live=True)
     with trainer.client.stream("GET", "/console/live") as answer:
         stream = Stream(answer.iter_lines())
         stream.until("ready")
@@ -303,7 +306,7 @@ def test_a_trainers_live_feed_carries_only_their_members(console: ConsoleRig, fe
 def test_a_console_that_reconnects_gets_what_it_missed(console: ConsoleRig, feed):
     a = console.a
     door = console.door(a)
-    desk = console.sign_in("owner")
+    desk = console.sign_in("owner", live=True)
     first = checkin(door, 1, member_id=None)
     with desk.client.stream("GET", "/console/live") as answer:
         stream = Stream(answer.iter_lines())
