@@ -1,5 +1,6 @@
-"""A synchronous HTTP client that runs an ASGI app in the test's own thread, for the tests that
-send an app a thousand requests (floods, hostile input).
+"""A synchronous HTTP client that runs an ASGI app in the test's own thread: the cloud tests'
+harness (``pg.Harness``), the console's browsers (``console_rig``) and the tests that send an app
+a thousand requests (the owner page's floods, the cloud's hostile-input sweep) use it.
 
 Starlette's ``TestClient`` runs the app on a second thread (an anyio portal) and hands every ASGI
 message across: eight hand-offs for a small POST, 3-4 ms of CPU per request on the 2-core CI
@@ -11,7 +12,8 @@ an opened TestClient, 0.7 through this).
 It is not a TestClient: it never runs the app's lifespan (the app must need none, or be started
 already, as the fixtures' own TestClients do), reads each answer whole (no streaming, no
 WebSocket) and, like TestClient's ``raise_server_exceptions``, raises what the app raised unless
-``raise_app_exceptions=False`` (then the answer is a 500). Everything else stays on TestClient.
+``raise_app_exceptions=False`` (then the answer is a 500). For a lifespan, an event stream or a
+WebSocket, use a TestClient.
 """
 
 from __future__ import annotations
@@ -31,10 +33,10 @@ USER_AGENT = "testclient"
 
 
 class InThreadClient:
-    """``request`` and its verbs (``get``, ``post``, ...) as on httpx.Client (redirects followed unless told, as
-    TestClient does); ``cookies`` is the jar. ``base_url``, ``headers`` (sent on every request)
-    and ``client`` (the address the app sees) as TestClient takes them. Close it, or use it in a
-    ``with`` block.
+    """``request`` and its verbs (``get``, ``post``, ...) as on httpx.Client, redirects followed
+    unless told (as TestClient does); ``cookies`` is the jar. ``base_url``, ``headers`` (sent on
+    every request) and ``client`` (the address the app sees) as TestClient takes them. Close it,
+    or use it in a ``with`` block.
 
     Each thread that sends through it gets an event loop and an httpx client of its own (its own
     jar too, starting from ``cookies``), so test threads can send at once as TestClient allows;
@@ -119,6 +121,7 @@ class InThreadClient:
         """Closes every thread's client and loop (the threads must be done sending)."""
         with self._lock:
             made, self._made = self._made, []
+            self._mine = threading.local()  # a request after this starts afresh
         for loop, client in made:
             try:
                 loop.run_until_complete(client.aclose())
